@@ -1,0 +1,418 @@
+//! Typed configuration of a member, read from the environment in one place.
+//!
+//! Every `SHOAL_*` variable a member understands is read here and nowhere
+//! else. A bad value is a [`ConfigError`] that names the variable, the value
+//! it had and what would have been accepted, so an operator can fix a stack
+//! file without reading code.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::advertise::AdvertiseSpec;
+use crate::key::{ClusterKey, KeyRing};
+
+/// Default UDP port of the gossip protocol. Never 7946: Swarm's own gossip
+/// (memberlist) uses it on every node.
+pub const DEFAULT_GOSSIP_PORT: u16 = 7950;
+
+/// A configuration value that could not be accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A variable holds a value of the wrong shape.
+    #[error("{var}={value:?} is not valid: expected {expected}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        expected: String,
+    },
+    /// A required variable is not set.
+    #[error("{var} is not set: {hint}")]
+    Missing { var: &'static str, hint: String },
+    /// A file named by a variable could not be read.
+    #[error("{var}={path:?} could not be read: {source}")]
+    File {
+        var: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where configuration values come from: the process environment, or a
+/// fixed map in tests.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    /// A snapshot of the process environment.
+    pub fn from_process() -> Self {
+        Self {
+            vars: std::env::vars().collect(),
+        }
+    }
+
+    /// An environment made of the given pairs (tests, embedding).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// Sets a variable (used by binaries to let flags override the environment).
+    pub fn set(&mut self, var: &str, value: impl Into<String>) {
+        self.vars.insert(var.to_string(), value.into());
+    }
+
+    /// The raw value of a variable; an empty value counts as unset.
+    pub fn get(&self, var: &str) -> Option<&str> {
+        self.vars
+            .get(var)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Parses a variable with `FromStr`, or returns `default` when unset.
+    pub fn parse_or<T: FromStr>(
+        &self,
+        var: &'static str,
+        default: T,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(raw) => raw.parse().map_err(|_| invalid(var, raw, expected)),
+        }
+    }
+
+    /// Parses a duration (`250ms`, `2s`, `1m`, or a bare number of seconds).
+    pub fn duration_or(&self, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(raw) => parse_duration(raw).ok_or_else(|| {
+                invalid(var, raw, "a duration such as 250ms, 5s or 2m")
+            }),
+        }
+    }
+
+    /// Parses a boolean (`1/0`, `true/false`, `yes/no`, `on/off`).
+    pub fn bool_or(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(var).map(str::to_ascii_lowercase).as_deref() {
+            None => Ok(default),
+            Some("1" | "true" | "yes" | "on") => Ok(true),
+            Some("0" | "false" | "no" | "off") => Ok(false),
+            Some(other) => Err(invalid(var, other, "true or false (also 1/0, yes/no)")),
+        }
+    }
+}
+
+/// Whether logs are JSON lines (`SHOAL_LOG_FORMAT=json`) or text (default).
+pub fn log_json(env: &Env) -> Result<bool, ConfigError> {
+    match env.get("SHOAL_LOG_FORMAT").map(str::to_ascii_lowercase).as_deref() {
+        None | Some("text") => Ok(false),
+        Some("json") => Ok(true),
+        Some(other) => Err(invalid("SHOAL_LOG_FORMAT", other, "text or json")),
+    }
+}
+
+/// Builds the error for a value of the wrong shape.
+pub fn invalid(var: &'static str, value: &str, expected: &str) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        value: value.to_string(),
+        expected: expected.to_string(),
+    }
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `2m` or a bare number of seconds.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let (number, scale) = if let Some(n) = raw.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = raw.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = raw.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (raw, 1.0)
+    };
+    let value: f64 = number.trim().parse().ok()?;
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(value * scale))
+}
+
+/// The name of a service, as users type it in URLs (`story-service`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct ServiceName(String);
+
+impl ServiceName {
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ServiceName {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let ok = !raw.is_empty()
+            && raw.len() <= 63
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            && !raw.starts_with('-');
+        if ok {
+            Ok(Self(raw.to_string()))
+        } else {
+            Err("1 to 63 characters of a-z, 0-9, '-' or '_', not starting with '-'".into())
+        }
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which wire format the gossip uses. V1 compresses digests; every member of
+/// a cluster must run a shoal that understands the chosen one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GossipProtocol {
+    /// Uncompressed digests.
+    V0,
+    /// Compressed digests (default).
+    V1,
+}
+
+/// Gossip and failure-detection timings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timings {
+    /// Time between two gossip rounds (`SHOAL_GOSSIP_INTERVAL`, default 100ms).
+    pub gossip_interval: Duration,
+    /// Phi-accrual threshold above which a silent member is dead
+    /// (`SHOAL_PHI_THRESHOLD`, default 8).
+    pub phi_threshold: f64,
+    /// How long a dead member is remembered before it is forgotten
+    /// (`SHOAL_DEAD_MEMBER_GC`, default 2m).
+    pub dead_member_gc: Duration,
+    /// How long a draining member keeps serving at most
+    /// (`SHOAL_DRAIN_TIMEOUT`, default 10s).
+    pub drain_timeout: Duration,
+    /// How long a draining member waits for the news to reach every gateway
+    /// before it stops accepting (`SHOAL_DRAIN_ANNOUNCE`, default 1s).
+    pub drain_announce: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            gossip_interval: Duration::from_millis(100),
+            phi_threshold: 8.0,
+            dead_member_gc: Duration::from_secs(120),
+            drain_timeout: Duration::from_secs(10),
+            drain_announce: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Everything a member needs to join the cluster.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Service this member belongs to (`SHOAL_SERVICE`).
+    pub service: ServiceName,
+    /// Port of the service that this member advertises (`SHOAL_PORT`).
+    pub port: u16,
+    /// UDP port of the gossip (`SHOAL_GOSSIP_PORT`, default 7950).
+    pub gossip_port: u16,
+    /// Address the gossip socket binds to (`SHOAL_GOSSIP_BIND`); by default
+    /// the advertised address, so members on 127.0.x.y share a port.
+    pub gossip_bind: Option<IpAddr>,
+    /// Seeds as `host:port`; DNS names are re-resolved while running (`SHOAL_SEEDS`).
+    pub seeds: Vec<String>,
+    /// How the advertised address is chosen (`SHOAL_ADVERTISE`, default auto).
+    pub advertise: AdvertiseSpec,
+    /// Cluster id: members of other clusters are ignored (`SHOAL_CLUSTER`).
+    pub cluster: String,
+    /// Keys that seal the gossip (`SHOAL_CLUSTER_KEY` / `SHOAL_CLUSTER_KEY_FILE`);
+    /// `None` only when `SHOAL_INSECURE=true`.
+    pub keys: Option<KeyRing>,
+    /// Wire format of the gossip (`SHOAL_GOSSIP_PROTOCOL`, v0 or v1).
+    pub protocol: GossipProtocol,
+    /// Host name shown by `/service/host` and in the member id (`SHOAL_HOSTNAME`).
+    pub hostname: String,
+    /// Gossip and failure-detection timings.
+    pub timings: Timings,
+}
+
+impl NodeConfig {
+    /// Reads the configuration of a member of `default_service` listening on
+    /// `default_port`; `SHOAL_SERVICE` / `SHOAL_PORT` override both.
+    pub fn from_env(env: &Env, default_service: &str, default_port: u16) -> Result<Self, ConfigError> {
+        let service = match env.get("SHOAL_SERVICE") {
+            Some(raw) => raw
+                .parse()
+                .map_err(|why: String| invalid("SHOAL_SERVICE", raw, &why))?,
+            None => default_service
+                .parse()
+                .map_err(|why: String| invalid("SHOAL_SERVICE", default_service, &why))?,
+        };
+        let port = env.parse_or("SHOAL_PORT", default_port, "a TCP port, 1-65535")?;
+        let gossip_port: u16 = env.parse_or(
+            "SHOAL_GOSSIP_PORT",
+            DEFAULT_GOSSIP_PORT,
+            "a UDP port, 1-65535 (not 7946, Swarm's own gossip port)",
+        )?;
+        if gossip_port == 7946 {
+            return Err(invalid(
+                "SHOAL_GOSSIP_PORT",
+                "7946",
+                "a UDP port other than 7946 (Swarm's own gossip port); 0 picks a free one",
+            ));
+        }
+        let gossip_bind = match env.get("SHOAL_GOSSIP_BIND") {
+            None => None,
+            Some(raw) => Some(
+                raw.parse()
+                    .map_err(|_| invalid("SHOAL_GOSSIP_BIND", raw, "an IP address"))?,
+            ),
+        };
+        let seeds = parse_seeds(env.get("SHOAL_SEEDS").unwrap_or(""), gossip_port)?;
+        let advertise = match env.get("SHOAL_ADVERTISE") {
+            None => AdvertiseSpec::Auto,
+            Some(raw) => raw.parse().map_err(|why: String| invalid("SHOAL_ADVERTISE", raw, &why))?,
+        };
+        let cluster = env.get("SHOAL_CLUSTER").unwrap_or("shoal").to_string();
+        let protocol = match env.get("SHOAL_GOSSIP_PROTOCOL").map(str::to_ascii_lowercase).as_deref() {
+            None | Some("v1") => GossipProtocol::V1,
+            Some("v0") => GossipProtocol::V0,
+            Some(other) => return Err(invalid("SHOAL_GOSSIP_PROTOCOL", other, "v0 or v1")),
+        };
+        let hostname = match env.get("SHOAL_HOSTNAME") {
+            Some(h) => h.to_string(),
+            None => gethostname::gethostname().to_string_lossy().into_owned(),
+        };
+        let timings = read_timings(env)?;
+        let keys = read_keys(env)?;
+        Ok(Self {
+            service,
+            port,
+            gossip_port,
+            gossip_bind,
+            seeds,
+            advertise,
+            cluster,
+            keys,
+            protocol,
+            hostname,
+            timings,
+        })
+    }
+}
+
+fn read_timings(env: &Env) -> Result<Timings, ConfigError> {
+    let d = Timings::default();
+    let gossip_interval = env.duration_or("SHOAL_GOSSIP_INTERVAL", d.gossip_interval)?;
+    if gossip_interval < Duration::from_millis(10) || gossip_interval > Duration::from_secs(10) {
+        return Err(invalid(
+            "SHOAL_GOSSIP_INTERVAL",
+            env.get("SHOAL_GOSSIP_INTERVAL").unwrap_or_default(),
+            "a duration between 10ms and 10s",
+        ));
+    }
+    let phi_threshold: f64 = env.parse_or("SHOAL_PHI_THRESHOLD", d.phi_threshold, "a number between 1 and 32")?;
+    if !(1.0..=32.0).contains(&phi_threshold) {
+        return Err(invalid(
+            "SHOAL_PHI_THRESHOLD",
+            &phi_threshold.to_string(),
+            "a number between 1 and 32",
+        ));
+    }
+    Ok(Timings {
+        gossip_interval,
+        phi_threshold,
+        dead_member_gc: env.duration_or("SHOAL_DEAD_MEMBER_GC", d.dead_member_gc)?,
+        drain_timeout: env.duration_or("SHOAL_DRAIN_TIMEOUT", d.drain_timeout)?,
+        drain_announce: env.duration_or("SHOAL_DRAIN_ANNOUNCE", d.drain_announce)?,
+    })
+}
+
+/// Reads the key ring: `SHOAL_CLUSTER_KEY` (comma list, base64) or the file
+/// named by `SHOAL_CLUSTER_KEY_FILE` (one key per line or comma separated).
+/// The first key seals what this member sends; all of them open.
+fn read_keys(env: &Env) -> Result<Option<KeyRing>, ConfigError> {
+    let insecure = env.bool_or("SHOAL_INSECURE", false)?;
+    let (var, text) = match (env.get("SHOAL_CLUSTER_KEY"), env.get("SHOAL_CLUSTER_KEY_FILE")) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "SHOAL_CLUSTER_KEY_FILE",
+                env.get("SHOAL_CLUSTER_KEY_FILE").unwrap_or_default(),
+                "only one of SHOAL_CLUSTER_KEY and SHOAL_CLUSTER_KEY_FILE",
+            ));
+        }
+        (Some(k), None) => ("SHOAL_CLUSTER_KEY", k.to_string()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+                var: "SHOAL_CLUSTER_KEY_FILE",
+                path: path.into(),
+                source,
+            })?;
+            ("SHOAL_CLUSTER_KEY_FILE", text)
+        }
+        (None, None) if insecure => return Ok(None),
+        (None, None) => {
+            return Err(ConfigError::Missing {
+                var: "SHOAL_CLUSTER_KEY",
+                hint: "gossip is sealed with a cluster key; create one with `shoal keygen` and set \
+                       SHOAL_CLUSTER_KEY (or SHOAL_CLUSTER_KEY_FILE, e.g. a Docker secret), or set \
+                       SHOAL_INSECURE=true for a throwaway local cluster"
+                    .into(),
+            });
+        }
+    };
+    let mut keys = Vec::new();
+    for part in text.split([',', '\n']).map(str::trim).filter(|p| !p.is_empty()) {
+        let key: ClusterKey = part.parse().map_err(|why: String| {
+            // Never echo a key back into logs: show only its length.
+            invalid(var, &format!("<{} characters>", part.len()), &why)
+        })?;
+        keys.push(key);
+    }
+    KeyRing::new(keys)
+        .map(Some)
+        .ok_or_else(|| invalid(var, "", "at least one base64 key made by `shoal keygen`"))
+}
+
+/// Parses a comma list of `host:port` seeds; a bare host gets the gossip port.
+pub fn parse_seeds(raw: &str, gossip_port: u16) -> Result<Vec<String>, ConfigError> {
+    let mut seeds = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let seed = match part.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') || host.ends_with(']') => {
+                if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+                    return Err(invalid("SHOAL_SEEDS", raw, "a comma list of host:port, e.g. tasks.gateway:7950,10.0.9.3:7950"));
+                }
+                part.to_string()
+            }
+            _ => format!("{part}:{gossip_port}"),
+        };
+        if seed.chars().any(char::is_whitespace) {
+            return Err(invalid("SHOAL_SEEDS", raw, "a comma list of host:port without spaces inside an entry"));
+        }
+        seeds.push(seed);
+    }
+    Ok(seeds)
+}
+
+#[cfg(test)]
+mod tests;

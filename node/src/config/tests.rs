@@ -1,0 +1,98 @@
+use super::*;
+
+const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+fn env(pairs: &[(&str, &str)]) -> Env {
+    Env::from_pairs(pairs.iter().copied())
+}
+
+fn err_of(pairs: &[(&str, &str)]) -> String {
+    NodeConfig::from_env(&env(pairs), "story-service", 8768)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let c = NodeConfig::from_env(&env(&[("SHOAL_CLUSTER_KEY", KEY)]), "story-service", 8768).unwrap();
+    assert_eq!(c.service.as_str(), "story-service");
+    assert_eq!(c.port, 8768);
+    assert_eq!(c.gossip_port, DEFAULT_GOSSIP_PORT);
+    assert_eq!(c.advertise, AdvertiseSpec::Auto);
+    assert_eq!(c.cluster, "shoal");
+    assert_eq!(c.protocol, GossipProtocol::V1);
+    assert_eq!(c.timings, Timings::default());
+    assert_eq!(c.keys.unwrap().all().len(), 1);
+}
+
+#[test]
+fn missing_key_refuses_to_start_unless_insecure() {
+    let e = err_of(&[]);
+    assert!(e.contains("SHOAL_CLUSTER_KEY") && e.contains("shoal keygen"), "{e}");
+    let c = NodeConfig::from_env(&env(&[("SHOAL_INSECURE", "true")]), "s", 1).unwrap();
+    assert!(c.keys.is_none());
+}
+
+#[test]
+fn key_ring_takes_several_keys_and_never_echoes_them() {
+    let two = format!("{KEY},{}", crate::key::ClusterKey::generate().to_base64());
+    let c = NodeConfig::from_env(&env(&[("SHOAL_CLUSTER_KEY", &two)]), "s", 1).unwrap();
+    assert_eq!(c.keys.unwrap().all().len(), 2);
+    let e = err_of(&[("SHOAL_CLUSTER_KEY", "c2VjcmV0")]);
+    assert!(e.contains("SHOAL_CLUSTER_KEY") && e.contains("6 bytes") && !e.contains("c2VjcmV0"), "{e}");
+}
+
+#[test]
+fn key_file_is_read_and_a_missing_file_is_named() {
+    let dir = std::env::temp_dir().join(format!("shoal-key-{}", std::process::id()));
+    std::fs::write(&dir, format!("{KEY}\n")).unwrap();
+    let path = dir.to_string_lossy().to_string();
+    let c = NodeConfig::from_env(&env(&[("SHOAL_CLUSTER_KEY_FILE", &path)]), "s", 1).unwrap();
+    assert!(c.keys.is_some());
+    std::fs::remove_file(&dir).unwrap();
+    let e = err_of(&[("SHOAL_CLUSTER_KEY_FILE", &path)]);
+    assert!(e.contains("SHOAL_CLUSTER_KEY_FILE") && e.contains(&path), "{e}");
+}
+
+#[test]
+fn every_bad_value_names_variable_value_and_what_is_accepted() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("SHOAL_SERVICE", "Story Service", "a-z"),
+        ("SHOAL_PORT", "70000", "TCP port"),
+        ("SHOAL_GOSSIP_PORT", "7946", "Swarm"),
+        ("SHOAL_GOSSIP_PORT", "udp", "UDP port"),
+        ("SHOAL_SEEDS", "gateway:notaport", "host:port"),
+        ("SHOAL_ADVERTISE", "eth2", "iface:<name>"),
+        ("SHOAL_GOSSIP_INTERVAL", "fast", "duration"),
+        ("SHOAL_GOSSIP_INTERVAL", "1ms", "between 10ms and 10s"),
+        ("SHOAL_PHI_THRESHOLD", "0.5", "between 1 and 32"),
+        ("SHOAL_GOSSIP_PROTOCOL", "v9", "v0 or v1"),
+        ("SHOAL_INSECURE", "maybe", "true or false"),
+        ("SHOAL_GOSSIP_BIND", "here", "IP address"),
+    ];
+    for (var, value, expected) in cases {
+        let e = err_of(&[("SHOAL_CLUSTER_KEY", KEY), (var, value)]);
+        assert!(e.contains(var), "{var}: {e}");
+        assert!(e.contains(expected), "{var}={value}: {e}");
+        if *var != "SHOAL_GOSSIP_PORT" || *value != "7946" {
+            assert!(e.contains(value), "{var}={value}: {e}");
+        }
+    }
+}
+
+#[test]
+fn seeds_get_the_gossip_port_when_none_is_given() {
+    let seeds = parse_seeds("tasks.gateway, 10.0.9.3:7000,[::1]:7950", 7950).unwrap();
+    assert_eq!(seeds, ["tasks.gateway:7950", "10.0.9.3:7000", "[::1]:7950"]);
+    assert!(parse_seeds("", 7950).unwrap().is_empty());
+}
+
+#[test]
+fn durations_accept_units() {
+    assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+    assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+    assert_eq!(parse_duration("1.5"), Some(Duration::from_millis(1500)));
+    assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+    assert_eq!(parse_duration("-1s"), None);
+    assert_eq!(parse_duration("soon"), None);
+}

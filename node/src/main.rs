@@ -1,0 +1,223 @@
+//! `shoal`: look at and look after a shoal cluster.
+//!
+//! - `shoal members`: joins briefly as an observer and prints the cluster.
+//! - `shoal healthcheck <url>`: exit 0 on a 2xx answer (Docker HEALTHCHECK
+//!   in images that have no curl).
+//! - `shoal keygen`: prints a new cluster key.
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shoal_node::config::parse_duration;
+use shoal_node::{Cluster, ClusterView, Env, NodeConfig, Role};
+
+#[derive(Parser)]
+#[command(name = "shoal", version, about = "Look at and look after a shoal cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Joins as an observer (never routed to) and prints the members by service.
+    Members {
+        /// Seeds, host:port comma list (default: SHOAL_SEEDS).
+        #[arg(long)]
+        seeds: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How long to listen at most before printing.
+        #[arg(long, default_value = "3s", value_parser = duration_arg)]
+        wait: Duration,
+    },
+    /// GETs a URL; exit 0 on 2xx, 1 otherwise.
+    Healthcheck {
+        /// e.g. http://127.0.0.1:8768/health
+        url: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = duration_arg)]
+        timeout: Duration,
+    },
+    /// Prints a new random cluster key (base64) for SHOAL_CLUSTER_KEY.
+    Keygen,
+    /// Advertises a co-located service written in any language (SHOAL_SERVICE
+    /// on SHOAL_PORT): `up` while its health URL answers 2xx, drained on SIGTERM.
+    Sidecar {
+        /// Health URL polled every second; without it the member is up at once.
+        #[arg(long)]
+        health_url: Option<String>,
+        /// Path prefixes the service serves, comma separated (e.g. /bbs).
+        #[arg(long, default_value = "")]
+        routes: String,
+    },
+}
+
+fn duration_arg(raw: &str) -> Result<Duration, String> {
+    parse_duration(raw).ok_or_else(|| format!("{raw:?} is not a duration such as 500ms, 3s or 1m"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("shoal: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Members { seeds, json, wait } => members(seeds, json, wait).await,
+            Command::Healthcheck { url, timeout } => healthcheck(&url, timeout).await,
+            Command::Sidecar { health_url, routes } => sidecar(health_url, &routes).await,
+            Command::Keygen => {
+                println!("{}", shoal_node::key::ClusterKey::generate().to_base64());
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("shoal: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn members(seeds: Option<String>, json: bool, wait: Duration) -> anyhow::Result<()> {
+    let mut env = Env::from_process();
+    if let Some(seeds) = seeds {
+        env.set("SHOAL_SEEDS", seeds);
+    }
+    if env.get("SHOAL_SEEDS").is_none() {
+        anyhow::bail!("no seeds: pass --seeds host:port or set SHOAL_SEEDS");
+    }
+    // An observer takes a free gossip port so it can run beside a member.
+    env.set("SHOAL_GOSSIP_PORT", "0");
+    shoal_node::telemetry::init(shoal_node::config::log_json(&env)?);
+    let config = NodeConfig::from_env(&env, "shoal-cli", 0)?;
+    let cluster = Cluster::join(&config, Role::Observer).await?;
+    let view = settle(&cluster, wait).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&*view)?);
+    } else {
+        print!("{}", table(&view));
+    }
+    cluster.leave().await;
+    Ok(())
+}
+
+/// Waits until the view has members and has not changed for half a second,
+/// or until `wait` is over.
+async fn settle(cluster: &Cluster, wait: Duration) -> std::sync::Arc<ClusterView> {
+    let mut rx = cluster.view();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let quiet = tokio::time::timeout(Duration::from_millis(500), rx.changed()).await.is_err();
+        if (quiet && !rx.borrow().is_empty()) || tokio::time::Instant::now() >= deadline {
+            return rx.borrow().clone();
+        }
+    }
+}
+
+fn table(view: &ClusterView) -> String {
+    use std::fmt::Write;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let mut out = String::new();
+    if view.is_empty() {
+        out.push_str("no members seen (check SHOAL_SEEDS and SHOAL_CLUSTER_KEY)\n");
+        return out;
+    }
+    let _ = writeln!(out, "{:<20} {:<24} {:<22} {:<9} {:>8}  ROUTES", "SERVICE", "HOST", "ADDRESS", "HEALTH", "AGE");
+    for (service, members) in view.services() {
+        for m in members {
+            let age = Duration::from_millis(now_ms.saturating_sub(m.started_ms));
+            let _ = writeln!(
+                out,
+                "{:<20} {:<24} {:<22} {:<9} {:>8}  {}",
+                service,
+                m.host,
+                m.addr.to_string(),
+                m.health.as_str(),
+                human_age(age),
+                m.routes.join(",")
+            );
+        }
+    }
+    out
+}
+
+fn human_age(age: Duration) -> String {
+    let s = age.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+async fn sidecar(health_url: Option<String>, routes: &str) -> anyhow::Result<()> {
+    let env = Env::from_process();
+    shoal_node::telemetry::init(shoal_node::config::log_json(&env)?);
+    let config = NodeConfig::from_env(&env, "sidecar", 0)?;
+    anyhow::ensure!(config.port != 0, "SHOAL_PORT is not set: the port of the service this sidecar advertises");
+    let routes = routes.split(',').map(str::trim).filter(|r| !r.is_empty()).map(String::from).collect();
+    let cluster = Cluster::join(&config, Role::Service { routes }).await?;
+    let poll = {
+        let cluster = cluster.clone();
+        async move {
+            let mut current = None;
+            loop {
+                let health = match &health_url {
+                    None => shoal_node::Health::Up,
+                    Some(url) => match healthcheck(url, Duration::from_secs(2)).await {
+                        Ok(()) => shoal_node::Health::Up,
+                        Err(err) => {
+                            if current == Some(shoal_node::Health::Up) {
+                                tracing::warn!(error = %format!("{err:#}"), "service unhealthy");
+                            }
+                            shoal_node::Health::Starting
+                        }
+                    },
+                };
+                if current != Some(health) {
+                    cluster.set_health(health).await;
+                    current = Some(health);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = poll => {}
+        _ = shoal_node::signal::terminate() => {}
+    }
+    cluster.begin_drain().await;
+    cluster.leave().await;
+    Ok(())
+}
+
+async fn healthcheck(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let uri: hyper::Uri = url.parse().with_context(|| format!("{url:?} is not a URL"))?;
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let response = tokio::time::timeout(timeout, client.get(uri))
+        .await
+        .with_context(|| format!("no answer from {url} within {timeout:?}"))?
+        .with_context(|| format!("GET {url} failed"))?;
+    let status = response.status();
+    anyhow::ensure!(status.is_success(), "GET {url} answered {status}");
+    Ok(())
+}

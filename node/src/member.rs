@@ -1,0 +1,207 @@
+//! What a member publishes in gossip, and the typed record read back.
+//!
+//! These are all the chitchat keys shoal uses; nothing outside this module
+//! reads or writes a key string. A member that publishes no `service` key is
+//! an observer (e.g. `shoal members`) and never appears in a view.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use chitchat::{ChitchatId, NodeState};
+use serde::Serialize;
+
+/// Gossip key names, in one place.
+pub mod keys {
+    /// Service name (`story-service`).
+    pub const SERVICE: &str = "service";
+    /// Where the service is reached, `ip:port`.
+    pub const ADDR: &str = "addr";
+    /// [`super::Health`] as text.
+    pub const HEALTH: &str = "health";
+    /// Path prefixes served, comma separated (`/story`).
+    pub const ROUTES: &str = "routes";
+    /// Host name (container id on Swarm).
+    pub const HOST: &str = "host";
+    /// shoal version of the member.
+    pub const VERSION: &str = "version";
+    /// Start time, milliseconds since the Unix epoch.
+    pub const STARTED: &str = "started";
+}
+
+/// Where a member is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Joined, not ready yet (e.g. waiting for its database).
+    Starting,
+    /// Ready: the only state that receives traffic.
+    Up,
+    /// Stopping: finishes in-flight work, gets no new requests.
+    Draining,
+    /// Gone: announced just before the member stops gossiping.
+    Left,
+}
+
+impl Health {
+    /// The text published in gossip.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Up => "up",
+            Health::Draining => "draining",
+            Health::Left => "left",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Health {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Ok(match s {
+            "starting" => Health::Starting,
+            "up" => Health::Up,
+            "draining" => Health::Draining,
+            "left" => Health::Left,
+            _ => return Err(()),
+        })
+    }
+}
+
+/// Identity of one run of a member: its node id and the generation (start
+/// time) that tells a restarted member from its predecessor.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct MemberId {
+    /// Stable name of the member (`story-service@10.0.9.12:8768`).
+    pub node: String,
+    /// Grows on every start.
+    pub generation: u64,
+}
+
+impl fmt::Display for MemberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.node, self.generation)
+    }
+}
+
+/// One member of one service, as every other member sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// Who it is.
+    pub id: MemberId,
+    /// Its service.
+    pub service: String,
+    /// Where its service is reached.
+    pub addr: SocketAddr,
+    /// Its health.
+    pub health: Health,
+    /// Path prefixes it serves besides `/api/{service}`.
+    pub routes: Vec<String>,
+    /// Its host name.
+    pub host: String,
+    /// Its shoal version.
+    pub version: String,
+    /// Its start time (ms since the epoch).
+    pub started_ms: u64,
+    /// Where it gossips.
+    pub gossip_addr: SocketAddr,
+}
+
+/// A record a member publishes; turned into gossip keys by [`Announce::key_values`].
+#[derive(Debug, Clone)]
+pub struct Announce {
+    /// Service name; `None` for an observer.
+    pub service: Option<String>,
+    /// Service address.
+    pub addr: SocketAddr,
+    /// Path prefixes served.
+    pub routes: Vec<String>,
+    /// Host name.
+    pub host: String,
+    /// Start time (ms since the epoch).
+    pub started_ms: u64,
+}
+
+impl Announce {
+    /// The initial key values of a member, with health `starting`.
+    pub fn key_values(&self) -> Vec<(String, String)> {
+        let Some(service) = &self.service else {
+            return Vec::new();
+        };
+        [
+            (keys::SERVICE, service.clone()),
+            (keys::ADDR, self.addr.to_string()),
+            (keys::HEALTH, Health::Starting.to_string()),
+            (keys::ROUTES, self.routes.join(",")),
+            (keys::HOST, self.host.clone()),
+            (keys::VERSION, env!("CARGO_PKG_VERSION").to_string()),
+            (keys::STARTED, self.started_ms.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// Why a member's state could not be read (published by a foreign or broken
+/// program); such a member is left out of the view and logged.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("member {node} publishes an invalid {key}: {value:?}")]
+pub struct MemberDecodeError {
+    node: String,
+    key: &'static str,
+    value: String,
+}
+
+impl Member {
+    /// Reads a member from its gossip state; `Ok(None)` for observers.
+    pub fn from_state(id: &ChitchatId, state: &NodeState) -> Result<Option<Member>, MemberDecodeError> {
+        let Some(service) = state.get(keys::SERVICE) else {
+            return Ok(None);
+        };
+        let bad = |key: &'static str, value: Option<&str>| MemberDecodeError {
+            node: id.node_id.to_string(),
+            key,
+            value: value.unwrap_or("<missing>").to_string(),
+        };
+        let field = |key: &'static str| state.get(key);
+        let addr = field(keys::ADDR)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad(keys::ADDR, field(keys::ADDR)))?;
+        let health = field(keys::HEALTH)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad(keys::HEALTH, field(keys::HEALTH)))?;
+        let routes = field(keys::ROUTES)
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|r| r.starts_with('/') && r.len() > 1)
+            .map(|r| r.trim_end_matches('/').to_string())
+            .collect();
+        Ok(Some(Member {
+            id: MemberId {
+                node: id.node_id.to_string(),
+                generation: id.generation_id,
+            },
+            service: service.to_string(),
+            addr,
+            health,
+            routes,
+            host: field(keys::HOST).unwrap_or("").to_string(),
+            version: field(keys::VERSION).unwrap_or("").to_string(),
+            started_ms: field(keys::STARTED).and_then(|v| v.parse().ok()).unwrap_or(0),
+            gossip_addr: id.gossip_advertise_addr,
+        }))
+    }
+
+    /// Whether the member may receive traffic.
+    pub fn is_up(&self) -> bool {
+        self.health == Health::Up
+    }
+}
