@@ -1,0 +1,203 @@
+//! Balance: pick one instance of a service for the next attempt.
+//!
+//! Power of two choices over a peak-EWMA cost, as linkerd2-proxy does: pick
+//! two eligible instances at random and send to the cheaper, where cost =
+//! latency average × (requests in flight + 1). The latency average jumps up
+//! at once on a slow answer (peak) and decays with time, also while the
+//! instance is not used, so a replica that was slow is probed again later.
+//!
+//! Two costs within a small margin count as equal, and then the instance
+//! picked least recently wins: idle, equal replicas share requests evenly
+//! (the classic demo where `/service/host` alternates) instead of the
+//! marginally fastest taking two thirds of them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use shoal_node::Member;
+use tokio::time::Instant;
+
+/// How fast the latency average forgets (time constant).
+const DECAY: Duration = Duration::from_secs(10);
+/// Costs closer than this (relative) are a tie.
+const TIE_RATIO: f64 = 1.5;
+/// Costs closer than this (absolute, seconds) are a tie: loopback noise.
+const TIE_ABSOLUTE: f64 = 0.002;
+
+/// One instance of a service as the gateway tracks it.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The member behind it.
+    pub member: Arc<Member>,
+    /// `ip:port` as a URI authority.
+    pub authority: http::uri::Authority,
+    in_flight: AtomicU32,
+    state: Mutex<EndpointState>,
+}
+
+#[derive(Debug)]
+struct EndpointState {
+    /// Latency average in seconds; 0 until the first observation.
+    ewma: f64,
+    last_observed: Option<Instant>,
+    last_picked: Option<Instant>,
+    consecutive_failures: u32,
+    ejected_until: Option<Instant>,
+    times_ejected: u32,
+}
+
+impl Endpoint {
+    /// A fresh endpoint for `member`.
+    pub fn new(member: Arc<Member>) -> Self {
+        let authority = member
+            .addr
+            .to_string()
+            .parse()
+            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"));
+        Self {
+            member,
+            authority,
+            in_flight: AtomicU32::new(0),
+            state: Mutex::new(EndpointState {
+                ewma: 0.0,
+                last_observed: None,
+                last_picked: None,
+                consecutive_failures: 0,
+                ejected_until: None,
+                times_ejected: 0,
+            }),
+        }
+    }
+
+    /// The instance address.
+    pub fn addr(&self) -> SocketAddr {
+        self.member.addr
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, EndpointState> {
+        // A panic while holding this lock cannot leave the state invalid.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Feeds a latency observation into the average.
+    pub fn observe(&self, latency: Duration, now: Instant) {
+        let mut s = self.state();
+        let rtt = latency.as_secs_f64();
+        s.ewma = if rtt > s.ewma {
+            rtt
+        } else {
+            let w = decay_weight(s.last_observed, now);
+            s.ewma * w + rtt * (1.0 - w)
+        };
+        s.last_observed = Some(now);
+    }
+
+    /// Cost of sending one more request now.
+    pub fn cost(&self, now: Instant) -> f64 {
+        let s = self.state();
+        let ewma = s.ewma * decay_weight(s.last_observed, now);
+        ewma * f64::from(self.in_flight() + 1)
+    }
+
+    /// Whether outlier ejection keeps it out of rotation now.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.state().ejected_until.is_some_and(|until| until > now)
+    }
+
+    /// Records a success: the failure streak ends.
+    pub fn record_success(&self) {
+        self.state().consecutive_failures = 0;
+    }
+
+    /// Records a failure; returns the streak length.
+    pub fn record_failure(&self) -> u32 {
+        let mut s = self.state();
+        s.consecutive_failures += 1;
+        s.consecutive_failures
+    }
+
+    /// Ejects it for `base × times ejected` (capped at 10×).
+    pub fn eject(&self, base: Duration, now: Instant) -> Duration {
+        let mut s = self.state();
+        s.times_ejected = (s.times_ejected + 1).min(10);
+        let time = base * s.times_ejected;
+        s.ejected_until = Some(now + time);
+        s.consecutive_failures = 0;
+        time
+    }
+}
+
+fn decay_weight(last: Option<Instant>, now: Instant) -> f64 {
+    match last {
+        None => 0.0,
+        Some(last) => (-(now.saturating_duration_since(last).as_secs_f64()) / DECAY.as_secs_f64()).exp(),
+    }
+}
+
+/// A request in flight on an endpoint; dropping it ends the request.
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Picks among `endpoints` those eligible (not ejected, under the
+/// per-instance limit, not in `exclude`), by power of two choices.
+pub fn pick(
+    endpoints: &[Arc<Endpoint>],
+    exclude: &[SocketAddr],
+    max_in_flight: u32,
+    now: Instant,
+) -> Option<Arc<Endpoint>> {
+    let eligible: Vec<&Arc<Endpoint>> = endpoints
+        .iter()
+        .filter(|e| !exclude.contains(&e.addr()) && !e.is_ejected(now) && e.in_flight() < max_in_flight)
+        .collect();
+    let chosen = match eligible.len() {
+        0 => return None,
+        1 => eligible[0],
+        n => {
+            let mut rng = rand::rng();
+            let a = rng.random_range(0..n);
+            let mut b = rng.random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            cheaper(eligible[a], eligible[b], now)
+        }
+    };
+    chosen.state().last_picked = Some(now);
+    Some(chosen.clone())
+}
+
+fn cheaper<'a>(a: &'a Arc<Endpoint>, b: &'a Arc<Endpoint>, now: Instant) -> &'a Arc<Endpoint> {
+    let (ca, cb) = (a.cost(now), b.cost(now));
+    let (lo, hi) = if ca <= cb { (ca, cb) } else { (cb, ca) };
+    if hi <= lo * TIE_RATIO || hi - lo <= TIE_ABSOLUTE {
+        // Equal enough: the one picked least recently (never picked first).
+        let (pa, pb) = (a.state().last_picked, b.state().last_picked);
+        return if pa <= pb { a } else { b };
+    }
+    if ca <= cb { a } else { b }
+}
+
+#[cfg(test)]
+mod tests;

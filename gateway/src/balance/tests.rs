@@ -1,0 +1,92 @@
+use super::*;
+use shoal_node::member::{Health, MemberId};
+
+fn endpoint(i: u8) -> Arc<Endpoint> {
+    Arc::new(Endpoint::new(Arc::new(Member {
+        id: MemberId {
+            node: format!("s{i}"),
+            generation: 1,
+        },
+        service: "s".into(),
+        addr: SocketAddr::from(([127, 0, 1, i], 8768)),
+        health: Health::Up,
+        routes: vec![],
+        host: String::new(),
+        version: String::new(),
+        started_ms: 0,
+        gossip_addr: SocketAddr::from(([127, 0, 1, i], 7950)),
+    })))
+}
+
+fn counts(endpoints: &[Arc<Endpoint>], rounds: usize, latency_of: impl Fn(usize) -> Duration) -> Vec<usize> {
+    let mut counts = vec![0; endpoints.len()];
+    let mut now = Instant::now();
+    for _ in 0..rounds {
+        let e = pick(endpoints, &[], 100, now).unwrap();
+        let i = endpoints.iter().position(|x| Arc::ptr_eq(x, &e)).unwrap();
+        counts[i] += 1;
+        let latency = latency_of(i);
+        now += latency;
+        e.observe(latency, now);
+    }
+    counts
+}
+
+#[tokio::test(start_paused = true)]
+async fn equal_idle_replicas_share_sequential_requests_evenly() {
+    let endpoints: Vec<_> = (1..=3).map(endpoint).collect();
+    // Slightly different but equal-enough latencies, as on a real host.
+    let c = counts(&endpoints, 300, |i| Duration::from_micros(300 + 40 * i as u64));
+    for n in &c {
+        assert!((70..=130).contains(n), "uneven spread {c:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_replica_gets_far_fewer_requests() {
+    let endpoints: Vec<_> = (1..=3).map(endpoint).collect();
+    let c = counts(&endpoints, 300, |i| {
+        if i == 0 { Duration::from_millis(200) } else { Duration::from_millis(1) }
+    });
+    assert!(c[0] * 10 < c[1].min(c[2]), "slow replica not avoided: {c:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn busy_instance_costs_more() {
+    let endpoints: Vec<_> = (1..=2).map(endpoint).collect();
+    let now = Instant::now();
+    for e in &endpoints {
+        e.observe(Duration::from_millis(10), now);
+    }
+    let _busy: Vec<_> = (0..5).map(|_| endpoints[0].start()).collect();
+    for _ in 0..20 {
+        let e = pick(&endpoints, &[], 100, now).unwrap();
+        assert_eq!(e.addr(), endpoints[1].addr());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn ejected_excluded_and_saturated_instances_are_skipped() {
+    let endpoints: Vec<_> = (1..=3).map(endpoint).collect();
+    let now = Instant::now();
+    let t = endpoints[0].eject(Duration::from_secs(30), now);
+    assert_eq!(t, Duration::from_secs(30));
+    let _full = endpoints[1].start();
+    for _ in 0..20 {
+        assert_eq!(pick(&endpoints, &[], 1, now).unwrap().addr(), endpoints[2].addr());
+    }
+    assert!(pick(&endpoints, &[endpoints[2].addr()], 1, now).is_none());
+    // The second ejection lasts twice as long; both end.
+    assert!(endpoints[0].is_ejected(now + Duration::from_secs(29)));
+    assert!(!endpoints[0].is_ejected(now + Duration::from_secs(31)));
+    assert_eq!(endpoints[0].eject(Duration::from_secs(30), now), Duration::from_secs(60));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_replica_is_probed_again_after_its_cost_decays() {
+    let e = endpoint(1);
+    let now = Instant::now();
+    e.observe(Duration::from_millis(200), now);
+    assert!(e.cost(now) > 0.19);
+    assert!(e.cost(now + Duration::from_secs(60)) < 0.001);
+}

@@ -1,0 +1,220 @@
+//! The gateway's configuration: the member settings of `shoal-node` plus
+//! ports, timeouts, limits and resilience knobs, all from `SHOAL_*`
+//! variables with the classic stack's defaults.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use shoal_node::config::{ConfigError, Env, invalid};
+use shoal_node::NodeConfig;
+
+/// Everything the gateway reads at start.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Membership settings (service `gateway`).
+    pub node: NodeConfig,
+    /// Address the public and admin ports bind to (`SHOAL_LISTEN`, default 0.0.0.0).
+    pub listen: IpAddr,
+    /// Public port (`SHOAL_PORT`, default 4000).
+    pub port: u16,
+    /// Admin port: metrics, members, health (`SHOAL_ADMIN_PORT`, default 8761).
+    pub admin_port: u16,
+    /// Upstream limits and timeouts.
+    pub proxy: ProxyConfig,
+    /// Retries, ejection, breaker.
+    pub resilience: ResilienceConfig,
+    /// One log line per request (`SHOAL_ACCESS_LOG`, default true).
+    pub access_log: bool,
+    /// JSON logs (`SHOAL_LOG_FORMAT=json`).
+    pub log_json: bool,
+}
+
+/// Timeouts and limits towards upstreams.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// TCP connect (`SHOAL_CONNECT_TIMEOUT`, 5s).
+    pub connect_timeout: Duration,
+    /// Until the response headers of one attempt (`SHOAL_RESPONSE_TIMEOUT`, 5s).
+    pub response_timeout: Duration,
+    /// Whole request including retries (`SHOAL_REQUEST_TIMEOUT`, 20s).
+    pub request_timeout: Duration,
+    /// Upstream requests in flight in total (`SHOAL_MAX_CONNECTIONS`, 500).
+    pub max_in_flight: usize,
+    /// Upstream requests in flight per instance (`SHOAL_MAX_CONNECTIONS_PER_INSTANCE`, 100).
+    pub max_in_flight_per_instance: u32,
+    /// Idle pooled connections are closed after this (`SHOAL_POOL_IDLE_TIMEOUT`, 60s),
+    /// far below the 900 s after which Swarm's IPVS silently drops them.
+    pub pool_idle_timeout: Duration,
+    /// Request bodies up to this size are kept so the request can be retried
+    /// (`SHOAL_RETRY_BODY_LIMIT`, 64 KiB); larger bodies stream and are not retried.
+    pub retry_body_limit: usize,
+}
+
+/// Knobs of retries, outlier ejection and the circuit breaker.
+#[derive(Debug, Clone)]
+pub struct ResilienceConfig {
+    /// Retries allowed as a share of requests (`SHOAL_RETRY_BUDGET_RATIO`, 0.2).
+    pub retry_ratio: f64,
+    /// Retries always allowed per second (`SHOAL_RETRY_BUDGET_MIN`, 10).
+    pub retry_min_per_sec: u32,
+    /// Attempts per request at most (`SHOAL_MAX_ATTEMPTS`, 3).
+    pub max_attempts: u32,
+    /// Consecutive failures that eject an instance (`SHOAL_EJECT_AFTER`, 5).
+    pub eject_after: u32,
+    /// Base ejection time, multiplied by times ejected (`SHOAL_EJECT_TIME`, 30s).
+    pub eject_time: Duration,
+    /// Requests in the window before the breaker may open (`SHOAL_BREAKER_MIN_REQUESTS`, 20).
+    pub breaker_min_requests: u32,
+    /// Error percentage that opens it (`SHOAL_BREAKER_ERROR_PERCENT`, 50).
+    pub breaker_error_percent: u32,
+    /// Rolling window (`SHOAL_BREAKER_WINDOW`, 10s).
+    pub breaker_window: Duration,
+    /// Time open before a trial request (`SHOAL_BREAKER_OPEN_TIME`, 5s).
+    pub breaker_open_time: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(20),
+            max_in_flight: 500,
+            max_in_flight_per_instance: 100,
+            pool_idle_timeout: Duration::from_secs(60),
+            retry_body_limit: 64 * 1024,
+        }
+    }
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        Self {
+            retry_ratio: 0.2,
+            retry_min_per_sec: 10,
+            max_attempts: 3,
+            eject_after: 5,
+            eject_time: Duration::from_secs(30),
+            breaker_min_requests: 20,
+            breaker_error_percent: 50,
+            breaker_window: Duration::from_secs(10),
+            breaker_open_time: Duration::from_secs(5),
+        }
+    }
+}
+
+fn positive<T: PartialOrd + Default + ToString>(var: &'static str, v: T) -> Result<T, ConfigError> {
+    if v > T::default() {
+        Ok(v)
+    } else {
+        Err(invalid(var, &v.to_string(), "a number above 0"))
+    }
+}
+
+impl GatewayConfig {
+    /// Reads the configuration from `env`.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let node = NodeConfig::from_env(env, "gateway", 4000)?;
+        let p = ProxyConfig::default();
+        let r = ResilienceConfig::default();
+        let proxy = ProxyConfig {
+            connect_timeout: env.duration_or("SHOAL_CONNECT_TIMEOUT", p.connect_timeout)?,
+            response_timeout: env.duration_or("SHOAL_RESPONSE_TIMEOUT", p.response_timeout)?,
+            request_timeout: env.duration_or("SHOAL_REQUEST_TIMEOUT", p.request_timeout)?,
+            max_in_flight: positive(
+                "SHOAL_MAX_CONNECTIONS",
+                env.parse_or("SHOAL_MAX_CONNECTIONS", p.max_in_flight, "a whole number above 0")?,
+            )?,
+            max_in_flight_per_instance: positive(
+                "SHOAL_MAX_CONNECTIONS_PER_INSTANCE",
+                env.parse_or(
+                    "SHOAL_MAX_CONNECTIONS_PER_INSTANCE",
+                    p.max_in_flight_per_instance,
+                    "a whole number above 0",
+                )?,
+            )?,
+            pool_idle_timeout: env.duration_or("SHOAL_POOL_IDLE_TIMEOUT", p.pool_idle_timeout)?,
+            retry_body_limit: env.parse_or("SHOAL_RETRY_BODY_LIMIT", p.retry_body_limit, "a size in bytes")?,
+        };
+        if proxy.pool_idle_timeout >= Duration::from_secs(900) {
+            return Err(invalid(
+                "SHOAL_POOL_IDLE_TIMEOUT",
+                env.get("SHOAL_POOL_IDLE_TIMEOUT").unwrap_or_default(),
+                "a duration below 900s (Swarm's IPVS drops idle connections at 900 s)",
+            ));
+        }
+        let retry_ratio: f64 = env.parse_or("SHOAL_RETRY_BUDGET_RATIO", r.retry_ratio, "a ratio between 0 and 1, e.g. 0.2")?;
+        if !(0.0..=1.0).contains(&retry_ratio) {
+            return Err(invalid("SHOAL_RETRY_BUDGET_RATIO", &retry_ratio.to_string(), "a ratio between 0 and 1, e.g. 0.2"));
+        }
+        let breaker_error_percent: u32 =
+            env.parse_or("SHOAL_BREAKER_ERROR_PERCENT", r.breaker_error_percent, "a percentage, 1-100")?;
+        if !(1..=100).contains(&breaker_error_percent) {
+            return Err(invalid("SHOAL_BREAKER_ERROR_PERCENT", &breaker_error_percent.to_string(), "a percentage, 1-100"));
+        }
+        let resilience = ResilienceConfig {
+            retry_ratio,
+            retry_min_per_sec: env.parse_or("SHOAL_RETRY_BUDGET_MIN", r.retry_min_per_sec, "a whole number of retries per second")?,
+            max_attempts: positive(
+                "SHOAL_MAX_ATTEMPTS",
+                env.parse_or("SHOAL_MAX_ATTEMPTS", r.max_attempts, "a whole number above 0")?,
+            )?,
+            eject_after: positive(
+                "SHOAL_EJECT_AFTER",
+                env.parse_or("SHOAL_EJECT_AFTER", r.eject_after, "a whole number above 0")?,
+            )?,
+            eject_time: env.duration_or("SHOAL_EJECT_TIME", r.eject_time)?,
+            breaker_min_requests: env.parse_or("SHOAL_BREAKER_MIN_REQUESTS", r.breaker_min_requests, "a whole number")?,
+            breaker_error_percent,
+            breaker_window: env.duration_or("SHOAL_BREAKER_WINDOW", r.breaker_window)?,
+            breaker_open_time: env.duration_or("SHOAL_BREAKER_OPEN_TIME", r.breaker_open_time)?,
+        };
+        Ok(Self {
+            listen: env.parse_or("SHOAL_LISTEN", IpAddr::from([0, 0, 0, 0]), "an IP address")?,
+            port: node.port,
+            admin_port: env.parse_or("SHOAL_ADMIN_PORT", 8761, "a TCP port, 1-65535")?,
+            node,
+            proxy,
+            resilience,
+            access_log: env.bool_or("SHOAL_ACCESS_LOG", true)?,
+            log_json: shoal_node::config::log_json(env)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        let mut all = vec![("SHOAL_INSECURE", "true")];
+        all.extend_from_slice(pairs);
+        Env::from_pairs(all)
+    }
+
+    #[test]
+    fn classic_defaults() {
+        let c = GatewayConfig::from_env(&env(&[])).unwrap();
+        assert_eq!((c.port, c.admin_port), (4000, 8761));
+        assert_eq!(c.node.service.as_str(), "gateway");
+        assert_eq!(c.proxy.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.proxy.request_timeout, Duration::from_secs(20));
+        assert_eq!((c.proxy.max_in_flight, c.proxy.max_in_flight_per_instance), (500, 100));
+        assert_eq!(c.resilience.breaker_min_requests, 20);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, value, expected) in [
+            ("SHOAL_POOL_IDLE_TIMEOUT", "20m", "below 900s"),
+            ("SHOAL_RETRY_BUDGET_RATIO", "2", "between 0 and 1"),
+            ("SHOAL_MAX_CONNECTIONS", "0", "above 0"),
+            ("SHOAL_BREAKER_ERROR_PERCENT", "150", "percentage"),
+            ("SHOAL_CONNECT_TIMEOUT", "soon", "duration"),
+            ("SHOAL_LISTEN", "everywhere", "IP address"),
+        ] {
+            let e = GatewayConfig::from_env(&env(&[(var, value)])).unwrap_err().to_string();
+            assert!(e.contains(var) && e.contains(expected), "{var}={value}: {e}");
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The error answers of the gateway, in the classic Spring JSON shape
+//! `{"timestamp","status","error","message","path"}`, with the status that
+//! says what happened (the classic gateway answered 500 to everything).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{HeaderValue, Response, StatusCode, header};
+use serde::Serialize;
+
+use crate::body::ProxyBody;
+
+#[derive(Serialize)]
+struct SpringError<'a> {
+    timestamp: u64,
+    status: u16,
+    error: &'a str,
+    message: &'a str,
+    path: &'a str,
+}
+
+/// A JSON error answer.
+pub fn error_response(status: StatusCode, message: &str, path: &str) -> Response<ProxyBody> {
+    let body = SpringError {
+        timestamp: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default(),
+        status: status.as_u16(),
+        error: status.canonical_reason().unwrap_or("Error"),
+        message,
+        path,
+    };
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    let mut response = Response::new(ProxyBody::full(json));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn spring_shape_with_fields_in_order() {
+        let r = error_response(StatusCode::SERVICE_UNAVAILABLE, "no instance of story-service is up", "/api/story-service/story");
+        assert_eq!(r.status(), 503);
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        let order: Vec<usize> = ["\"timestamp\"", "\"status\":503", "\"error\":\"Service Unavailable\"", "\"message\"", "\"path\":\"/api/story-service/story\""]
+            .iter()
+            .map(|k| text.find(k).unwrap_or_else(|| panic!("{k} missing in {text}")))
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+    }
+}

@@ -1,0 +1,102 @@
+//! `shoal-gateway`: the API gateway. Joins the cluster as service
+//! `gateway`, routes `/api/{service}/**` from its own gossip view on port
+//! 4000, and serves metrics and membership on the admin port 8761.
+//!
+//! # Layout (in the order a request passes)
+//! - [`route`]: path → service and upstream path.
+//! - [`balance`]: power of two choices over peak-EWMA.
+//! - [`proxy`]: forward, retry, stream, upgrade.
+//! - [`outcome`]: retry budget and circuit breaker.
+//! - [`upstreams`]: the routing table rebuilt from each new view.
+//! - [`server`], [`admin`], [`metrics`], [`error`], [`body`], [`config`].
+
+#![forbid(unsafe_code)]
+
+mod admin;
+mod balance;
+mod body;
+mod config;
+mod error;
+mod metrics;
+mod outcome;
+mod proxy;
+mod route;
+mod server;
+mod upstreams;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use shoal_node::{Cluster, Env, Health, Role};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::GatewayConfig;
+use crate::proxy::Gateway;
+
+fn main() -> anyhow::Result<()> {
+    let env = Env::from_process();
+    let config = GatewayConfig::from_env(&env)?;
+    shoal_node::telemetry::init(config.log_json);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?
+        .block_on(run(config))
+}
+
+async fn run(config: GatewayConfig) -> anyhow::Result<()> {
+    let public_addr = SocketAddr::new(config.listen, config.port);
+    let admin_addr = SocketAddr::new(config.listen, config.admin_port);
+    let public = TcpListener::bind(public_addr)
+        .await
+        .with_context(|| format!("cannot listen on {public_addr} (SHOAL_LISTEN / SHOAL_PORT)"))?;
+    let admin = TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on {admin_addr} (SHOAL_LISTEN / SHOAL_ADMIN_PORT)"))?;
+    let cluster = Cluster::join(&config.node, Role::Service { routes: Vec::new() }).await?;
+    let drain_timeout = config.node.timings.drain_timeout;
+    let gw = Arc::new(Gateway::new(config));
+
+    // Every new view rebuilds the routing table.
+    let mut views = cluster.view();
+    let watcher = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            loop {
+                let view = views.borrow_and_update().clone();
+                gw.metrics.set_members(&view);
+                gw.upstreams.update(view);
+                if views.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let admin_app = admin::router(gw.clone(), cluster.clone(), stop_rx.clone());
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(admin, admin_app).await {
+            warn!(error = %err, "admin server stopped");
+        }
+    });
+    let server = tokio::spawn(server::serve(public, gw.clone(), stop_rx, drain_timeout));
+    cluster.set_health(Health::Up).await;
+    info!(%public_addr, %admin_addr, "gateway ready");
+
+    shoal_node::signal::terminate().await;
+    info!("stopping: draining");
+    cluster.begin_drain().await;
+    let _ = stop_tx.send(true);
+    let still_open = server.await.unwrap_or(0);
+    if still_open > 0 {
+        warn!(still_open, "grace period over with connections still open");
+    }
+    cluster.leave().await;
+    watcher.abort();
+    info!("stopped");
+    Ok(())
+}

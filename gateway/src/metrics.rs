@@ -1,0 +1,148 @@
+//! Prometheus metrics of the gateway, served on the admin port.
+
+use std::sync::atomic::Ordering;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use shoal_node::ClusterView;
+use shoal_node::transport::GossipStats;
+
+use crate::outcome::BreakerState;
+
+/// `service` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    /// Service name.
+    pub service: String,
+}
+
+/// `service` and `status` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// Service name (`-` when unrouted).
+    pub service: String,
+    /// HTTP status answered.
+    pub status: u16,
+}
+
+/// `service` and `health` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthLabels {
+    /// Service name.
+    pub service: String,
+    /// starting, up, draining.
+    pub health: String,
+}
+
+/// Every metric of the gateway.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by service and status.
+    pub requests: Family<StatusLabels, Counter>,
+    /// Time to response headers, by service.
+    pub latency: Family<ServiceLabel, Histogram>,
+    /// Retries sent.
+    pub retries: Family<ServiceLabel, Counter>,
+    /// Retries refused because the budget was spent.
+    pub budget_exhausted: Family<ServiceLabel, Counter>,
+    /// Instances ejected.
+    pub ejections: Family<ServiceLabel, Counter>,
+    /// Breaker state: 0 closed, 1 open, 2 half-open.
+    pub breaker: Family<ServiceLabel, Gauge>,
+    /// Members by service and health in this gateway's view.
+    pub members: Family<HealthLabels, Gauge>,
+    gossip_sent: Counter,
+    gossip_received: Counter,
+    gossip_rejected: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("shoal_gateway");
+        let requests = Family::<StatusLabels, Counter>::default();
+        let latency = Family::<ServiceLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        });
+        let retries = Family::<ServiceLabel, Counter>::default();
+        let budget_exhausted = Family::<ServiceLabel, Counter>::default();
+        let ejections = Family::<ServiceLabel, Counter>::default();
+        let breaker = Family::<ServiceLabel, Gauge>::default();
+        let members = Family::<HealthLabels, Gauge>::default();
+        let (gossip_sent, gossip_received, gossip_rejected) = (Counter::default(), Counter::default(), Counter::default());
+        registry.register("requests", "Requests answered, by service and status", requests.clone());
+        registry.register("upstream_latency_seconds", "Time to upstream response headers", latency.clone());
+        registry.register("retries", "Retries sent to another instance", retries.clone());
+        registry.register("retry_budget_exhausted", "Retries refused: budget spent", budget_exhausted.clone());
+        registry.register("ejections", "Instances ejected as outliers", ejections.clone());
+        registry.register("breaker_state", "Circuit breaker: 0 closed, 1 open, 2 half-open", breaker.clone());
+        registry.register("members", "Members in this gateway's view", members.clone());
+        registry.register("gossip_sent_bytes", "Gossip bytes sent", gossip_sent.clone());
+        registry.register("gossip_received_bytes", "Gossip bytes received", gossip_received.clone());
+        registry.register("gossip_rejected_packets", "Gossip datagrams that failed to open", gossip_rejected.clone());
+        Self {
+            registry,
+            requests,
+            latency,
+            retries,
+            budget_exhausted,
+            ejections,
+            breaker,
+            members,
+            gossip_sent,
+            gossip_received,
+            gossip_rejected,
+        }
+    }
+}
+
+fn catch_up(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
+}
+
+impl Metrics {
+    /// Label for `service`.
+    pub fn service(service: &str) -> ServiceLabel {
+        ServiceLabel {
+            service: service.to_string(),
+        }
+    }
+
+    /// Sets the breaker gauge of `service`.
+    pub fn set_breaker(&self, service: &str, state: BreakerState) {
+        let v = match state {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        };
+        self.breaker.get_or_create(&Self::service(service)).set(v);
+    }
+
+    /// Replaces the member gauges with the counts of `view`.
+    pub fn set_members(&self, view: &ClusterView) {
+        self.members.clear();
+        for (service, members) in view.services() {
+            for m in members {
+                self.members
+                    .get_or_create(&HealthLabels {
+                        service: service.to_string(),
+                        health: m.health.to_string(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    /// The text exposition, with gossip counters brought up to date.
+    pub fn encode(&self, gossip: &GossipStats) -> String {
+        catch_up(&self.gossip_sent, gossip.bytes_sent.load(Ordering::Relaxed));
+        catch_up(&self.gossip_received, gossip.bytes_received.load(Ordering::Relaxed));
+        catch_up(&self.gossip_rejected, gossip.packets_rejected.load(Ordering::Relaxed));
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,108 @@
+//! Upstreams: the gateway's routing table, rebuilt from every new view.
+//!
+//! A table is an immutable snapshot (`Arc`) swapped in whole, so a request
+//! reads one consistent table with a single short read lock. What must
+//! outlive a rebuild (latency averages, failure streaks, breakers, budgets)
+//! is carried over by member id and service name.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use shoal_node::{ClusterView, MemberId};
+use tokio::time::Instant;
+
+use crate::balance::Endpoint;
+use crate::config::ResilienceConfig;
+use crate::outcome::{Breaker, RetryBudget};
+
+/// One service in the table.
+#[derive(Debug)]
+pub struct ServiceState {
+    /// Its `up` instances.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Its breaker.
+    pub breaker: Arc<Breaker>,
+    /// Its retry budget.
+    pub budget: Arc<RetryBudget>,
+}
+
+impl ServiceState {
+    /// Whether one more instance may be ejected: never more than half.
+    pub fn may_eject(&self, now: Instant) -> bool {
+        let ejected = self.endpoints.iter().filter(|e| e.is_ejected(now)).count();
+        (ejected + 1) * 2 <= self.endpoints.len()
+    }
+}
+
+/// A snapshot of the routing table.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// The view it was built from.
+    pub view: Arc<ClusterView>,
+    services: HashMap<String, Arc<ServiceState>>,
+}
+
+impl Table {
+    /// The state of a service known to the view.
+    pub fn service(&self, name: &str) -> Option<&Arc<ServiceState>> {
+        self.services.get(name)
+    }
+}
+
+/// The current table and how to rebuild it.
+pub struct Upstreams {
+    table: RwLock<Arc<Table>>,
+    resilience: ResilienceConfig,
+}
+
+impl Upstreams {
+    /// An empty table.
+    pub fn new(resilience: ResilienceConfig) -> Self {
+        Self {
+            table: RwLock::new(Arc::new(Table::default())),
+            resilience,
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Rebuilds the table from `view`, keeping the state of known instances.
+    pub fn update(&self, view: Arc<ClusterView>) {
+        let old = self.snapshot();
+        let now = Instant::now();
+        let old_endpoints: HashMap<&MemberId, &Arc<Endpoint>> = old
+            .services
+            .values()
+            .flat_map(|s| s.endpoints.iter())
+            .map(|e| (&e.member.id, e))
+            .collect();
+        let mut services = HashMap::new();
+        for (name, members) in view.services() {
+            let endpoints = members
+                .iter()
+                .filter(|m| m.is_up())
+                .map(|m| match old_endpoints.get(&m.id) {
+                    Some(e) if e.member.addr == m.addr => Arc::clone(e),
+                    _ => Arc::new(Endpoint::new(m.clone())),
+                })
+                .collect();
+            let (breaker, budget) = match old.services.get(name) {
+                Some(s) => (s.breaker.clone(), s.budget.clone()),
+                None => (
+                    Arc::new(Breaker::new(&self.resilience, now)),
+                    Arc::new(RetryBudget::new(
+                        self.resilience.retry_ratio,
+                        self.resilience.retry_min_per_sec,
+                        now,
+                    )),
+                ),
+            };
+            services.insert(name.to_string(), Arc::new(ServiceState { endpoints, breaker, budget }));
+        }
+        let table = Arc::new(Table { view, services });
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
+    }
+}
