@@ -1,0 +1,251 @@
+//! The database: chosen by `DATABASE_URL` (SQLite, MariaDB/MySQL or
+//! PostgreSQL), connected in the background with backoff, migrated at start,
+//! and watched while running.
+//!
+//! Queries are written once with `?` placeholders; [`Db::sql`] rewrites
+//! them to `$1, $2…` for PostgreSQL. Requests that need the database while
+//! it is not there get [`ApiError::Unavailable`] (503), never a hang.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+use tokio::sync::OnceCell;
+use tracing::{info, warn};
+
+use crate::error::ApiError;
+
+/// Which kind of database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite://path` (embedded, the default).
+    Sqlite,
+    /// `mysql://` or `mariadb://`.
+    MySql,
+    /// `postgres://` or `postgresql://`.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend of a URL, or `None` for an unknown scheme.
+    pub fn of(url: &str) -> Option<Backend> {
+        let scheme = url.split_once("://").map(|(s, _)| s)?;
+        match scheme {
+            "sqlite" => Some(Backend::Sqlite),
+            "mysql" | "mariadb" => Some(Backend::MySql),
+            "postgres" | "postgresql" => Some(Backend::Postgres),
+            _ => None,
+        }
+    }
+}
+
+/// The migrations of a service, one set per backend (their DDL differs).
+pub struct Migrations {
+    /// For SQLite.
+    pub sqlite: &'static Migrator,
+    /// For MariaDB/MySQL.
+    pub mysql: &'static Migrator,
+    /// For PostgreSQL.
+    pub postgres: &'static Migrator,
+}
+
+/// A handle on the database, cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: String,
+    backend: Backend,
+    pool: OnceCell<AnyPool>,
+    reachable: AtomicBool,
+}
+
+impl Db {
+    /// A handle for `url`; nothing is connected yet.
+    pub fn new(url: &str) -> Result<Self, String> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of(url).ok_or_else(|| {
+            "a URL starting with sqlite://, mysql://, mariadb:// or postgres://".to_string()
+        })?;
+        // mariadb:// is a friendlier spelling; sqlx knows it as mysql://.
+        let url = match url.strip_prefix("mariadb://") {
+            Some(rest) => format!("mysql://{rest}"),
+            None => url.to_string(),
+        };
+        url.parse::<AnyConnectOptions>()
+            .map_err(|e| format!("a valid database URL ({e})"))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                url,
+                backend,
+                pool: OnceCell::new(),
+                reachable: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// The pool, or 503 while the database is not reachable.
+    pub fn pool(&self) -> Result<&AnyPool, ApiError> {
+        match self.inner.pool.get() {
+            Some(pool) if self.inner.reachable.load(Ordering::Relaxed) => Ok(pool),
+            _ => Err(ApiError::Unavailable("the database is not reachable; try again shortly".into())),
+        }
+    }
+
+    /// Whether the last check reached the database.
+    pub fn is_reachable(&self) -> bool {
+        self.inner.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Rewrites `?` placeholders for the backend.
+    pub fn sql<'a>(&self, query: &'a str) -> Cow<'a, str> {
+        if self.inner.backend != Backend::Postgres {
+            return Cow::Borrowed(query);
+        }
+        let mut out = String::with_capacity(query.len() + 8);
+        let mut n = 0;
+        for c in query.chars() {
+            if c == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(c);
+            }
+        }
+        Cow::Owned(out)
+    }
+
+    /// Connects and migrates, retrying with backoff until it works.
+    pub async fn connect_with_retry(&self, migrations: &Migrations, max_connections: u32) {
+        let mut delay = Duration::from_millis(250);
+        let mut attempt = 1u32;
+        loop {
+            match self.connect_once(migrations, max_connections).await {
+                Ok(()) => {
+                    info!(backend = ?self.inner.backend, "database ready");
+                    return;
+                }
+                Err(err) => {
+                    warn!(attempt, retry_in = ?delay, error = %err, "database not ready; staying `starting`");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn connect_once(&self, migrations: &Migrations, max_connections: u32) -> Result<(), sqlx::Error> {
+        let pool = match self.inner.pool.get() {
+            Some(pool) => pool.clone(),
+            None => {
+                if self.inner.backend == Backend::Sqlite {
+                    create_sqlite_dir(&self.inner.url);
+                }
+                let sqlite = self.inner.backend == Backend::Sqlite;
+                let pool = AnyPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(Duration::from_secs(3))
+                    .after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            if sqlite {
+                                // WAL: readers never block the writer, and several
+                                // replicas on one host can share the file; the busy
+                                // timeout makes a writer wait for another's lock.
+                                conn.execute("PRAGMA journal_mode=WAL").await?;
+                                conn.execute("PRAGMA busy_timeout=5000").await?;
+                                conn.execute("PRAGMA synchronous=NORMAL").await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect(&self.inner.url)
+                    .await?;
+                pool
+            }
+        };
+        let migrator = match self.inner.backend {
+            Backend::Sqlite => migrations.sqlite,
+            Backend::MySql => migrations.mysql,
+            Backend::Postgres => migrations.postgres,
+        };
+        migrator.run(&pool).await?;
+        let _ = self.inner.pool.set(pool);
+        self.inner.reachable.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Checks the database once; returns whether it answered.
+    pub async fn check(&self) -> bool {
+        let Some(pool) = self.inner.pool.get() else {
+            return false;
+        };
+        let ok = tokio::time::timeout(Duration::from_secs(3), sqlx::query("SELECT 1").execute(pool))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        let was = self.inner.reachable.swap(ok, Ordering::Relaxed);
+        if was != ok {
+            if ok {
+                info!("database reachable again");
+            } else {
+                warn!("database lost; answering 503 until it returns");
+            }
+        }
+        ok
+    }
+
+    /// Closes the pool (at the end of a drain).
+    pub async fn close(&self) {
+        if let Some(pool) = self.inner.pool.get() {
+            pool.close().await;
+        }
+    }
+}
+
+fn create_sqlite_dir(url: &str) {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or("");
+    if let Some(parent) = std::path::Path::new(path).parent() {
+        if !parent.as_os_str().is_empty() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_by_scheme() {
+        assert_eq!(Backend::of("sqlite://x.db"), Some(Backend::Sqlite));
+        assert_eq!(Backend::of("mariadb://u@h/db"), Some(Backend::MySql));
+        assert_eq!(Backend::of("postgresql://h/db"), Some(Backend::Postgres));
+        assert_eq!(Backend::of("redis://h"), None);
+        assert!(Db::new("oracle://h").unwrap_err().contains("sqlite://"));
+    }
+
+    #[test]
+    fn placeholders_become_numbered_for_postgres() {
+        let pg = Db::new("postgres://u@localhost/db").unwrap();
+        assert_eq!(pg.sql("SELECT a FROM t WHERE b = ? AND c < ?"), "SELECT a FROM t WHERE b = $1 AND c < $2");
+        let lite = Db::new("sqlite://x.db").unwrap();
+        assert_eq!(lite.sql("b = ?"), "b = ?");
+    }
+}

@@ -1,0 +1,6 @@
+CREATE TABLE IF NOT EXISTS story (
+    story_id INT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    ID VARCHAR(20) NOT NULL,
+    message VARCHAR(300) NOT NULL,
+    INDEX story_by_user (ID, story_id)
+) DEFAULT CHARSET = utf8mb4;
