@@ -35,6 +35,9 @@ enum Command {
         /// How long to listen at most before printing.
         #[arg(long, default_value = "3s", value_parser = duration_arg)]
         wait: Duration,
+        /// Keep watching: print one JSON line per change of the view, until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
     },
     /// GETs a URL; exit 0 on 2xx, 1 otherwise.
     Healthcheck {
@@ -55,6 +58,9 @@ enum Command {
         /// Path prefixes the service serves, comma separated (e.g. /bbs).
         #[arg(long, default_value = "")]
         routes: String,
+        /// Also print one JSON line per change of this member's view.
+        #[arg(long)]
+        watch: bool,
     },
 }
 
@@ -73,9 +79,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Members { seeds, json, wait } => members(seeds, json, wait).await,
+            Command::Members { seeds, json, wait, watch } => members(seeds, json, wait, watch).await,
             Command::Healthcheck { url, timeout } => healthcheck(&url, timeout).await,
-            Command::Sidecar { health_url, routes } => sidecar(health_url, &routes).await,
+            Command::Sidecar { health_url, routes, watch } => sidecar(health_url, &routes, watch).await,
             Command::Keygen => {
                 println!("{}", shoal_node::key::ClusterKey::generate().to_base64());
                 Ok(())
@@ -91,7 +97,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn members(seeds: Option<String>, json: bool, wait: Duration) -> anyhow::Result<()> {
+async fn members(seeds: Option<String>, json: bool, wait: Duration, watch: bool) -> anyhow::Result<()> {
     let mut env = Env::from_process();
     if let Some(seeds) = seeds {
         env.set("SHOAL_SEEDS", seeds);
@@ -104,6 +110,14 @@ async fn members(seeds: Option<String>, json: bool, wait: Duration) -> anyhow::R
     shoal_node::telemetry::init(shoal_node::config::log_json(&env)?);
     let config = NodeConfig::from_env(&env, "shoal-cli", 0)?;
     let cluster = Cluster::join(&config, Role::Observer).await?;
+    if watch {
+        tokio::select! {
+            _ = print_changes(&cluster) => {}
+            _ = shoal_node::signal::terminate() => {}
+        }
+        cluster.leave().await;
+        return Ok(());
+    }
     let view = settle(&cluster, wait).await;
     if json {
         println!("{}", serde_json::to_string_pretty(&*view)?);
@@ -166,7 +180,40 @@ fn human_age(age: Duration) -> String {
     }
 }
 
-async fn sidecar(health_url: Option<String>, routes: &str) -> anyhow::Result<()> {
+/// Prints one JSON line per view change, and one a second anyway: the time
+/// (ms since the epoch), the members (`id`, `health`) and the gossip
+/// counters of this member.
+async fn print_changes(cluster: &Cluster) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut rx = cluster.view();
+    loop {
+        let view = rx.borrow_and_update().clone();
+        let stats = cluster.stats();
+        let line = serde_json::json!({
+            "t_ms": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default(),
+            "self": cluster.id().to_string(),
+            "members": view.members().map(|m| serde_json::json!({
+                "id": m.id.to_string(), "service": m.service, "addr": m.addr, "health": m.health,
+            })).collect::<Vec<_>>(),
+            "gossip": {
+                "bytes_sent": stats.bytes_sent.load(Relaxed),
+                "bytes_received": stats.bytes_received.load(Relaxed),
+                "rejected": stats.packets_rejected.load(Relaxed),
+            },
+        });
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+        drop(out);
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn sidecar(health_url: Option<String>, routes: &str, watch: bool) -> anyhow::Result<()> {
     let env = Env::from_process();
     shoal_node::telemetry::init(shoal_node::config::log_json(&env)?);
     let config = NodeConfig::from_env(&env, "sidecar", 0)?;
@@ -198,8 +245,15 @@ async fn sidecar(health_url: Option<String>, routes: &str) -> anyhow::Result<()>
             }
         }
     };
+    let changes = async {
+        if watch {
+            print_changes(&cluster).await;
+        }
+        std::future::pending::<()>().await
+    };
     tokio::select! {
         _ = poll => {}
+        _ = changes => {}
         _ = shoal_node::signal::terminate() => {}
     }
     cluster.begin_drain().await;

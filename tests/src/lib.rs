@@ -1,0 +1,413 @@
+//! Harness for shoal's end-to-end tests: real processes, one loopback
+//! address per replica (127.N.0.i), the same ports on each, as containers.
+//!
+//! Each test takes its own network number `N` ([`Net::new`]) so tests can run
+//! in parallel without sharing an address. Processes are killed when their
+//! [`Proc`] is dropped, so a failing test leaves no orphan.
+//!
+//! Binaries are taken from the target directory of the test executable;
+//! `scripts/test` builds them first (`cargo build --workspace --bins`).
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Deserialize;
+
+/// Gossip port used by every member in the tests (as in a stack file).
+pub const GOSSIP_PORT: u16 = 7950;
+
+/// The directory holding the workspace's binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf()
+}
+
+/// Path of a workspace binary; panics with the fix when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A cluster key for a test run.
+pub fn new_key() -> String {
+    shoal_node::key::ClusterKey::generate().to_base64()
+}
+
+/// A test's private slice of loopback: 127.N.g.i.
+#[derive(Debug, Clone)]
+pub struct Net {
+    n: u8,
+    /// The cluster key every member of this test uses.
+    pub key: String,
+    dir: PathBuf,
+}
+
+impl Net {
+    /// Network `n` (unique per test, 2..=250). Also makes a scratch folder.
+    pub fn new(n: u8) -> Self {
+        let dir = std::env::temp_dir().join(format!("shoal-test-{n}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self { n, key: new_key(), dir }
+    }
+
+    /// Address `i` of group `g`.
+    pub fn ip(&self, g: u8, i: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, self.n, g, i))
+    }
+
+    /// The scratch folder of this test.
+    pub fn dir(&self) -> &PathBuf {
+        &self.dir
+    }
+
+    /// The seed every member of this test uses: the first gateway address.
+    pub fn seed(&self) -> String {
+        format!("{}:{GOSSIP_PORT}", self.ip(1, 1))
+    }
+
+    /// Environment of a member at `ip` in this test's cluster.
+    pub fn member_env(&self, ip: IpAddr, service: &str, host: &str) -> Vec<(String, String)> {
+        [
+            ("SHOAL_SERVICE", service.to_string()),
+            ("SHOAL_ADVERTISE", ip.to_string()),
+            ("SHOAL_LISTEN", ip.to_string()),
+            ("SHOAL_SEEDS", self.seed()),
+            ("SHOAL_CLUSTER_KEY", self.key.clone()),
+            ("SHOAL_HOSTNAME", host.to_string()),
+            ("SHOAL_DRAIN_ANNOUNCE", "500ms".to_string()),
+            ("SHOAL_ACCESS_LOG", "false".to_string()),
+            ("RUST_LOG", "info".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// One line a `--watch` member printed: its view at that moment.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ViewLine {
+    /// The member that printed it.
+    #[serde(rename = "self")]
+    pub me: String,
+    /// Members it saw.
+    pub members: Vec<ViewMember>,
+    /// Its gossip counters.
+    pub gossip: GossipCounters,
+}
+
+/// A member in a [`ViewLine`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct ViewMember {
+    /// `node#generation`.
+    pub id: String,
+    /// Service name.
+    pub service: String,
+    /// Health.
+    pub health: String,
+}
+
+/// Gossip counters in a [`ViewLine`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct GossipCounters {
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Datagrams rejected.
+    pub rejected: u64,
+}
+
+/// A running process of the test, killed when dropped.
+pub struct Proc {
+    /// A name for messages.
+    pub name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `bin` with `args` and `env`; stdout lines are kept (with their
+    /// arrival time), stderr goes to a log file in the test's folder.
+    pub fn spawn(net: &Net, name: &str, bin: &std::path::Path, args: &[&str], env: &[(String, String)]) -> Proc {
+        let log = net.dir().join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(bin)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(net.dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stdout) = child.stdout.take() {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    lines.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), line));
+                }
+            });
+        }
+        Proc {
+            name: name.to_string(),
+            child,
+            lines,
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM (graceful stop).
+    pub fn sigterm(&self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Its stderr log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stdout lines so far, with their arrival times.
+    pub fn lines(&self) -> Vec<(Instant, String)> {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Views printed by a `--watch` member, in order.
+    pub fn views(&self) -> Vec<(Instant, ViewLine)> {
+        self.lines()
+            .into_iter()
+            .filter_map(|(t, l)| serde_json::from_str(&l).ok().map(|v| (t, v)))
+            .collect()
+    }
+
+    /// The latest view of a `--watch` member.
+    pub fn view(&self) -> Option<ViewLine> {
+        self.views().pop().map(|(_, v)| v)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.sigkill();
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.name, tail(&self.log(), 40));
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Starts a `shoal sidecar --watch` member of `service` at `ip`.
+pub fn sidecar(net: &Net, ip: IpAddr, service: &str, name: &str) -> Proc {
+    let mut env = net.member_env(ip, service, name);
+    env.push(("SHOAL_PORT".into(), "9000".into()));
+    Proc::spawn(net, name, &bin("shoal"), &["sidecar", "--watch"], &env)
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Async version of [`wait_for`].
+pub async fn wait_for_async<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A gateway and services on one test network.
+pub struct Stack<'a> {
+    /// The network.
+    pub net: &'a Net,
+    /// Processes by name.
+    pub procs: HashMap<String, Proc>,
+}
+
+/// Ports of the classic stack.
+pub mod ports {
+    /// Gateway public port.
+    pub const GATEWAY: u16 = 4000;
+    /// Gateway admin port.
+    pub const ADMIN: u16 = 8761;
+    /// story-service.
+    pub const STORY: u16 = 8768;
+    /// notice-service.
+    pub const NOTICE: u16 = 8763;
+    /// The test upstream.
+    pub const ECHO: u16 = 9000;
+}
+
+impl<'a> Stack<'a> {
+    /// An empty stack.
+    pub fn new(net: &'a Net) -> Self {
+        Self {
+            net,
+            procs: HashMap::new(),
+        }
+    }
+
+    /// Starts gateway `i` at 127.N.1.i (gateway 1 is the seed).
+    pub fn gateway(&mut self, i: u8, extra: &[(&str, &str)]) -> SocketAddr {
+        let ip = self.net.ip(1, i);
+        let name = format!("gateway-{i}");
+        let mut env = self.net.member_env(ip, "gateway", &name);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let proc = Proc::spawn(self.net, &name, &bin("shoal-gateway"), &[], &env);
+        self.procs.insert(name, proc);
+        SocketAddr::new(ip, ports::GATEWAY)
+    }
+
+    /// Starts replica `i` of a service binary at 127.N.g.i.
+    pub fn service(&mut self, binary: &str, service: &str, g: u8, i: u8, extra: &[(&str, &str)]) -> SocketAddr {
+        let ip = self.net.ip(g, i);
+        let name = format!("{service}-{i}");
+        let mut env = self.net.member_env(ip, service, &name);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let port: u16 = extra
+            .iter()
+            .find(|(k, _)| *k == "SHOAL_PORT")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(match binary {
+                "story-service" => ports::STORY,
+                "notice-service" => ports::NOTICE,
+                _ => ports::ECHO,
+            });
+        let proc = Proc::spawn(self.net, &name, &bin(binary), &[], &env);
+        self.procs.insert(name, proc);
+        SocketAddr::new(ip, port)
+    }
+
+    /// The process called `name`.
+    pub fn proc(&mut self, name: &str) -> &mut Proc {
+        self.procs.get_mut(name).unwrap_or_else(|| panic!("no process {name}"))
+    }
+}
+
+/// An HTTP client for the tests (no pooling surprises: fresh per test).
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// The gateway's view as `service → [(host, health)]`, from its admin port.
+pub async fn gateway_view(client: &reqwest::Client, gateway: SocketAddr) -> Option<HashMap<String, Vec<(String, String)>>> {
+    let admin = SocketAddr::new(gateway.ip(), ports::ADMIN);
+    let body: serde_json::Value = client
+        .get(format!("http://{admin}/members"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let services = body.get("services")?.get("services")?.as_object()?;
+    Some(
+        services
+            .iter()
+            .map(|(name, members)| {
+                let list = members
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|m| {
+                                (
+                                    m["host"].as_str().unwrap_or("").to_string(),
+                                    m["health"].as_str().unwrap_or("").to_string(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (name.clone(), list)
+            })
+            .collect(),
+    )
+}
+
+/// Waits until the gateway sees `count` instances of `service` up.
+pub async fn wait_routable(client: &reqwest::Client, gateway: SocketAddr, service: &str, count: usize) {
+    wait_for_async(&format!("{count} instances of {service} up at {gateway}"), Duration::from_secs(30), || async {
+        let view = gateway_view(client, gateway).await?;
+        let up = view.get(service)?.iter().filter(|(_, h)| h == "up").count();
+        (up == count).then_some(())
+    })
+    .await
+}
