@@ -22,11 +22,11 @@ use shoal_node::Member;
 use tokio::time::Instant;
 
 /// How fast the latency average forgets (time constant).
-const DECAY: Duration = Duration::from_secs(10);
+const DECAY: Duration = Duration::from_secs(5);
 /// Costs closer than this (relative) are a tie.
-const TIE_RATIO: f64 = 1.5;
+const TIE_RATIO: f64 = 2.0;
 /// Costs closer than this (absolute, seconds) are a tie: loopback noise.
-const TIE_ABSOLUTE: f64 = 0.002;
+const TIE_ABSOLUTE: f64 = 0.005;
 
 /// One instance of a service as the gateway tracks it.
 #[derive(Debug)]

@@ -53,6 +53,13 @@ pub struct Migrations {
     pub postgres: &'static Migrator,
 }
 
+/// Makes a service's migrator tolerate the migrations of other services in
+/// the same database (one `_sqlx_migrations` table for all).
+pub fn shared(mut migrator: Migrator) -> Migrator {
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
 /// A handle on the database, cheap to clone.
 #[derive(Clone)]
 pub struct Db {

@@ -20,11 +20,15 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use shoal_app::{ApiError, AppState, FieldError, Migrations, Service, validate};
 use sqlx::Row;
+use shoal_app::db::shared;
 use sqlx::migrate::Migrator;
+use std::sync::LazyLock;
 
-static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
-static MYSQL: Migrator = sqlx::migrate!("migrations/mysql");
-static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
+// Services may share one database (and its migration table): versions are
+// numbered per service (story 1xxx, notice 2xxx) and each ignores the others'.
+static SQLITE: LazyLock<Migrator> = LazyLock::new(|| shared(sqlx::migrate!("migrations/sqlite")));
+static MYSQL: LazyLock<Migrator> = LazyLock::new(|| shared(sqlx::migrate!("migrations/mysql")));
+static POSTGRES: LazyLock<Migrator> = LazyLock::new(|| shared(sqlx::migrate!("migrations/postgres")));
 
 const COLUMNS: &str = "SELECT id, receiver_id, sender_id, article_id FROM notice";
 

@@ -19,11 +19,15 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use shoal_app::{ApiError, AppState, Migrations, Service, validate};
 use sqlx::Row;
+use shoal_app::db::shared;
 use sqlx::migrate::Migrator;
+use std::sync::LazyLock;
 
-static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
-static MYSQL: Migrator = sqlx::migrate!("migrations/mysql");
-static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
+// Services may share one database (and its migration table): versions are
+// numbered per service (story 1xxx, notice 2xxx) and each ignores the others'.
+static SQLITE: LazyLock<Migrator> = LazyLock::new(|| shared(sqlx::migrate!("migrations/sqlite")));
+static MYSQL: LazyLock<Migrator> = LazyLock::new(|| shared(sqlx::migrate!("migrations/mysql")));
+static POSTGRES: LazyLock<Migrator> = LazyLock::new(|| shared(sqlx::migrate!("migrations/postgres")));
 
 /// One story, fields in the classic order.
 #[derive(Serialize)]
