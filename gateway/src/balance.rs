@@ -193,7 +193,10 @@ fn cheaper<'a>(a: &'a Arc<Endpoint>, b: &'a Arc<Endpoint>, now: Instant) -> &'a 
     let (lo, hi) = if ca <= cb { (ca, cb) } else { (cb, ca) };
     if hi <= lo * TIE_RATIO || hi - lo <= TIE_ABSOLUTE {
         // Equal enough: the one picked least recently (never picked first).
-        let (pa, pb) = (a.state().last_picked, b.state().last_picked);
+        // One lock at a time: holding a's lock while taking b's could
+        // deadlock against a pick that compares them the other way round.
+        let pa = a.state().last_picked;
+        let pb = b.state().last_picked;
         return if pa <= pb { a } else { b };
     }
     if ca <= cb { a } else { b }

@@ -4,7 +4,7 @@
 //!
 //! Env: the usual `SHOAL_*`, plus `TEST_DELAY_MS` (added to every answer),
 //! `TEST_ROUTES` (announced path prefixes), `TEST_WRITES` (file that slow
-//! writes append to).
+//! writes append to), `TEST_STATUS` (status `/host` answers, default 200).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ struct Upstream {
     host: Arc<str>,
     delay: Duration,
     writes: Arc<str>,
+    status: StatusCode,
 }
 
 #[tokio::main]
@@ -43,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         host: config.hostname.clone().into(),
         delay,
         writes: env.get("TEST_WRITES").unwrap_or("/dev/null").into(),
+        status: StatusCode::from_u16(env.parse_or("TEST_STATUS", 200u16, "an HTTP status")?)?,
     };
     let listen: std::net::IpAddr = env.parse_or("SHOAL_LISTEN", [0, 0, 0, 0].into(), "an IP")?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(listen, config.port)).await?;
@@ -73,9 +75,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn host(State(s): State<Upstream>) -> String {
+async fn host(State(s): State<Upstream>) -> (StatusCode, String) {
     tokio::time::sleep(s.delay).await;
-    s.host.to_string()
+    (s.status, s.host.to_string())
 }
 
 async fn echo(State(s): State<Upstream>, req: Request) -> Response {
