@@ -4,8 +4,12 @@
 //! - `shoal healthcheck <url>`: exit 0 on a 2xx answer (Docker HEALTHCHECK
 //!   in images that have no curl).
 //! - `shoal keygen`: prints a new cluster key.
+//! - `shoal sidecar`: advertises a co-located service by its health URL.
+//! - `shoal local`: the whole topology on this machine (what `scripts/run-local` runs).
 
 #![forbid(unsafe_code)]
+
+mod local;
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -49,6 +53,9 @@ enum Command {
     },
     /// Prints a new random cluster key (base64) for SHOAL_CLUSTER_KEY.
     Keygen,
+    /// Runs gateways, story-service and notice-service replicas on loopback
+    /// addresses of this machine, until Ctrl-C.
+    Local(local::LocalArgs),
     /// Advertises a co-located service written in any language (SHOAL_SERVICE
     /// on SHOAL_PORT): `up` while its health URL answers 2xx, drained on SIGTERM.
     Sidecar {
@@ -82,6 +89,7 @@ fn main() -> ExitCode {
             Command::Members { seeds, json, wait, watch } => members(seeds, json, wait, watch).await,
             Command::Healthcheck { url, timeout } => healthcheck(&url, timeout).await,
             Command::Sidecar { health_url, routes, watch } => sidecar(health_url, &routes, watch).await,
+            Command::Local(args) => local::run(args).await,
             Command::Keygen => {
                 println!("{}", shoal_node::key::ClusterKey::generate().to_base64());
                 Ok(())
@@ -262,16 +270,25 @@ async fn sidecar(health_url: Option<String>, routes: &str, watch: bool) -> anyho
 }
 
 async fn healthcheck(url: &str, timeout: Duration) -> anyhow::Result<()> {
-    use http_body_util::Empty;
+    let (status, _) = http_get(url, timeout).await?;
+    anyhow::ensure!(status.is_success(), "GET {url} answered {status}");
+    Ok(())
+}
+
+/// GETs `url` (plain HTTP) and returns the status and the whole body.
+async fn http_get(url: &str, timeout: Duration) -> anyhow::Result<(hyper::StatusCode, bytes::Bytes)> {
+    use http_body_util::{BodyExt, Empty};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
     let uri: hyper::Uri = url.parse().with_context(|| format!("{url:?} is not a URL"))?;
     let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let response = tokio::time::timeout(timeout, client.get(uri))
+    let work = async {
+        let response = client.get(uri).await.with_context(|| format!("GET {url} failed"))?;
+        let status = response.status();
+        let body = response.into_body().collect().await.with_context(|| format!("GET {url}: body"))?;
+        anyhow::Ok((status, body.to_bytes()))
+    };
+    tokio::time::timeout(timeout, work)
         .await
         .with_context(|| format!("no answer from {url} within {timeout:?}"))?
-        .with_context(|| format!("GET {url} failed"))?;
-    let status = response.status();
-    anyhow::ensure!(status.is_success(), "GET {url} answered {status}");
-    Ok(())
 }
