@@ -27,9 +27,13 @@ pub const GOSSIP_PORT: u16 = 7950;
 
 /// The directory holding the workspace's binaries.
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>
-    exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf()
+    let exe = std::env::current_exe().expect("executable path");
+    // A test lives in target/<profile>/deps/, a bench binary in target/<profile>/.
+    let dir = exe.parent().expect("target dir");
+    match dir.file_name() {
+        Some(name) if name == "deps" => dir.parent().expect("target dir").to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
 }
 
 /// Path of a workspace binary; panics with the fix when it was not built.

@@ -1,0 +1,246 @@
+//! Membership benchmark (not a test): for N members on loopback, one
+//! `shoal sidecar --watch` process each, measures
+//! - time for a new member to appear in every view (p50/p99),
+//! - time for a SIGKILLed member to leave every view (p50/p99),
+//! - gossip bytes/s sent per member, CPU and RSS per member (idle cluster);
+//!
+//! and, when Debian's `serf` is installed, Serf's detection time with 10
+//! agents in the same run, as the anchor.
+//!
+//! Usage: `bench-membership [N...]` (default 3 10 50 100). Prints a
+//! Markdown table. Times come from the members' own clocks (the `t_ms` of
+//! the view they print), not from when this process read them.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use shoal_tests::{Net, Proc, sidecar};
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[((values.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// t_ms of the first view printed by `p` at or after `since_ms` that satisfies `pred`.
+fn first_view(p: &Proc, since_ms: u64, pred: &dyn Fn(&[String]) -> bool) -> Option<u64> {
+    p.lines().iter().find_map(|(_, line)| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let t = v["t_ms"].as_u64()?;
+        let ids: Vec<String> = v["members"].as_array()?.iter().filter_map(|m| m["id"].as_str().map(String::from)).collect();
+        (t >= since_ms && pred(&ids)).then_some(t)
+    })
+}
+
+fn self_id(p: &Proc) -> Option<String> {
+    p.view().map(|v| v.me)
+}
+
+fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("  timed out: {what}");
+    false
+}
+
+fn proc_stat(pid: u32) -> (f64, u64) {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0);
+    (ticks as f64 / 100.0, rss)
+}
+
+struct Row {
+    n: usize,
+    join: (f64, f64),
+    kill: (f64, f64),
+    bytes_per_sec: f64,
+    cpu_percent: f64,
+    rss_kib: f64,
+}
+
+fn bench(n: usize, net_id: u8) -> Row {
+    let net = Net::new(net_id);
+    let ip = |i: usize| net.ip(1 + (i / 200) as u8, (i % 200) as u8 + 1);
+    let mut members: Vec<Proc> = (0..n).map(|i| sidecar(&net, ip(i), "bench", &format!("m{i}"))).collect();
+    let converged = wait("convergence", Duration::from_secs(60), || {
+        members.iter().all(|p| p.view().is_some_and(|v| v.members.len() == n))
+    });
+    eprintln!("N={n}: converged={converged}");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Idle cost: gossip bytes, CPU, RSS over 10 s.
+    let before: Vec<(u64, f64)> = members
+        .iter()
+        .map(|p| (p.view().map(|v| v.gossip.bytes_sent).unwrap_or(0), proc_stat(p.pid()).0))
+        .collect();
+    let window = Duration::from_secs(10);
+    std::thread::sleep(window);
+    let mut bytes = 0.0;
+    let mut cpu = 0.0;
+    let mut rss = 0.0;
+    for (p, (b0, c0)) in members.iter().zip(&before) {
+        let b1 = p.view().map(|v| v.gossip.bytes_sent).unwrap_or(0);
+        let (c1, r) = proc_stat(p.pid());
+        bytes += (b1.saturating_sub(*b0)) as f64 / window.as_secs_f64();
+        cpu += (c1 - c0) / window.as_secs_f64() * 100.0;
+        rss += r as f64;
+    }
+    let k = n as f64;
+
+    // Joins and kills, alternating so N stays about the same.
+    let trials = if n >= 100 { 5 } else { 8 };
+    let (mut joins, mut kills) = (vec![], vec![]);
+    for t in 0..trials {
+        let idx = n + t;
+        let start = now_ms();
+        let newcomer = sidecar(&net, ip(idx), "bench", &format!("j{t}"));
+        if !wait("newcomer id", Duration::from_secs(10), || self_id(&newcomer).is_some()) {
+            continue;
+        }
+        let id = self_id(&newcomer).unwrap_or_default();
+        let seen_by_all = wait("newcomer seen by all", Duration::from_secs(30), || {
+            members.iter().all(|p| first_view(p, start, &|ids| ids.contains(&id)).is_some())
+        });
+        if seen_by_all {
+            let last = members.iter().filter_map(|p| first_view(p, start, &|ids| ids.contains(&id))).max().unwrap_or(start);
+            joins.push((last - start) as f64 / 1000.0);
+        }
+        members.push(newcomer);
+
+        // Kill a random older member.
+        let victim = (t * 7919 + 13) % (members.len() - 1);
+        let victim_id = self_id(&members[victim]).unwrap_or_default();
+        let killed_at = now_ms();
+        members[victim].sigkill();
+        let dead = members.remove(victim);
+        drop(dead);
+        let gone = wait("victim gone from all views", Duration::from_secs(30), || {
+            members.iter().all(|p| first_view(p, killed_at, &|ids| !ids.contains(&victim_id)).is_some())
+        });
+        if gone {
+            let last = members
+                .iter()
+                .filter_map(|p| first_view(p, killed_at, &|ids| !ids.contains(&victim_id)))
+                .max()
+                .unwrap_or(killed_at);
+            kills.push((last - killed_at) as f64 / 1000.0);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("N={n}: joins {joins:?}\n      kills {kills:?}");
+    Row {
+        n,
+        join: (percentile(&mut joins.clone(), 0.5), percentile(&mut joins, 0.99)),
+        kill: (percentile(&mut kills.clone(), 0.5), percentile(&mut kills, 0.99)),
+        bytes_per_sec: bytes / k,
+        cpu_percent: cpu / k,
+        rss_kib: rss / k,
+    }
+}
+
+/// Serf (memberlist) with 10 agents: SIGKILL one, poll every agent's
+/// `serf members` until it reports the victim failed.
+fn serf_detection(trials: usize) -> Option<Vec<f64>> {
+    let serf = ["/usr/bin/serf", "/usr/sbin/serf"].into_iter().find(|p| std::path::Path::new(p).exists())?;
+    let mut results = vec![];
+    for trial in 0..trials {
+        let agents: Vec<(String, Child)> = (1..=10)
+            .map(|i| {
+                let ip = format!("127.199.{trial}.{i}");
+                let mut cmd = Command::new(serf);
+                cmd.args(["agent", "-node", &format!("s{i}"), "-bind", &format!("{ip}:7946"), "-rpc-addr", &format!("{ip}:7373")]);
+                if i > 1 {
+                    cmd.args(["-join", &format!("127.199.{trial}.1:7946")]);
+                }
+                let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+                Some((ip, child))
+            })
+            .collect::<Option<_>>()?;
+        let members_of = |ip: &str| -> String {
+            Command::new(serf)
+                .args(["members", "-rpc-addr", &format!("{ip}:7373")])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default()
+        };
+        let ready = wait("serf convergence", Duration::from_secs(30), || {
+            agents.iter().all(|(ip, _)| members_of(ip).matches("alive").count() == 10)
+        });
+        let mut agents = agents;
+        if ready {
+            let (_, victim) = &mut agents[4];
+            let t0 = Instant::now();
+            let _ = victim.kill();
+            let _ = victim.wait();
+            let mut pending: HashSet<usize> = (0..10).filter(|i| *i != 4).collect();
+            while !pending.is_empty() && t0.elapsed() < Duration::from_secs(60) {
+                pending.retain(|i| {
+                    let out = members_of(&agents[*i].0);
+                    !out.lines().any(|l| l.starts_with("s5 ") && (l.contains("failed") || l.contains("left")))
+                });
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if pending.is_empty() {
+                results.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        for (_, mut c) in agents {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    Some(results)
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() { vec![3, 10, 50, 100] } else { sizes };
+    let mut rows = vec![];
+    for (k, n) in sizes.iter().enumerate() {
+        rows.push(bench(*n, 200 + k as u8));
+    }
+    println!("| N | join p50 | join p99 | SIGKILL → gone p50 | SIGKILL → gone p99 | gossip sent per member | CPU per member | RSS per member |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.1} KB/s | {:.1} % | {:.1} MiB |",
+            r.n,
+            r.join.0,
+            r.join.1,
+            r.kill.0,
+            r.kill.1,
+            r.bytes_per_sec / 1000.0,
+            r.cpu_percent,
+            r.rss_kib / 1024.0
+        );
+    }
+    match serf_detection(5) {
+        Some(mut t) if !t.is_empty() => {
+            let (p50, max) = (percentile(&mut t.clone(), 0.5), percentile(&mut t, 1.0));
+            println!("\nSerf {} (memberlist, LAN profile), 10 agents, same run: SIGKILL → failed in every view p50 {p50:.1} s, max {max:.1} s ({} trials)", "agent", t.len());
+        }
+        _ => println!("\nSerf not installed (apt-get install serf) or it did not converge: no side-by-side anchor in this run."),
+    }
+}
