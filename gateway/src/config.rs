@@ -23,6 +23,10 @@ pub struct GatewayConfig {
     pub proxy: ProxyConfig,
     /// Retries, ejection, breaker.
     pub resilience: ResilienceConfig,
+    /// Worker threads serving the public port, each with its own listener
+    /// (SO_REUSEPORT), runtime and connection pool (`SHOAL_WORKERS`,
+    /// default: one per CPU).
+    pub workers: usize,
     /// One log line per request (`SHOAL_ACCESS_LOG`, default true).
     pub access_log: bool,
     /// JSON logs (`SHOAL_LOG_FORMAT=json`).
@@ -176,6 +180,14 @@ impl GatewayConfig {
             node,
             proxy,
             resilience,
+            workers: positive(
+                "SHOAL_WORKERS",
+                env.parse_or(
+                    "SHOAL_WORKERS",
+                    std::thread::available_parallelism().map_or(2, |n| n.get()),
+                    "a number of threads above 0",
+                )?,
+            )?,
             access_log: env.bool_or("SHOAL_ACCESS_LOG", true)?,
             log_json: shoal_node::config::log_json(env)?,
         })

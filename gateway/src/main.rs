@@ -8,7 +8,7 @@
 //! - [`proxy`]: forward, retry, stream, upgrade.
 //! - [`outcome`]: retry budget and circuit breaker.
 //! - [`upstreams`]: the routing table rebuilt from each new view.
-//! - [`server`], [`admin`], [`metrics`], [`error`], [`body`], [`config`].
+//! - [`server`], [`workers`], [`admin`], [`metrics`], [`error`], [`body`], [`config`].
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +23,7 @@ mod proxy;
 mod route;
 mod server;
 mod upstreams;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,7 +41,9 @@ fn main() -> anyhow::Result<()> {
     let env = Env::from_process();
     let config = GatewayConfig::from_env(&env)?;
     shoal_node::telemetry::init(config.log_json);
-    tokio::runtime::Builder::new_multi_thread()
+    // The control runtime: gossip, the view watcher, the admin port, signals.
+    // Requests are served by worker threads of their own (see `workers`).
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?
@@ -50,25 +53,25 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let public_addr = SocketAddr::new(config.listen, config.port);
     let admin_addr = SocketAddr::new(config.listen, config.admin_port);
-    let public = TcpListener::bind(public_addr)
-        .await
-        .with_context(|| format!("cannot listen on {public_addr} (SHOAL_LISTEN / SHOAL_PORT)"))?;
     let admin = TcpListener::bind(admin_addr)
         .await
         .with_context(|| format!("cannot listen on {admin_addr} (SHOAL_LISTEN / SHOAL_ADMIN_PORT)"))?;
-    let cluster = Cluster::join(&config.node, Role::Service { routes: Vec::new() }).await?;
     let drain_timeout = config.node.timings.drain_timeout;
-    let gw = Arc::new(Gateway::new(config));
+    let workers = config.workers;
+    let gw = Gateway::new(config);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut serving = workers::start(&gw, public_addr, workers, stop_rx.clone(), drain_timeout).await?;
+    let cluster = Cluster::join(&gw.config.node, Role::Service { routes: Vec::new() }).await?;
 
     // Every new view rebuilds the routing table.
     let mut views = cluster.view();
     let watcher = {
-        let gw = gw.clone();
+        let (upstreams, metrics) = (gw.upstreams.clone(), gw.metrics.clone());
         tokio::spawn(async move {
             loop {
                 let view = views.borrow_and_update().clone();
-                gw.metrics.set_members(&view);
-                gw.upstreams.update(view);
+                metrics.set_members(&view);
+                upstreams.update(view, &metrics);
                 if views.changed().await.is_err() {
                     return;
                 }
@@ -76,22 +79,23 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         })
     };
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let admin_app = admin::router(gw.clone(), cluster.clone(), stop_rx.clone());
+    let admin_app = admin::router(Arc::new(gw), cluster.clone(), stop_rx);
     tokio::spawn(async move {
         if let Err(err) = axum::serve(admin, admin_app).await {
             warn!(error = %err, "admin server stopped");
         }
     });
-    let server = tokio::spawn(server::serve(public, gw.clone(), stop_rx, drain_timeout));
     cluster.set_health(Health::Up).await;
-    info!(%public_addr, %admin_addr, "gateway ready");
+    info!(%public_addr, %admin_addr, workers, "gateway ready");
 
     shoal_node::signal::terminate().await;
     info!("stopping: draining");
     cluster.begin_drain().await;
     let _ = stop_tx.send(true);
-    let still_open = server.await.unwrap_or(0);
+    let mut still_open = 0;
+    while let Some(open) = serving.recv().await {
+        still_open += open;
+    }
     if still_open > 0 {
         warn!(still_open, "grace period over with connections still open");
     }

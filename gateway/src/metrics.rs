@@ -1,5 +1,6 @@
 //! Prometheus metrics of the gateway, served on the admin port.
 
+use std::sync::RwLock;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -99,26 +100,89 @@ impl Default for Metrics {
     }
 }
 
+/// The metrics of one service, looked up once (when the service appears)
+/// rather than on every request.
+#[derive(Debug)]
+pub struct ServiceMetrics {
+    service: String,
+    requests: Family<StatusLabels, Counter>,
+    statuses: RwLock<Vec<(u16, Counter)>>,
+    /// Time to response headers.
+    pub latency: Histogram,
+    /// Retries sent.
+    pub retries: Counter,
+    /// Retries refused: budget spent.
+    pub budget_exhausted: Counter,
+    /// Instances ejected.
+    pub ejections: Counter,
+    /// Breaker state gauge.
+    pub breaker: Gauge,
+}
+
+impl ServiceMetrics {
+    /// Counts a request answered with `status`.
+    pub fn request(&self, status: u16) {
+        let cached = {
+            let statuses = self.statuses.read().unwrap_or_else(|p| p.into_inner());
+            statuses.iter().find(|(s, _)| *s == status).map(|(_, c)| c.clone())
+        };
+        let counter = cached.unwrap_or_else(|| {
+            let counter = self
+                .requests
+                .get_or_create(&StatusLabels {
+                    service: self.service.clone(),
+                    status,
+                })
+                .clone();
+            self.statuses
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((status, counter.clone()));
+            counter
+        });
+        counter.inc();
+    }
+
+    /// Sets the breaker gauge.
+    pub fn set_breaker(&self, state: BreakerState) {
+        self.breaker.set(match state {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        });
+    }
+}
+
 fn catch_up(counter: &Counter, total: u64) {
     counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 impl Metrics {
-    /// Label for `service`.
-    pub fn service(service: &str) -> ServiceLabel {
-        ServiceLabel {
+    /// The handles of `service`'s metrics.
+    pub fn for_service(&self, service: &str) -> ServiceMetrics {
+        let label = ServiceLabel {
             service: service.to_string(),
+        };
+        ServiceMetrics {
+            service: service.to_string(),
+            requests: self.requests.clone(),
+            statuses: RwLock::new(Vec::new()),
+            latency: self.latency.get_or_create(&label).clone(),
+            retries: self.retries.get_or_create(&label).clone(),
+            budget_exhausted: self.budget_exhausted.get_or_create(&label).clone(),
+            ejections: self.ejections.get_or_create(&label).clone(),
+            breaker: self.breaker.get_or_create(&label).clone(),
         }
     }
 
-    /// Sets the breaker gauge of `service`.
-    pub fn set_breaker(&self, service: &str, state: BreakerState) {
-        let v = match state {
-            BreakerState::Closed => 0,
-            BreakerState::Open => 1,
-            BreakerState::HalfOpen => 2,
-        };
-        self.breaker.get_or_create(&Self::service(service)).set(v);
+    /// Counts a request that matched no service.
+    pub fn unrouted(&self, status: u16) {
+        self.requests
+            .get_or_create(&StatusLabels {
+                service: "-".into(),
+                status,
+            })
+            .inc();
     }
 
     /// Replaces the member gauges with the counts of `view`.

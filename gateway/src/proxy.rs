@@ -32,43 +32,60 @@ use crate::balance::{self, Endpoint};
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::config::GatewayConfig;
 use crate::error::error_response;
-use crate::metrics::{Metrics, StatusLabels};
+use crate::metrics::Metrics;
 use crate::outcome::Permit;
 use crate::route::{self, NoRoute};
 use crate::upstreams::{ServiceState, Upstreams};
 
-/// Everything a request needs, shared by all connections.
+/// Everything a request needs. One per worker thread: the routing table,
+/// metrics and limits are shared, the upstream connection pool is the
+/// worker's own (so a request never wakes another thread).
 pub struct Gateway {
     /// Configuration.
-    pub config: GatewayConfig,
-    /// Routing table from the gossip view.
-    pub upstreams: Upstreams,
-    /// Metrics.
-    pub metrics: Metrics,
+    pub config: Arc<GatewayConfig>,
+    /// Routing table from the gossip view (shared).
+    pub upstreams: Arc<Upstreams>,
+    /// Metrics (shared).
+    pub metrics: Arc<Metrics>,
     client: Client<HttpConnector, UpstreamBody>,
-    in_flight: Semaphore,
+    in_flight: Arc<Semaphore>,
 }
 
 impl Gateway {
     /// A gateway with a pooled keep-alive client built from `config`.
     pub fn new(config: GatewayConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.proxy.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(30)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.proxy.pool_idle_timeout)
-            .pool_max_idle_per_host(config.proxy.max_in_flight_per_instance as usize)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
         Self {
-            upstreams: Upstreams::new(config.resilience.clone()),
-            metrics: Metrics::default(),
-            in_flight: Semaphore::new(config.proxy.max_in_flight),
-            client,
-            config,
+            upstreams: Arc::new(Upstreams::new(config.resilience.clone())),
+            metrics: Arc::new(Metrics::default()),
+            in_flight: Arc::new(Semaphore::new(config.proxy.max_in_flight)),
+            client: client(&config),
+            config: Arc::new(config),
         }
     }
+
+    /// A gateway for another worker thread: same table, metrics and limits,
+    /// its own connection pool.
+    pub fn for_worker(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            upstreams: self.upstreams.clone(),
+            metrics: self.metrics.clone(),
+            in_flight: self.in_flight.clone(),
+            client: client(&self.config),
+        }
+    }
+}
+
+fn client(config: &GatewayConfig) -> Client<HttpConnector, UpstreamBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.proxy.connect_timeout));
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(30)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.proxy.pool_idle_timeout)
+        .pool_max_idle_per_host(config.proxy.max_in_flight_per_instance as usize)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
 }
 
 /// What became of one attempt.
@@ -90,22 +107,19 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
     let path = req.uri().path().to_string();
     let traceparent = traceparent(req.headers());
     let mut log = Log {
-        service: "-".into(),
+        service: None,
         upstream: None,
         attempts: 0,
     };
     let mut response = route_and_forward(&gw, req, peer, &traceparent, &mut log).await;
     let status = response.status();
-    gw.metrics
-        .requests
-        .get_or_create(&StatusLabels {
-            service: log.service.clone(),
-            status: status.as_u16(),
-        })
-        .inc();
+    match &log.service {
+        Some(service) => service.metrics.request(status.as_u16()),
+        None => gw.metrics.unrouted(status.as_u16()),
+    }
     if gw.config.access_log {
         info!(
-            service = %log.service,
+            service = log.service.as_ref().map_or("-", |s| &s.name),
             method = %method,
             path = %path,
             status = status.as_u16(),
@@ -121,7 +135,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
 }
 
 struct Log {
-    service: String,
+    service: Option<Arc<ServiceState>>,
     upstream: Option<SocketAddr>,
     attempts: u32,
 }
@@ -142,10 +156,10 @@ async fn route_and_forward(
             return error_response(StatusCode::NOT_FOUND, &format!("no service named {name} is known to this gateway"), &path);
         }
     };
-    log.service = route.service.to_string();
     let Some(service) = table.service(route.service) else {
         return error_response(StatusCode::NOT_FOUND, "unknown service", &path);
     };
+    log.service = Some(service.clone());
     if service.endpoints.is_empty() {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -155,7 +169,7 @@ async fn route_and_forward(
     }
     let now = Instant::now();
     let Some(permit) = service.breaker.try_acquire(now) else {
-        gw.metrics.set_breaker(route.service, service.breaker.state(now));
+        service.metrics.set_breaker(service.breaker.state(now));
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("circuit breaker of {} is open", route.service),
@@ -170,19 +184,19 @@ async fn route_and_forward(
     if is_upgrade(&req) {
         let upgrade = hyper::upgrade::on(&mut req);
         let response = forward_upgrade(gw, route.service, service, req, upgrade, &route.upstream, peer, traceparent, log).await;
-        record_breaker(gw, route.service, service, permit, response.status());
+        record_breaker(service, permit, response.status());
         return response;
     }
 
     let response = forward(gw, route.service, service, req, &route.upstream, peer, traceparent, log).await;
-    record_breaker(gw, route.service, service, permit, response.status());
+    record_breaker(service, permit, response.status());
     response
 }
 
-fn record_breaker(gw: &Gateway, name: &str, service: &ServiceState, permit: Permit, status: StatusCode) {
+fn record_breaker(service: &ServiceState, permit: Permit, status: StatusCode) {
     let now = Instant::now();
     service.breaker.record(permit, !status.is_server_error(), now);
-    gw.metrics.set_breaker(name, service.breaker.state(now));
+    service.metrics.set_breaker(service.breaker.state(now));
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -304,14 +318,14 @@ async fn forward(
         let retryable = match attempt {
             Attempt::Answer(mut response) => {
                 endpoint.observe(latency, now);
-                gw.metrics.latency.get_or_create(&Metrics::service(name)).observe(latency.as_secs_f64());
+                service.metrics.latency.observe(latency.as_secs_f64());
                 if !response.status().is_server_error() {
                     endpoint.record_success();
                     strip_hop_by_hop(response.headers_mut());
                     return response.map(|b| ProxyBody::Upstream(b, Some(guard)));
                 }
                 note_failure(gw, name, service, &endpoint, now);
-                if !(idempotent && may_retry(gw, name, service, &tried, &kept, now)) {
+                if !(idempotent && may_retry(gw, service, &tried, &kept, now)) {
                     strip_hop_by_hop(response.headers_mut());
                     return response.map(|b| ProxyBody::Upstream(b, Some(guard)));
                 }
@@ -347,7 +361,7 @@ async fn forward(
             }
         };
         drop(guard);
-        if !(retryable && may_retry(gw, name, service, &tried, &kept, now)) {
+        if !(retryable && may_retry(gw, service, &tried, &kept, now)) {
             return last_error.unwrap_or_else(|| error_response(StatusCode::BAD_GATEWAY, "upstream failed", &path));
         }
     }
@@ -355,7 +369,7 @@ async fn forward(
 
 /// Whether one more attempt may go: attempts left, another instance to try,
 /// the body still at hand, and the budget not spent (this spends from it).
-fn may_retry(gw: &Gateway, name: &str, service: &ServiceState, tried: &[SocketAddr], kept: &Option<Bytes>, now: Instant) -> bool {
+fn may_retry(gw: &Gateway, service: &ServiceState, tried: &[SocketAddr], kept: &Option<Bytes>, now: Instant) -> bool {
     if kept.is_none() || tried.len() >= gw.config.resilience.max_attempts as usize {
         return false;
     }
@@ -366,12 +380,11 @@ fn may_retry(gw: &Gateway, name: &str, service: &ServiceState, tried: &[SocketAd
     if !another {
         return false;
     }
-    let label = Metrics::service(name);
     if service.budget.withdraw(now) {
-        gw.metrics.retries.get_or_create(&label).inc();
+        service.metrics.retries.inc();
         true
     } else {
-        gw.metrics.budget_exhausted.get_or_create(&label).inc();
+        service.metrics.budget_exhausted.inc();
         false
     }
 }
@@ -382,7 +395,7 @@ fn note_failure(gw: &Gateway, name: &str, service: &ServiceState, endpoint: &End
     let streak = endpoint.record_failure();
     if streak >= gw.config.resilience.eject_after && service.may_eject(now) {
         let time = endpoint.eject(gw.config.resilience.eject_time, now);
-        gw.metrics.ejections.get_or_create(&Metrics::service(name)).inc();
+        service.metrics.ejections.inc();
         warn!(service = name, instance = %endpoint.addr(), streak, ejected_for = ?time, "instance ejected");
     }
 }
@@ -468,11 +481,17 @@ fn traceparent(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let value = format!("00-{}-{}-01", &hex[..32], &hex[32..]);
-    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01"))
+    // "00-" + 32 hex (trace id) + "-" + 16 hex (span id) + "-01"
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    for (i, b) in bytes.iter().enumerate() {
+        let at = if i < 16 { 3 + 2 * i } else { 36 + 2 * (i - 16) };
+        out[at] = HEX[(b >> 4) as usize];
+        out[at + 1] = HEX[(b & 15) as usize];
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01"))
 }
 
 fn valid_traceparent(v: &str) -> bool {

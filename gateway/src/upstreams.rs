@@ -13,17 +13,22 @@ use tokio::time::Instant;
 
 use crate::balance::Endpoint;
 use crate::config::ResilienceConfig;
+use crate::metrics::{Metrics, ServiceMetrics};
 use crate::outcome::{Breaker, RetryBudget};
 
 /// One service in the table.
 #[derive(Debug)]
 pub struct ServiceState {
+    /// Its name.
+    pub name: Arc<str>,
     /// Its `up` instances.
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Its breaker.
     pub breaker: Arc<Breaker>,
     /// Its retry budget.
     pub budget: Arc<RetryBudget>,
+    /// Its metrics.
+    pub metrics: Arc<ServiceMetrics>,
 }
 
 impl ServiceState {
@@ -70,7 +75,7 @@ impl Upstreams {
     }
 
     /// Rebuilds the table from `view`, keeping the state of known instances.
-    pub fn update(&self, view: Arc<ClusterView>) {
+    pub fn update(&self, view: Arc<ClusterView>, metrics: &Metrics) {
         let old = self.snapshot();
         let now = Instant::now();
         let old_endpoints: HashMap<&MemberId, &Arc<Endpoint>> = old
@@ -89,8 +94,8 @@ impl Upstreams {
                     _ => Arc::new(Endpoint::new(m.clone())),
                 })
                 .collect();
-            let (breaker, budget) = match old.services.get(name) {
-                Some(s) => (s.breaker.clone(), s.budget.clone()),
+            let (breaker, budget, service_metrics) = match old.services.get(name) {
+                Some(s) => (s.breaker.clone(), s.budget.clone(), s.metrics.clone()),
                 None => (
                     Arc::new(Breaker::new(&self.resilience, now)),
                     Arc::new(RetryBudget::new(
@@ -98,9 +103,19 @@ impl Upstreams {
                         self.resilience.retry_min_per_sec,
                         now,
                     )),
+                    Arc::new(metrics.for_service(name)),
                 ),
             };
-            services.insert(name.to_string(), Arc::new(ServiceState { endpoints, breaker, budget }));
+            services.insert(
+                name.to_string(),
+                Arc::new(ServiceState {
+                    name: name.into(),
+                    endpoints,
+                    breaker,
+                    budget,
+                    metrics: service_metrics,
+                }),
+            );
         }
         let table = Arc::new(Table { view, services });
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
