@@ -25,6 +25,8 @@ use serde::Deserialize;
 /// Gossip port used by every member in the tests (as in a stack file).
 pub const GOSSIP_PORT: u16 = 7950;
 
+pub mod chaos;
+
 /// The directory holding the workspace's binaries.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("executable path");

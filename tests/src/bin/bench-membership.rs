@@ -123,14 +123,18 @@ fn bench(n: usize, net_id: u8) -> Row {
         let seen_by_all = wait("newcomer seen by all", Duration::from_secs(30), || {
             members.iter().all(|p| first_view(p, start, &|ids| ids.contains(&id)).is_some())
         });
+        if !seen_by_all {
+            eprintln!("newcomer {id}; member 0 sees {:?}", members[0].view().map(|v| v.members.iter().map(|m| m.id.clone()).collect::<Vec<_>>()));
+        }
         if seen_by_all {
             let last = members.iter().filter_map(|p| first_view(p, start, &|ids| ids.contains(&id))).max().unwrap_or(start);
             joins.push((last - start) as f64 / 1000.0);
         }
         members.push(newcomer);
 
-        // Kill a random older member.
-        let victim = (t * 7919 + 13) % (members.len() - 1);
+        // Kill a random older member, never the seed (members[0]): every
+        // newcomer joins through it, as tasks join through `tasks.gateway`.
+        let victim = 1 + (t * 7919 + 13) % (members.len() - 2);
         let victim_id = self_id(&members[victim]).unwrap_or_default();
         let killed_at = now_ms();
         members[victim].sigkill();
@@ -161,7 +165,8 @@ fn bench(n: usize, net_id: u8) -> Row {
 }
 
 /// Serf (memberlist) with 10 agents: SIGKILL one, poll every agent's
-/// `serf members` until it reports the victim failed.
+/// `serf members` until it reports the victim failed. Port 7947: Swarm
+/// holds 7946 on this host.
 fn serf_detection(trials: usize) -> Option<Vec<f64>> {
     let serf = ["/usr/bin/serf", "/usr/sbin/serf"].into_iter().find(|p| std::path::Path::new(p).exists())?;
     let mut results = vec![];
@@ -170,9 +175,9 @@ fn serf_detection(trials: usize) -> Option<Vec<f64>> {
             .map(|i| {
                 let ip = format!("127.199.{trial}.{i}");
                 let mut cmd = Command::new(serf);
-                cmd.args(["agent", "-node", &format!("s{i}"), "-bind", &format!("{ip}:7946"), "-rpc-addr", &format!("{ip}:7373")]);
+                cmd.args(["agent", "-node", &format!("s{i}"), "-bind", &format!("{ip}:7947"), "-rpc-addr", &format!("{ip}:7373")]);
                 if i > 1 {
-                    cmd.args(["-join", &format!("127.199.{trial}.1:7946")]);
+                    cmd.args(["-retry-join", &format!("127.199.{trial}.1:7947"), "-retry-interval", "1s"]);
                 }
                 let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
                 Some((ip, child))

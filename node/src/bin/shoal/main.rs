@@ -47,6 +47,9 @@ enum Command {
     Healthcheck {
         /// e.g. http://127.0.0.1:8768/health
         url: String,
+        /// Print the body (e.g. the admin port's /members from inside a container).
+        #[arg(long)]
+        print: bool,
         /// Give up after this long.
         #[arg(long, default_value = "3s", value_parser = duration_arg)]
         timeout: Duration,
@@ -87,7 +90,14 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Members { seeds, json, wait, watch } => members(seeds, json, wait, watch).await,
-            Command::Healthcheck { url, timeout } => healthcheck(&url, timeout).await,
+            Command::Healthcheck { url, timeout, print } => {
+                let (status, body) = http_get(&url, timeout).await?;
+                if print {
+                    println!("{}", String::from_utf8_lossy(&body));
+                }
+                anyhow::ensure!(status.is_success(), "GET {url} answered {status}");
+                Ok(())
+            }
             Command::Sidecar { health_url, routes, watch } => sidecar(health_url, &routes, watch).await,
             Command::Local(args) => local::run(args).await,
             Command::Keygen => {

@@ -1,0 +1,318 @@
+//! Chaos on a real Swarm, in the spirit of Chaos Monkey: bounded load through
+//! the gateway (GETs, and POSTs with unique ids) while a random task of a
+//! service is `docker kill`ed every few seconds; then a report.
+//!
+//! Used by `scripts/chaos` (the `chaos` binary) and by the Swarm tests.
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What to do.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Stack name (`shoal`).
+    pub stack: String,
+    /// Service whose tasks are killed (`story-service`).
+    pub service: String,
+    /// Time between kills.
+    pub every: Duration,
+    /// Total duration.
+    pub duration: Duration,
+    /// Gateway base URL (through ingress).
+    pub gateway: String,
+    /// Concurrent GET workers.
+    pub getters: usize,
+    /// Concurrent POST workers.
+    pub posters: usize,
+    /// Also kill one gateway task halfway.
+    pub kill_gateway: bool,
+}
+
+/// One kill and what followed.
+#[derive(Debug, Clone)]
+pub struct Kill {
+    /// Container killed.
+    pub container: String,
+    /// Its host name (container id prefix).
+    pub host: String,
+    /// Seconds until it was out of every gateway's view (None: not measured).
+    pub left_views: Option<f64>,
+    /// Seconds until a new task of the service answered through the gateway.
+    pub replacement_routable: Option<f64>,
+}
+
+/// What happened.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    /// GETs sent.
+    pub gets: u64,
+    /// GETs that failed, by status (0: no answer).
+    pub get_failures: HashMap<u16, u64>,
+    /// POSTs sent, by status.
+    pub posts: HashMap<u16, u64>,
+    /// GET latency p50, p99 (ms).
+    pub p50_ms: f64,
+    /// p99.
+    pub p99_ms: f64,
+    /// The kills.
+    pub kills: Vec<Kill>,
+    /// Acknowledged (201) writes missing from the table.
+    pub lost: u64,
+    /// Writes present more than once.
+    pub duplicated: u64,
+}
+
+impl Report {
+    /// Failed GETs in total.
+    pub fn failed_gets(&self) -> u64 {
+        self.get_failures.values().sum()
+    }
+
+    /// A human report.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "requests: {} GETs, {} failed {:?}; GET latency p50 {:.1} ms, p99 {:.1} ms\nPOSTs by status: {:?}; acknowledged writes lost: {}, duplicated: {}\nkills:\n",
+            self.gets,
+            self.failed_gets(),
+            self.get_failures,
+            self.p50_ms,
+            self.p99_ms,
+            self.posts,
+            self.lost,
+            self.duplicated
+        );
+        for k in &self.kills {
+            let f = |v: Option<f64>| v.map_or("—".to_string(), |s| format!("{s:.2} s"));
+            out.push_str(&format!(
+                "  {} ({}): out of every gateway view after {}, replacement routable after {}\n",
+                &k.container[..12.min(k.container.len())],
+                k.host,
+                f(k.left_views),
+                f(k.replacement_routable)
+            ));
+        }
+        out
+    }
+}
+
+/// Runs `docker` and returns stdout (empty on failure).
+pub fn docker(args: &[&str]) -> String {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Running containers of a service of the stack.
+pub fn containers(stack: &str, service: &str) -> Vec<String> {
+    docker(&["ps", "-q", "--no-trunc", "--filter", &format!("label=com.docker.swarm.service.name={stack}_{service}")])
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Host names in every gateway's own view, read from inside each gateway
+/// container (the admin port is not published).
+pub fn gateway_views(stack: &str) -> Vec<HashSet<String>> {
+    containers(stack, "gateway")
+        .iter()
+        .map(|c| {
+            let json = docker(&["exec", c, "/shoal", "healthcheck", "--print", "http://127.0.0.1:8761/members"]);
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+            v["services"]["services"]
+                .as_object()
+                .map(|s| {
+                    s.values()
+                        .flat_map(|m| m.as_array().cloned().unwrap_or_default())
+                        .filter_map(|m| m["host"].as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Runs the plan and reports.
+pub async fn run(plan: &Plan) -> Report {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
+    let stop = Arc::new(AtomicBool::new(false));
+    // host name → first time it answered through the gateway
+    let first_seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let base = plan.gateway.trim_end_matches('/').to_string();
+
+    let mut getters = vec![];
+    for w in 0..plan.getters {
+        let (client, stop, first_seen, base) = (client.clone(), stop.clone(), first_seen.clone(), base.clone());
+        getters.push(tokio::spawn(async move {
+            let (mut sent, mut failures, mut lat) = (0u64, HashMap::<u16, u64>::new(), Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                sent += 1;
+                let path = if (sent + w as u64) % 2 == 0 { "story" } else { "story/service/host" };
+                let url = format!("{base}/api/story-service/{path}");
+                let t = Instant::now();
+                // A client retries a GET that got no answer (up to 3 tries):
+                // through ingress a new connection reaches another gateway
+                // task when the one it was talking to was killed.
+                let mut outcome = client.get(&url).send().await;
+                for _ in 0..2 {
+                    if outcome.is_ok() {
+                        break;
+                    }
+                    outcome = client.get(&url).send().await;
+                }
+                match outcome {
+                    Ok(r) if r.status() == 200 => {
+                        let text = r.text().await.unwrap_or_default();
+                        lat.push(t.elapsed().as_secs_f64() * 1e3);
+                        if path.ends_with("host") {
+                            first_seen.lock().unwrap_or_else(|p| p.into_inner()).entry(text).or_insert_with(Instant::now);
+                        }
+                    }
+                    Ok(r) => *failures.entry(r.status().as_u16()).or_default() += 1,
+                    Err(_) => *failures.entry(0).or_default() += 1,
+                }
+            }
+            (sent, failures, lat)
+        }));
+    }
+    let mut posters = vec![];
+    let tag = format!("{:x}", std::process::id());
+    for w in 0..plan.posters {
+        let (client, stop, base, tag) = (client.clone(), stop.clone(), base.clone(), tag.clone());
+        posters.push(tokio::spawn(async move {
+            let mut outcomes = vec![];
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = format!("x{tag}{w}-{n}");
+                let url = format!("{base}/api/story-service/story");
+                let body = serde_json::json!({"id": id, "message": "chaos"});
+                let mut outcome = client.post(&url).json(&body).send().await;
+                // Only a connection that never opened may be retried: nothing was sent.
+                if matches!(&outcome, Err(e) if e.is_connect()) {
+                    outcome = client.post(&url).json(&body).send().await;
+                }
+                outcomes.push((id, outcome.map(|r| r.status().as_u16()).unwrap_or(0)));
+            }
+            outcomes
+        }));
+    }
+
+    let started = Instant::now();
+    let mut kills = vec![];
+    let mut seed = std::process::id() as u64 | 1;
+    let mut gateway_killed = false;
+    while started.elapsed() + plan.every <= plan.duration {
+        tokio::time::sleep(plan.every).await;
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let target = if plan.kill_gateway && !gateway_killed && started.elapsed() >= plan.duration / 2 {
+            gateway_killed = true;
+            "gateway"
+        } else {
+            plan.service.as_str()
+        };
+        let running = containers(&plan.stack, target);
+        if running.is_empty() {
+            continue;
+        }
+        let victim = running[(seed % running.len() as u64) as usize].clone();
+        let host = docker(&["inspect", "-f", "{{.Config.Hostname}}", &victim]);
+        let known: HashSet<String> = first_seen.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let killed_at = Instant::now();
+        docker(&["kill", &victim]);
+        // Out of every gateway's view (story-service only: a killed gateway
+        // takes its own view with it).
+        let left_views = if target == "gateway" {
+            None
+        } else {
+            let mut left = None;
+            while killed_at.elapsed() < Duration::from_secs(10) {
+                let views = gateway_views(&plan.stack);
+                if !views.is_empty() && views.iter().all(|v| !v.contains(&host)) {
+                    left = Some(killed_at.elapsed().as_secs_f64());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            left
+        };
+        kills.push((victim, host, left_views, killed_at, known, target == "gateway"));
+    }
+    // Give the last replacement time to appear, then stop the load.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut report = Report::default();
+    let mut lat = vec![];
+    for g in getters {
+        if let Ok((s, f, l)) = g.await {
+            report.gets += s;
+            for (k, v) in f {
+                *report.get_failures.entry(k).or_default() += v;
+            }
+            lat.extend(l);
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    report.p50_ms = percentile(&lat, 0.5);
+    report.p99_ms = percentile(&lat, 0.99);
+    let seen = first_seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for (container, host, left_views, killed_at, known, was_gateway) in kills {
+        let replacement = (!was_gateway)
+            .then(|| {
+                seen.iter()
+                    .filter(|(h, t)| !known.contains(*h) && **t >= killed_at)
+                    .map(|(_, t)| t.duration_since(killed_at).as_secs_f64())
+                    .min_by(|a, b| a.total_cmp(b))
+            })
+            .flatten();
+        report.kills.push(Kill {
+            container,
+            host,
+            left_views,
+            replacement_routable: replacement,
+        });
+    }
+    let mut posts = vec![];
+    for p in posters {
+        if let Ok(o) = p.await {
+            posts.extend(o);
+        }
+    }
+    for (id, status) in &posts {
+        *report.posts.entry(*status).or_default() += 1;
+        let rows = client
+            .get(format!("{base}/api/story-service/story/{id}"))
+            .send()
+            .await
+            .ok();
+        let n = match rows {
+            Some(r) => r.json::<serde_json::Value>().await.ok().and_then(|v| v.as_array().map(Vec::len)).unwrap_or(0),
+            None => 0,
+        };
+        if *status == 201 && n == 0 {
+            report.lost += 1;
+        }
+        if n > 1 {
+            report.duplicated += 1;
+        }
+    }
+    report
+}
