@@ -29,12 +29,19 @@ pub fn router(gw: Arc<Gateway>, cluster: Cluster, draining: watch::Receiver<bool
         .route("/metrics", get(metrics))
         .route("/members", get(members))
         .route("/health", get(health))
-        .with_state(Admin { gw, cluster, draining })
+        .with_state(Admin {
+            gw,
+            cluster,
+            draining,
+        })
 }
 
 async fn metrics(State(a): State<Admin>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         a.gw.metrics.encode(a.cluster.stats()),
     )
         .into_response()
@@ -47,7 +54,11 @@ async fn members(State(a): State<Admin>) -> Response {
 
 async fn health(State(a): State<Admin>) -> Response {
     if *a.draining.borrow() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "DRAINING"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "DRAINING"})),
+        )
+            .into_response()
     } else {
         Json(serde_json::json!({"status": "UP"})).into_response()
     }
@@ -79,5 +90,7 @@ async fn dashboard(State(a): State<Admin>) -> Html<String> {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

@@ -145,7 +145,9 @@ impl Endpoint {
 fn decay_weight(last: Option<Instant>, now: Instant) -> f64 {
     match last {
         None => 0.0,
-        Some(last) => (-(now.saturating_duration_since(last).as_secs_f64()) / DECAY.as_secs_f64()).exp(),
+        Some(last) => {
+            (-(now.saturating_duration_since(last).as_secs_f64()) / DECAY.as_secs_f64()).exp()
+        }
     }
 }
 
@@ -169,7 +171,9 @@ pub fn pick(
 ) -> Option<Arc<Endpoint>> {
     let eligible: Vec<&Arc<Endpoint>> = endpoints
         .iter()
-        .filter(|e| !exclude.contains(&e.addr()) && !e.is_ejected(now) && e.in_flight() < max_in_flight)
+        .filter(|e| {
+            !exclude.contains(&e.addr()) && !e.is_ejected(now) && e.in_flight() < max_in_flight
+        })
         .collect();
     let chosen = match eligible.len() {
         0 => return None,

@@ -48,10 +48,15 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
-            Self::Buffered(b) => Pin::new(b).poll_frame(cx).map(|f| f.map(|r| r.map_err(never))),
+            Self::Buffered(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(never))),
             Self::Streaming(b) => Pin::new(b).poll_frame(cx),
         }
     }
@@ -77,9 +82,14 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            Self::Full(b) => Pin::new(b).poll_frame(cx).map(|f| f.map(|r| r.map_err(never))),
+            Self::Full(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(never))),
             Self::Upstream(b, guard) => {
                 let polled = Pin::new(b).poll_frame(cx);
                 if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {

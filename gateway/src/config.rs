@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use shoal_node::config::{ConfigError, Env, invalid};
 use shoal_node::NodeConfig;
+use shoal_node::config::{ConfigError, Env, invalid};
 
 /// Everything the gateway reads at start.
 #[derive(Debug, Clone)]
@@ -127,7 +127,11 @@ impl GatewayConfig {
             request_timeout: env.duration_or("SHOAL_REQUEST_TIMEOUT", p.request_timeout)?,
             max_in_flight: positive(
                 "SHOAL_MAX_CONNECTIONS",
-                env.parse_or("SHOAL_MAX_CONNECTIONS", p.max_in_flight, "a whole number above 0")?,
+                env.parse_or(
+                    "SHOAL_MAX_CONNECTIONS",
+                    p.max_in_flight,
+                    "a whole number above 0",
+                )?,
             )?,
             max_in_flight_per_instance: positive(
                 "SHOAL_MAX_CONNECTIONS_PER_INSTANCE",
@@ -138,7 +142,11 @@ impl GatewayConfig {
                 )?,
             )?,
             pool_idle_timeout: env.duration_or("SHOAL_POOL_IDLE_TIMEOUT", p.pool_idle_timeout)?,
-            retry_body_limit: env.parse_or("SHOAL_RETRY_BODY_LIMIT", p.retry_body_limit, "a size in bytes")?,
+            retry_body_limit: env.parse_or(
+                "SHOAL_RETRY_BODY_LIMIT",
+                p.retry_body_limit,
+                "a size in bytes",
+            )?,
         };
         if proxy.pool_idle_timeout >= Duration::from_secs(900) {
             return Err(invalid(
@@ -147,28 +155,55 @@ impl GatewayConfig {
                 "a duration below 900s (Swarm's IPVS drops idle connections at 900 s)",
             ));
         }
-        let retry_ratio: f64 = env.parse_or("SHOAL_RETRY_BUDGET_RATIO", r.retry_ratio, "a ratio between 0 and 1, e.g. 0.2")?;
+        let retry_ratio: f64 = env.parse_or(
+            "SHOAL_RETRY_BUDGET_RATIO",
+            r.retry_ratio,
+            "a ratio between 0 and 1, e.g. 0.2",
+        )?;
         if !(0.0..=1.0).contains(&retry_ratio) {
-            return Err(invalid("SHOAL_RETRY_BUDGET_RATIO", &retry_ratio.to_string(), "a ratio between 0 and 1, e.g. 0.2"));
+            return Err(invalid(
+                "SHOAL_RETRY_BUDGET_RATIO",
+                &retry_ratio.to_string(),
+                "a ratio between 0 and 1, e.g. 0.2",
+            ));
         }
-        let breaker_error_percent: u32 =
-            env.parse_or("SHOAL_BREAKER_ERROR_PERCENT", r.breaker_error_percent, "a percentage, 1-100")?;
+        let breaker_error_percent: u32 = env.parse_or(
+            "SHOAL_BREAKER_ERROR_PERCENT",
+            r.breaker_error_percent,
+            "a percentage, 1-100",
+        )?;
         if !(1..=100).contains(&breaker_error_percent) {
-            return Err(invalid("SHOAL_BREAKER_ERROR_PERCENT", &breaker_error_percent.to_string(), "a percentage, 1-100"));
+            return Err(invalid(
+                "SHOAL_BREAKER_ERROR_PERCENT",
+                &breaker_error_percent.to_string(),
+                "a percentage, 1-100",
+            ));
         }
         let resilience = ResilienceConfig {
             retry_ratio,
-            retry_min_per_sec: env.parse_or("SHOAL_RETRY_BUDGET_MIN", r.retry_min_per_sec, "a whole number of retries per second")?,
+            retry_min_per_sec: env.parse_or(
+                "SHOAL_RETRY_BUDGET_MIN",
+                r.retry_min_per_sec,
+                "a whole number of retries per second",
+            )?,
             max_attempts: positive(
                 "SHOAL_MAX_ATTEMPTS",
-                env.parse_or("SHOAL_MAX_ATTEMPTS", r.max_attempts, "a whole number above 0")?,
+                env.parse_or(
+                    "SHOAL_MAX_ATTEMPTS",
+                    r.max_attempts,
+                    "a whole number above 0",
+                )?,
             )?,
             eject_after: positive(
                 "SHOAL_EJECT_AFTER",
                 env.parse_or("SHOAL_EJECT_AFTER", r.eject_after, "a whole number above 0")?,
             )?,
             eject_time: env.duration_or("SHOAL_EJECT_TIME", r.eject_time)?,
-            breaker_min_requests: env.parse_or("SHOAL_BREAKER_MIN_REQUESTS", r.breaker_min_requests, "a whole number")?,
+            breaker_min_requests: env.parse_or(
+                "SHOAL_BREAKER_MIN_REQUESTS",
+                r.breaker_min_requests,
+                "a whole number",
+            )?,
             breaker_error_percent,
             breaker_window: env.duration_or("SHOAL_BREAKER_WINDOW", r.breaker_window)?,
             breaker_open_time: env.duration_or("SHOAL_BREAKER_OPEN_TIME", r.breaker_open_time)?,
@@ -211,7 +246,10 @@ mod tests {
         assert_eq!(c.node.service.as_str(), "gateway");
         assert_eq!(c.proxy.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.proxy.request_timeout, Duration::from_secs(20));
-        assert_eq!((c.proxy.max_in_flight, c.proxy.max_in_flight_per_instance), (500, 100));
+        assert_eq!(
+            (c.proxy.max_in_flight, c.proxy.max_in_flight_per_instance),
+            (500, 100)
+        );
         assert_eq!(c.resilience.breaker_min_requests, 20);
     }
 
@@ -225,8 +263,13 @@ mod tests {
             ("SHOAL_CONNECT_TIMEOUT", "soon", "duration"),
             ("SHOAL_LISTEN", "everywhere", "IP address"),
         ] {
-            let e = GatewayConfig::from_env(&env(&[(var, value)])).unwrap_err().to_string();
-            assert!(e.contains(var) && e.contains(expected), "{var}={value}: {e}");
+            let e = GatewayConfig::from_env(&env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(var) && e.contains(expected),
+                "{var}={value}: {e}"
+            );
         }
     }
 }

@@ -33,9 +33,10 @@ pub fn error_response(status: StatusCode, message: &str, path: &str) -> Response
     let json = serde_json::to_vec(&body).unwrap_or_default();
     let mut response = Response::new(ProxyBody::full(json));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -46,14 +47,27 @@ mod tests {
 
     #[tokio::test]
     async fn spring_shape_with_fields_in_order() {
-        let r = error_response(StatusCode::SERVICE_UNAVAILABLE, "no instance of story-service is up", "/api/story-service/story");
+        let r = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no instance of story-service is up",
+            "/api/story-service/story",
+        );
         assert_eq!(r.status(), 503);
         let bytes = r.into_body().collect().await.unwrap().to_bytes();
         let text = std::str::from_utf8(&bytes).unwrap();
-        let order: Vec<usize> = ["\"timestamp\"", "\"status\":503", "\"error\":\"Service Unavailable\"", "\"message\"", "\"path\":\"/api/story-service/story\""]
-            .iter()
-            .map(|k| text.find(k).unwrap_or_else(|| panic!("{k} missing in {text}")))
-            .collect();
+        let order: Vec<usize> = [
+            "\"timestamp\"",
+            "\"status\":503",
+            "\"error\":\"Service Unavailable\"",
+            "\"message\"",
+            "\"path\":\"/api/story-service/story\"",
+        ]
+        .iter()
+        .map(|k| {
+            text.find(k)
+                .unwrap_or_else(|| panic!("{k} missing in {text}"))
+        })
+        .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
     }
 }

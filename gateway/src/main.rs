@@ -53,14 +53,15 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let public_addr = SocketAddr::new(config.listen, config.port);
     let admin_addr = SocketAddr::new(config.listen, config.admin_port);
-    let admin = TcpListener::bind(admin_addr)
-        .await
-        .with_context(|| format!("cannot listen on {admin_addr} (SHOAL_LISTEN / SHOAL_ADMIN_PORT)"))?;
+    let admin = TcpListener::bind(admin_addr).await.with_context(|| {
+        format!("cannot listen on {admin_addr} (SHOAL_LISTEN / SHOAL_ADMIN_PORT)")
+    })?;
     let drain_timeout = config.node.timings.drain_timeout;
     let workers = config.workers;
     let gw = Gateway::new(config);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut serving = workers::start(&gw, public_addr, workers, stop_rx.clone(), drain_timeout).await?;
+    let mut serving =
+        workers::start(&gw, public_addr, workers, stop_rx.clone(), drain_timeout).await?;
     let cluster = Cluster::join(&gw.config.node, Role::Service { routes: Vec::new() }).await?;
 
     // Every new view rebuilds the routing table.

@@ -66,24 +66,63 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("shoal_gateway");
         let requests = Family::<StatusLabels, Counter>::default();
         let latency = Family::<ServiceLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
         });
         let retries = Family::<ServiceLabel, Counter>::default();
         let budget_exhausted = Family::<ServiceLabel, Counter>::default();
         let ejections = Family::<ServiceLabel, Counter>::default();
         let breaker = Family::<ServiceLabel, Gauge>::default();
         let members = Family::<HealthLabels, Gauge>::default();
-        let (gossip_sent, gossip_received, gossip_rejected) = (Counter::default(), Counter::default(), Counter::default());
-        registry.register("requests", "Requests answered, by service and status", requests.clone());
-        registry.register("upstream_latency_seconds", "Time to upstream response headers", latency.clone());
-        registry.register("retries", "Retries sent to another instance", retries.clone());
-        registry.register("retry_budget_exhausted", "Retries refused: budget spent", budget_exhausted.clone());
-        registry.register("ejections", "Instances ejected as outliers", ejections.clone());
-        registry.register("breaker_state", "Circuit breaker: 0 closed, 1 open, 2 half-open", breaker.clone());
+        let (gossip_sent, gossip_received, gossip_rejected) =
+            (Counter::default(), Counter::default(), Counter::default());
+        registry.register(
+            "requests",
+            "Requests answered, by service and status",
+            requests.clone(),
+        );
+        registry.register(
+            "upstream_latency_seconds",
+            "Time to upstream response headers",
+            latency.clone(),
+        );
+        registry.register(
+            "retries",
+            "Retries sent to another instance",
+            retries.clone(),
+        );
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries refused: budget spent",
+            budget_exhausted.clone(),
+        );
+        registry.register(
+            "ejections",
+            "Instances ejected as outliers",
+            ejections.clone(),
+        );
+        registry.register(
+            "breaker_state",
+            "Circuit breaker: 0 closed, 1 open, 2 half-open",
+            breaker.clone(),
+        );
         registry.register("members", "Members in this gateway's view", members.clone());
-        registry.register("gossip_sent_bytes", "Gossip bytes sent", gossip_sent.clone());
-        registry.register("gossip_received_bytes", "Gossip bytes received", gossip_received.clone());
-        registry.register("gossip_rejected_packets", "Gossip datagrams that failed to open", gossip_rejected.clone());
+        registry.register(
+            "gossip_sent_bytes",
+            "Gossip bytes sent",
+            gossip_sent.clone(),
+        );
+        registry.register(
+            "gossip_received_bytes",
+            "Gossip bytes received",
+            gossip_received.clone(),
+        );
+        registry.register(
+            "gossip_rejected_packets",
+            "Gossip datagrams that failed to open",
+            gossip_rejected.clone(),
+        );
         Self {
             registry,
             requests,
@@ -124,7 +163,10 @@ impl ServiceMetrics {
     pub fn request(&self, status: u16) {
         let cached = {
             let statuses = self.statuses.read().unwrap_or_else(|p| p.into_inner());
-            statuses.iter().find(|(s, _)| *s == status).map(|(_, c)| c.clone())
+            statuses
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map(|(_, c)| c.clone())
         };
         let counter = cached.unwrap_or_else(|| {
             let counter = self
@@ -203,8 +245,14 @@ impl Metrics {
     /// The text exposition, with gossip counters brought up to date.
     pub fn encode(&self, gossip: &GossipStats) -> String {
         catch_up(&self.gossip_sent, gossip.bytes_sent.load(Ordering::Relaxed));
-        catch_up(&self.gossip_received, gossip.bytes_received.load(Ordering::Relaxed));
-        catch_up(&self.gossip_rejected, gossip.packets_rejected.load(Ordering::Relaxed));
+        catch_up(
+            &self.gossip_received,
+            gossip.bytes_received.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &self.gossip_rejected,
+            gossip.packets_rejected.load(Ordering::Relaxed),
+        );
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

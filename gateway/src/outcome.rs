@@ -39,7 +39,8 @@ impl Window {
     }
 
     fn slot(&mut self, now: Instant) -> &mut (u64, u64, u64) {
-        let index = (now.saturating_duration_since(self.start).as_nanos() / self.bucket.as_nanos()) as u64;
+        let index =
+            (now.saturating_duration_since(self.start).as_nanos() / self.bucket.as_nanos()) as u64;
         let slot = &mut self.buckets[(index % BUCKETS as u64) as usize];
         if slot.0 != index {
             *slot = (index, 0, 0);
@@ -54,10 +55,13 @@ impl Window {
     }
 
     fn sums(&self, now: Instant) -> (u64, u64) {
-        let current = (now.saturating_duration_since(self.start).as_nanos() / self.bucket.as_nanos()) as u64;
+        let current =
+            (now.saturating_duration_since(self.start).as_nanos() / self.bucket.as_nanos()) as u64;
         self.buckets
             .iter()
-            .filter(|(i, _, _)| *i != u64::MAX && current.saturating_sub(*i) < BUCKETS as u64 && *i <= current)
+            .filter(|(i, _, _)| {
+                *i != u64::MAX && current.saturating_sub(*i) < BUCKETS as u64 && *i <= current
+            })
             .fold((0, 0), |(a, b), (_, x, y)| (a + x, b + y))
     }
 
@@ -101,7 +105,8 @@ impl RetryBudget {
     pub fn withdraw(&self, now: Instant) -> bool {
         let mut w = lock(&self.window);
         let (requests, retries) = w.sums(now);
-        let allowed = self.min_per_sec as f64 * self.span.as_secs_f64() + self.ratio * requests as f64;
+        let allowed =
+            self.min_per_sec as f64 * self.span.as_secs_f64() + self.ratio * requests as f64;
         if (retries as f64) < allowed {
             w.add(now, 0, 1);
             true
@@ -195,7 +200,10 @@ impl Breaker {
             Permit::Normal => {
                 s.window.add(now, 1, u64::from(!success));
                 let (requests, errors) = s.window.sums(now);
-                if s.open_until.is_none() && requests >= self.min_requests && errors * 100 >= self.error_percent * requests {
+                if s.open_until.is_none()
+                    && requests >= self.min_requests
+                    && errors * 100 >= self.error_percent * requests
+                {
                     s.open_until = Some(now + self.open_time);
                 }
             }

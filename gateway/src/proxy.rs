@@ -101,7 +101,11 @@ enum Attempt {
 }
 
 /// Handles one request from a client at `peer`.
-pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -151,9 +155,19 @@ async fn route_and_forward(
     let path = req.uri().path().to_string();
     let route = match route::resolve(&table.view, &path, req.uri().query()) {
         Ok(route) => route,
-        Err(NoRoute::NotApi) => return error_response(StatusCode::NOT_FOUND, "no route: paths start with /api/{service}", &path),
+        Err(NoRoute::NotApi) => {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "no route: paths start with /api/{service}",
+                &path,
+            );
+        }
         Err(NoRoute::UnknownService(name)) => {
-            return error_response(StatusCode::NOT_FOUND, &format!("no service named {name} is known to this gateway"), &path);
+            return error_response(
+                StatusCode::NOT_FOUND,
+                &format!("no service named {name} is known to this gateway"),
+                &path,
+            );
         }
     };
     let Some(service) = table.service(route.service) else {
@@ -177,25 +191,52 @@ async fn route_and_forward(
         );
     };
     let Ok(_slot) = gw.in_flight.try_acquire() else {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "gateway over its connection limit", &path);
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "gateway over its connection limit",
+            &path,
+        );
     };
     service.budget.deposit(now);
 
     if is_upgrade(&req) {
         let upgrade = hyper::upgrade::on(&mut req);
-        let response = forward_upgrade(gw, route.service, service, req, upgrade, &route.upstream, peer, traceparent, log).await;
+        let response = forward_upgrade(
+            gw,
+            route.service,
+            service,
+            req,
+            upgrade,
+            &route.upstream,
+            peer,
+            traceparent,
+            log,
+        )
+        .await;
         record_breaker(service, permit, response.status());
         return response;
     }
 
-    let response = forward(gw, route.service, service, req, &route.upstream, peer, traceparent, log).await;
+    let response = forward(
+        gw,
+        route.service,
+        service,
+        req,
+        &route.upstream,
+        peer,
+        traceparent,
+        log,
+    )
+    .await;
     record_breaker(service, permit, response.status());
     response
 }
 
 fn record_breaker(service: &ServiceState, permit: Permit, status: StatusCode) {
     let now = Instant::now();
-    service.breaker.record(permit, !status.is_server_error(), now);
+    service
+        .breaker
+        .record(permit, !status.is_server_error(), now);
     service.metrics.set_breaker(service.breaker.state(now));
 }
 
@@ -250,7 +291,11 @@ async fn forward(
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let Ok(path_and_query) = upstream_path.parse::<http::uri::PathAndQuery>() else {
-        return error_response(StatusCode::BAD_REQUEST, "the request path cannot be forwarded", &path);
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "the request path cannot be forwarded",
+            &path,
+        );
     };
     let prefix = forwarded_prefix(&path, path_and_query.path());
     let headers = upstream_headers(&parts.headers, peer, prefix, traceparent);
@@ -261,7 +306,11 @@ async fn forward(
         Keep::Small(limit) => match Limited::new(body, limit).collect().await {
             Ok(collected) => (Some(collected.to_bytes()), None),
             Err(err) => {
-                return error_response(StatusCode::BAD_REQUEST, &format!("could not read the request body: {err}"), &path);
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("could not read the request body: {err}"),
+                    &path,
+                );
             }
         },
         Keep::Stream => (None, Some(body)),
@@ -273,15 +322,34 @@ async fn forward(
     loop {
         let now = Instant::now();
         if now >= deadline {
-            return error_response(StatusCode::GATEWAY_TIMEOUT, &format!("no answer from {name} within {:?}", proxy.request_timeout), &path);
+            return error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("no answer from {name} within {:?}", proxy.request_timeout),
+                &path,
+            );
         }
-        let Some(endpoint) = balance::pick(&service.endpoints, &tried, proxy.max_in_flight_per_instance, now) else {
+        let Some(endpoint) = balance::pick(
+            &service.endpoints,
+            &tried,
+            proxy.max_in_flight_per_instance,
+            now,
+        ) else {
             return last_error.unwrap_or_else(|| {
-                error_response(StatusCode::SERVICE_UNAVAILABLE, &format!("every instance of {name} is busy or ejected"), &path)
+                error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("every instance of {name} is busy or ejected"),
+                    &path,
+                )
             });
         };
         let Some(body) = next_body(&kept, &mut stream) else {
-            return last_error.unwrap_or_else(|| error_response(StatusCode::BAD_GATEWAY, "request body already consumed", &path));
+            return last_error.unwrap_or_else(|| {
+                error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "request body already consumed",
+                    &path,
+                )
+            });
         };
         tried.push(endpoint.addr());
         log.attempts += 1;
@@ -354,7 +422,10 @@ async fn forward(
                 note_failure(gw, name, service, &endpoint, now);
                 last_error = Some(error_response(
                     StatusCode::GATEWAY_TIMEOUT,
-                    &format!("{name} at {} sent no answer within {wait:?}", endpoint.addr()),
+                    &format!(
+                        "{name} at {} sent no answer within {wait:?}",
+                        endpoint.addr()
+                    ),
                     &path,
                 ));
                 idempotent
@@ -362,14 +433,22 @@ async fn forward(
         };
         drop(guard);
         if !(retryable && may_retry(gw, service, &tried, &kept, now)) {
-            return last_error.unwrap_or_else(|| error_response(StatusCode::BAD_GATEWAY, "upstream failed", &path));
+            return last_error.unwrap_or_else(|| {
+                error_response(StatusCode::BAD_GATEWAY, "upstream failed", &path)
+            });
         }
     }
 }
 
 /// Whether one more attempt may go: attempts left, another instance to try,
 /// the body still at hand, and the budget not spent (this spends from it).
-fn may_retry(gw: &Gateway, service: &ServiceState, tried: &[SocketAddr], kept: &Option<Bytes>, now: Instant) -> bool {
+fn may_retry(
+    gw: &Gateway,
+    service: &ServiceState,
+    tried: &[SocketAddr],
+    kept: &Option<Bytes>,
+    now: Instant,
+) -> bool {
     if kept.is_none() || tried.len() >= gw.config.resilience.max_attempts as usize {
         return false;
     }
@@ -391,7 +470,13 @@ fn may_retry(gw: &Gateway, service: &ServiceState, tried: &[SocketAddr], kept: &
 
 /// Counts a failure of `endpoint`; ejects it after a streak, unless half the
 /// service is already out.
-fn note_failure(gw: &Gateway, name: &str, service: &ServiceState, endpoint: &Endpoint, now: Instant) {
+fn note_failure(
+    gw: &Gateway,
+    name: &str,
+    service: &ServiceState,
+    endpoint: &Endpoint,
+    now: Instant,
+) {
     let streak = endpoint.record_failure();
     if streak >= gw.config.resilience.eject_after && service.may_eject(now) {
         let time = endpoint.eject(gw.config.resilience.eject_time, now);
@@ -446,7 +531,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The headers sent upstream: end-to-end headers (Authorization included),
 /// hop-by-hop removed, `X-Forwarded-*` and `traceparent` set.
-fn upstream_headers(incoming: &HeaderMap, peer: SocketAddr, prefix: &str, traceparent: &HeaderValue) -> HeaderMap {
+fn upstream_headers(
+    incoming: &HeaderMap,
+    peer: SocketAddr,
+    prefix: &str,
+    traceparent: &HeaderValue,
+) -> HeaderMap {
     let mut headers = incoming.clone();
     strip_hop_by_hop(&mut headers);
     let client_ip = peer.ip().to_string();
@@ -491,12 +581,18 @@ fn traceparent(headers: &HeaderMap) -> HeaderValue {
         out[at] = HEX[(b >> 4) as usize];
         out[at + 1] = HEX[(b & 15) as usize];
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01"))
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| {
+        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
+    })
 }
 
 fn valid_traceparent(v: &str) -> bool {
     let parts: Vec<&str> = v.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
     parts.len() == 4
         && hex(parts[0], 2)
         && parts[0] != "ff"
@@ -514,7 +610,10 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// Proxies an HTTP/1.1 Upgrade (WebSocket): the handshake goes to one
@@ -534,34 +633,70 @@ async fn forward_upgrade(
 ) -> Response<ProxyBody> {
     let path = req.uri().path().to_string();
     let now = Instant::now();
-    let Some(endpoint) = balance::pick(&service.endpoints, &[], gw.config.proxy.max_in_flight_per_instance, now) else {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, &format!("every instance of {name} is busy or ejected"), &path);
+    let Some(endpoint) = balance::pick(
+        &service.endpoints,
+        &[],
+        gw.config.proxy.max_in_flight_per_instance,
+        now,
+    ) else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("every instance of {name} is busy or ejected"),
+            &path,
+        );
     };
     log.attempts = 1;
     log.upstream = Some(endpoint.addr());
     let (parts, _) = req.into_parts();
-    let mut headers = upstream_headers(&parts.headers, peer, forwarded_prefix(&path, upstream_path), traceparent);
+    let mut headers = upstream_headers(
+        &parts.headers,
+        peer,
+        forwarded_prefix(&path, upstream_path),
+        traceparent,
+    );
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     if let Some(upgrade) = parts.headers.get(header::UPGRADE) {
         headers.insert(header::UPGRADE, upgrade.clone());
     }
     let uri = format!("http://{}{}", endpoint.authority, upstream_path);
     let Ok(uri) = uri.parse::<Uri>() else {
-        return error_response(StatusCode::BAD_REQUEST, "the request path cannot be forwarded", &path);
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "the request path cannot be forwarded",
+            &path,
+        );
     };
     let mut upstream_req = Request::new(UpstreamBody::Empty);
     *upstream_req.method_mut() = parts.method;
     *upstream_req.uri_mut() = uri;
     *upstream_req.headers_mut() = headers;
     let guard = endpoint.start();
-    let result = tokio::time::timeout(gw.config.proxy.response_timeout, gw.client.request(upstream_req)).await;
+    let result = tokio::time::timeout(
+        gw.config.proxy.response_timeout,
+        gw.client.request(upstream_req),
+    )
+    .await;
     let mut response = match result {
         Ok(Ok(r)) => r,
         Ok(Err(err)) => {
             note_failure(gw, name, service, &endpoint, Instant::now());
-            return error_response(StatusCode::BAD_GATEWAY, &format!("{name} at {} failed: {}", endpoint.addr(), error_chain(&err)), &path);
+            return error_response(
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "{name} at {} failed: {}",
+                    endpoint.addr(),
+                    error_chain(&err)
+                ),
+                &path,
+            );
         }
-        Err(_) => return error_response(StatusCode::GATEWAY_TIMEOUT, &format!("{name} did not answer the upgrade"), &path),
+        Err(_) => {
+            return error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("{name} did not answer the upgrade"),
+                &path,
+            );
+        }
     };
     endpoint.record_success();
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -591,14 +726,25 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
         h.insert(header::HOST, HeaderValue::from_static("gw:4000"));
         let tp = traceparent(&HeaderMap::new());
-        let out = upstream_headers(&h, "10.0.0.7:5555".parse().unwrap(), "/api/story-service", &tp);
+        let out = upstream_headers(
+            &h,
+            "10.0.0.7:5555".parse().unwrap(),
+            "/api/story-service",
+            &tp,
+        );
         for gone in ["connection", "x-private", "keep-alive", "transfer-encoding"] {
             assert!(!out.contains_key(gone), "{gone} kept");
         }
@@ -624,7 +770,10 @@ mod tests {
         let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         h.insert("traceparent", HeaderValue::from_static(good));
         assert_eq!(traceparent(&h), good);
-        h.insert("traceparent", HeaderValue::from_static("00-zz-00f067aa0ba902b7-01"));
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-zz-00f067aa0ba902b7-01"),
+        );
         let fresh = traceparent(&h);
         assert!(valid_traceparent(fresh.to_str().unwrap()), "{fresh:?}");
         assert_ne!(fresh, good);
@@ -632,9 +781,15 @@ mod tests {
 
     #[test]
     fn prefix_is_what_the_gateway_stripped() {
-        assert_eq!(forwarded_prefix("/api/story-service/story/1", "/story/1"), "/api/story-service");
+        assert_eq!(
+            forwarded_prefix("/api/story-service/story/1", "/story/1"),
+            "/api/story-service"
+        );
         assert_eq!(forwarded_prefix("/api/story/1", "/story/1"), "/api");
-        assert_eq!(forwarded_prefix("/api/story-service", "/"), "/api/story-service");
+        assert_eq!(
+            forwarded_prefix("/api/story-service", "/"),
+            "/api/story-service"
+        );
     }
 
     #[test]
@@ -646,7 +801,10 @@ mod tests {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("50"));
         assert!(matches!(keepable_body(&h, 10), Keep::Stream));
         h.remove(header::CONTENT_LENGTH);
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         assert!(matches!(keepable_body(&h, 10), Keep::Stream));
     }
 }

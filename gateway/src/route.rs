@@ -29,7 +29,11 @@ pub enum NoRoute {
 }
 
 /// Resolves `path_and_query` against the view.
-pub fn resolve<'v>(view: &'v ClusterView, path: &str, query: Option<&str>) -> Result<Route<'v>, NoRoute> {
+pub fn resolve<'v>(
+    view: &'v ClusterView,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Route<'v>, NoRoute> {
     let rest = path.strip_prefix("/api/").ok_or(NoRoute::NotApi)?;
     let (name, tail) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -79,14 +83,20 @@ mod tests {
             started_ms: 0,
             gossip_addr: "127.0.0.1:2".parse().unwrap(),
         };
-        ClusterView::from_members([m("story-service", &["/story"]), m("notice-service", &["/notice"])])
+        ClusterView::from_members([
+            m("story-service", &["/story"]),
+            m("notice-service", &["/notice"]),
+        ])
     }
 
     #[test]
     fn service_id_routes_strip_prefix_and_id() {
         let v = view();
         let r = resolve(&v, "/api/story-service/story/service/host", None).unwrap();
-        assert_eq!((r.service, r.upstream.as_str()), ("story-service", "/story/service/host"));
+        assert_eq!(
+            (r.service, r.upstream.as_str()),
+            ("story-service", "/story/service/host")
+        );
         let r = resolve(&v, "/api/story-service", Some("a=1")).unwrap();
         assert_eq!(r.upstream, "/?a=1");
     }
@@ -95,15 +105,24 @@ mod tests {
     fn announced_path_routes_keep_the_path() {
         let v = view();
         let r = resolve(&v, "/api/story/alice", Some("x=1")).unwrap();
-        assert_eq!((r.service, r.upstream.as_str()), ("story-service", "/story/alice?x=1"));
+        assert_eq!(
+            (r.service, r.upstream.as_str()),
+            ("story-service", "/story/alice?x=1")
+        );
         let r = resolve(&v, "/api/notice", None).unwrap();
-        assert_eq!((r.service, r.upstream.as_str()), ("notice-service", "/notice"));
+        assert_eq!(
+            (r.service, r.upstream.as_str()),
+            ("notice-service", "/notice")
+        );
     }
 
     #[test]
     fn unknown_and_non_api_paths_have_no_route() {
         let v = view();
-        assert_eq!(resolve(&v, "/api/board-service/x", None), Err(NoRoute::UnknownService("board-service".into())));
+        assert_eq!(
+            resolve(&v, "/api/board-service/x", None),
+            Err(NoRoute::UnknownService("board-service".into()))
+        );
         assert_eq!(resolve(&v, "/story", None), Err(NoRoute::NotApi));
         assert_eq!(resolve(&v, "/api/", None), Err(NoRoute::NotApi));
     }

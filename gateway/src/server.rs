@@ -23,7 +23,12 @@ use crate::proxy::{self, Gateway};
 /// Serves `listener` until `stop` turns true, then waits for open
 /// connections to finish, at most `grace`. Returns the number of
 /// connections that were still open when the grace period ended.
-pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver<bool>, grace: Duration) -> usize {
+pub async fn serve(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> usize {
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     loop {
         tokio::select! {

@@ -28,7 +28,10 @@ pub async fn start(
 ) -> anyhow::Result<mpsc::UnboundedReceiver<usize>> {
     // SO_REUSEPORT would let a second gateway on this address share the port
     // silently: make sure nobody holds it first.
-    drop(std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} (SHOAL_LISTEN / SHOAL_PORT)"))?);
+    drop(
+        std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} (SHOAL_LISTEN / SHOAL_PORT)"))?,
+    );
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     for i in 0..n {
         let gw = Arc::new(gw.for_worker());
@@ -37,7 +40,10 @@ pub async fn start(
         std::thread::Builder::new()
             .name(format!("gateway-worker-{i}"))
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(err) => {
                         let _ = bound_tx.send(Err(err.into()));
@@ -67,7 +73,11 @@ pub async fn start(
 }
 
 fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
     socket.set_nodelay(true)?;

@@ -53,15 +53,25 @@ impl FromStr for AdvertiseSpec {
 /// Why no address could be advertised.
 #[derive(Debug, thiserror::Error)]
 pub enum AdvertiseError {
-    #[error("SHOAL_ADVERTISE={0}: refusing to advertise an unspecified address; others could not reach it. Set SHOAL_ADVERTISE to auto, cidr:<net>, iface:<name> or this member's own IP")]
+    #[error(
+        "SHOAL_ADVERTISE={0}: refusing to advertise an unspecified address; others could not reach it. Set SHOAL_ADVERTISE to auto, cidr:<net>, iface:<name> or this member's own IP"
+    )]
     Unspecified(IpAddr),
-    #[error("advertising loopback address {addr} while the seeds ({seeds}) are not on loopback: members on other hosts could not reach it. Set SHOAL_ADVERTISE to cidr:<net> or iface:<name>")]
+    #[error(
+        "advertising loopback address {addr} while the seeds ({seeds}) are not on loopback: members on other hosts could not reach it. Set SHOAL_ADVERTISE to cidr:<net> or iface:<name>"
+    )]
     LoopbackWithRemoteSeeds { addr: IpAddr, seeds: String },
-    #[error("no local interface has an address in {0}; interfaces seen: {1}. Check SHOAL_ADVERTISE or the networks attached to this container")]
+    #[error(
+        "no local interface has an address in {0}; interfaces seen: {1}. Check SHOAL_ADVERTISE or the networks attached to this container"
+    )]
     NoAddressInCidr(IpNet, String),
-    #[error("no interface named {0:?} with an address; interfaces seen: {1}. Check SHOAL_ADVERTISE")]
+    #[error(
+        "no interface named {0:?} with an address; interfaces seen: {1}. Check SHOAL_ADVERTISE"
+    )]
     NoSuchInterface(String, String),
-    #[error("SHOAL_ADVERTISE=auto needs a seed to route to, and none of SHOAL_SEEDS ({0}) resolves; set SHOAL_SEEDS, or SHOAL_ADVERTISE to cidr:<net>, iface:<name> or an IP")]
+    #[error(
+        "SHOAL_ADVERTISE=auto needs a seed to route to, and none of SHOAL_SEEDS ({0}) resolves; set SHOAL_SEEDS, or SHOAL_ADVERTISE to cidr:<net>, iface:<name> or an IP"
+    )]
     NoSeedResolves(String),
     #[error("could not list network interfaces: {0}")]
     Interfaces(std::io::Error),
@@ -117,9 +127,8 @@ pub fn choose(
             .map(|i| i.ip)
             .ok_or_else(|| AdvertiseError::NoSuchInterface(name.clone(), seen()))?,
         AdvertiseSpec::Auto => match seeds.first() {
-            Some(seed) => route_source(*seed).ok_or_else(|| {
-                AdvertiseError::NoSeedResolves(seed.to_string())
-            })?,
+            Some(seed) => route_source(*seed)
+                .ok_or_else(|| AdvertiseError::NoSeedResolves(seed.to_string()))?,
             // A first member with no seed: its own host is the only peer it
             // can know of; use the first non-loopback IPv4, else loopback.
             None => interfaces
@@ -173,9 +182,9 @@ mod tests {
     fn ifaces() -> Vec<LocalAddr> {
         [
             ("lo", "127.0.0.1"),
-            ("eth0", "10.255.0.9"),  // ingress
-            ("eth1", "172.18.0.4"),  // docker_gwbridge
-            ("eth2", "10.0.9.12"),   // msa-network
+            ("eth0", "10.255.0.9"), // ingress
+            ("eth1", "172.18.0.4"), // docker_gwbridge
+            ("eth2", "10.0.9.12"),  // msa-network
             ("eth2", "fe80::1"),
         ]
         .into_iter()
@@ -193,8 +202,14 @@ mod tests {
             "cidr:10.0.9.7/24".parse(),
             Ok(AdvertiseSpec::Cidr("10.0.9.0/24".parse().unwrap()))
         );
-        assert_eq!("iface:eth2".parse(), Ok(AdvertiseSpec::Iface("eth2".into())));
-        assert_eq!("10.0.9.3".parse(), Ok(AdvertiseSpec::Ip("10.0.9.3".parse().unwrap())));
+        assert_eq!(
+            "iface:eth2".parse(),
+            Ok(AdvertiseSpec::Iface("eth2".into()))
+        );
+        assert_eq!(
+            "10.0.9.3".parse(),
+            Ok(AdvertiseSpec::Ip("10.0.9.3".parse().unwrap()))
+        );
         let err = "cidr:10.0.9/33".parse::<AdvertiseSpec>().unwrap_err();
         assert!(err.contains("cidr:<network>/<bits>"), "{err}");
         assert!("iface:".parse::<AdvertiseSpec>().is_err());
@@ -220,19 +235,32 @@ mod tests {
     fn missing_cidr_lists_what_was_seen() {
         let spec: AdvertiseSpec = "cidr:10.0.7.0/24".parse().unwrap();
         let err = choose(&spec, &[], &ifaces()).unwrap_err().to_string();
-        assert!(err.contains("10.0.7.0/24") && err.contains("eth0=10.255.0.9"), "{err}");
+        assert!(
+            err.contains("10.0.7.0/24") && err.contains("eth0=10.255.0.9"),
+            "{err}"
+        );
     }
 
     #[test]
     fn auto_uses_the_route_to_the_seed() {
         // The kernel routes 127.0.0.1 from loopback: the chosen source is loopback.
-        let ip = choose(&AdvertiseSpec::Auto, &["127.0.0.1:7950".parse().unwrap()], &ifaces()).unwrap();
+        let ip = choose(
+            &AdvertiseSpec::Auto,
+            &["127.0.0.1:7950".parse().unwrap()],
+            &ifaces(),
+        )
+        .unwrap();
         assert!(ip.is_loopback());
     }
 
     #[test]
     fn unspecified_and_loopback_with_remote_seeds_are_refused() {
-        let err = choose(&AdvertiseSpec::Ip("0.0.0.0".parse().unwrap()), &[], &ifaces()).unwrap_err();
+        let err = choose(
+            &AdvertiseSpec::Ip("0.0.0.0".parse().unwrap()),
+            &[],
+            &ifaces(),
+        )
+        .unwrap_err();
         assert!(matches!(err, AdvertiseError::Unspecified(_)));
         let err = choose(
             &AdvertiseSpec::Ip("127.0.0.1".parse().unwrap()),

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chitchat::{
-    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion, spawn_chitchat,
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
+    spawn_chitchat,
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -29,7 +30,10 @@ pub enum JoinError {
     Advertise(#[from] AdvertiseError),
     /// The gossip could not start (e.g. the port is taken).
     #[error("gossip could not start on {addr}: {source:#}")]
-    Gossip { addr: SocketAddr, source: anyhow::Error },
+    Gossip {
+        addr: SocketAddr,
+        source: anyhow::Error,
+    },
 }
 
 /// What kind of member joins.
@@ -133,14 +137,20 @@ impl Cluster {
             },
         };
         let stats = Arc::new(GossipStats::default());
-        let sealer = config.keys.as_ref().map(|ring| Sealer::new(ring, &config.cluster));
+        let sealer = config
+            .keys
+            .as_ref()
+            .map(|ring| Sealer::new(ring, &config.cluster));
         if sealer.is_none() {
             warn!("SHOAL_INSECURE: gossip is neither authenticated nor encrypted");
         }
         let transport = SealedTransport::new(sealer, stats.clone());
         let handle = spawn_chitchat(chitchat_config, announce.key_values(), &transport)
             .await
-            .map_err(|source| JoinError::Gossip { addr: listen_addr, source })?;
+            .map_err(|source| JoinError::Gossip {
+                addr: listen_addr,
+                source,
+            })?;
         let view_rx = spawn_view_builder(&handle);
         let id = MemberId { node, generation };
         info!(member = %id, %gossip_addr, %service_addr, seeds = ?config.seeds, "joined the cluster");
@@ -242,13 +252,16 @@ fn spawn_view_builder(handle: &ChitchatHandle) -> watch::Receiver<Arc<ClusterVie
         loop {
             let view = {
                 let nodes = live.borrow_and_update();
-                let members = nodes.iter().filter_map(|(id, state)| match Member::from_state(id, state) {
-                    Ok(m) => m,
-                    Err(err) => {
-                        warn!(%err, "ignoring member");
-                        None
-                    }
-                });
+                let members =
+                    nodes
+                        .iter()
+                        .filter_map(|(id, state)| match Member::from_state(id, state) {
+                            Ok(m) => m,
+                            Err(err) => {
+                                warn!(%err, "ignoring member");
+                                None
+                            }
+                        });
                 ClusterView::from_members(members)
             };
             view_tx.send_replace(Arc::new(view));

@@ -93,12 +93,15 @@ impl Env {
     }
 
     /// Parses a duration (`250ms`, `2s`, `1m`, or a bare number of seconds).
-    pub fn duration_or(&self, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    pub fn duration_or(
+        &self,
+        var: &'static str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
         match self.get(var) {
             None => Ok(default),
-            Some(raw) => parse_duration(raw).ok_or_else(|| {
-                invalid(var, raw, "a duration such as 250ms, 5s or 2m")
-            }),
+            Some(raw) => parse_duration(raw)
+                .ok_or_else(|| invalid(var, raw, "a duration such as 250ms, 5s or 2m")),
         }
     }
 
@@ -115,7 +118,11 @@ impl Env {
 
 /// Whether logs are JSON lines (`SHOAL_LOG_FORMAT=json`) or text (default).
 pub fn log_json(env: &Env) -> Result<bool, ConfigError> {
-    match env.get("SHOAL_LOG_FORMAT").map(str::to_ascii_lowercase).as_deref() {
+    match env
+        .get("SHOAL_LOG_FORMAT")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("text") => Ok(false),
         Some("json") => Ok(true),
         Some(other) => Err(invalid("SHOAL_LOG_FORMAT", other, "text or json")),
@@ -258,7 +265,11 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// Reads the configuration of a member of `default_service` listening on
     /// `default_port`; `SHOAL_SERVICE` / `SHOAL_PORT` override both.
-    pub fn from_env(env: &Env, default_service: &str, default_port: u16) -> Result<Self, ConfigError> {
+    pub fn from_env(
+        env: &Env,
+        default_service: &str,
+        default_port: u16,
+    ) -> Result<Self, ConfigError> {
         let service = match env.get("SHOAL_SERVICE") {
             Some(raw) => raw
                 .parse()
@@ -290,10 +301,16 @@ impl NodeConfig {
         let seeds = parse_seeds(env.get("SHOAL_SEEDS").unwrap_or(""), gossip_port)?;
         let advertise = match env.get("SHOAL_ADVERTISE") {
             None => AdvertiseSpec::Auto,
-            Some(raw) => raw.parse().map_err(|why: String| invalid("SHOAL_ADVERTISE", raw, &why))?,
+            Some(raw) => raw
+                .parse()
+                .map_err(|why: String| invalid("SHOAL_ADVERTISE", raw, &why))?,
         };
         let cluster = env.get("SHOAL_CLUSTER").unwrap_or("shoal").to_string();
-        let protocol = match env.get("SHOAL_GOSSIP_PROTOCOL").map(str::to_ascii_lowercase).as_deref() {
+        let protocol = match env
+            .get("SHOAL_GOSSIP_PROTOCOL")
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             None | Some("v1") => GossipProtocol::V1,
             Some("v0") => GossipProtocol::V0,
             Some(other) => return Err(invalid("SHOAL_GOSSIP_PROTOCOL", other, "v0 or v1")),
@@ -330,7 +347,11 @@ fn read_timings(env: &Env) -> Result<Timings, ConfigError> {
             "a duration between 10ms and 10s",
         ));
     }
-    let phi_threshold: f64 = env.parse_or("SHOAL_PHI_THRESHOLD", d.phi_threshold, "a number between 1 and 32")?;
+    let phi_threshold: f64 = env.parse_or(
+        "SHOAL_PHI_THRESHOLD",
+        d.phi_threshold,
+        "a number between 1 and 32",
+    )?;
     if !(1.0..=32.0).contains(&phi_threshold) {
         return Err(invalid(
             "SHOAL_PHI_THRESHOLD",
@@ -352,7 +373,10 @@ fn read_timings(env: &Env) -> Result<Timings, ConfigError> {
 /// The first key seals what this member sends; all of them open.
 fn read_keys(env: &Env) -> Result<Option<KeyRing>, ConfigError> {
     let insecure = env.bool_or("SHOAL_INSECURE", false)?;
-    let (var, text) = match (env.get("SHOAL_CLUSTER_KEY"), env.get("SHOAL_CLUSTER_KEY_FILE")) {
+    let (var, text) = match (
+        env.get("SHOAL_CLUSTER_KEY"),
+        env.get("SHOAL_CLUSTER_KEY_FILE"),
+    ) {
         (Some(_), Some(_)) => {
             return Err(invalid(
                 "SHOAL_CLUSTER_KEY_FILE",
@@ -373,15 +397,20 @@ fn read_keys(env: &Env) -> Result<Option<KeyRing>, ConfigError> {
         (None, None) => {
             return Err(ConfigError::Missing {
                 var: "SHOAL_CLUSTER_KEY",
-                hint: "gossip is sealed with a cluster key; create one with `shoal keygen` and set \
+                hint:
+                    "gossip is sealed with a cluster key; create one with `shoal keygen` and set \
                        SHOAL_CLUSTER_KEY (or SHOAL_CLUSTER_KEY_FILE, e.g. a Docker secret), or set \
                        SHOAL_INSECURE=true for a throwaway local cluster"
-                    .into(),
+                        .into(),
             });
         }
     };
     let mut keys = Vec::new();
-    for part in text.split([',', '\n']).map(str::trim).filter(|p| !p.is_empty()) {
+    for part in text
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
         let key: ClusterKey = part.parse().map_err(|why: String| {
             // Never echo a key back into logs: show only its length.
             invalid(var, &format!("<{} characters>", part.len()), &why)
@@ -400,14 +429,22 @@ pub fn parse_seeds(raw: &str, gossip_port: u16) -> Result<Vec<String>, ConfigErr
         let seed = match part.rsplit_once(':') {
             Some((host, port)) if !host.contains(':') || host.ends_with(']') => {
                 if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-                    return Err(invalid("SHOAL_SEEDS", raw, "a comma list of host:port, e.g. tasks.gateway:7950,10.0.9.3:7950"));
+                    return Err(invalid(
+                        "SHOAL_SEEDS",
+                        raw,
+                        "a comma list of host:port, e.g. tasks.gateway:7950,10.0.9.3:7950",
+                    ));
                 }
                 part.to_string()
             }
             _ => format!("{part}:{gossip_port}"),
         };
         if seed.chars().any(char::is_whitespace) {
-            return Err(invalid("SHOAL_SEEDS", raw, "a comma list of host:port without spaces inside an entry"));
+            return Err(invalid(
+                "SHOAL_SEEDS",
+                raw,
+                "a comma list of host:port without spaces inside an entry",
+            ));
         }
         seeds.push(seed);
     }

@@ -161,7 +161,10 @@ pub struct MemberDecodeError {
 
 impl Member {
     /// Reads a member from its gossip state; `Ok(None)` for observers.
-    pub fn from_state(id: &ChitchatId, state: &NodeState) -> Result<Option<Member>, MemberDecodeError> {
+    pub fn from_state(
+        id: &ChitchatId,
+        state: &NodeState,
+    ) -> Result<Option<Member>, MemberDecodeError> {
         let Some(service) = state.get(keys::SERVICE) else {
             return Ok(None);
         };
@@ -195,7 +198,9 @@ impl Member {
             routes,
             host: field(keys::HOST).unwrap_or("").to_string(),
             version: field(keys::VERSION).unwrap_or("").to_string(),
-            started_ms: field(keys::STARTED).and_then(|v| v.parse().ok()).unwrap_or(0),
+            started_ms: field(keys::STARTED)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             gossip_addr: id.gossip_advertise_addr,
         }))
     }

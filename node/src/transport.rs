@@ -97,7 +97,8 @@ pub enum OpenError {
 impl Sealer {
     /// A sealer for `cluster_id` with the keys of `ring`.
     pub fn new(ring: &KeyRing, cluster_id: &str) -> Self {
-        let cipher = |k: &crate::key::ClusterKey| ChaCha20Poly1305::new(Key::from_slice(k.as_bytes()));
+        let cipher =
+            |k: &crate::key::ClusterKey| ChaCha20Poly1305::new(Key::from_slice(k.as_bytes()));
         Self {
             sealing: cipher(ring.sealing()),
             opening: ring.all().iter().map(cipher).collect(),
@@ -119,7 +120,13 @@ impl Sealer {
         let header = [MAGIC[0], MAGIC[1], WIRE_VERSION];
         let sealed = self
             .sealing
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad: &self.aad(&header) })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: &self.aad(&header),
+                },
+            )
             // Encryption only fails for inputs larger than 256 GiB.
             .unwrap_or_default();
         let mut out = Vec::with_capacity(OVERHEAD + plain.len());
@@ -144,7 +151,13 @@ impl Sealer {
             .iter()
             .find_map(|cipher| {
                 cipher
-                    .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: &aad })
+                    .decrypt(
+                        Nonce::from_slice(nonce),
+                        Payload {
+                            msg: sealed,
+                            aad: &aad,
+                        },
+                    )
                     .ok()
             })
             .ok_or(OpenError::Unauthenticated)
@@ -174,7 +187,9 @@ impl Transport for SealedTransport {
             .with_context(|| format!("failed to bind the gossip socket to {listen_addr}/udp"))?;
         let local: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
         let codec = CodecSocket::open(local).await?;
-        let encoder = UdpSocket::bind(local).await.context("failed to bind the gossip encoder socket")?;
+        let encoder = UdpSocket::bind(local)
+            .await
+            .context("failed to bind the gossip encoder socket")?;
         Ok(Box::new(SealedSocket {
             codec_addr: codec.local_addr()?,
             encoder_addr: encoder.local_addr()?,
@@ -229,7 +244,13 @@ impl SealedSocket {
             }
             let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
             self.peer_of_relay.insert(socket.local_addr()?, peer);
-            self.relays.insert(peer, Relay { socket, last_used: Instant::now() });
+            self.relays.insert(
+                peer,
+                Relay {
+                    socket,
+                    last_used: Instant::now(),
+                },
+            );
         }
         if let Some(relay) = self.relays.get_mut(&peer) {
             relay.last_used = Instant::now();
@@ -239,7 +260,11 @@ impl SealedSocket {
     }
 
     fn evict_oldest_relay(&mut self) {
-        let oldest = self.relays.iter().min_by_key(|(_, r)| r.last_used).map(|(p, _)| *p);
+        let oldest = self
+            .relays
+            .iter()
+            .min_by_key(|(_, r)| r.last_used)
+            .map(|(p, _)| *p);
         if let Some(peer) = oldest {
             if let Some(relay) = self.relays.remove(&peer) {
                 if let Ok(addr) = relay.socket.local_addr() {
@@ -261,7 +286,11 @@ impl Socket for SealedSocket {
         Ok(self.wire.local_addr()?)
     }
 
-    async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
+    async fn send(
+        &mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> anyhow::Result<SendOutcome> {
         let plain = self.encode(envelope).await?;
         let datagram = match &self.sealer {
             Some(sealer) => sealer.seal(&plain),

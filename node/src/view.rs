@@ -63,12 +63,17 @@ impl ClusterView {
 
     /// The members of `service` that may receive traffic.
     pub fn up(&self, service: &str) -> impl Iterator<Item = &Arc<Member>> {
-        self.service(service).unwrap_or(&[]).iter().filter(|m| m.is_up())
+        self.service(service)
+            .unwrap_or(&[])
+            .iter()
+            .filter(|m| m.is_up())
     }
 
     /// Services and their members, sorted by name.
     pub fn services(&self) -> impl Iterator<Item = (&str, &[Arc<Member>])> {
-        self.services.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+        self.services
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
     }
 
     /// Every member.
@@ -104,7 +109,13 @@ mod tests {
     use super::*;
     use crate::member::MemberId;
 
-    fn member(node: &str, generation: u64, service: &str, health: Health, routes: &[&str]) -> Member {
+    fn member(
+        node: &str,
+        generation: u64,
+        service: &str,
+        health: Health,
+        routes: &[&str],
+    ) -> Member {
         Member {
             id: MemberId {
                 node: node.into(),
@@ -129,7 +140,10 @@ mod tests {
             member("ccc", 1, "story-service", Health::Draining, &[]),
         ]);
         assert_eq!(view.service("story-service").unwrap().len(), 3);
-        let up: Vec<_> = view.up("story-service").map(|m| m.id.node.as_str()).collect();
+        let up: Vec<_> = view
+            .up("story-service")
+            .map(|m| m.id.node.as_str())
+            .collect();
         assert_eq!(up, ["a"]);
         assert!(view.service("notice-service").is_none());
     }

@@ -109,10 +109,16 @@ pub fn docker(args: &[&str]) -> String {
 
 /// Running containers of a service of the stack.
 pub fn containers(stack: &str, service: &str) -> Vec<String> {
-    docker(&["ps", "-q", "--no-trunc", "--filter", &format!("label=com.docker.swarm.service.name={stack}_{service}")])
-        .lines()
-        .map(String::from)
-        .collect()
+    docker(&[
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={stack}_{service}"),
+    ])
+    .lines()
+    .map(String::from)
+    .collect()
 }
 
 /// Host names in every gateway's own view, read from inside each gateway
@@ -121,7 +127,14 @@ pub fn gateway_views(stack: &str) -> Vec<HashSet<String>> {
     containers(stack, "gateway")
         .iter()
         .map(|c| {
-            let json = docker(&["exec", c, "/shoal", "healthcheck", "--print", "http://127.0.0.1:8761/members"]);
+            let json = docker(&[
+                "exec",
+                c,
+                "/shoal",
+                "healthcheck",
+                "--print",
+                "http://127.0.0.1:8761/members",
+            ]);
             let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
             v["services"]["services"]
                 .as_object()
@@ -157,22 +170,31 @@ pub async fn run(plan: &Plan) -> Report {
 
     let mut getters = vec![];
     for w in 0..plan.getters {
-        let (client, stop, first_seen, base) = (client.clone(), stop.clone(), first_seen.clone(), base.clone());
+        let (client, stop, first_seen, base) = (
+            client.clone(),
+            stop.clone(),
+            first_seen.clone(),
+            base.clone(),
+        );
         getters.push(tokio::spawn(async move {
             let (mut sent, mut failures, mut lat) = (0u64, HashMap::<u16, u64>::new(), Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 sent += 1;
-                let path = if (sent + w as u64) % 2 == 0 { "story" } else { "story/service/host" };
+                let path = if (sent + w as u64) % 2 == 0 {
+                    "story"
+                } else {
+                    "story/service/host"
+                };
                 let url = format!("{base}/api/story-service/{path}");
                 let t = Instant::now();
-                // A client retries a GET that got no answer (up to 3 tries):
-                // through ingress a new connection reaches another gateway
-                // task when the one it was talking to was killed.
+                // A client retries a GET that got no answer, for up to 10 s:
+                // through the routing mesh a new connection reaches another
+                // gateway task; with host-mode publishing (no IPVS) it
+                // reaches the replacement of a killed gateway.
                 let mut outcome = client.get(&url).send().await;
-                for _ in 0..2 {
-                    if outcome.is_ok() {
-                        break;
-                    }
+                let retry_until = Instant::now() + Duration::from_secs(10);
+                while outcome.is_err() && Instant::now() < retry_until {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                     outcome = client.get(&url).send().await;
                 }
                 match outcome {
@@ -180,7 +202,11 @@ pub async fn run(plan: &Plan) -> Report {
                         let text = r.text().await.unwrap_or_default();
                         lat.push(t.elapsed().as_secs_f64() * 1e3);
                         if path.ends_with("host") {
-                            first_seen.lock().unwrap_or_else(|p| p.into_inner()).entry(text).or_insert_with(Instant::now);
+                            first_seen
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .entry(text)
+                                .or_insert_with(Instant::now);
                         }
                     }
                     Ok(r) => *failures.entry(r.status().as_u16()).or_default() += 1,
@@ -222,19 +248,25 @@ pub async fn run(plan: &Plan) -> Report {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let target = if plan.kill_gateway && !gateway_killed && started.elapsed() >= plan.duration / 2 {
-            gateway_killed = true;
-            "gateway"
-        } else {
-            plan.service.as_str()
-        };
+        let target =
+            if plan.kill_gateway && !gateway_killed && started.elapsed() >= plan.duration / 2 {
+                gateway_killed = true;
+                "gateway"
+            } else {
+                plan.service.as_str()
+            };
         let running = containers(&plan.stack, target);
         if running.is_empty() {
             continue;
         }
         let victim = running[(seed % running.len() as u64) as usize].clone();
         let host = docker(&["inspect", "-f", "{{.Config.Hostname}}", &victim]);
-        let known: HashSet<String> = first_seen.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let known: HashSet<String> = first_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         let killed_at = Instant::now();
         docker(&["kill", &victim]);
         // Out of every gateway's view (story-service only: a killed gateway
@@ -253,7 +285,14 @@ pub async fn run(plan: &Plan) -> Report {
             }
             left
         };
-        kills.push((victim, host, left_views, killed_at, known, target == "gateway"));
+        kills.push((
+            victim,
+            host,
+            left_views,
+            killed_at,
+            known,
+            target == "gateway",
+        ));
     }
     // Give the last replacement time to appear, then stop the load.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -304,7 +343,12 @@ pub async fn run(plan: &Plan) -> Report {
             .await
             .ok();
         let n = match rows {
-            Some(r) => r.json::<serde_json::Value>().await.ok().and_then(|v| v.as_array().map(Vec::len)).unwrap_or(0),
+            Some(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v.as_array().map(Vec::len))
+                .unwrap_or(0),
             None => 0,
         };
         if *status == 201 && n == 0 {

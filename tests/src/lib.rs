@@ -69,7 +69,11 @@ impl Net {
         let dir = std::env::temp_dir().join(format!("shoal-test-{n}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self { n, key: new_key(), dir }
+        Self {
+            n,
+            key: new_key(),
+            dir,
+        }
     }
 
     /// Address `i` of group `g`.
@@ -160,7 +164,13 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin` with `args` and `env`; stdout lines are kept (with their
     /// arrival time), stderr goes to a log file in the test's folder.
-    pub fn spawn(net: &Net, name: &str, bin: &std::path::Path, args: &[&str], env: &[(String, String)]) -> Proc {
+    pub fn spawn(
+        net: &Net,
+        name: &str,
+        bin: &std::path::Path,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Proc {
         let log = net.dir().join(format!("{name}.log"));
         let stderr = std::fs::File::create(&log).expect("log file");
         let mut child = Command::new(bin)
@@ -177,7 +187,10 @@ impl Proc {
             let lines = lines.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    lines.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), line));
+                    lines
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((Instant::now(), line));
                 }
             });
         }
@@ -276,7 +289,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         if let Some(v) = check() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -292,7 +308,10 @@ pub async fn wait_for_async<T, F: std::future::Future<Output = Option<T>>>(
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -340,7 +359,14 @@ impl<'a> Stack<'a> {
     }
 
     /// Starts replica `i` of a service binary at 127.N.g.i.
-    pub fn service(&mut self, binary: &str, service: &str, g: u8, i: u8, extra: &[(&str, &str)]) -> SocketAddr {
+    pub fn service(
+        &mut self,
+        binary: &str,
+        service: &str,
+        g: u8,
+        i: u8,
+        extra: &[(&str, &str)],
+    ) -> SocketAddr {
         let ip = self.net.ip(g, i);
         let name = format!("{service}-{i}");
         let mut env = self.net.member_env(ip, service, &name);
@@ -361,7 +387,9 @@ impl<'a> Stack<'a> {
 
     /// The process called `name`.
     pub fn proc(&mut self, name: &str) -> &mut Proc {
-        self.procs.get_mut(name).unwrap_or_else(|| panic!("no process {name}"))
+        self.procs
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no process {name}"))
     }
 }
 
@@ -374,7 +402,10 @@ pub fn http() -> reqwest::Client {
 }
 
 /// The gateway's view as `service → [(host, health)]`, from its admin port.
-pub async fn gateway_view(client: &reqwest::Client, gateway: SocketAddr) -> Option<HashMap<String, Vec<(String, String)>>> {
+pub async fn gateway_view(
+    client: &reqwest::Client,
+    gateway: SocketAddr,
+) -> Option<HashMap<String, Vec<(String, String)>>> {
     let admin = SocketAddr::new(gateway.ip(), ports::ADMIN);
     let body: serde_json::Value = client
         .get(format!("http://{admin}/members"))
@@ -409,11 +440,20 @@ pub async fn gateway_view(client: &reqwest::Client, gateway: SocketAddr) -> Opti
 }
 
 /// Waits until the gateway sees `count` instances of `service` up.
-pub async fn wait_routable(client: &reqwest::Client, gateway: SocketAddr, service: &str, count: usize) {
-    wait_for_async(&format!("{count} instances of {service} up at {gateway}"), Duration::from_secs(30), || async {
-        let view = gateway_view(client, gateway).await?;
-        let up = view.get(service)?.iter().filter(|(_, h)| h == "up").count();
-        (up == count).then_some(())
-    })
+pub async fn wait_routable(
+    client: &reqwest::Client,
+    gateway: SocketAddr,
+    service: &str,
+    count: usize,
+) {
+    wait_for_async(
+        &format!("{count} instances of {service} up at {gateway}"),
+        Duration::from_secs(30),
+        || async {
+            let view = gateway_view(client, gateway).await?;
+            let up = view.get(service)?.iter().filter(|(_, h)| h == "up").count();
+            (up == count).then_some(())
+        },
+    )
     .await
 }

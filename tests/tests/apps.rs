@@ -12,23 +12,41 @@ use shoal_tests::{Net, Stack, http, wait_for_async, wait_routable};
 /// Suffix that keeps user ids of this run apart from earlier runs on a
 /// persistent database.
 fn run_tag() -> String {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     format!("{:x}", (t.as_millis() as u64) & 0xffffff)
 }
 
 async fn wait_healthy(client: &reqwest::Client, addr: SocketAddr) {
-    wait_for_async(&format!("{addr} healthy"), Duration::from_secs(60), || async {
-        let r = client.get(format!("http://{addr}/health")).send().await.ok()?;
-        r.status().is_success().then_some(())
-    })
+    wait_for_async(
+        &format!("{addr} healthy"),
+        Duration::from_secs(60),
+        || async {
+            let r = client
+                .get(format!("http://{addr}/health"))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        },
+    )
     .await;
 }
 
 async fn get_json(client: &reqwest::Client, url: String) -> (u16, Value, String) {
-    let r = client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let r = client
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = r.status().as_u16();
     let text = r.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null), text)
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+    )
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: &str) -> (u16, Value) {
@@ -50,22 +68,43 @@ fn key_order(text: &str, keys: &[&str]) {
     let object = &first[..end];
     let positions: Vec<usize> = keys
         .iter()
-        .map(|k| object.find(&format!("\"{k}\"")).unwrap_or_else(|| panic!("{k} missing in {object}")))
+        .map(|k| {
+            object
+                .find(&format!("\"{k}\""))
+                .unwrap_or_else(|| panic!("{k} missing in {object}"))
+        })
         .collect();
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "field order of {object}, expected {keys:?}");
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "field order of {object}, expected {keys:?}"
+    );
 }
 
 async fn story_contract(client: &reqwest::Client, base: &str, host: &str) {
     let tag = run_tag();
-    let (u1, u2, u3) = (format!("u1-{tag}"), format!("u2-{tag}"), format!("u3-{tag}"));
+    let (u1, u2, u3) = (
+        format!("u1-{tag}"),
+        format!("u2-{tag}"),
+        format!("u3-{tag}"),
+    );
     let url = format!("{base}/story");
     for (user, n) in [(&u1, 3), (&u2, 2), (&u3, 7)] {
         for i in 0..n {
-            let (status, _) = post(client, &url, &json!({"id": user, "message": format!("{user} says {i}")}).to_string()).await;
+            let (status, _) = post(
+                client,
+                &url,
+                &json!({"id": user, "message": format!("{user} says {i}")}).to_string(),
+            )
+            .await;
             assert_eq!(status, 201);
         }
     }
-    let r = client.post(&url).json(&json!({"id": u1, "message": "empty body?"})).send().await.unwrap();
+    let r = client
+        .post(&url)
+        .json(&json!({"id": u1, "message": "empty body?"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     assert!(r.text().await.unwrap().is_empty(), "201 has an empty body");
 
@@ -74,11 +113,22 @@ async fn story_contract(client: &reqwest::Client, base: &str, host: &str) {
     let list = body.as_array().expect("an array");
     assert!(list.len() <= 15);
     key_order(&text, &["story_id", "message", "id"]);
-    let ids: Vec<i64> = list.iter().map(|s| s["story_id"].as_i64().unwrap()).collect();
-    assert!(ids.windows(2).all(|w| w[0] > w[1]), "descending story_id: {ids:?}");
+    let ids: Vec<i64> = list
+        .iter()
+        .map(|s| s["story_id"].as_i64().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "descending story_id: {ids:?}"
+    );
     assert_eq!(list[0]["id"], json!(u1), "newest first");
     for i in 0..20 {
-        post(client, &url, &json!({"id": u2, "message": format!("more {i}")}).to_string()).await;
+        post(
+            client,
+            &url,
+            &json!({"id": u2, "message": format!("more {i}")}).to_string(),
+        )
+        .await;
     }
     let (_, body, _) = get_json(client, url.clone()).await;
     assert_eq!(body.as_array().unwrap().len(), 15, "newest 15 only");
@@ -97,19 +147,30 @@ async fn story_contract(client: &reqwest::Client, base: &str, host: &str) {
         (json!({"message": "no id"}).to_string(), "id"),
         (json!({"id": u1}).to_string(), "message"),
         (json!({"id": long_id, "message": "m"}).to_string(), "id"),
-        (json!({"id": u1, "message": "m".repeat(301)}).to_string(), "message"),
+        (
+            json!({"id": u1, "message": "m".repeat(301)}).to_string(),
+            "message",
+        ),
         (json!({"id": 5, "message": "m"}).to_string(), "body"),
     ] {
         let (status, err) = post(client, &url, &body).await;
         assert_eq!(status, 400, "{body}");
         assert_eq!(err["status"], json!(400));
-        let fields: Vec<&str> = err["errors"].as_array().map(|a| a.iter().filter_map(|e| e["field"].as_str()).collect()).unwrap_or_default();
+        let fields: Vec<&str> = err["errors"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["field"].as_str()).collect())
+            .unwrap_or_default();
         assert!(fields.contains(&field), "{body}: {err}");
         for key in ["timestamp", "error", "message", "path"] {
             assert!(err.get(key).is_some(), "{key} missing in {err}");
         }
     }
-    let (status, _) = post(client, &url, &json!({"id": u1, "message": "m".repeat(300)}).to_string()).await;
+    let (status, _) = post(
+        client,
+        &url,
+        &json!({"id": u1, "message": "m".repeat(300)}).to_string(),
+    )
+    .await;
     assert_eq!(status, 201, "exactly 300 characters is fine");
     let (_, body, _) = get_json(client, format!("{url}/{u1}")).await;
     assert_eq!(body.as_array().unwrap().len(), 5);
@@ -122,9 +183,18 @@ async fn story_contract(client: &reqwest::Client, base: &str, host: &str) {
     let (_, body, _) = get_json(client, format!("{url}/{u1}")).await;
     assert_eq!(body, json!([]));
 
-    let r = client.get(format!("{url}/service/host")).send().await.unwrap();
+    let r = client
+        .get(format!("{url}/service/host"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     assert_eq!(r.text().await.unwrap(), host);
 }
 
@@ -133,21 +203,43 @@ async fn notice_contract(client: &reqwest::Client, base: &str, host: &str) {
     let receiver = format!("r-{tag}");
     let url = format!("{base}/notice");
     for i in 0..25 {
-        let (status, _) = post(client, &url, &json!({"receiver_id": receiver, "sender_id": "s", "article_id": i}).to_string()).await;
+        let (status, _) = post(
+            client,
+            &url,
+            &json!({"receiver_id": receiver, "sender_id": "s", "article_id": i}).to_string(),
+        )
+        .await;
         assert_eq!(status, 201);
     }
     let (status, body, text) = get_json(client, url.clone()).await;
     assert_eq!(status, 200);
     key_order(&text, &["id", "receiver_id", "sender_id", "article_id"]);
-    assert!(body.as_array().unwrap().iter().filter(|n| n["receiver_id"] == json!(receiver)).count() == 25);
+    assert!(
+        body.as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["receiver_id"] == json!(receiver))
+            .count()
+            == 25
+    );
 
     let (_, body, _) = get_json(client, format!("{url}/{receiver}")).await;
-    let all: Vec<i64> = body.as_array().unwrap().iter().map(|n| n["id"].as_i64().unwrap()).collect();
+    let all: Vec<i64> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(all.len(), 25);
     assert!(all.windows(2).all(|w| w[0] > w[1]), "descending ids");
 
     let (_, body, _) = get_json(client, format!("{url}/latest/{receiver}")).await;
-    let page: Vec<i64> = body.as_array().unwrap().iter().map(|n| n["id"].as_i64().unwrap()).collect();
+    let page: Vec<i64> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(page, all[..10]);
     assert_eq!(body[0]["article_id"], json!(24));
 
@@ -158,7 +250,12 @@ async fn notice_contract(client: &reqwest::Client, base: &str, host: &str) {
     loop {
         let (status, body, _) = get_json(client, format!("{url}/previous/{receiver}/{last}")).await;
         assert_eq!(status, 200);
-        let ids: Vec<i64> = body.as_array().unwrap().iter().map(|n| n["id"].as_i64().unwrap()).collect();
+        let ids: Vec<i64> = body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_i64().unwrap())
+            .collect();
         sizes.push(ids.len());
         if ids.is_empty() {
             break;
@@ -171,23 +268,51 @@ async fn notice_contract(client: &reqwest::Client, base: &str, host: &str) {
     assert_eq!(seen, all);
 
     for (body, field) in [
-        (json!({"receiver_id": receiver, "sender_id": "s", "article_id": "x"}).to_string(), "body"),
-        (json!({"receiver_id": receiver, "sender_id": "s"}).to_string(), "article_id"),
-        (json!({"receiver_id": "r".repeat(21), "sender_id": "s", "article_id": 1}).to_string(), "receiver_id"),
-        (json!({"receiver_id": receiver, "sender_id": "", "article_id": 1}).to_string(), "sender_id"),
+        (
+            json!({"receiver_id": receiver, "sender_id": "s", "article_id": "x"}).to_string(),
+            "body",
+        ),
+        (
+            json!({"receiver_id": receiver, "sender_id": "s"}).to_string(),
+            "article_id",
+        ),
+        (
+            json!({"receiver_id": "r".repeat(21), "sender_id": "s", "article_id": 1}).to_string(),
+            "receiver_id",
+        ),
+        (
+            json!({"receiver_id": receiver, "sender_id": "", "article_id": 1}).to_string(),
+            "sender_id",
+        ),
     ] {
         let (status, err) = post(client, &url, &body).await;
         assert_eq!(status, 400, "{body}");
-        let fields: Vec<&str> = err["errors"].as_array().map(|a| a.iter().filter_map(|e| e["field"].as_str()).collect()).unwrap_or_default();
+        let fields: Vec<&str> = err["errors"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["field"].as_str()).collect())
+            .unwrap_or_default();
         assert!(fields.contains(&field), "{body}: {err}");
     }
     let (_, body, _) = get_json(client, format!("{url}/{receiver}")).await;
-    assert_eq!(body.as_array().unwrap().len(), 25, "invalid posts wrote nothing");
+    assert_eq!(
+        body.as_array().unwrap().len(),
+        25,
+        "invalid posts wrote nothing"
+    );
     let (status, _, _) = get_json(client, format!("{url}/previous/{receiver}/abc")).await;
     assert_eq!(status, 400);
 
-    let r = client.get(format!("{url}/service/host")).send().await.unwrap();
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let r = client
+        .get(format!("{url}/service/host"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     assert_eq!(r.text().await.unwrap(), host);
 }
 
@@ -197,11 +322,26 @@ async fn contract(net_id: u8, database_url: Option<String>) {
     let client = http();
     let (story_db, notice_db) = match &database_url {
         Some(url) => (url.clone(), url.clone()),
-        None => ("sqlite://story.db?mode=rwc".into(), "sqlite://notice.db?mode=rwc".into()),
+        None => (
+            "sqlite://story.db?mode=rwc".into(),
+            "sqlite://notice.db?mode=rwc".into(),
+        ),
     };
     stack.gateway(1, &[]);
-    let story = stack.service("story-service", "story-service", 2, 1, &[("DATABASE_URL", &story_db)]);
-    let notice = stack.service("notice-service", "notice-service", 3, 1, &[("DATABASE_URL", &notice_db)]);
+    let story = stack.service(
+        "story-service",
+        "story-service",
+        2,
+        1,
+        &[("DATABASE_URL", &story_db)],
+    );
+    let notice = stack.service(
+        "notice-service",
+        "notice-service",
+        3,
+        1,
+        &[("DATABASE_URL", &notice_db)],
+    );
     wait_healthy(&client, story).await;
     wait_healthy(&client, notice).await;
     story_contract(&client, &format!("http://{story}"), "story-service-1").await;
@@ -217,7 +357,9 @@ fn backend_url(var: &str, name: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            eprintln!("!!!!! SKIPPED: {var} is not set — {name} could not be started (scripts/test starts it) !!!!!");
+            eprintln!(
+                "!!!!! SKIPPED: {var} is not set — {name} could not be started (scripts/test starts it) !!!!!"
+            );
             None
         }
     }
@@ -245,12 +387,25 @@ async fn three_replicas_behind_the_gateway_share_one_database() {
     let gw = stack.gateway(1, &[]);
     let db = format!("sqlite://{}/story.db?mode=rwc", net.dir().display());
     let replicas: Vec<SocketAddr> = (1..=3)
-        .map(|i| stack.service("story-service", "story-service", 2, i, &[("DATABASE_URL", &db)]))
+        .map(|i| {
+            stack.service(
+                "story-service",
+                "story-service",
+                2,
+                i,
+                &[("DATABASE_URL", &db)],
+            )
+        })
         .collect();
     wait_routable(&client, gw, "story-service", 3).await;
 
     // A POST through the gateway is visible through every replica.
-    let (status, _) = post(&client, &format!("http://{gw}/api/story-service/story"), r#"{"id":"shared","message":"one"}"#).await;
+    let (status, _) = post(
+        &client,
+        &format!("http://{gw}/api/story-service/story"),
+        r#"{"id":"shared","message":"one"}"#,
+    )
+    .await;
     assert_eq!(status, 201);
     for r in &replicas {
         let (_, body, _) = get_json(&client, format!("http://{r}/story/shared")).await;
@@ -263,13 +418,20 @@ async fn three_replicas_behind_the_gateway_share_one_database() {
     // 300 sequential GETs see the three hostnames, evenly.
     let mut hosts: HashMap<String, usize> = HashMap::new();
     for _ in 0..300 {
-        let r = client.get(format!("http://{gw}/api/story-service/story/service/host")).send().await.unwrap();
+        let r = client
+            .get(format!("http://{gw}/api/story-service/story/service/host"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         *hosts.entry(r.text().await.unwrap()).or_default() += 1;
     }
     eprintln!("spread over replicas: {hosts:?}");
     assert_eq!(hosts.len(), 3, "{hosts:?}");
-    assert!(hosts.values().all(|n| (70..=130).contains(n)), "uneven: {hosts:?}");
+    assert!(
+        hosts.values().all(|n| (70..=130).contains(n)),
+        "uneven: {hosts:?}"
+    );
 }
 
 #[tokio::test]
@@ -279,17 +441,33 @@ async fn a_service_without_its_database_stays_starting_and_is_not_routed() {
     let client = http();
     let gw = stack.gateway(1, &[]);
     // Nothing listens on this port: the database is down at start.
-    let story = stack.service("story-service", "story-service", 2, 1, &[("DATABASE_URL", "mysql://u:p@127.0.0.1:1/none")]);
-    wait_for_async("the member to be seen starting", Duration::from_secs(15), || async {
-        let view = shoal_tests::gateway_view(&client, gw).await?;
-        (view.get("story-service")?.first()?.1 == "starting").then_some(())
-    })
+    let story = stack.service(
+        "story-service",
+        "story-service",
+        2,
+        1,
+        &[("DATABASE_URL", "mysql://u:p@127.0.0.1:1/none")],
+    );
+    wait_for_async(
+        "the member to be seen starting",
+        Duration::from_secs(15),
+        || async {
+            let view = shoal_tests::gateway_view(&client, gw).await?;
+            (view.get("story-service")?.first()?.1 == "starting").then_some(())
+        },
+    )
     .await;
-    let r = client.get(format!("http://{story}/health")).send().await.unwrap();
+    let r = client
+        .get(format!("http://{story}/health"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let (status, body, _) = get_json(&client, format!("http://{gw}/api/story-service/story")).await;
     assert_eq!(status, 503);
     assert_eq!(body["status"], json!(503));
     let proc = stack.proc("story-service-1");
-    shoal_tests::wait_for("the retry to be logged", Duration::from_secs(10), || proc.log().contains("database not ready").then_some(()));
+    shoal_tests::wait_for("the retry to be logged", Duration::from_secs(10), || {
+        proc.log().contains("database not ready").then_some(())
+    });
 }

@@ -12,7 +12,11 @@ use shoal_tests::{Net, Stack, http, wait_routable};
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -24,7 +28,9 @@ async fn killing_story_replicas_every_three_seconds_fails_no_get_and_loses_no_ac
     let gw = stack.gateway(1, &[]);
     let db = format!("sqlite://{}/story.db?mode=rwc", net.dir().display());
     let story_env = [("DATABASE_URL", db.as_str())];
-    let replicas: Vec<SocketAddr> = (1..=3).map(|i| stack.service("story-service", "story-service", 2, i, &story_env)).collect();
+    let replicas: Vec<SocketAddr> = (1..=3)
+        .map(|i| stack.service("story-service", "story-service", 2, i, &story_env))
+        .collect();
     wait_routable(&client, gw, "story-service", 3).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -37,10 +43,22 @@ async fn killing_story_replicas_every_three_seconds_fails_no_get_and_loses_no_ac
             while !stop.load(Ordering::Relaxed) {
                 sent += 1;
                 let t = Instant::now();
-                let path = if sent % 2 == 0 { "story" } else { "story/service/host" };
-                match client.get(format!("http://{gw}/api/story-service/{path}")).send().await {
+                let path = if sent % 2 == 0 {
+                    "story"
+                } else {
+                    "story/service/host"
+                };
+                match client
+                    .get(format!("http://{gw}/api/story-service/{path}"))
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status() == 200 => latencies.push(t.elapsed()),
-                    Ok(r) => failed.push(format!("{} {}", r.status(), r.text().await.unwrap_or_default())),
+                    Ok(r) => failed.push(format!(
+                        "{} {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )),
                     Err(e) => failed.push(format!("{e:?}")),
                 }
             }
@@ -119,7 +137,12 @@ async fn killing_story_replicas_every_three_seconds_fails_no_get_and_loses_no_ac
         }
     }
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     let rss: Vec<String> = stack
         .procs
         .iter()
@@ -135,6 +158,12 @@ async fn killing_story_replicas_every_three_seconds_fails_no_get_and_loses_no_ac
     assert!(get_failures.is_empty(), "failed GETs: {get_failures:?}");
     assert_eq!(lost, 0, "acknowledged writes lost");
     assert_eq!(duplicated, 0, "writes duplicated");
-    assert!(by_status.keys().all(|s| matches!(s, 201 | 502 | 503 | 504)), "{by_status:?}");
-    assert!(gets > 1000 && posts.len() > 100, "too little load to mean anything");
+    assert!(
+        by_status.keys().all(|s| matches!(s, 201 | 502 | 503 | 504)),
+        "{by_status:?}"
+    );
+    assert!(
+        gets > 1000 && posts.len() > 100,
+        "too little load to mean anything"
+    );
 }

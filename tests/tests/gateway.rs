@@ -23,7 +23,12 @@ async fn setup<'a>(
     let gw = stack.gateway(1, gw_env);
     let admin = SocketAddr::new(gw.ip(), shoal_tests::ports::ADMIN);
     wait_for_async("the gateway to answer", Duration::from_secs(10), || async {
-        client.get(format!("http://{admin}/health")).send().await.ok().map(|_| ())
+        client
+            .get(format!("http://{admin}/health"))
+            .send()
+            .await
+            .ok()
+            .map(|_| ())
     })
     .await;
     for i in 1..=n {
@@ -40,7 +45,11 @@ async fn setup<'a>(
 async fn host_counts(client: &reqwest::Client, gw: SocketAddr, n: usize) -> HashMap<String, usize> {
     let mut hosts = HashMap::new();
     for _ in 0..n {
-        let r = client.get(format!("http://{gw}/api/echo/host")).send().await.expect("request");
+        let r = client
+            .get(format!("http://{gw}/api/echo/host"))
+            .send()
+            .await
+            .expect("request");
         assert_eq!(r.status(), 200);
         *hosts.entry(r.text().await.unwrap_or_default()).or_insert(0) += 1;
     }
@@ -49,7 +58,14 @@ async fn host_counts(client: &reqwest::Client, gw: SocketAddr, n: usize) -> Hash
 
 async fn metric(client: &reqwest::Client, gw: SocketAddr, name: &str) -> f64 {
     let admin = SocketAddr::new(gw.ip(), shoal_tests::ports::ADMIN);
-    let text = client.get(format!("http://{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = client
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     text.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -70,13 +86,21 @@ async fn equal_replicas_share_requests_evenly() {
 async fn a_slow_replica_gets_far_fewer_requests() {
     let net = Net::new(32);
     let (_stack, gw, client) = setup(&net, 3, &[], |i| {
-        if i == 1 { vec![("TEST_DELAY_MS", "200".into())] } else { vec![] }
+        if i == 1 {
+            vec![("TEST_DELAY_MS", "200".into())]
+        } else {
+            vec![]
+        }
     })
     .await;
     let hosts = host_counts(&client, gw, 150).await;
     eprintln!("with echo-1 slow: {hosts:?}");
     let slow = hosts.get("echo-1").copied().unwrap_or(0);
-    let fast = hosts.get("echo-2").copied().unwrap_or(0).min(hosts.get("echo-3").copied().unwrap_or(0));
+    let fast = hosts
+        .get("echo-2")
+        .copied()
+        .unwrap_or(0)
+        .min(hosts.get("echo-3").copied().unwrap_or(0));
     assert!(slow * 10 < fast, "{hosts:?}");
 }
 
@@ -84,7 +108,11 @@ async fn a_slow_replica_gets_far_fewer_requests() {
 async fn unknown_service_is_404_and_a_service_with_no_up_instance_is_503() {
     let net = Net::new(33);
     let (mut stack, gw, client) = setup(&net, 0, &[], |_| vec![]).await;
-    let r = client.get(format!("http://{gw}/api/nope/x")).send().await.unwrap();
+    let r = client
+        .get(format!("http://{gw}/api/nope/x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], 404);
@@ -93,16 +121,34 @@ async fn unknown_service_is_404_and_a_service_with_no_up_instance_is_503() {
     let ip = net.ip(2, 1);
     let mut env = net.member_env(ip, "lazy", "lazy-1");
     env.push(("SHOAL_PORT".into(), "9000".into()));
-    let sidecar = shoal_tests::Proc::spawn(&net, "lazy", &shoal_tests::bin("shoal"), &["sidecar", "--health-url", "http://127.0.0.1:1/"], &env);
+    let sidecar = shoal_tests::Proc::spawn(
+        &net,
+        "lazy",
+        &shoal_tests::bin("shoal"),
+        &["sidecar", "--health-url", "http://127.0.0.1:1/"],
+        &env,
+    );
     stack.procs.insert("lazy".into(), sidecar);
-    wait_for_async("the gateway to know `lazy`", Duration::from_secs(10), || async {
-        gateway_view(&client, gw).await?.get("lazy").map(|_| ())
-    })
+    wait_for_async(
+        "the gateway to know `lazy`",
+        Duration::from_secs(10),
+        || async { gateway_view(&client, gw).await?.get("lazy").map(|_| ()) },
+    )
     .await;
-    let r = client.get(format!("http://{gw}/api/lazy/x")).send().await.unwrap();
+    let r = client
+        .get(format!("http://{gw}/api/lazy/x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
-    assert!(body["message"].as_str().unwrap().contains("no instance of lazy is up"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no instance of lazy is up"),
+        "{body}"
+    );
     for key in ["timestamp", "status", "error", "message", "path"] {
         assert!(body.get(key).is_some(), "{key} in {body}");
     }
@@ -140,7 +186,10 @@ async fn headers_and_bodies_pass_through_and_ten_megabytes_stream() {
         .unwrap();
     assert_eq!(seen["traceparent"], tp);
     assert_eq!(seen["x-custom"], "must pass");
-    assert!(seen.get("x-hop").is_none(), "hop-by-hop header forwarded: {seen}");
+    assert!(
+        seen.get("x-hop").is_none(),
+        "hop-by-hop header forwarded: {seen}"
+    );
     assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen["x-forwarded-host"], gw.to_string());
     assert_eq!(seen["x-forwarded-prefix"], "/api/echo");
@@ -179,18 +228,31 @@ async fn headers_and_bodies_pass_through_and_ten_megabytes_stream() {
 async fn websocket_echo_through_the_gateway() {
     let net = Net::new(35);
     let (_stack, gw, _client) = setup(&net, 1, &[], |_| vec![]).await;
-    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{gw}/api/echo/ws")).await.expect("upgrade");
+    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{gw}/api/echo/ws"))
+        .await
+        .expect("upgrade");
     assert_eq!(response.status(), 101);
     for text in ["hello", "shoal"] {
-        ws.send(tokio_tungstenite::tungstenite::Message::text(text)).await.unwrap();
-        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(reply.into_text().unwrap().as_str(), format!("echo: {text}"));
     }
     ws.close(None).await.unwrap();
 }
 
 /// GET load from `workers` tasks until `stop`; returns (sent, failed).
-fn get_load(client: &reqwest::Client, gw: SocketAddr, workers: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<(usize, usize)>> {
+fn get_load(
+    client: &reqwest::Client,
+    gw: SocketAddr,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(usize, usize)>> {
     (0..workers)
         .map(|_| {
             let (client, stop) = (client.clone(), stop.clone());
@@ -199,11 +261,19 @@ fn get_load(client: &reqwest::Client, gw: SocketAddr, workers: usize, stop: Arc<
                 while !stop.load(Ordering::Relaxed) {
                     sent += 1;
                     let t = Instant::now();
-                    match client.get(format!("http://{gw}/api/echo/host")).send().await {
+                    match client
+                        .get(format!("http://{gw}/api/echo/host"))
+                        .send()
+                        .await
+                    {
                         Ok(r) if r.status() == 200 => {}
                         Ok(r) => {
                             failed += 1;
-                            eprintln!("failed: {} {}", r.status(), r.text().await.unwrap_or_default());
+                            eprintln!(
+                                "failed: {} {}",
+                                r.status(),
+                                r.text().await.unwrap_or_default()
+                            );
                         }
                         Err(e) => {
                             failed += 1;
@@ -235,16 +305,22 @@ async fn killed_replica_under_load_fails_no_request_and_leaves_rotation_within_t
     tokio::time::sleep(Duration::from_millis(500)).await;
     let killed_at = Instant::now();
     stack.proc("echo-2").sigkill();
-    wait_for_async("echo-2 to leave the gateway's view", Duration::from_secs(5), || async {
-        let view = gateway_view(&client, gw).await?;
-        (!view.get("echo")?.iter().any(|(h, _)| h == "echo-2")).then_some(())
-    })
+    wait_for_async(
+        "echo-2 to leave the gateway's view",
+        Duration::from_secs(5),
+        || async {
+            let view = gateway_view(&client, gw).await?;
+            (!view.get("echo")?.iter().any(|(h, _)| h == "echo-2")).then_some(())
+        },
+    )
     .await;
     let left_after = killed_at.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let (sent, failed) = totals(load).await;
-    eprintln!("SIGKILL under load: {sent} requests, {failed} failed, left rotation after {left_after:?}");
+    eprintln!(
+        "SIGKILL under load: {sent} requests, {failed} failed, left rotation after {left_after:?}"
+    );
     assert_eq!(failed, 0);
     assert!(sent > 100, "load too small to mean anything: {sent}");
     assert!(left_after <= Duration::from_secs(2), "{left_after:?}");
@@ -260,7 +336,11 @@ async fn a_post_in_flight_when_its_replica_dies_is_never_written_twice() {
         .map(|i| {
             let client = client.clone();
             tokio::spawn(async move {
-                let r = client.post(format!("http://{gw}/api/echo/write/w{i}")).send().await.unwrap();
+                let r = client
+                    .post(format!("http://{gw}/api/echo/write/w{i}"))
+                    .send()
+                    .await
+                    .unwrap();
                 (format!("w{i}"), r.status().as_u16())
             })
         })
@@ -274,7 +354,10 @@ async fn a_post_in_flight_when_its_replica_dies_is_never_written_twice() {
     let written = std::fs::read_to_string(&writes).unwrap_or_default();
     let count = |id: &str| written.lines().filter(|l| *l == id).count();
     eprintln!("outcomes: {outcomes:?}");
-    assert!(outcomes.iter().any(|(_, s)| *s == 502), "some POSTs were on the killed replica");
+    assert!(
+        outcomes.iter().any(|(_, s)| *s == 502),
+        "some POSTs were on the killed replica"
+    );
     for (id, status) in &outcomes {
         assert!(matches!(status, 201 | 502), "{id}: {status}");
         assert!(count(id) <= 1, "{id} written twice");
@@ -287,25 +370,51 @@ async fn a_post_in_flight_when_its_replica_dies_is_never_written_twice() {
 #[tokio::test]
 async fn breaker_opens_on_errors_and_closes_after_a_good_trial() {
     let net = Net::new(38);
-    let (_stack, gw, client) = setup(&net, 1, &[("SHOAL_BREAKER_OPEN_TIME", "1s")], |_| vec![]).await;
+    let (_stack, gw, client) =
+        setup(&net, 1, &[("SHOAL_BREAKER_OPEN_TIME", "1s")], |_| vec![]).await;
     for _ in 0..25 {
-        let r = client.get(format!("http://{gw}/api/echo/status/500")).send().await.unwrap();
+        let r = client
+            .get(format!("http://{gw}/api/echo/status/500"))
+            .send()
+            .await
+            .unwrap();
         if r.status() == 503 {
             break;
         }
         assert_eq!(r.status(), 500);
     }
     let started = Instant::now();
-    let r = client.get(format!("http://{gw}/api/echo/host")).send().await.unwrap();
+    let r = client
+        .get(format!("http://{gw}/api/echo/host"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503, "open breaker answers at once");
     assert!(started.elapsed() < Duration::from_millis(200));
     let body: Value = r.json().await.unwrap();
-    assert!(body["message"].as_str().unwrap().contains("circuit breaker"), "{body}");
-    assert_eq!(metric(&client, gw, "shoal_gateway_breaker_state{").await, 1.0);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("circuit breaker"),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&client, gw, "shoal_gateway_breaker_state{").await,
+        1.0
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let r = client.get(format!("http://{gw}/api/echo/host")).send().await.unwrap();
+    let r = client
+        .get(format!("http://{gw}/api/echo/host"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "trial request goes through");
-    let r = client.get(format!("http://{gw}/api/echo/host")).send().await.unwrap();
+    let r = client
+        .get(format!("http://{gw}/api/echo/host"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "closed again");
 }
 
@@ -313,30 +422,47 @@ async fn breaker_opens_on_errors_and_closes_after_a_good_trial() {
 async fn failing_replica_is_ejected_then_returns() {
     let net = Net::new(39);
     let (_stack, gw, client) = setup(&net, 3, &[("SHOAL_EJECT_TIME", "1s")], |i| {
-        if i == 1 { vec![("TEST_STATUS", "500".into())] } else { vec![] }
+        if i == 1 {
+            vec![("TEST_STATUS", "500".into())]
+        } else {
+            vec![]
+        }
     })
     .await;
     // GETs that hit the failing replica are retried elsewhere: clients see 200.
     let hosts = host_counts(&client, gw, 60).await;
     assert!(!hosts.contains_key("echo-1"), "{hosts:?}");
-    assert_eq!(metric(&client, gw, "shoal_gateway_ejections_total").await, 1.0);
+    assert_eq!(
+        metric(&client, gw, "shoal_gateway_ejections_total").await,
+        1.0
+    );
     tokio::time::sleep(Duration::from_millis(1200)).await;
     // Back in rotation after 1 s, still failing: ejected again (for 2 s now).
     host_counts(&client, gw, 60).await;
-    assert_eq!(metric(&client, gw, "shoal_gateway_ejections_total").await, 2.0);
+    assert_eq!(
+        metric(&client, gw, "shoal_gateway_ejections_total").await,
+        2.0
+    );
     assert!(metric(&client, gw, "shoal_gateway_retries_total").await >= 10.0);
 }
 
 #[tokio::test]
 async fn over_the_connection_limit_answers_503_at_once() {
     let net = Net::new(40);
-    let (_stack, gw, client) = setup(&net, 1, &[("SHOAL_MAX_CONNECTIONS", "2")], |_| vec![("TEST_DELAY_MS", "500".into())]).await;
+    let (_stack, gw, client) = setup(&net, 1, &[("SHOAL_MAX_CONNECTIONS", "2")], |_| {
+        vec![("TEST_DELAY_MS", "500".into())]
+    })
+    .await;
     let tasks: Vec<_> = (0..6)
         .map(|_| {
             let client = client.clone();
             tokio::spawn(async move {
                 let t = Instant::now();
-                let r = client.get(format!("http://{gw}/api/echo/host")).send().await.unwrap();
+                let r = client
+                    .get(format!("http://{gw}/api/echo/host"))
+                    .send()
+                    .await
+                    .unwrap();
                 (r.status().as_u16(), t.elapsed())
             })
         })
@@ -349,19 +475,26 @@ async fn over_the_connection_limit_answers_503_at_once() {
     let refused: Vec<_> = results.iter().filter(|(s, _)| *s == 503).collect();
     assert_eq!(ok, 2, "{results:?}");
     assert_eq!(refused.len(), 4, "{results:?}");
-    assert!(refused.iter().all(|(_, t)| *t < Duration::from_millis(300)), "503 must be fast: {results:?}");
+    assert!(
+        refused.iter().all(|(_, t)| *t < Duration::from_millis(300)),
+        "503 must be fast: {results:?}"
+    );
 }
 
 #[tokio::test]
 async fn sigterm_drains_the_gateway_and_a_replica_without_failing_requests() {
     let net = Net::new(41);
-    let (mut stack, gw, client) = setup(&net, 2, &[], |_| vec![("TEST_DELAY_MS", "300".into())]).await;
+    let (mut stack, gw, client) =
+        setup(&net, 2, &[], |_| vec![("TEST_DELAY_MS", "300".into())]).await;
     // A replica drains under load: nothing fails.
     let stop = Arc::new(AtomicBool::new(false));
     let load = get_load(&client, gw, 4, stop.clone());
     tokio::time::sleep(Duration::from_millis(400)).await;
     stack.proc("echo-1").sigterm();
-    let status = stack.proc("echo-1").wait_exit(Duration::from_secs(15)).expect("replica exits");
+    let status = stack
+        .proc("echo-1")
+        .wait_exit(Duration::from_secs(15))
+        .expect("replica exits");
     assert!(status.success());
     stop.store(true, Ordering::Relaxed);
     let (sent, failed) = totals(load).await;
@@ -374,7 +507,10 @@ async fn sigterm_drains_the_gateway_and_a_replica_without_failing_requests() {
         .map(|_| {
             let (client, done) = (client.clone(), done.clone());
             tokio::spawn(async move {
-                let r = client.get(format!("http://{gw}/api/echo/host")).send().await;
+                let r = client
+                    .get(format!("http://{gw}/api/echo/host"))
+                    .send()
+                    .await;
                 if r.is_ok_and(|r| r.status() == 200) {
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -386,7 +522,14 @@ async fn sigterm_drains_the_gateway_and_a_replica_without_failing_requests() {
     for t in inflight {
         t.await.unwrap();
     }
-    assert_eq!(done.load(Ordering::Relaxed), 10, "every in-flight request completed");
-    let status = stack.proc("gateway-1").wait_exit(Duration::from_secs(15)).expect("gateway exits");
+    assert_eq!(
+        done.load(Ordering::Relaxed),
+        10,
+        "every in-flight request completed"
+    );
+    let status = stack
+        .proc("gateway-1")
+        .wait_exit(Duration::from_secs(15))
+        .expect("gateway exits");
     assert!(status.success(), "exit 0, got {status}");
 }

@@ -7,23 +7,39 @@ use std::time::{Duration, Instant};
 use shoal_tests::{GOSSIP_PORT, Net, Proc, sidecar, wait_for};
 
 fn ids(p: &Proc) -> Vec<String> {
-    p.view().map(|v| v.members.into_iter().map(|m| m.id).collect()).unwrap_or_default()
+    p.view()
+        .map(|v| v.members.into_iter().map(|m| m.id).collect())
+        .unwrap_or_default()
 }
 
 fn self_id(p: &Proc) -> String {
-    wait_for(&format!("{} prints its view", p.name), Duration::from_secs(10), || p.view().map(|v| v.me))
+    wait_for(
+        &format!("{} prints its view", p.name),
+        Duration::from_secs(10),
+        || p.view().map(|v| v.me),
+    )
 }
 
 /// Starts `n` sidecars at 127.N.1.1 (seed) … 127.N.1.n and waits until every
 /// one of them sees all `n`.
 fn converged(net: &Net, n: u8) -> Vec<Proc> {
-    let members: Vec<Proc> = (1..=n).map(|i| sidecar(net, net.ip(1, i), "demo", &format!("m{i}"))).collect();
-    wait_for("every member sees every member up", Duration::from_secs(15), || {
-        members
-            .iter()
-            .all(|p| p.view().is_some_and(|v| v.members.len() == n as usize && v.members.iter().all(|m| m.health == "up")))
-            .then_some(())
-    });
+    let members: Vec<Proc> = (1..=n)
+        .map(|i| sidecar(net, net.ip(1, i), "demo", &format!("m{i}")))
+        .collect();
+    wait_for(
+        "every member sees every member up",
+        Duration::from_secs(15),
+        || {
+            members
+                .iter()
+                .all(|p| {
+                    p.view().is_some_and(|v| {
+                        v.members.len() == n as usize && v.members.iter().all(|m| m.health == "up")
+                    })
+                })
+                .then_some(())
+        },
+    );
     members
 }
 
@@ -47,10 +63,22 @@ fn killed_member_leaves_every_view_within_two_seconds() {
     let victim = self_id(&members[3]);
     let killed_at = Instant::now();
     members[3].sigkill();
-    let survivors: Vec<&Proc> = members.iter().enumerate().filter(|(i, _)| *i != 3).map(|(_, p)| p).collect();
-    wait_for("the killed member to leave every view", Duration::from_secs(5), || {
-        survivors.iter().all(|p| !ids(p).contains(&victim)).then_some(())
-    });
+    let survivors: Vec<&Proc> = members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3)
+        .map(|(_, p)| p)
+        .collect();
+    wait_for(
+        "the killed member to leave every view",
+        Duration::from_secs(5),
+        || {
+            survivors
+                .iter()
+                .all(|p| !ids(p).contains(&victim))
+                .then_some(())
+        },
+    );
     // When did each survivor first print a view without it?
     let worst = survivors
         .iter()
@@ -74,21 +102,41 @@ fn terminated_member_is_seen_draining_before_it_leaves() {
     let victim = self_id(&members[2]);
     let stopped_at = Instant::now();
     members[2].sigterm();
-    let status = members[2].wait_exit(Duration::from_secs(15)).expect("exits after draining");
+    let status = members[2]
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits after draining");
     assert!(status.success(), "exit status {status}");
     for p in &members[..2] {
-        let views: Vec<_> = p.views().into_iter().filter(|(t, _)| *t >= stopped_at).collect();
-        let health_of = |v: &shoal_tests::ViewLine| v.members.iter().find(|m| m.id == victim).map(|m| m.health.clone());
-        let draining = views.iter().position(|(_, v)| health_of(v).as_deref() == Some("draining"));
+        let views: Vec<_> = p
+            .views()
+            .into_iter()
+            .filter(|(t, _)| *t >= stopped_at)
+            .collect();
+        let health_of = |v: &shoal_tests::ViewLine| {
+            v.members
+                .iter()
+                .find(|m| m.id == victim)
+                .map(|m| m.health.clone())
+        };
+        let draining = views
+            .iter()
+            .position(|(_, v)| health_of(v).as_deref() == Some("draining"));
         let gone = views.iter().position(|(_, v)| health_of(v).is_none());
-        let (draining, gone) = (draining.expect("draining seen"), wait_gone(p, &victim, gone));
+        let (draining, gone) = (
+            draining.expect("draining seen"),
+            wait_gone(p, &victim, gone),
+        );
         assert!(draining < gone, "{} saw it leave before draining", p.name);
     }
 }
 
 fn wait_gone(p: &Proc, victim: &str, seen: Option<usize>) -> usize {
     seen.unwrap_or_else(|| {
-        wait_for("the drained member to leave", Duration::from_secs(5), || (!ids(p).iter().any(|i| i == victim)).then_some(()));
+        wait_for(
+            "the drained member to leave",
+            Duration::from_secs(5),
+            || (!ids(p).iter().any(|i| i == victim)).then_some(()),
+        );
         usize::MAX
     })
 }
@@ -104,15 +152,23 @@ fn member_with_a_wrong_key_never_appears_and_its_packets_are_rejected() {
     std::thread::sleep(Duration::from_secs(3));
     for p in &members {
         let v = p.view().expect("a view");
-        assert!(v.members.iter().all(|m| m.service != "intruder"), "{} let the intruder in", p.name);
+        assert!(
+            v.members.iter().all(|m| m.service != "intruder"),
+            "{} let the intruder in",
+            p.name
+        );
     }
     // The intruder seeds to member 1, which must have counted its packets as
     // rejected; the intruder sees nobody but itself.
-    wait_for("rejections counted by the seed", Duration::from_secs(5), || {
-        members[0].lines();
-        let latest = members[0].view()?;
-        (latest.gossip.rejected > 0).then_some(())
-    });
+    wait_for(
+        "rejections counted by the seed",
+        Duration::from_secs(5),
+        || {
+            members[0].lines();
+            let latest = members[0].view()?;
+            (latest.gossip.rejected > 0).then_some(())
+        },
+    );
     assert_eq!(intruder.view().map(|v| v.members.len()), Some(1));
 }
 
@@ -139,7 +195,14 @@ fn random_bytes_on_the_gossip_port_crash_nothing() {
     // Still one healthy cluster: a new member joins and is seen by all.
     let late = sidecar(&net, net.ip(1, 7), "demo", "late");
     let late_id = self_id(&late);
-    wait_for("the late member to be seen by all", Duration::from_secs(10), || {
-        members.iter().all(|p| ids(p).contains(&late_id)).then_some(())
-    });
+    wait_for(
+        "the late member to be seen by all",
+        Duration::from_secs(10),
+        || {
+            members
+                .iter()
+                .all(|p| ids(p).contains(&late_id))
+                .then_some(())
+        },
+    );
 }

@@ -42,7 +42,11 @@ impl AppConfig {
         }
         let db_pool: u32 = env.parse_or("SHOAL_DB_POOL", 10, "a pool size, 1-1000")?;
         if !(1..=1000).contains(&db_pool) {
-            return Err(invalid("SHOAL_DB_POOL", &db_pool.to_string(), "a pool size, 1-1000"));
+            return Err(invalid(
+                "SHOAL_DB_POOL",
+                &db_pool.to_string(),
+                "a pool size, 1-1000",
+            ));
         }
         Ok(Self {
             listen: env.parse_or("SHOAL_LISTEN", IpAddr::from([0, 0, 0, 0]), "an IP address")?,
@@ -78,8 +82,14 @@ mod tests {
         let env = Env::from_pairs([("SHOAL_INSECURE", "1")]);
         let c = AppConfig::from_env(&env, "story-service", 8768).unwrap();
         assert_eq!(c.database_url, "sqlite://data/story-service.db?mode=rwc");
-        let env = Env::from_pairs([("SHOAL_INSECURE", "1"), ("DATABASE_URL", "oracle://scott:tiger@h/db")]);
+        let env = Env::from_pairs([
+            ("SHOAL_INSECURE", "1"),
+            ("DATABASE_URL", "oracle://scott:tiger@h/db"),
+        ]);
         let e = AppConfig::from_env(&env, "s", 1).unwrap_err().to_string();
-        assert!(e.contains("DATABASE_URL") && e.contains("scott:***") && !e.contains("tiger"), "{e}");
+        assert!(
+            e.contains("DATABASE_URL") && e.contains("scott:***") && !e.contains("tiger"),
+            "{e}"
+        );
     }
 }

@@ -73,6 +73,16 @@ struct Inner {
     reachable: AtomicBool,
 }
 
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("Db")
+            .field("url", &crate::config::redact(&self.inner.url))
+            .field("reachable", &self.is_reachable())
+            .finish()
+    }
+}
+
 impl Db {
     /// A handle for `url`; nothing is connected yet.
     pub fn new(url: &str) -> Result<Self, String> {
@@ -106,7 +116,9 @@ impl Db {
     pub fn pool(&self) -> Result<&AnyPool, ApiError> {
         match self.inner.pool.get() {
             Some(pool) if self.inner.reachable.load(Ordering::Relaxed) => Ok(pool),
-            _ => Err(ApiError::Unavailable("the database is not reachable; try again shortly".into())),
+            _ => Err(ApiError::Unavailable(
+                "the database is not reachable; try again shortly".into(),
+            )),
         }
     }
 
@@ -154,7 +166,11 @@ impl Db {
         }
     }
 
-    async fn connect_once(&self, migrations: &Migrations, max_connections: u32) -> Result<(), sqlx::Error> {
+    async fn connect_once(
+        &self,
+        migrations: &Migrations,
+        max_connections: u32,
+    ) -> Result<(), sqlx::Error> {
         let pool = match self.inner.pool.get() {
             Some(pool) => pool.clone(),
             None => {
@@ -162,7 +178,7 @@ impl Db {
                     create_sqlite_dir(&self.inner.url);
                 }
                 let sqlite = self.inner.backend == Backend::Sqlite;
-                let pool = AnyPoolOptions::new()
+                AnyPoolOptions::new()
                     .max_connections(max_connections)
                     .acquire_timeout(Duration::from_secs(3))
                     .after_connect(move |conn, _| {
@@ -179,8 +195,7 @@ impl Db {
                         })
                     })
                     .connect(&self.inner.url)
-                    .await?;
-                pool
+                    .await?
             }
         };
         let migrator = match self.inner.backend {
@@ -199,9 +214,12 @@ impl Db {
         let Some(pool) = self.inner.pool.get() else {
             return false;
         };
-        let ok = tokio::time::timeout(Duration::from_secs(3), sqlx::query("SELECT 1").execute(pool))
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let ok = tokio::time::timeout(
+            Duration::from_secs(3),
+            sqlx::query("SELECT 1").execute(pool),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
         let was = self.inner.reachable.swap(ok, Ordering::Relaxed);
         if was != ok {
             if ok {
@@ -251,7 +269,10 @@ mod tests {
     #[test]
     fn placeholders_become_numbered_for_postgres() {
         let pg = Db::new("postgres://u@localhost/db").unwrap();
-        assert_eq!(pg.sql("SELECT a FROM t WHERE b = ? AND c < ?"), "SELECT a FROM t WHERE b = $1 AND c < $2");
+        assert_eq!(
+            pg.sql("SELECT a FROM t WHERE b = ? AND c < ?"),
+            "SELECT a FROM t WHERE b = $1 AND c < $2"
+        );
         let lite = Db::new("sqlite://x.db").unwrap();
         assert_eq!(lite.sql("b = ?"), "b = ?");
     }

@@ -65,9 +65,12 @@ impl ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
         match err {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                ApiError::Unavailable(format!("the database is not reachable ({err}); try again shortly"))
-            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => ApiError::Unavailable(format!(
+                "the database is not reachable ({err}); try again shortly"
+            )),
             other => {
                 tracing::error!(error = %other, "database error");
                 ApiError::Internal("database error".into())

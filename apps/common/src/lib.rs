@@ -118,7 +118,11 @@ pub async fn run(service: Service, config: AppConfig) -> anyhow::Result<()> {
             db.connect_with_retry(&service.migrations, pool_size).await;
             let mut current = Health::Starting;
             loop {
-                let next = if db.check().await { Health::Up } else { Health::Starting };
+                let next = if db.check().await {
+                    Health::Up
+                } else {
+                    Health::Starting
+                };
                 if next != current {
                     cluster.set_health(next).await;
                     let _ = health_tx.send(next);

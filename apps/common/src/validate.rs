@@ -10,7 +10,10 @@ pub fn text(field: &str, value: &str, max: usize, errors: &mut Vec<FieldError>) 
     if value.trim().is_empty() {
         errors.push(FieldError::new(field, "must not be empty"));
     } else if n > max {
-        errors.push(FieldError::new(field, format!("must be at most {max} characters (got {n})")));
+        errors.push(FieldError::new(
+            field,
+            format!("must be at most {max} characters (got {n})"),
+        ));
     }
 }
 
@@ -18,13 +21,20 @@ pub fn text(field: &str, value: &str, max: usize, errors: &mut Vec<FieldError>) 
 pub fn optional_text(field: &str, value: &str, max: usize, errors: &mut Vec<FieldError>) {
     let n = value.chars().count();
     if n > max {
-        errors.push(FieldError::new(field, format!("must be at most {max} characters (got {n})")));
+        errors.push(FieldError::new(
+            field,
+            format!("must be at most {max} characters (got {n})"),
+        ));
     }
 }
 
 /// Ok when no check failed, else a 400 listing every failed field.
 pub fn finish(errors: Vec<FieldError>) -> Result<(), ApiError> {
-    if errors.is_empty() { Ok(()) } else { Err(ApiError::invalid(errors)) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(errors))
+    }
 }
 
 /// Validates a single path parameter.
@@ -54,6 +64,9 @@ mod tests {
         text("id", "", 20, &mut e);
         text("message", &"x".repeat(301), 300, &mut e);
         let err = finish(e).unwrap_err().to_string();
-        assert!(err.contains("id: must not be empty") && err.contains("message: must be at most 300"), "{err}");
+        assert!(
+            err.contains("id: must not be empty") && err.contains("message: must be at most 300"),
+            "{err}"
+        );
     }
 }

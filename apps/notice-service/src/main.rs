@@ -18,9 +18,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
+use shoal_app::db::shared;
 use shoal_app::{ApiError, AppState, FieldError, Migrations, Service, validate};
 use sqlx::Row;
-use shoal_app::db::shared;
 use sqlx::migrate::Migrator;
 use std::sync::LazyLock;
 
@@ -28,7 +28,8 @@ use std::sync::LazyLock;
 // numbered per service (story 1xxx, notice 2xxx) and each ignores the others'.
 static SQLITE: LazyLock<Migrator> = LazyLock::new(|| shared(sqlx::migrate!("migrations/sqlite")));
 static MYSQL: LazyLock<Migrator> = LazyLock::new(|| shared(sqlx::migrate!("migrations/mysql")));
-static POSTGRES: LazyLock<Migrator> = LazyLock::new(|| shared(sqlx::migrate!("migrations/postgres")));
+static POSTGRES: LazyLock<Migrator> =
+    LazyLock::new(|| shared(sqlx::migrate!("migrations/postgres")));
 
 const COLUMNS: &str = "SELECT id, receiver_id, sender_id, article_id FROM notice";
 
@@ -78,18 +79,40 @@ async fn all(State(s): State<AppState>) -> Result<Json<Vec<Notice>>, ApiError> {
     notices(sqlx::query(&sql).fetch_all(s.db.pool()?).await?)
 }
 
-async fn by_receiver(State(s): State<AppState>, p: Result<Path<String>, PathRejection>) -> Result<Json<Vec<Notice>>, ApiError> {
+async fn by_receiver(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Json<Vec<Notice>>, ApiError> {
     let Path(receiver) = p?;
     validate::path_param("receiver_id", &receiver, 20)?;
-    let sql = s.db.sql(&format!("{COLUMNS} WHERE receiver_id = ? ORDER BY id DESC")).into_owned();
-    notices(sqlx::query(&sql).bind(receiver).fetch_all(s.db.pool()?).await?)
+    let sql =
+        s.db.sql(&format!("{COLUMNS} WHERE receiver_id = ? ORDER BY id DESC"))
+            .into_owned();
+    notices(
+        sqlx::query(&sql)
+            .bind(receiver)
+            .fetch_all(s.db.pool()?)
+            .await?,
+    )
 }
 
-async fn latest(State(s): State<AppState>, p: Result<Path<String>, PathRejection>) -> Result<Json<Vec<Notice>>, ApiError> {
+async fn latest(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Json<Vec<Notice>>, ApiError> {
     let Path(receiver) = p?;
     validate::path_param("receiver_id", &receiver, 20)?;
-    let sql = s.db.sql(&format!("{COLUMNS} WHERE receiver_id = ? ORDER BY id DESC LIMIT 10")).into_owned();
-    notices(sqlx::query(&sql).bind(receiver).fetch_all(s.db.pool()?).await?)
+    let sql =
+        s.db.sql(&format!(
+            "{COLUMNS} WHERE receiver_id = ? ORDER BY id DESC LIMIT 10"
+        ))
+        .into_owned();
+    notices(
+        sqlx::query(&sql)
+            .bind(receiver)
+            .fetch_all(s.db.pool()?)
+            .await?,
+    )
 }
 
 async fn previous(
@@ -98,20 +121,37 @@ async fn previous(
 ) -> Result<Json<Vec<Notice>>, ApiError> {
     let Path((receiver, before)) = p?;
     validate::path_param("receiver_id", &receiver, 20)?;
-    let before: i64 = before
-        .parse()
-        .map_err(|_| ApiError::invalid(vec![FieldError::new("id", format!("must be a whole number (got {before:?})"))]))?;
-    let sql = s.db.sql(&format!("{COLUMNS} WHERE receiver_id = ? AND id < ? ORDER BY id DESC LIMIT 10")).into_owned();
-    notices(sqlx::query(&sql).bind(receiver).bind(before).fetch_all(s.db.pool()?).await?)
+    let before: i64 = before.parse().map_err(|_| {
+        ApiError::invalid(vec![FieldError::new(
+            "id",
+            format!("must be a whole number (got {before:?})"),
+        )])
+    })?;
+    let sql =
+        s.db.sql(&format!(
+            "{COLUMNS} WHERE receiver_id = ? AND id < ? ORDER BY id DESC LIMIT 10"
+        ))
+        .into_owned();
+    notices(
+        sqlx::query(&sql)
+            .bind(receiver)
+            .bind(before)
+            .fetch_all(s.db.pool()?)
+            .await?,
+    )
 }
 
-async fn create(State(s): State<AppState>, body: Result<Json<NewNotice>, JsonRejection>) -> Result<StatusCode, ApiError> {
+async fn create(
+    State(s): State<AppState>,
+    body: Result<Json<NewNotice>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
     let Json(n) = body?;
     let mut errors = Vec::new();
     validate::text("receiver_id", &n.receiver_id, 20, &mut errors);
     validate::text("sender_id", &n.sender_id, 20, &mut errors);
     validate::finish(errors)?;
-    let sql = s.db.sql("INSERT INTO notice (receiver_id, sender_id, article_id) VALUES (?, ?, ?)");
+    let sql =
+        s.db.sql("INSERT INTO notice (receiver_id, sender_id, article_id) VALUES (?, ?, ?)");
     sqlx::query(&sql)
         .bind(n.receiver_id)
         .bind(n.sender_id)

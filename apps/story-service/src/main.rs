@@ -10,16 +10,16 @@
 
 #![forbid(unsafe_code)]
 
+use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::Json;
 use serde::{Deserialize, Serialize};
+use shoal_app::db::shared;
 use shoal_app::{ApiError, AppState, Migrations, Service, validate};
 use sqlx::Row;
-use shoal_app::db::shared;
 use sqlx::migrate::Migrator;
 use std::sync::LazyLock;
 
@@ -27,7 +27,8 @@ use std::sync::LazyLock;
 // numbered per service (story 1xxx, notice 2xxx) and each ignores the others'.
 static SQLITE: LazyLock<Migrator> = LazyLock::new(|| shared(sqlx::migrate!("migrations/sqlite")));
 static MYSQL: LazyLock<Migrator> = LazyLock::new(|| shared(sqlx::migrate!("migrations/mysql")));
-static POSTGRES: LazyLock<Migrator> = LazyLock::new(|| shared(sqlx::migrate!("migrations/postgres")));
+static POSTGRES: LazyLock<Migrator> =
+    LazyLock::new(|| shared(sqlx::migrate!("migrations/postgres")));
 
 /// One story, fields in the classic order.
 #[derive(Serialize)]
@@ -65,31 +66,47 @@ fn stories(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<Story>, ApiError> {
 }
 
 async fn latest(State(s): State<AppState>) -> Result<Json<Vec<Story>>, ApiError> {
-    let sql = s.db.sql("SELECT story_id, message, ID FROM story ORDER BY story_id DESC LIMIT 15");
+    let sql =
+        s.db.sql("SELECT story_id, message, ID FROM story ORDER BY story_id DESC LIMIT 15");
     let rows = sqlx::query(&sql).fetch_all(s.db.pool()?).await?;
     Ok(Json(stories(rows)?))
 }
 
-async fn by_user(State(s): State<AppState>, id: Result<Path<String>, axum::extract::rejection::PathRejection>) -> Result<Json<Vec<Story>>, ApiError> {
+async fn by_user(
+    State(s): State<AppState>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<Vec<Story>>, ApiError> {
     let Path(id) = id?;
     validate::path_param("id", &id, 20)?;
-    let sql = s.db.sql("SELECT story_id, message, ID FROM story WHERE ID = ? ORDER BY story_id DESC LIMIT 5");
+    let sql = s
+        .db
+        .sql("SELECT story_id, message, ID FROM story WHERE ID = ? ORDER BY story_id DESC LIMIT 5");
     let rows = sqlx::query(&sql).bind(id).fetch_all(s.db.pool()?).await?;
     Ok(Json(stories(rows)?))
 }
 
-async fn create(State(s): State<AppState>, body: Result<Json<NewStory>, JsonRejection>) -> Result<StatusCode, ApiError> {
+async fn create(
+    State(s): State<AppState>,
+    body: Result<Json<NewStory>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
     let Json(story) = body?;
     let mut errors = Vec::new();
     validate::text("id", &story.id, 20, &mut errors);
     validate::optional_text("message", &story.message, 300, &mut errors);
     validate::finish(errors)?;
     let sql = s.db.sql("INSERT INTO story (ID, message) VALUES (?, ?)");
-    sqlx::query(&sql).bind(story.id).bind(story.message).execute(s.db.pool()?).await?;
+    sqlx::query(&sql)
+        .bind(story.id)
+        .bind(story.message)
+        .execute(s.db.pool()?)
+        .await?;
     Ok(StatusCode::CREATED)
 }
 
-async fn delete_by_user(State(s): State<AppState>, id: Result<Path<String>, axum::extract::rejection::PathRejection>) -> Result<StatusCode, ApiError> {
+async fn delete_by_user(
+    State(s): State<AppState>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<StatusCode, ApiError> {
     let Path(id) = id?;
     validate::path_param("id", &id, 20)?;
     let sql = s.db.sql("DELETE FROM story WHERE ID = ?");

@@ -18,7 +18,11 @@ fn endpoint(i: u8) -> Arc<Endpoint> {
     })))
 }
 
-fn counts(endpoints: &[Arc<Endpoint>], rounds: usize, latency_of: impl Fn(usize) -> Duration) -> Vec<usize> {
+fn counts(
+    endpoints: &[Arc<Endpoint>],
+    rounds: usize,
+    latency_of: impl Fn(usize) -> Duration,
+) -> Vec<usize> {
     let mut counts = vec![0; endpoints.len()];
     let mut now = Instant::now();
     for _ in 0..rounds {
@@ -36,7 +40,9 @@ fn counts(endpoints: &[Arc<Endpoint>], rounds: usize, latency_of: impl Fn(usize)
 async fn equal_idle_replicas_share_sequential_requests_evenly() {
     let endpoints: Vec<_> = (1..=3).map(endpoint).collect();
     // Slightly different but equal-enough latencies, as on a real host.
-    let c = counts(&endpoints, 300, |i| Duration::from_micros(300 + 40 * i as u64));
+    let c = counts(&endpoints, 300, |i| {
+        Duration::from_micros(300 + 40 * i as u64)
+    });
     for n in &c {
         assert!((70..=130).contains(n), "uneven spread {c:?}");
     }
@@ -46,9 +52,16 @@ async fn equal_idle_replicas_share_sequential_requests_evenly() {
 async fn a_slow_replica_gets_far_fewer_requests() {
     let endpoints: Vec<_> = (1..=3).map(endpoint).collect();
     let c = counts(&endpoints, 300, |i| {
-        if i == 0 { Duration::from_millis(200) } else { Duration::from_millis(1) }
+        if i == 0 {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_millis(1)
+        }
     });
-    assert!(c[0] * 10 < c[1].min(c[2]), "slow replica not avoided: {c:?}");
+    assert!(
+        c[0] * 10 < c[1].min(c[2]),
+        "slow replica not avoided: {c:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -73,13 +86,19 @@ async fn ejected_excluded_and_saturated_instances_are_skipped() {
     assert_eq!(t, Duration::from_secs(30));
     let _full = endpoints[1].start();
     for _ in 0..20 {
-        assert_eq!(pick(&endpoints, &[], 1, now).unwrap().addr(), endpoints[2].addr());
+        assert_eq!(
+            pick(&endpoints, &[], 1, now).unwrap().addr(),
+            endpoints[2].addr()
+        );
     }
     assert!(pick(&endpoints, &[endpoints[2].addr()], 1, now).is_none());
     // The second ejection lasts twice as long; both end.
     assert!(endpoints[0].is_ejected(now + Duration::from_secs(29)));
     assert!(!endpoints[0].is_ejected(now + Duration::from_secs(31)));
-    assert_eq!(endpoints[0].eject(Duration::from_secs(30), now), Duration::from_secs(60));
+    assert_eq!(
+        endpoints[0].eject(Duration::from_secs(30), now),
+        Duration::from_secs(60)
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -12,7 +12,11 @@ async fn breaker_opens_at_twenty_requests_and_half_errors() {
         let p = b.try_acquire(now).unwrap();
         b.record(p, i % 2 == 0, now);
     }
-    assert_eq!(b.state(now), BreakerState::Closed, "19 requests are not enough");
+    assert_eq!(
+        b.state(now),
+        BreakerState::Closed,
+        "19 requests are not enough"
+    );
     let p = b.try_acquire(now).unwrap();
     b.record(p, false, now);
     assert_eq!(b.state(now), BreakerState::Open);
@@ -62,7 +66,11 @@ async fn old_errors_leave_the_window() {
     for _ in 0..10 {
         b.record(Permit::Normal, false, later);
     }
-    assert_eq!(b.state(later), BreakerState::Closed, "only 10 requests in the window");
+    assert_eq!(
+        b.state(later),
+        BreakerState::Closed,
+        "only 10 requests in the window"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -14,7 +14,8 @@ fn err_of(pairs: &[(&str, &str)]) -> String {
 
 #[test]
 fn defaults_are_the_documented_ones() {
-    let c = NodeConfig::from_env(&env(&[("SHOAL_CLUSTER_KEY", KEY)]), "story-service", 8768).unwrap();
+    let c =
+        NodeConfig::from_env(&env(&[("SHOAL_CLUSTER_KEY", KEY)]), "story-service", 8768).unwrap();
     assert_eq!(c.service.as_str(), "story-service");
     assert_eq!(c.port, 8768);
     assert_eq!(c.gossip_port, DEFAULT_GOSSIP_PORT);
@@ -28,7 +29,10 @@ fn defaults_are_the_documented_ones() {
 #[test]
 fn missing_key_refuses_to_start_unless_insecure() {
     let e = err_of(&[]);
-    assert!(e.contains("SHOAL_CLUSTER_KEY") && e.contains("shoal keygen"), "{e}");
+    assert!(
+        e.contains("SHOAL_CLUSTER_KEY") && e.contains("shoal keygen"),
+        "{e}"
+    );
     let c = NodeConfig::from_env(&env(&[("SHOAL_INSECURE", "true")]), "s", 1).unwrap();
     assert!(c.keys.is_none());
 }
@@ -39,7 +43,10 @@ fn key_ring_takes_several_keys_and_never_echoes_them() {
     let c = NodeConfig::from_env(&env(&[("SHOAL_CLUSTER_KEY", &two)]), "s", 1).unwrap();
     assert_eq!(c.keys.unwrap().all().len(), 2);
     let e = err_of(&[("SHOAL_CLUSTER_KEY", "c2VjcmV0")]);
-    assert!(e.contains("SHOAL_CLUSTER_KEY") && e.contains("6 bytes") && !e.contains("c2VjcmV0"), "{e}");
+    assert!(
+        e.contains("SHOAL_CLUSTER_KEY") && e.contains("6 bytes") && !e.contains("c2VjcmV0"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -51,7 +58,10 @@ fn key_file_is_read_and_a_missing_file_is_named() {
     assert!(c.keys.is_some());
     std::fs::remove_file(&dir).unwrap();
     let e = err_of(&[("SHOAL_CLUSTER_KEY_FILE", &path)]);
-    assert!(e.contains("SHOAL_CLUSTER_KEY_FILE") && e.contains(&path), "{e}");
+    assert!(
+        e.contains("SHOAL_CLUSTER_KEY_FILE") && e.contains(&path),
+        "{e}"
+    );
 }
 
 #[test]

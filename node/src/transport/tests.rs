@@ -20,7 +20,10 @@ fn sealed_datagram_opens_with_the_same_key_only() {
 fn another_cluster_with_the_same_key_cannot_open() {
     let k = ClusterKey::generate();
     let datagram = Sealer::new(&ring(&[&k]), "prod").seal(b"x");
-    assert_eq!(Sealer::new(&ring(&[&k]), "staging").open(&datagram), Err(OpenError::Unauthenticated));
+    assert_eq!(
+        Sealer::new(&ring(&[&k]), "staging").open(&datagram),
+        Err(OpenError::Unauthenticated)
+    );
 }
 
 #[test]
@@ -40,7 +43,10 @@ fn truncated_tampered_and_garbage_datagrams_are_refused() {
     let sealer = Sealer::new(&ring(&[&k]), "shoal");
     let datagram = sealer.seal(b"payload");
     assert_eq!(sealer.open(&datagram[..10]), Err(OpenError::Truncated(10)));
-    assert!(matches!(sealer.open(&datagram[..datagram.len() - 1]), Err(OpenError::Unauthenticated)));
+    assert!(matches!(
+        sealer.open(&datagram[..datagram.len() - 1]),
+        Err(OpenError::Unauthenticated)
+    ));
     let mut flipped = datagram.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
@@ -52,7 +58,11 @@ fn truncated_tampered_and_garbage_datagrams_are_refused() {
 fn two_seals_of_the_same_bytes_differ() {
     let k = ClusterKey::generate();
     let sealer = Sealer::new(&ring(&[&k]), "shoal");
-    assert_ne!(sealer.seal(b"same"), sealer.seal(b"same"), "nonces must be fresh");
+    assert_ne!(
+        sealer.seal(b"same"),
+        sealer.seal(b"same"),
+        "nonces must be fresh"
+    );
 }
 
 #[tokio::test]
@@ -61,7 +71,10 @@ async fn garbage_on_the_wire_is_counted_and_gossip_still_flows() {
     let k = ClusterKey::generate();
     let stats = Arc::new(GossipStats::default());
     let transport = SealedTransport::new(Some(Sealer::new(&ring(&[&k]), "shoal")), stats.clone());
-    let mut receiver = transport.open("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut receiver = transport
+        .open("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let to = receiver.local_addr().unwrap();
     let junk = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for len in [0usize, 1, 5, 40, 1500] {
@@ -69,7 +82,8 @@ async fn garbage_on_the_wire_is_counted_and_gossip_still_flows() {
     }
     // A real chitchat node sends a Syn through a sealed socket of its own.
     let sender_stats = Arc::new(GossipStats::default());
-    let sender_transport = SealedTransport::new(Some(Sealer::new(&ring(&[&k]), "shoal")), sender_stats);
+    let sender_transport =
+        SealedTransport::new(Some(Sealer::new(&ring(&[&k]), "shoal")), sender_stats);
     let config = chitchat::ChitchatConfig {
         chitchat_id: ChitchatId::new("a", 1, "127.0.0.1:1".parse().unwrap()),
         cluster_id: "shoal".into(),
@@ -82,12 +96,17 @@ async fn garbage_on_the_wire_is_counted_and_gossip_still_flows() {
         extra_liveness_predicate: None,
         protocol_version: chitchat::ProtocolVersion::V1,
     };
-    let _handle = chitchat::spawn_chitchat(config, vec![], &sender_transport).await.unwrap();
+    let _handle = chitchat::spawn_chitchat(config, vec![], &sender_transport)
+        .await
+        .unwrap();
     let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), receiver.recv())
         .await
         .expect("a valid sealed Syn arrives")
         .unwrap();
-    assert!(matches!(outcome.envelope.message, chitchat::ChitchatMessage::Syn { .. }));
+    assert!(matches!(
+        outcome.envelope.message,
+        chitchat::ChitchatMessage::Syn { .. }
+    ));
     assert_eq!(stats.packets_rejected.load(Ordering::Relaxed), 5);
     assert_eq!(stats.packets_received.load(Ordering::Relaxed), 1);
 }

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use shoal_tests::{Net, Proc, sidecar};
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn percentile(values: &mut [f64], p: f64) -> f64 {
@@ -34,7 +37,11 @@ fn first_view(p: &Proc, since_ms: u64, pred: &dyn Fn(&[String]) -> bool) -> Opti
     p.lines().iter().find_map(|(_, line)| {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
         let t = v["t_ms"].as_u64()?;
-        let ids: Vec<String> = v["members"].as_array()?.iter().filter_map(|m| m["id"].as_str().map(String::from)).collect();
+        let ids: Vec<String> = v["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["id"].as_str().map(String::from))
+            .collect();
         (t >= since_ms && pred(&ids)).then_some(t)
     })
 }
@@ -66,7 +73,11 @@ fn proc_stat(pid: u32) -> (f64, u64) {
         .unwrap_or(0);
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0);
     (ticks as f64 / 100.0, rss)
 }
@@ -83,9 +94,13 @@ struct Row {
 fn bench(n: usize, net_id: u8) -> Row {
     let net = Net::new(net_id);
     let ip = |i: usize| net.ip(1 + (i / 200) as u8, (i % 200) as u8 + 1);
-    let mut members: Vec<Proc> = (0..n).map(|i| sidecar(&net, ip(i), "bench", &format!("m{i}"))).collect();
+    let mut members: Vec<Proc> = (0..n)
+        .map(|i| sidecar(&net, ip(i), "bench", &format!("m{i}")))
+        .collect();
     let converged = wait("convergence", Duration::from_secs(60), || {
-        members.iter().all(|p| p.view().is_some_and(|v| v.members.len() == n))
+        members
+            .iter()
+            .all(|p| p.view().is_some_and(|v| v.members.len() == n))
     });
     eprintln!("N={n}: converged={converged}");
     std::thread::sleep(Duration::from_secs(2));
@@ -93,7 +108,12 @@ fn bench(n: usize, net_id: u8) -> Row {
     // Idle cost: gossip bytes, CPU, RSS over 10 s.
     let before: Vec<(u64, f64)> = members
         .iter()
-        .map(|p| (p.view().map(|v| v.gossip.bytes_sent).unwrap_or(0), proc_stat(p.pid()).0))
+        .map(|p| {
+            (
+                p.view().map(|v| v.gossip.bytes_sent).unwrap_or(0),
+                proc_stat(p.pid()).0,
+            )
+        })
         .collect();
     let window = Duration::from_secs(10);
     std::thread::sleep(window);
@@ -116,18 +136,33 @@ fn bench(n: usize, net_id: u8) -> Row {
         let idx = n + t;
         let start = now_ms();
         let newcomer = sidecar(&net, ip(idx), "bench", &format!("j{t}"));
-        if !wait("newcomer id", Duration::from_secs(10), || self_id(&newcomer).is_some()) {
+        if !wait("newcomer id", Duration::from_secs(10), || {
+            self_id(&newcomer).is_some()
+        }) {
             continue;
         }
         let id = self_id(&newcomer).unwrap_or_default();
         let seen_by_all = wait("newcomer seen by all", Duration::from_secs(30), || {
-            members.iter().all(|p| first_view(p, start, &|ids| ids.contains(&id)).is_some())
+            members
+                .iter()
+                .all(|p| first_view(p, start, &|ids| ids.contains(&id)).is_some())
         });
         if !seen_by_all {
-            eprintln!("newcomer {id}; member 0 sees {:?}", members[0].view().map(|v| v.members.iter().map(|m| m.id.clone()).collect::<Vec<_>>()));
+            eprintln!(
+                "newcomer {id}; member 0 sees {:?}",
+                members[0].view().map(|v| v
+                    .members
+                    .iter()
+                    .map(|m| m.id.clone())
+                    .collect::<Vec<_>>())
+            );
         }
         if seen_by_all {
-            let last = members.iter().filter_map(|p| first_view(p, start, &|ids| ids.contains(&id))).max().unwrap_or(start);
+            let last = members
+                .iter()
+                .filter_map(|p| first_view(p, start, &|ids| ids.contains(&id)))
+                .max()
+                .unwrap_or(start);
             joins.push((last - start) as f64 / 1000.0);
         }
         members.push(newcomer);
@@ -140,9 +175,15 @@ fn bench(n: usize, net_id: u8) -> Row {
         members[victim].sigkill();
         let dead = members.remove(victim);
         drop(dead);
-        let gone = wait("victim gone from all views", Duration::from_secs(30), || {
-            members.iter().all(|p| first_view(p, killed_at, &|ids| !ids.contains(&victim_id)).is_some())
-        });
+        let gone = wait(
+            "victim gone from all views",
+            Duration::from_secs(30),
+            || {
+                members
+                    .iter()
+                    .all(|p| first_view(p, killed_at, &|ids| !ids.contains(&victim_id)).is_some())
+            },
+        );
         if gone {
             let last = members
                 .iter()
@@ -156,8 +197,14 @@ fn bench(n: usize, net_id: u8) -> Row {
     eprintln!("N={n}: joins {joins:?}\n      kills {kills:?}");
     Row {
         n,
-        join: (percentile(&mut joins.clone(), 0.5), percentile(&mut joins, 0.99)),
-        kill: (percentile(&mut kills.clone(), 0.5), percentile(&mut kills, 0.99)),
+        join: (
+            percentile(&mut joins.clone(), 0.5),
+            percentile(&mut joins, 0.99),
+        ),
+        kill: (
+            percentile(&mut kills.clone(), 0.5),
+            percentile(&mut kills, 0.99),
+        ),
         bytes_per_sec: bytes / k,
         cpu_percent: cpu / k,
         rss_kib: rss / k,
@@ -168,18 +215,37 @@ fn bench(n: usize, net_id: u8) -> Row {
 /// `serf members` until it reports the victim failed. Port 7947: Swarm
 /// holds 7946 on this host.
 fn serf_detection(trials: usize) -> Option<Vec<f64>> {
-    let serf = ["/usr/bin/serf", "/usr/sbin/serf"].into_iter().find(|p| std::path::Path::new(p).exists())?;
+    let serf = ["/usr/bin/serf", "/usr/sbin/serf"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
     let mut results = vec![];
     for trial in 0..trials {
         let agents: Vec<(String, Child)> = (1..=10)
             .map(|i| {
                 let ip = format!("127.199.{trial}.{i}");
                 let mut cmd = Command::new(serf);
-                cmd.args(["agent", "-node", &format!("s{i}"), "-bind", &format!("{ip}:7947"), "-rpc-addr", &format!("{ip}:7373")]);
+                cmd.args([
+                    "agent",
+                    "-node",
+                    &format!("s{i}"),
+                    "-bind",
+                    &format!("{ip}:7947"),
+                    "-rpc-addr",
+                    &format!("{ip}:7373"),
+                ]);
                 if i > 1 {
-                    cmd.args(["-retry-join", &format!("127.199.{trial}.1:7947"), "-retry-interval", "1s"]);
+                    cmd.args([
+                        "-retry-join",
+                        &format!("127.199.{trial}.1:7947"),
+                        "-retry-interval",
+                        "1s",
+                    ]);
                 }
-                let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+                let child = cmd
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .ok()?;
                 Some((ip, child))
             })
             .collect::<Option<_>>()?;
@@ -191,7 +257,9 @@ fn serf_detection(trials: usize) -> Option<Vec<f64>> {
                 .unwrap_or_default()
         };
         let ready = wait("serf convergence", Duration::from_secs(30), || {
-            agents.iter().all(|(ip, _)| members_of(ip).matches("alive").count() == 10)
+            agents
+                .iter()
+                .all(|(ip, _)| members_of(ip).matches("alive").count() == 10)
         });
         let mut agents = agents;
         if ready {
@@ -203,7 +271,9 @@ fn serf_detection(trials: usize) -> Option<Vec<f64>> {
             while !pending.is_empty() && t0.elapsed() < Duration::from_secs(60) {
                 pending.retain(|i| {
                     let out = members_of(&agents[*i].0);
-                    !out.lines().any(|l| l.starts_with("s5 ") && (l.contains("failed") || l.contains("left")))
+                    !out.lines().any(|l| {
+                        l.starts_with("s5 ") && (l.contains("failed") || l.contains("left"))
+                    })
                 });
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -220,13 +290,22 @@ fn serf_detection(trials: usize) -> Option<Vec<f64>> {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let sizes = if sizes.is_empty() { vec![3, 10, 50, 100] } else { sizes };
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![3, 10, 50, 100]
+    } else {
+        sizes
+    };
     let mut rows = vec![];
     for (k, n) in sizes.iter().enumerate() {
         rows.push(bench(*n, 200 + k as u8));
     }
-    println!("| N | join p50 | join p99 | SIGKILL → gone p50 | SIGKILL → gone p99 | gossip sent per member | CPU per member | RSS per member |");
+    println!(
+        "| N | join p50 | join p99 | SIGKILL → gone p50 | SIGKILL → gone p99 | gossip sent per member | CPU per member | RSS per member |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
@@ -244,8 +323,13 @@ fn main() {
     match serf_detection(5) {
         Some(mut t) if !t.is_empty() => {
             let (p50, max) = (percentile(&mut t.clone(), 0.5), percentile(&mut t, 1.0));
-            println!("\nSerf {} (memberlist, LAN profile), 10 agents, same run: SIGKILL → failed in every view p50 {p50:.1} s, max {max:.1} s ({} trials)", "agent", t.len());
+            println!(
+                "\nSerf agent (memberlist, LAN profile), 10 agents, same run: SIGKILL → failed in every view p50 {p50:.1} s, max {max:.1} s ({} trials)",
+                t.len()
+            );
         }
-        _ => println!("\nSerf not installed (apt-get install serf) or it did not converge: no side-by-side anchor in this run."),
+        _ => println!(
+            "\nSerf not installed (apt-get install serf) or it did not converge: no side-by-side anchor in this run."
+        ),
     }
 }

@@ -54,7 +54,10 @@ async fn main() {
         posters: a.posters,
         kill_gateway: a.kill_gateway,
     };
-    eprintln!("chaos: killing a task of {} every {:?} for {:?} under load", plan.service, plan.every, plan.duration);
+    eprintln!(
+        "chaos: killing a task of {} every {:?} for {:?} under load",
+        plan.service, plan.every, plan.duration
+    );
     let report = run(&plan).await;
     print!("{}", report.render());
     if report.failed_gets() > 0 || report.lost > 0 || report.duplicated > 0 {

@@ -101,7 +101,9 @@ async fn headers(State(s): State<Upstream>, headers: HeaderMap) -> axum::Json<se
 
 async fn status(State(s): State<Upstream>, Path(code): Path<u16>) -> Response {
     tokio::time::sleep(s.delay).await;
-    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST).into_response()
+    StatusCode::from_u16(code)
+        .unwrap_or(StatusCode::BAD_REQUEST)
+        .into_response()
 }
 
 /// Takes 500 ms, then appends `id` to the writes file: a write that can be
@@ -114,7 +116,11 @@ async fn slow_write(State(s): State<Upstream>, Path(id): Path<String>) -> Status
         .append(true)
         .open(&*s.writes)
         .and_then(|mut f| writeln!(f, "{id}"));
-    if ok.is_ok() { StatusCode::CREATED } else { StatusCode::INTERNAL_SERVER_ERROR }
+    if ok.is_ok() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
 }
 
 async fn ws(upgrade: WebSocketUpgrade) -> Response {

@@ -67,7 +67,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         .to_path_buf();
     for bin in ["shoal-gateway", "story-service", "notice-service"] {
         if !bin_dir.join(bin).exists() {
-            bail!("{} is missing next to shoal: build everything first (`cargo build --release`)", bin_dir.join(bin).display());
+            bail!(
+                "{} is missing next to shoal: build everything first (`cargo build --release`)",
+                bin_dir.join(bin).display()
+            );
         }
     }
     let logs = args.data.join("logs");
@@ -89,10 +92,20 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         plan.push(("gateway", "shoal-gateway", gateway_ip(i), 4000));
     }
     for i in 1..=args.story {
-        plan.push(("story-service", "story-service", IpAddr::V4(Ipv4Addr::new(prefix[0], prefix[1], 11, i)), 8768));
+        plan.push((
+            "story-service",
+            "story-service",
+            IpAddr::V4(Ipv4Addr::new(prefix[0], prefix[1], 11, i)),
+            8768,
+        ));
     }
     for i in 1..=args.notice {
-        plan.push(("notice-service", "notice-service", IpAddr::V4(Ipv4Addr::new(prefix[0], prefix[1], 12, i)), 8763));
+        plan.push((
+            "notice-service",
+            "notice-service",
+            IpAddr::V4(Ipv4Addr::new(prefix[0], prefix[1], 12, i)),
+            8763,
+        ));
     }
 
     let mut replicas: Vec<Replica> = Vec::new();
@@ -102,7 +115,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         *n += 1;
         let name = format!("{service}-{n}");
         let db = args.database_url.clone().unwrap_or_else(|| {
-            let file = if service == "story-service" { "story.db" } else { "notice.db" };
+            let file = if service == "story-service" {
+                "story.db"
+            } else {
+                "notice.db"
+            };
             format!("sqlite://{}?mode=rwc", data.join(file).display())
         });
         let log = logs.join(format!("{name}.log"));
@@ -133,7 +150,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         });
     }
     let total = replicas.len();
-    println!("shoal local: starting {total} replicas (logs in {})", logs.display());
+    println!(
+        "shoal local: starting {total} replicas (logs in {})",
+        logs.display()
+    );
 
     let result = tokio::select! {
         r = wait_ready(&mut replicas, gateway_ip(1), &args) => r,
@@ -144,7 +164,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         return Err(err);
     }
     let gw = gateway_ip(1);
-    let host = if gw.is_loopback() && gw == IpAddr::V4(Ipv4Addr::LOCALHOST) { "localhost".to_string() } else { gw.to_string() };
+    let host = if gw.is_loopback() && gw == IpAddr::V4(Ipv4Addr::LOCALHOST) {
+        "localhost".to_string()
+    } else {
+        gw.to_string()
+    };
     println!(
         "\nAll {total} replicas are up and routable.\n\n  gateway      http://{host}:4000/api/{{service}}/...\n  dashboard    http://{gw}:8761/   (metrics: /metrics, members: /members)\n\nTry:\n  curl {host}:4000/api/story-service/story\n  curl -X POST {host}:4000/api/story-service/story -H 'content-type: application/json' -d '{{\"id\":\"alice\",\"message\":\"hello shoal\"}}'\n  curl {host}:4000/api/story/alice\n  curl {host}:4000/api/story-service/story/service/host   (repeat: the replica changes)\n  curl {host}:4000/api/notice-service/notice\n  SHOAL_CLUSTER_KEY_FILE={} shoal members --seeds {seed}\n\nCtrl-C drains and stops everything.",
         key_file.display()
@@ -162,36 +186,61 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
 fn parse_net(net: &str) -> anyhow::Result<[u8; 2]> {
     let parts: Vec<&str> = net.split('.').collect();
     match parts.as_slice() {
-        ["127", b] => Ok([127, b.parse().with_context(|| format!("--net {net:?}: expected 127.<0-255>"))?]),
+        ["127", b] => Ok([
+            127,
+            b.parse()
+                .with_context(|| format!("--net {net:?}: expected 127.<0-255>"))?,
+        ]),
         _ => bail!("--net {net:?}: expected 127.<0-255>, e.g. 127.0"),
     }
 }
 
 /// Shows progress until the gateway sees every replica up and a request
 /// through it reaches each service.
-async fn wait_ready(replicas: &mut [Replica], gateway: IpAddr, args: &LocalArgs) -> anyhow::Result<()> {
+async fn wait_ready(
+    replicas: &mut [Replica],
+    gateway: IpAddr,
+    args: &LocalArgs,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last_line = String::new();
-    let expected: BTreeMap<&str, usize> = [("gateway", args.gateways), ("story-service", args.story), ("notice-service", args.notice)]
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(s, n)| (s, n as usize))
-        .collect();
+    let expected: BTreeMap<&str, usize> = [
+        ("gateway", args.gateways),
+        ("story-service", args.story),
+        ("notice-service", args.notice),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(s, n)| (s, n as usize))
+    .collect();
     loop {
         for r in replicas.iter_mut() {
             if let Ok(Some(status)) = r.child.try_wait() {
                 let log = std::fs::read_to_string(&r.log).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
-                bail!("{} ({}:{}) exited with {status} while starting; last lines of {}:\n{}", r.name, r.ip, r.port, r.log.display(), tail.join("\n"));
+                bail!(
+                    "{} ({}:{}) exited with {status} while starting; last lines of {}:\n{}",
+                    r.name,
+                    r.ip,
+                    r.port,
+                    r.log.display(),
+                    tail.join("\n")
+                );
             }
         }
         let up = up_counts(gateway).await.unwrap_or_default();
         let mut line = String::new();
         for (service, want) in &expected {
-            let _ = write!(line, "{service} {}/{want}  ", up.get(*service).copied().unwrap_or(0));
+            let _ = write!(
+                line,
+                "{service} {}/{want}  ",
+                up.get(*service).copied().unwrap_or(0)
+            );
         }
-        let all_up = expected.iter().all(|(s, n)| up.get(*s).copied().unwrap_or(0) >= *n);
+        let all_up = expected
+            .iter()
+            .all(|(s, n)| up.get(*s).copied().unwrap_or(0) >= *n);
         if line != last_line {
             println!("  [{:>5.1}s] up: {line}", started.elapsed().as_secs_f64());
             last_line = line;
@@ -200,14 +249,22 @@ async fn wait_ready(replicas: &mut [Replica], gateway: IpAddr, args: &LocalArgs)
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(120) {
-            bail!("not ready after 120 s; see the logs in {}", args.data.join("logs").display());
+            bail!(
+                "not ready after 120 s; see the logs in {}",
+                args.data.join("logs").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
 async fn up_counts(gateway: IpAddr) -> Option<BTreeMap<String, usize>> {
-    let (status, body) = crate::http_get(&format!("http://{gateway}:8761/members"), Duration::from_secs(1)).await.ok()?;
+    let (status, body) = crate::http_get(
+        &format!("http://{gateway}:8761/members"),
+        Duration::from_secs(1),
+    )
+    .await
+    .ok()?;
     if !status.is_success() {
         return None;
     }
@@ -217,7 +274,10 @@ async fn up_counts(gateway: IpAddr) -> Option<BTreeMap<String, usize>> {
         services
             .iter()
             .map(|(name, members)| {
-                let up = members.as_array().map(|a| a.iter().filter(|m| m["health"] == "up").count()).unwrap_or(0);
+                let up = members
+                    .as_array()
+                    .map(|a| a.iter().filter(|m| m["health"] == "up").count())
+                    .unwrap_or(0);
                 (name.clone(), up)
             })
             .collect(),
@@ -226,7 +286,11 @@ async fn up_counts(gateway: IpAddr) -> Option<BTreeMap<String, usize>> {
 
 async fn routable(gateway: IpAddr, expected: &BTreeMap<&str, usize>) -> bool {
     for service in expected.keys().filter(|s| **s != "gateway") {
-        let path = if *service == "story-service" { "story" } else { "notice" };
+        let path = if *service == "story-service" {
+            "story"
+        } else {
+            "notice"
+        };
         let url = format!("http://{gateway}:4000/api/{service}/{path}/service/host");
         match crate::http_get(&url, Duration::from_secs(2)).await {
             Ok((status, _)) if status.is_success() => {}
@@ -253,7 +317,10 @@ async fn watch_exits(replicas: &mut [Replica]) -> String {
 async fn stop_all(replicas: &mut [Replica]) {
     println!("\nstopping: draining services, then gateways");
     for phase in [false, true] {
-        let group: Vec<&mut Replica> = replicas.iter_mut().filter(|r| (r.service == "gateway") == phase).collect();
+        let group: Vec<&mut Replica> = replicas
+            .iter_mut()
+            .filter(|r| (r.service == "gateway") == phase)
+            .collect();
         for r in &group {
             let _ = kill(Pid::from_raw(r.child.id() as i32), Signal::SIGTERM);
         }

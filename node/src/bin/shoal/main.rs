@@ -20,7 +20,11 @@ use shoal_node::config::parse_duration;
 use shoal_node::{Cluster, ClusterView, Env, NodeConfig, Role};
 
 #[derive(Parser)]
-#[command(name = "shoal", version, about = "Look at and look after a shoal cluster")]
+#[command(
+    name = "shoal",
+    version,
+    about = "Look at and look after a shoal cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -80,7 +84,10 @@ fn duration_arg(raw: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("shoal: cannot start the runtime: {err}");
@@ -89,8 +96,17 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Members { seeds, json, wait, watch } => members(seeds, json, wait, watch).await,
-            Command::Healthcheck { url, timeout, print } => {
+            Command::Members {
+                seeds,
+                json,
+                wait,
+                watch,
+            } => members(seeds, json, wait, watch).await,
+            Command::Healthcheck {
+                url,
+                timeout,
+                print,
+            } => {
                 let (status, body) = http_get(&url, timeout).await?;
                 if print {
                     println!("{}", String::from_utf8_lossy(&body));
@@ -98,7 +114,11 @@ fn main() -> ExitCode {
                 anyhow::ensure!(status.is_success(), "GET {url} answered {status}");
                 Ok(())
             }
-            Command::Sidecar { health_url, routes, watch } => sidecar(health_url, &routes, watch).await,
+            Command::Sidecar {
+                health_url,
+                routes,
+                watch,
+            } => sidecar(health_url, &routes, watch).await,
             Command::Local(args) => local::run(args).await,
             Command::Keygen => {
                 println!("{}", shoal_node::key::ClusterKey::generate().to_base64());
@@ -115,7 +135,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn members(seeds: Option<String>, json: bool, wait: Duration, watch: bool) -> anyhow::Result<()> {
+async fn members(
+    seeds: Option<String>,
+    json: bool,
+    wait: Duration,
+    watch: bool,
+) -> anyhow::Result<()> {
     let mut env = Env::from_process();
     if let Some(seeds) = seeds {
         env.set("SHOAL_SEEDS", seeds);
@@ -152,7 +177,9 @@ async fn settle(cluster: &Cluster, wait: Duration) -> std::sync::Arc<ClusterView
     let mut rx = cluster.view();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let quiet = tokio::time::timeout(Duration::from_millis(500), rx.changed()).await.is_err();
+        let quiet = tokio::time::timeout(Duration::from_millis(500), rx.changed())
+            .await
+            .is_err();
         if (quiet && !rx.borrow().is_empty()) || tokio::time::Instant::now() >= deadline {
             return rx.borrow().clone();
         }
@@ -170,7 +197,11 @@ fn table(view: &ClusterView) -> String {
         out.push_str("no members seen (check SHOAL_SEEDS and SHOAL_CLUSTER_KEY)\n");
         return out;
     }
-    let _ = writeln!(out, "{:<20} {:<24} {:<22} {:<9} {:>8}  ROUTES", "SERVICE", "HOST", "ADDRESS", "HEALTH", "AGE");
+    let _ = writeln!(
+        out,
+        "{:<20} {:<24} {:<22} {:<9} {:>8}  ROUTES",
+        "SERVICE", "HOST", "ADDRESS", "HEALTH", "AGE"
+    );
     for (service, members) in view.services() {
         for m in members {
             let age = Duration::from_millis(now_ms.saturating_sub(m.started_ms));
@@ -235,8 +266,16 @@ async fn sidecar(health_url: Option<String>, routes: &str, watch: bool) -> anyho
     let env = Env::from_process();
     shoal_node::telemetry::init(shoal_node::config::log_json(&env)?);
     let config = NodeConfig::from_env(&env, "sidecar", 0)?;
-    anyhow::ensure!(config.port != 0, "SHOAL_PORT is not set: the port of the service this sidecar advertises");
-    let routes = routes.split(',').map(str::trim).filter(|r| !r.is_empty()).map(String::from).collect();
+    anyhow::ensure!(
+        config.port != 0,
+        "SHOAL_PORT is not set: the port of the service this sidecar advertises"
+    );
+    let routes = routes
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(String::from)
+        .collect();
     let cluster = Cluster::join(&config, Role::Service { routes }).await?;
     let poll = {
         let cluster = cluster.clone();
@@ -286,16 +325,28 @@ async fn healthcheck(url: &str, timeout: Duration) -> anyhow::Result<()> {
 }
 
 /// GETs `url` (plain HTTP) and returns the status and the whole body.
-async fn http_get(url: &str, timeout: Duration) -> anyhow::Result<(hyper::StatusCode, bytes::Bytes)> {
+async fn http_get(
+    url: &str,
+    timeout: Duration,
+) -> anyhow::Result<(hyper::StatusCode, bytes::Bytes)> {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
-    let uri: hyper::Uri = url.parse().with_context(|| format!("{url:?} is not a URL"))?;
+    let uri: hyper::Uri = url
+        .parse()
+        .with_context(|| format!("{url:?} is not a URL"))?;
     let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let work = async {
-        let response = client.get(uri).await.with_context(|| format!("GET {url} failed"))?;
+        let response = client
+            .get(uri)
+            .await
+            .with_context(|| format!("GET {url} failed"))?;
         let status = response.status();
-        let body = response.into_body().collect().await.with_context(|| format!("GET {url}: body"))?;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .with_context(|| format!("GET {url}: body"))?;
         anyhow::Ok((status, body.to_bytes()))
     };
     tokio::time::timeout(timeout, work)
