@@ -34,6 +34,8 @@ pub struct Plan {
 /// One kill and what followed.
 #[derive(Debug, Clone)]
 pub struct Kill {
+    /// Service of the task.
+    pub service: String,
     /// Container killed.
     pub container: String,
     /// Its host name (container id prefix).
@@ -87,9 +89,9 @@ impl Report {
         for k in &self.kills {
             let f = |v: Option<f64>| v.map_or("—".to_string(), |s| format!("{s:.2} s"));
             out.push_str(&format!(
-                "  {} ({}): out of every gateway view after {}, replacement routable after {}\n",
+                "  {} {}: out of every gateway view after {}, replacement routable after {}\n",
+                k.service,
                 &k.container[..12.min(k.container.len())],
-                k.host,
                 f(k.left_views),
                 f(k.replacement_routable)
             ));
@@ -229,11 +231,19 @@ pub async fn run(plan: &Plan) -> Report {
                 let url = format!("{base}/api/story-service/story");
                 let body = serde_json::json!({"id": id, "message": "chaos"});
                 let mut outcome = client.post(&url).json(&body).send().await;
-                // Only a connection that never opened may be retried: nothing was sent.
-                if matches!(&outcome, Err(e) if e.is_connect()) {
+                // Only a connection that never opened may be retried (nothing
+                // was sent), for up to 10 s, as for GETs.
+                let retry_until = Instant::now() + Duration::from_secs(10);
+                while matches!(&outcome, Err(e) if e.is_connect()) && Instant::now() < retry_until {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                     outcome = client.post(&url).json(&body).send().await;
                 }
-                outcomes.push((id, outcome.map(|r| r.status().as_u16()).unwrap_or(0)));
+                let status = outcome.map(|r| r.status().as_u16()).unwrap_or(0);
+                if status == 0 {
+                    // No answer: back off rather than spin.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                outcomes.push((id, status));
             }
             outcomes
         }));
@@ -323,6 +333,11 @@ pub async fn run(plan: &Plan) -> Report {
             })
             .flatten();
         report.kills.push(Kill {
+            service: if was_gateway {
+                "gateway".into()
+            } else {
+                plan.service.clone()
+            },
             container,
             host,
             left_views,
