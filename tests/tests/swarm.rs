@@ -216,6 +216,9 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
         "SWARM deploy → routable: {:.1} s",
         deployed.elapsed().as_secs_f64()
     );
+    // 3 gateways behind the routing mesh, or one per node in host mode (no IPVS).
+    let gateways = containers(STACK, "gateway").len();
+    assert!(gateways >= 1);
 
     // 1. The classic API through the gateway; 300 GETs see all 3 tasks.
     let r = client

@@ -79,32 +79,18 @@ async fn all(State(s): State<AppState>) -> Result<Json<Vec<Notice>>, ApiError> {
     notices(sqlx::query(&sql).fetch_all(s.db.pool()?).await?)
 }
 
-async fn by_receiver(
-    State(s): State<AppState>,
+/// The notices of one receiver, newest first, at most `limit`.
+async fn of_receiver(
+    s: &AppState,
     p: Result<Path<String>, PathRejection>,
+    limit: Option<u32>,
 ) -> Result<Json<Vec<Notice>>, ApiError> {
     let Path(receiver) = p?;
     validate::path_param("receiver_id", &receiver, 20)?;
-    let sql =
-        s.db.sql(&format!("{COLUMNS} WHERE receiver_id = ? ORDER BY id DESC"))
-            .into_owned();
-    notices(
-        sqlx::query(&sql)
-            .bind(receiver)
-            .fetch_all(s.db.pool()?)
-            .await?,
-    )
-}
-
-async fn latest(
-    State(s): State<AppState>,
-    p: Result<Path<String>, PathRejection>,
-) -> Result<Json<Vec<Notice>>, ApiError> {
-    let Path(receiver) = p?;
-    validate::path_param("receiver_id", &receiver, 20)?;
+    let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
     let sql =
         s.db.sql(&format!(
-            "{COLUMNS} WHERE receiver_id = ? ORDER BY id DESC LIMIT 10"
+            "{COLUMNS} WHERE receiver_id = ? ORDER BY id DESC{limit}"
         ))
         .into_owned();
     notices(
@@ -113,6 +99,20 @@ async fn latest(
             .fetch_all(s.db.pool()?)
             .await?,
     )
+}
+
+async fn by_receiver(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Json<Vec<Notice>>, ApiError> {
+    of_receiver(&s, p, None).await
+}
+
+async fn latest(
+    State(s): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Json<Vec<Notice>>, ApiError> {
+    of_receiver(&s, p, Some(10)).await
 }
 
 async fn previous(
