@@ -66,6 +66,9 @@ async fn hosts_through_gateway(client: &reqwest::Client, n: usize) -> HashMap<St
 }
 
 /// GET load through the gateway until `stop`; returns (sent, failed).
+/// Like a real client, a GET that got no answer at all (connection refused
+/// or reset: the one gateway of a node without IPVS being replaced) is
+/// retried for up to 10 s; an HTTP error status is a failure at once.
 fn load(
     client: &reqwest::Client,
     stop: Arc<AtomicBool>,
@@ -79,11 +82,14 @@ fn load(
                     let (mut sent, mut failed) = (0u64, vec![]);
                     while !stop.load(Ordering::Relaxed) {
                         sent += 1;
-                        match client
-                            .get(format!("{}/api/story-service/story", base()))
-                            .send()
-                            .await
-                        {
+                        let url = format!("{}/api/story-service/story", base());
+                        let mut outcome = client.get(&url).send().await;
+                        let retry_until = Instant::now() + Duration::from_secs(10);
+                        while outcome.is_err() && Instant::now() < retry_until {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            outcome = client.get(&url).send().await;
+                        }
+                        match outcome {
                             Ok(r) if r.status() == 200 => {}
                             Ok(r) => failed.push(format!("{}", r.status())),
                             Err(e) => failed.push(format!("{e}")),
