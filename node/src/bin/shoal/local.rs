@@ -164,7 +164,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         return Err(err);
     }
     let gw = gateway_ip(1);
-    let host = if gw.is_loopback() && gw == IpAddr::V4(Ipv4Addr::LOCALHOST) {
+    let host = if gw == IpAddr::V4(Ipv4Addr::LOCALHOST) {
         "localhost".to_string()
     } else {
         gw.to_string()
