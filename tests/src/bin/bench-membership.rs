@@ -7,7 +7,10 @@
 //! and, when Debian's `serf` is installed, Serf's detection time with 10
 //! agents in the same run, as the anchor.
 //!
-//! Usage: `bench-membership [N...]` (default 3 10 50 100). Prints a
+//! Usage: `bench-membership [N...]` (default 3 10 50 100), or
+//! `bench-membership soak N SECONDS [loaded]`: N members left alone (with the
+//! CPUs kept busy when `loaded`), counting false removals — a live member
+//! missing from another's view. Prints a
 //! Markdown table. Times come from the members' own clocks (the `t_ms` of
 //! the view they print), not from when this process read them.
 
