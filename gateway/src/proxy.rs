@@ -397,6 +397,16 @@ async fn forward(
                     strip_hop_by_hop(response.headers_mut());
                     return response.map(|b| ProxyBody::Upstream(b, Some(guard)));
                 }
+                // Should no other instance be pickable after all, say why.
+                last_error = Some(error_response(
+                    StatusCode::BAD_GATEWAY,
+                    &format!(
+                        "{name} at {} answered {}",
+                        endpoint.addr(),
+                        response.status()
+                    ),
+                    &path,
+                ));
                 continue;
             }
             Attempt::NotSent(why) => {
