@@ -292,11 +292,74 @@ fn serf_detection(trials: usize) -> Option<Vec<f64>> {
     Some(results)
 }
 
-fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
+/// N members for `secs` seconds; returns how many views were printed after
+/// convergence and how many of them missed a live member.
+fn soak(n: usize, secs: u64, loaded: bool) -> (usize, usize) {
+    let net = Net::new(240);
+    let members: Vec<Proc> = (0..n)
+        .map(|i| sidecar(&net, net.ip(1, i as u8 + 1), "soak", &format!("s{i}")))
         .collect();
+    wait("convergence", Duration::from_secs(60), || {
+        members
+            .iter()
+            .all(|p| p.view().is_some_and(|v| v.members.len() == n))
+    });
+    let since = now_ms();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cpus = if loaded {
+        std::thread::available_parallelism().map_or(2, |c| c.get())
+    } else {
+        0
+    };
+    let burners: Vec<_> = (0..cpus)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                }
+                x
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in burners {
+        let _ = b.join();
+    }
+    let (mut views, mut short) = (0, 0);
+    for p in &members {
+        for (_, line) in p.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["t_ms"].as_u64().unwrap_or(0) < since {
+                continue;
+            }
+            views += 1;
+            if v["members"].as_array().map_or(0, Vec::len) < n {
+                short += 1;
+            }
+        }
+    }
+    (views, short)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("soak") {
+        let n = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(30);
+        let secs = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(300);
+        let loaded = args.get(3).is_some_and(|a| a == "loaded");
+        let (views, short) = soak(n, secs, loaded);
+        println!(
+            "soak: N = {n}, {secs} s, CPUs {}: {views} views printed, {short} with a live member missing (false removals)",
+            if loaded { "kept busy" } else { "idle" }
+        );
+        return;
+    }
+    let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() {
         vec![3, 10, 50, 100]
     } else {
