@@ -151,6 +151,24 @@ pub fn gateway_views(stack: &str) -> Vec<HashSet<String>> {
         .collect()
 }
 
+/// GET as a patient client does: a request that got no answer at all is
+/// retried for up to 10 s. Through the routing mesh the new connection
+/// reaches another gateway task; with host-mode publishing (no IPVS) it
+/// reaches the replacement of a killed gateway. An HTTP status, even an
+/// error, is an answer and is returned as is.
+pub async fn get_until_answered(
+    client: &reqwest::Client,
+    url: &str,
+) -> reqwest::Result<reqwest::Response> {
+    let mut outcome = client.get(url).send().await;
+    let retry_until = Instant::now() + Duration::from_secs(10);
+    while outcome.is_err() && Instant::now() < retry_until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        outcome = client.get(url).send().await;
+    }
+    outcome
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -189,17 +207,7 @@ pub async fn run(plan: &Plan) -> Report {
                 };
                 let url = format!("{base}/api/story-service/{path}");
                 let t = Instant::now();
-                // A client retries a GET that got no answer, for up to 10 s:
-                // through the routing mesh a new connection reaches another
-                // gateway task; with host-mode publishing (no IPVS) it
-                // reaches the replacement of a killed gateway.
-                let mut outcome = client.get(&url).send().await;
-                let retry_until = Instant::now() + Duration::from_secs(10);
-                while outcome.is_err() && Instant::now() < retry_until {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    outcome = client.get(&url).send().await;
-                }
-                match outcome {
+                match get_until_answered(&client, &url).await {
                     Ok(r) if r.status() == 200 => {
                         let text = r.text().await.unwrap_or_default();
                         lat.push(t.elapsed().as_secs_f64() * 1e3);

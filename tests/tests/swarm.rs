@@ -83,13 +83,7 @@ fn load(
                     while !stop.load(Ordering::Relaxed) {
                         sent += 1;
                         let url = format!("{}/api/story-service/story", base());
-                        let mut outcome = client.get(&url).send().await;
-                        let retry_until = Instant::now() + Duration::from_secs(10);
-                        while outcome.is_err() && Instant::now() < retry_until {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            outcome = client.get(&url).send().await;
-                        }
-                        match outcome {
+                        match chaos::get_until_answered(&client, &url).await {
                             Ok(r) if r.status() == 200 => {}
                             Ok(r) => failed.push(format!("{}", r.status())),
                             Err(e) => failed.push(format!("{e}")),
