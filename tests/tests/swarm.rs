@@ -148,6 +148,19 @@ fn wait_converged(service: &str, replicas: usize, timeout: Duration) {
     }
 }
 
+/// Removes the test stack and its key secrets (before and after the test).
+fn remove_stack() {
+    script("swarm-down", &[("STACK", STACK)]);
+    for s in [
+        "shoaltest_key_1",
+        "shoaltest_key_2",
+        "shoaltest_key_3",
+        "shoaltest_key_4",
+    ] {
+        docker(&["secret", "rm", s]);
+    }
+}
+
 fn docker_ok(args: &[&str]) {
     let out = Command::new("docker").args(args).output().expect("docker");
     assert!(
@@ -174,15 +187,7 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
         .build()
         .unwrap();
     script("build-images", &[]);
-    script("swarm-down", &[("STACK", STACK)]);
-    for s in [
-        "shoaltest_key_1",
-        "shoaltest_key_2",
-        "shoaltest_key_3",
-        "shoaltest_key_4",
-    ] {
-        docker(&["secret", "rm", s]);
-    }
+    remove_stack();
     let (old, new) = (
         shoal_node::key::ClusterKey::generate().to_base64(),
         shoal_node::key::ClusterKey::generate().to_base64(),
@@ -464,13 +469,5 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
     let distinct: HashSet<&String> = views.iter().flatten().collect();
     assert!(distinct.len() >= 7, "the cluster is intact: {distinct:?}");
 
-    script("swarm-down", &[("STACK", STACK)]);
-    for s in [
-        "shoaltest_key_1",
-        "shoaltest_key_2",
-        "shoaltest_key_3",
-        "shoaltest_key_4",
-    ] {
-        docker(&["secret", "rm", s]);
-    }
+    remove_stack();
 }
