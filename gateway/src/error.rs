@@ -2,35 +2,13 @@
 //! `{"timestamp","status","error","message","path"}`, with the status that
 //! says what happened (the classic gateway answered 500 to everything).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use http::{HeaderValue, Response, StatusCode, header};
-use serde::Serialize;
 
 use crate::body::ProxyBody;
 
-#[derive(Serialize)]
-struct SpringError<'a> {
-    timestamp: u64,
-    status: u16,
-    error: &'a str,
-    message: &'a str,
-    path: &'a str,
-}
-
 /// A JSON error answer.
 pub fn error_response(status: StatusCode, message: &str, path: &str) -> Response<ProxyBody> {
-    let body = SpringError {
-        timestamp: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default(),
-        status: status.as_u16(),
-        error: status.canonical_reason().unwrap_or("Error"),
-        message,
-        path,
-    };
-    let json = serde_json::to_vec(&body).unwrap_or_default();
+    let json = shoal_node::spring::error_json::<()>(status, message, path, &[]);
     let mut response = Response::new(ProxyBody::full(json));
     *response.status_mut() = status;
     response.headers_mut().insert(

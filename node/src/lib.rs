@@ -14,6 +14,7 @@
 //! - [`view`]: [`ClusterView`], service → members.
 //! - [`cluster`]: [`Cluster`], the handle that joins, publishes and drains.
 //! - [`signal`]: waiting for SIGTERM / Ctrl-C.
+//! - [`spring`]: the Spring error body of the classic stack.
 //! - [`telemetry`]: logging setup shared by every binary.
 //!
 //! Nothing outside this crate sees chitchat: the rest of shoal reads typed
@@ -27,6 +28,7 @@ pub mod config;
 pub mod key;
 pub mod member;
 pub mod signal;
+pub mod spring;
 pub mod telemetry;
 pub mod transport;
 pub mod view;

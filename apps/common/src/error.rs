@@ -2,10 +2,8 @@
 //! know: `{"timestamp","status","error","message","path"}`, plus `errors`
 //! (field and reason) for a 400.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -99,38 +97,16 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    timestamp: u64,
-    status: u16,
-    error: &'a str,
-    message: &'a str,
-    path: &'a str,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    errors: &'a [FieldError],
-}
-
 impl ApiError {
     /// The JSON answer for a request to `path`.
     pub fn to_response(&self, path: &str) -> Response {
         let status = self.status();
-        let message = self.to_string();
         let errors = match self {
             ApiError::BadRequest(_, e) => e.as_slice(),
             _ => &[],
         };
-        let body = Body {
-            timestamp: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or_default(),
-            status: status.as_u16(),
-            error: status.canonical_reason().unwrap_or("Error"),
-            message: &message,
-            path,
-            errors,
-        };
-        (status, axum::Json(body)).into_response()
+        let json = shoal_node::spring::error_json(status, &self.to_string(), path, errors);
+        (status, [(header::CONTENT_TYPE, "application/json")], json).into_response()
     }
 }
 
