@@ -26,6 +26,7 @@ use serde::Deserialize;
 pub const GOSSIP_PORT: u16 = 7950;
 
 pub mod chaos;
+pub mod cut;
 
 /// The directory holding the workspace's binaries.
 pub fn bin_dir() -> PathBuf {

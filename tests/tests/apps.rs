@@ -471,3 +471,102 @@ async fn a_service_without_its_database_stays_starting_and_is_not_routed() {
         proc.log().contains("database not ready").then_some(())
     });
 }
+
+/// The database URL with its `host:port` replaced by `addr`.
+fn via(url: &str, addr: SocketAddr) -> (String, SocketAddr) {
+    let (head, rest) = url.split_once('@').expect("a URL with user@host");
+    let (hostport, tail) = rest.split_once('/').expect("a URL with a database name");
+    let target = hostport.parse().expect("the test database on ip:port");
+    (format!("{head}@{addr}/{tail}"), target)
+}
+
+async fn member_health(client: &reqwest::Client, gw: SocketAddr) -> Option<String> {
+    let view = shoal_tests::gateway_view(client, gw).await?;
+    Some(view.get("story-service")?.first()?.1.clone())
+}
+
+#[tokio::test]
+async fn a_database_lost_while_running_gives_503_and_the_service_comes_back_with_it() {
+    let Some(url) = backend_url("SHOAL_TEST_MYSQL_URL", "MariaDB")
+        .or_else(|| backend_url("SHOAL_TEST_POSTGRES_URL", "PostgreSQL"))
+    else {
+        return;
+    };
+    let (_, target) = via(&url, "127.0.0.1:1".parse().unwrap());
+    let mut cut = shoal_tests::cut::Cut::start("127.0.0.1:0".parse().unwrap(), target)
+        .await
+        .expect("the forwarder to the database");
+    let (url, _) = via(&url, cut.addr());
+    let net = Net::new(26);
+    let mut stack = Stack::new(&net);
+    let client = http();
+    let gw = stack.gateway(1, &[]);
+    let story = stack.service(
+        "story-service",
+        "story-service",
+        2,
+        1,
+        &[("DATABASE_URL", &url)],
+    );
+    wait_routable(&client, gw, "story-service", 1).await;
+    let user = format!("lost{}", run_tag());
+    let (status, _) = post(
+        &client,
+        &format!("http://{gw}/api/story-service/story"),
+        &format!(r#"{{"id":"{user}","message":"before"}}"#),
+    )
+    .await;
+    assert_eq!(status, 201);
+
+    // The network path to the database breaks.
+    let lost_at = std::time::Instant::now();
+    cut.cut().await;
+    let (status, body, _) = get_json(&client, format!("http://{story}/story/{user}")).await;
+    assert_eq!(
+        status, 503,
+        "a request that needs the lost database: {body}"
+    );
+    assert_eq!(body["error"], json!("Service Unavailable"));
+    assert!(
+        body["message"].as_str().unwrap_or("").contains("database"),
+        "{body}"
+    );
+    wait_for_async(
+        "the member to be seen starting",
+        Duration::from_secs(20),
+        || async { (member_health(&client, gw).await? == "starting").then_some(()) },
+    )
+    .await;
+    let left_after = lost_at.elapsed();
+    let (status, body, _) = get_json(&client, format!("http://{gw}/api/story-service/story")).await;
+    assert_eq!(
+        (status, body["status"].clone()),
+        (503, json!(503)),
+        "{body}"
+    );
+    let (status, _) = post(
+        &client,
+        &format!("http://{gw}/api/story-service/story"),
+        &format!(r#"{{"id":"{user}","message":"during"}}"#),
+    )
+    .await;
+    assert_eq!(status, 503, "a write while the database is lost");
+
+    // The path comes back: so does the service, with what it had.
+    cut.restore().await.expect("the forwarder to listen again");
+    let back_at = std::time::Instant::now();
+    wait_routable(&client, gw, "story-service", 1).await;
+    let up_after = back_at.elapsed();
+    let (status, body, _) = get_json(
+        &client,
+        format!("http://{gw}/api/story-service/story/{user}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let messages: Vec<&str> = body
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["message"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(messages, ["before"], "nothing lost, nothing half-written");
+    eprintln!("DB lost: member `starting` after {left_after:?}; back `up` after {up_after:?}");
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use shoal_tests::{Net, Stack, http, wait_routable};
+use shoal_tests::{Net, Stack, http, wait_for_async, wait_routable};
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -101,6 +101,19 @@ async fn killing_story_replicas_every_three_seconds_fails_no_get_and_loses_no_ac
         stack.service("story-service", "story-service", 2, i, &story_env);
         kills += 1;
     }
+    // The gateway may still list a just-killed replica as `up` for a moment:
+    // wait for every restarted replica to say `up` itself, then for the view.
+    for replica in &replicas {
+        wait_for_async(
+            &format!("{replica} to be up"),
+            Duration::from_secs(30),
+            || async {
+                let r = client.get(format!("http://{replica}/health")).send().await;
+                r.ok()?.status().is_success().then_some(())
+            },
+        )
+        .await;
+    }
     wait_routable(&client, gw, "story-service", 3).await;
     stop.store(true, Ordering::Relaxed);
 
@@ -120,16 +133,19 @@ async fn killing_story_replicas_every_three_seconds_fails_no_get_and_loses_no_ac
     let (mut lost, mut duplicated) = (0, 0);
     for (id, status) in &posts {
         *by_status.entry(*status).or_default() += 1;
-        let rows: serde_json::Value = client
+        let r = client
             .get(format!("http://{}/story/{id}", replicas[0]))
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
-        let n = rows.as_array().map(Vec::len).unwrap_or(0);
+        let code = r.status();
+        let body = r.text().await.unwrap_or_default();
+        let rows: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let Some(n) = rows.as_array().map(Vec::len) else {
+            panic!("cannot check {id}: GET /story/{id} answered {code}: {body}");
+        };
         if *status == 201 && n == 0 {
+            eprintln!("LOST {id} ({status}): GET answered {code} {body}");
             lost += 1;
         }
         if n > 1 {

@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -71,7 +71,11 @@ struct Inner {
     backend: Backend,
     pool: OnceCell<AnyPool>,
     reachable: AtomicBool,
+    misses: AtomicU32,
 }
+
+/// Slow checks in a row after which a reachable database counts as lost.
+const LOST_AFTER_SLOW_CHECKS: u32 = 2;
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,6 +107,7 @@ impl Db {
                 backend,
                 pool: OnceCell::new(),
                 reachable: AtomicBool::new(false),
+                misses: AtomicU32::new(0),
             }),
         })
     }
@@ -214,12 +219,32 @@ impl Db {
         let Some(pool) = self.inner.pool.get() else {
             return false;
         };
-        let ok = tokio::time::timeout(
+        let answer = tokio::time::timeout(
             Duration::from_secs(3),
             sqlx::query("SELECT 1").execute(pool),
         )
-        .await
-        .is_ok_and(|r| r.is_ok());
+        .await;
+        // A refused or broken connection is a lost database at once; a slow
+        // answer (a busy SQLite file, a pool whose connections are all at
+        // work) only after several in a row.
+        let ok = match answer {
+            Ok(Ok(_)) => {
+                self.inner.misses.store(0, Ordering::Relaxed);
+                true
+            }
+            // No connection within the timeout while the pool is not full:
+            // new connections fail, the database is not there.
+            Ok(Err(sqlx::Error::PoolTimedOut))
+                if pool.size() < pool.options().get_max_connections() =>
+            {
+                false
+            }
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => {
+                let misses = self.inner.misses.fetch_add(1, Ordering::Relaxed) + 1;
+                misses < LOST_AFTER_SLOW_CHECKS && self.is_reachable()
+            }
+            Ok(Err(_)) => false,
+        };
         let was = self.inner.reachable.swap(ok, Ordering::Relaxed);
         if was != ok {
             if ok {

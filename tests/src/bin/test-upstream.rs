@@ -115,7 +115,9 @@ async fn slow_write(State(s): State<Upstream>, Path(id): Path<String>) -> Status
         .create(true)
         .append(true)
         .open(&*s.writes)
-        .and_then(|mut f| writeln!(f, "{id}"));
+        // One write(2) per record: with O_APPEND it lands whole, never
+        // interleaved with a concurrent write of this or another replica.
+        .and_then(|mut f| f.write_all(format!("{id}\n").as_bytes()));
     if ok.is_ok() {
         StatusCode::CREATED
     } else {
