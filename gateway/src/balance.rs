@@ -35,6 +35,8 @@ pub struct Endpoint {
     pub member: Arc<Member>,
     /// `ip:port` as a URI authority.
     pub authority: http::uri::Authority,
+    /// `ip:port` as the `Host` header sent to it.
+    pub host: http::HeaderValue,
     in_flight: AtomicU32,
     state: Mutex<EndpointState>,
 }
@@ -58,9 +60,12 @@ impl Endpoint {
             .to_string()
             .parse()
             .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"));
+        let host = http::HeaderValue::from_str(authority.as_str())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
         Self {
             member,
             authority,
+            host,
             in_flight: AtomicU32::new(0),
             state: Mutex::new(EndpointState {
                 ewma: 0.0,
@@ -169,24 +174,27 @@ pub fn pick(
     max_in_flight: u32,
     now: Instant,
 ) -> Option<Arc<Endpoint>> {
-    let eligible: Vec<&Arc<Endpoint>> = endpoints
-        .iter()
-        .filter(|e| {
-            !exclude.contains(&e.addr()) && !e.is_ejected(now) && e.in_flight() < max_in_flight
-        })
-        .collect();
-    let chosen = match eligible.len() {
-        0 => return None,
-        1 => eligible[0],
-        n => {
-            let mut rng = rand::rng();
-            let a = rng.random_range(0..n);
-            let mut b = rng.random_range(0..n - 1);
-            if b >= a {
-                b += 1;
+    // Two distinct eligible endpoints, uniformly, in one pass and without
+    // building a list (this runs on every request): reservoir sampling.
+    let mut rng = rand::rng();
+    let mut two: [Option<&Arc<Endpoint>>; 2] = [None, None];
+    let eligible = endpoints.iter().filter(|e| {
+        !exclude.contains(&e.addr()) && !e.is_ejected(now) && e.in_flight() < max_in_flight
+    });
+    for (i, e) in eligible.enumerate() {
+        if i < 2 {
+            two[i] = Some(e);
+        } else {
+            let j = rng.random_range(0..=i);
+            if j < 2 {
+                two[j] = Some(e);
             }
-            cheaper(eligible[a], eligible[b], now)
         }
+    }
+    let chosen = match two {
+        [None, _] => return None,
+        [Some(a), None] => a,
+        [Some(a), Some(b)] => cheaper(a, b, now),
     };
     chosen.state().last_picked = Some(now);
     Some(chosen.clone())

@@ -16,6 +16,7 @@ mod admin;
 mod balance;
 mod body;
 mod config;
+mod connect;
 mod error;
 mod metrics;
 mod outcome;

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use crate::balance::{self, Endpoint};
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::config::GatewayConfig;
+use crate::connect::Connector;
 use crate::error::error_response;
 use crate::metrics::Metrics;
 use crate::outcome::Permit;
@@ -47,7 +48,7 @@ pub struct Gateway {
     pub upstreams: Arc<Upstreams>,
     /// Metrics (shared).
     pub metrics: Arc<Metrics>,
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Client<Connector, UpstreamBody>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -76,7 +77,7 @@ impl Gateway {
     }
 }
 
-fn client(config: &GatewayConfig) -> Client<HttpConnector, UpstreamBody> {
+fn client(config: &GatewayConfig) -> Client<Connector, UpstreamBody> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.proxy.connect_timeout));
     connector.set_nodelay(true);
@@ -85,7 +86,7 @@ fn client(config: &GatewayConfig) -> Client<HttpConnector, UpstreamBody> {
         .pool_idle_timeout(config.proxy.pool_idle_timeout)
         .pool_max_idle_per_host(config.proxy.max_in_flight_per_instance as usize)
         .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(connector)
+        .build(Connector(connector))
 }
 
 /// What became of one attempt.
@@ -108,14 +109,16 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // A Uri clone shares the request's bytes: no copy of the path.
+    let uri = req.uri().clone();
+    let path = uri.path();
     let traceparent = traceparent(req.headers());
     let mut log = Log {
         service: None,
         upstream: None,
         attempts: 0,
     };
-    let mut response = route_and_forward(&gw, req, peer, &traceparent, &mut log).await;
+    let mut response = route_and_forward(&gw, req, path, peer, &traceparent, &mut log).await;
     let status = response.status();
     match &log.service {
         Some(service) => service.metrics.request(status.as_u16()),
@@ -134,7 +137,7 @@ pub async fn handle(
             "request"
         );
     }
-    response.headers_mut().insert("traceparent", traceparent);
+    response.headers_mut().insert(TRACEPARENT, traceparent);
     response
 }
 
@@ -147,38 +150,38 @@ struct Log {
 async fn route_and_forward(
     gw: &Arc<Gateway>,
     mut req: Request<Incoming>,
+    path: &str,
     peer: SocketAddr,
     traceparent: &HeaderValue,
     log: &mut Log,
 ) -> Response<ProxyBody> {
     let table = gw.upstreams.snapshot();
-    let path = req.uri().path().to_string();
-    let route = match route::resolve(&table.view, &path, req.uri().query()) {
+    let route = match route::resolve(&table.view, path, req.uri().query()) {
         Ok(route) => route,
         Err(NoRoute::NotApi) => {
             return error_response(
                 StatusCode::NOT_FOUND,
                 "no route: paths start with /api/{service}",
-                &path,
+                path,
             );
         }
         Err(NoRoute::UnknownService(name)) => {
             return error_response(
                 StatusCode::NOT_FOUND,
                 &format!("no service named {name} is known to this gateway"),
-                &path,
+                path,
             );
         }
     };
     let Some(service) = table.service(route.service) else {
-        return error_response(StatusCode::NOT_FOUND, "unknown service", &path);
+        return error_response(StatusCode::NOT_FOUND, "unknown service", path);
     };
     log.service = Some(service.clone());
     if service.endpoints.is_empty() {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("no instance of {} is up", route.service),
-            &path,
+            path,
         );
     }
     let now = Instant::now();
@@ -187,14 +190,14 @@ async fn route_and_forward(
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("circuit breaker of {} is open", route.service),
-            &path,
+            path,
         );
     };
     let Ok(_slot) = gw.in_flight.try_acquire() else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "gateway over its connection limit",
-            &path,
+            path,
         );
     };
     service.budget.deposit(now);
@@ -207,6 +210,7 @@ async fn route_and_forward(
             service,
             req,
             upgrade,
+            path,
             &route.upstream,
             peer,
             traceparent,
@@ -222,7 +226,8 @@ async fn route_and_forward(
         route.service,
         service,
         req,
-        &route.upstream,
+        path,
+        route.upstream,
         peer,
         traceparent,
         log,
@@ -283,25 +288,27 @@ async fn forward(
     name: &str,
     service: &Arc<ServiceState>,
     req: Request<Incoming>,
-    upstream_path: &str,
+    path: &str,
+    upstream_path: String,
     peer: SocketAddr,
     traceparent: &HeaderValue,
     log: &mut Log,
 ) -> Response<ProxyBody> {
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path().to_string();
-    let Ok(path_and_query) = upstream_path.parse::<http::uri::PathAndQuery>() else {
+    let Ok(path_and_query) = http::uri::PathAndQuery::from_maybe_shared(Bytes::from(upstream_path))
+    else {
         return error_response(
             StatusCode::BAD_REQUEST,
             "the request path cannot be forwarded",
-            &path,
+            path,
         );
     };
-    let prefix = forwarded_prefix(&path, path_and_query.path());
-    let headers = upstream_headers(&parts.headers, peer, prefix, traceparent);
+    let prefix = forwarded_prefix(path, path_and_query.path());
     let proxy = &gw.config.proxy;
+    let keep = keepable_body(&parts.headers, proxy.retry_body_limit);
+    let headers = upstream_headers(parts.headers, peer, prefix, traceparent);
     let deadline = Instant::now() + proxy.request_timeout;
-    let (kept, mut stream) = match keepable_body(&parts.headers, proxy.retry_body_limit) {
+    let (kept, mut stream) = match keep {
         Keep::Empty => (Some(Bytes::new()), None),
         Keep::Small(limit) => match Limited::new(body, limit).collect().await {
             Ok(collected) => (Some(collected.to_bytes()), None),
@@ -309,7 +316,7 @@ async fn forward(
                 return error_response(
                     StatusCode::BAD_REQUEST,
                     &format!("could not read the request body: {err}"),
-                    &path,
+                    path,
                 );
             }
         },
@@ -325,7 +332,7 @@ async fn forward(
             return error_response(
                 StatusCode::GATEWAY_TIMEOUT,
                 &format!("no answer from {name} within {:?}", proxy.request_timeout),
-                &path,
+                path,
             );
         }
         let Some(endpoint) = balance::pick(
@@ -338,7 +345,7 @@ async fn forward(
                 error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("every instance of {name} is busy or ejected"),
-                    &path,
+                    path,
                 )
             });
         };
@@ -347,7 +354,7 @@ async fn forward(
                 error_response(
                     StatusCode::BAD_GATEWAY,
                     "request body already consumed",
-                    &path,
+                    path,
                 )
             });
         };
@@ -362,16 +369,16 @@ async fn forward(
             p
         });
         let Ok(uri) = uri else {
-            return error_response(StatusCode::BAD_GATEWAY, "invalid upstream address", &path);
+            return error_response(StatusCode::BAD_GATEWAY, "invalid upstream address", path);
         };
         let mut upstream_req = Request::new(body);
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri;
         *upstream_req.version_mut() = Version::HTTP_11;
         *upstream_req.headers_mut() = headers.clone();
-        if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
-            upstream_req.headers_mut().insert(header::HOST, host);
-        }
+        upstream_req
+            .headers_mut()
+            .insert(header::HOST, endpoint.host.clone());
         let guard = endpoint.start();
         let sent_at = Instant::now();
         let wait = proxy.response_timeout.min(deadline - sent_at);
@@ -405,7 +412,7 @@ async fn forward(
                         endpoint.addr(),
                         response.status()
                     ),
-                    &path,
+                    path,
                 ));
                 continue;
             }
@@ -414,7 +421,7 @@ async fn forward(
                 last_error = Some(error_response(
                     StatusCode::BAD_GATEWAY,
                     &format!("could not connect to {name} at {}: {why}", endpoint.addr()),
-                    &path,
+                    path,
                 ));
                 true
             }
@@ -423,7 +430,7 @@ async fn forward(
                 last_error = Some(error_response(
                     StatusCode::BAD_GATEWAY,
                     &format!("{name} at {} failed: {why}", endpoint.addr()),
-                    &path,
+                    path,
                 ));
                 idempotent
             }
@@ -436,7 +443,7 @@ async fn forward(
                         "{name} at {} sent no answer within {wait:?}",
                         endpoint.addr()
                     ),
-                    &path,
+                    path,
                 ));
                 idempotent
             }
@@ -444,7 +451,7 @@ async fn forward(
         drop(guard);
         if !(retryable && may_retry(gw, service, &tried, &kept, now)) {
             return last_error.unwrap_or_else(|| {
-                error_response(StatusCode::BAD_GATEWAY, "upstream failed", &path)
+                error_response(StatusCode::BAD_GATEWAY, "upstream failed", path)
             });
         }
     }
@@ -514,6 +521,12 @@ fn forwarded_prefix<'a>(path: &'a str, upstream: &str) -> &'a str {
     path.strip_suffix(upstream).unwrap_or("")
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -542,41 +555,44 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The headers sent upstream: end-to-end headers (Authorization included),
 /// hop-by-hop removed, `X-Forwarded-*` and `traceparent` set.
 fn upstream_headers(
-    incoming: &HeaderMap,
+    mut headers: HeaderMap,
     peer: SocketAddr,
     prefix: &str,
     traceparent: &HeaderValue,
 ) -> HeaderMap {
-    let mut headers = incoming.clone();
     strip_hop_by_hop(&mut headers);
-    let client_ip = peer.ip().to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {client_ip}"),
-        None => client_ip,
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
+        Some(prior) => {
+            let mut v = prior.to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(peer.ip().to_string().as_bytes());
+            v
+        }
+        None => peer.ip().to_string().into_bytes(),
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", v);
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if !headers.contains_key("x-forwarded-host") {
-        if let Some(host) = incoming.get(header::HOST).cloned() {
-            headers.insert("x-forwarded-host", host);
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        if let Some(host) = headers.get(header::HOST).cloned() {
+            headers.insert(X_FORWARDED_HOST, host);
         }
     }
     if !prefix.is_empty() {
         if let Ok(v) = HeaderValue::from_str(prefix) {
-            headers.insert("x-forwarded-prefix", v);
+            headers.insert(X_FORWARDED_PREFIX, v);
         }
     }
-    headers.insert("traceparent", traceparent.clone());
+    headers.insert(TRACEPARENT, traceparent.clone());
     headers
 }
 
 /// The request's W3C `traceparent` if valid, else a new one.
 fn traceparent(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get("traceparent") {
+    if let Some(v) = headers.get(&TRACEPARENT) {
         if v.to_str().is_ok_and(valid_traceparent) {
             return v.clone();
         }
@@ -591,7 +607,9 @@ fn traceparent(headers: &HeaderMap) -> HeaderValue {
         out[at] = HEX[(b >> 4) as usize];
         out[at + 1] = HEX[(b & 15) as usize];
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| {
+    // One allocation that later clones share (a copied slice would be
+    // copied again on its first clone).
+    HeaderValue::from_maybe_shared(Bytes::from_owner(out)).unwrap_or_else(|_| {
         HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
     })
 }
@@ -636,12 +654,12 @@ async fn forward_upgrade(
     service: &Arc<ServiceState>,
     req: Request<Incoming>,
     client_upgrade: hyper::upgrade::OnUpgrade,
+    path: &str,
     upstream_path: &str,
     peer: SocketAddr,
     traceparent: &HeaderValue,
     log: &mut Log,
 ) -> Response<ProxyBody> {
-    let path = req.uri().path().to_string();
     let now = Instant::now();
     let Some(endpoint) = balance::pick(
         &service.endpoints,
@@ -652,28 +670,29 @@ async fn forward_upgrade(
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("every instance of {name} is busy or ejected"),
-            &path,
+            path,
         );
     };
     log.attempts = 1;
     log.upstream = Some(endpoint.addr());
     let (parts, _) = req.into_parts();
+    let upgrade = parts.headers.get(header::UPGRADE).cloned();
     let mut headers = upstream_headers(
-        &parts.headers,
+        parts.headers,
         peer,
-        forwarded_prefix(&path, upstream_path),
+        forwarded_prefix(path, upstream_path),
         traceparent,
     );
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Some(upgrade) = parts.headers.get(header::UPGRADE) {
-        headers.insert(header::UPGRADE, upgrade.clone());
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::UPGRADE, upgrade);
     }
     let uri = format!("http://{}{}", endpoint.authority, upstream_path);
     let Ok(uri) = uri.parse::<Uri>() else {
         return error_response(
             StatusCode::BAD_REQUEST,
             "the request path cannot be forwarded",
-            &path,
+            path,
         );
     };
     let mut upstream_req = Request::new(UpstreamBody::Empty);
@@ -697,14 +716,14 @@ async fn forward_upgrade(
                     endpoint.addr(),
                     error_chain(&err)
                 ),
-                &path,
+                path,
             );
         }
         Err(_) => {
             return error_response(
                 StatusCode::GATEWAY_TIMEOUT,
                 &format!("{name} did not answer the upgrade"),
-                &path,
+                path,
             );
         }
     };
@@ -750,7 +769,7 @@ mod tests {
         h.insert(header::HOST, HeaderValue::from_static("gw:4000"));
         let tp = traceparent(&HeaderMap::new());
         let out = upstream_headers(
-            &h,
+            h,
             "10.0.0.7:5555".parse().unwrap(),
             "/api/story-service",
             &tp,
@@ -770,7 +789,8 @@ mod tests {
     fn forwarded_for_is_appended() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        let out = upstream_headers(&h, "10.0.0.7:1".parse().unwrap(), "", &traceparent(&h));
+        let tp = traceparent(&h);
+        let out = upstream_headers(h, "10.0.0.7:1".parse().unwrap(), "", &tp);
         assert_eq!(out["x-forwarded-for"], "1.2.3.4, 10.0.0.7");
     }
 
