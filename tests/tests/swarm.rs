@@ -188,6 +188,8 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
         .unwrap();
     script("build-images", &[]);
     remove_stack();
+    // A fresh machine is no Swarm manager yet: secrets need one.
+    script("swarm-init", &[]);
     let (old, new) = (
         shoal_node::key::ClusterKey::generate().to_base64(),
         shoal_node::key::ClusterKey::generate().to_base64(),
