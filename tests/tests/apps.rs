@@ -437,26 +437,10 @@ async fn three_replicas_behind_the_gateway_share_one_database() {
 #[tokio::test]
 async fn a_service_without_its_database_stays_starting_and_is_not_routed() {
     let net = Net::new(25);
-    let mut stack = Stack::new(&net);
     let client = http();
-    let gw = stack.gateway(1, &[]);
     // Nothing listens on this port: the database is down at start.
-    let story = stack.service(
-        "story-service",
-        "story-service",
-        2,
-        1,
-        &[("DATABASE_URL", "mysql://u:p@127.0.0.1:1/none")],
-    );
-    wait_for_async(
-        "the member to be seen starting",
-        Duration::from_secs(15),
-        || async {
-            let view = shoal_tests::gateway_view(&client, gw).await?;
-            (view.get("story-service")?.first()?.1 == "starting").then_some(())
-        },
-    )
-    .await;
+    let (mut stack, gw, story) = gateway_and_story(&net, "mysql://u:p@127.0.0.1:1/none");
+    wait_starting(&client, gw).await;
     let r = client
         .get(format!("http://{story}/health"))
         .send()
@@ -480,9 +464,31 @@ fn via(url: &str, addr: SocketAddr) -> (String, SocketAddr) {
     (format!("{head}@{addr}/{tail}"), target)
 }
 
-async fn member_health(client: &reqwest::Client, gw: SocketAddr) -> Option<String> {
-    let view = shoal_tests::gateway_view(client, gw).await?;
-    Some(view.get("story-service")?.first()?.1.clone())
+/// A gateway and one story-service replica on `database_url`.
+fn gateway_and_story<'a>(net: &'a Net, database_url: &str) -> (Stack<'a>, SocketAddr, SocketAddr) {
+    let mut stack = Stack::new(net);
+    let gw = stack.gateway(1, &[]);
+    let story = stack.service(
+        "story-service",
+        "story-service",
+        2,
+        1,
+        &[("DATABASE_URL", database_url)],
+    );
+    (stack, gw, story)
+}
+
+/// Waits until the gateway sees the story-service member `starting`.
+async fn wait_starting(client: &reqwest::Client, gw: SocketAddr) {
+    wait_for_async(
+        "the member to be seen starting",
+        Duration::from_secs(20),
+        || async {
+            let view = shoal_tests::gateway_view(client, gw).await?;
+            (view.get("story-service")?.first()?.1 == "starting").then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -498,16 +504,8 @@ async fn a_database_lost_while_running_gives_503_and_the_service_comes_back_with
         .expect("the forwarder to the database");
     let (url, _) = via(&url, cut.addr());
     let net = Net::new(26);
-    let mut stack = Stack::new(&net);
     let client = http();
-    let gw = stack.gateway(1, &[]);
-    let story = stack.service(
-        "story-service",
-        "story-service",
-        2,
-        1,
-        &[("DATABASE_URL", &url)],
-    );
+    let (_stack, gw, story) = gateway_and_story(&net, &url);
     wait_routable(&client, gw, "story-service", 1).await;
     let user = format!("lost{}", run_tag());
     let (status, _) = post(
@@ -531,12 +529,7 @@ async fn a_database_lost_while_running_gives_503_and_the_service_comes_back_with
         body["message"].as_str().unwrap_or("").contains("database"),
         "{body}"
     );
-    wait_for_async(
-        "the member to be seen starting",
-        Duration::from_secs(20),
-        || async { (member_health(&client, gw).await? == "starting").then_some(()) },
-    )
-    .await;
+    wait_starting(&client, gw).await;
     let left_after = lost_at.elapsed();
     let (status, body, _) = get_json(&client, format!("http://{gw}/api/story-service/story")).await;
     assert_eq!(
