@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::balance::{self, Endpoint};
-use crate::body::{ProxyBody, UpstreamBody};
+use crate::body::ProxyBody;
 use crate::config::GatewayConfig;
 use crate::connect::Connector;
 use crate::error::error_response;
@@ -48,7 +48,7 @@ pub struct Gateway {
     pub upstreams: Arc<Upstreams>,
     /// Metrics (shared).
     pub metrics: Arc<Metrics>,
-    client: Client<Connector, UpstreamBody>,
+    client: Client<Connector, ProxyBody>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -77,7 +77,7 @@ impl Gateway {
     }
 }
 
-fn client(config: &GatewayConfig) -> Client<Connector, UpstreamBody> {
+fn client(config: &GatewayConfig) -> Client<Connector, ProxyBody> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.proxy.connect_timeout));
     connector.set_nodelay(true);
@@ -274,11 +274,10 @@ fn keepable_body(headers: &HeaderMap, limit: usize) -> Keep {
 
 /// The body of the next attempt: a copy of the kept bytes, or the stream the
 /// first time only.
-fn next_body(kept: &Option<Bytes>, stream: &mut Option<Incoming>) -> Option<UpstreamBody> {
+fn next_body(kept: &Option<Bytes>, stream: &mut Option<Incoming>) -> Option<ProxyBody> {
     match kept {
-        Some(bytes) if bytes.is_empty() => Some(UpstreamBody::Empty),
-        Some(bytes) => Some(UpstreamBody::Buffered(Full::new(bytes.clone()))),
-        None => stream.take().map(UpstreamBody::Streaming),
+        Some(bytes) => Some(ProxyBody::full(bytes.clone())),
+        None => stream.take().map(|body| ProxyBody::Stream(body, None)),
     }
 }
 
@@ -397,12 +396,12 @@ async fn forward(
                 if !response.status().is_server_error() {
                     endpoint.record_success();
                     strip_hop_by_hop(response.headers_mut());
-                    return response.map(|b| ProxyBody::Upstream(b, Some(guard)));
+                    return response.map(|b| ProxyBody::Stream(b, Some(guard)));
                 }
                 note_failure(gw, name, service, &endpoint, now);
                 if !(idempotent && may_retry(gw, service, &tried, &kept, now)) {
                     strip_hop_by_hop(response.headers_mut());
-                    return response.map(|b| ProxyBody::Upstream(b, Some(guard)));
+                    return response.map(|b| ProxyBody::Stream(b, Some(guard)));
                 }
                 // Should no other instance be pickable after all, say why.
                 last_error = Some(error_response(
@@ -695,7 +694,7 @@ async fn forward_upgrade(
             path,
         );
     };
-    let mut upstream_req = Request::new(UpstreamBody::Empty);
+    let mut upstream_req = Request::new(ProxyBody::empty());
     *upstream_req.method_mut() = parts.method;
     *upstream_req.uri_mut() = uri;
     *upstream_req.headers_mut() = headers;
@@ -730,7 +729,7 @@ async fn forward_upgrade(
     endpoint.record_success();
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         strip_hop_by_hop(response.headers_mut());
-        return response.map(|b| ProxyBody::Upstream(b, Some(guard)));
+        return response.map(|b| ProxyBody::Stream(b, Some(guard)));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     tokio::spawn(async move {
@@ -745,7 +744,7 @@ async fn forward_upgrade(
         }
     });
     let (parts, _) = response.into_parts();
-    Response::from_parts(parts, ProxyBody::full(Bytes::new()))
+    Response::from_parts(parts, ProxyBody::empty())
 }
 
 #[cfg(test)]
