@@ -560,14 +560,10 @@ fn upstream_headers(
     traceparent: &HeaderValue,
 ) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
-        Some(prior) => {
-            let mut v = prior.to_vec();
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(peer.ip().to_string().as_bytes());
-            v
-        }
-        None => peer.ip().to_string().into_bytes(),
+    let client_ip = peer.ip().to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+        Some(prior) => [prior.as_bytes(), b", ", client_ip.as_bytes()].concat(),
+        None => client_ip.into_bytes(),
     };
     if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)) {
         headers.insert(X_FORWARDED_FOR, v);

@@ -440,6 +440,19 @@ pub async fn gateway_view(
     )
 }
 
+/// Waits until the service at `addr` says it is `up` itself (`/health` 200).
+pub async fn wait_healthy(client: &reqwest::Client, addr: SocketAddr, timeout: Duration) {
+    wait_for_async(&format!("{addr} healthy"), timeout, || async {
+        let r = client
+            .get(format!("http://{addr}/health"))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+}
+
 /// Waits until the gateway sees `count` instances of `service` up.
 pub async fn wait_routable(
     client: &reqwest::Client,

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use shoal_tests::{Net, Stack, http, wait_for_async, wait_routable};
+use shoal_tests::{Net, Stack, http, wait_for_async, wait_healthy, wait_routable};
 
 /// Suffix that keeps user ids of this run apart from earlier runs on a
 /// persistent database.
@@ -18,20 +18,13 @@ fn run_tag() -> String {
     format!("{:x}", (t.as_millis() as u64) & 0xffffff)
 }
 
-async fn wait_healthy(client: &reqwest::Client, addr: SocketAddr) {
-    wait_for_async(
-        &format!("{addr} healthy"),
-        Duration::from_secs(60),
-        || async {
-            let r = client
-                .get(format!("http://{addr}/health"))
-                .send()
-                .await
-                .ok()?;
-            r.status().is_success().then_some(())
-        },
-    )
-    .await;
+/// The `id` field of every notice of a JSON array answer.
+fn ids(body: &Value) -> Vec<i64> {
+    body.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_i64().unwrap())
+        .collect()
 }
 
 async fn get_json(client: &reqwest::Client, url: String) -> (u16, Value, String) {
@@ -224,22 +217,12 @@ async fn notice_contract(client: &reqwest::Client, base: &str, host: &str) {
     );
 
     let (_, body, _) = get_json(client, format!("{url}/{receiver}")).await;
-    let all: Vec<i64> = body
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["id"].as_i64().unwrap())
-        .collect();
+    let all = ids(&body);
     assert_eq!(all.len(), 25);
     assert!(all.windows(2).all(|w| w[0] > w[1]), "descending ids");
 
     let (_, body, _) = get_json(client, format!("{url}/latest/{receiver}")).await;
-    let page: Vec<i64> = body
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["id"].as_i64().unwrap())
-        .collect();
+    let page = ids(&body);
     assert_eq!(page, all[..10]);
     assert_eq!(body[0]["article_id"], json!(24));
 
@@ -250,19 +233,14 @@ async fn notice_contract(client: &reqwest::Client, base: &str, host: &str) {
     loop {
         let (status, body, _) = get_json(client, format!("{url}/previous/{receiver}/{last}")).await;
         assert_eq!(status, 200);
-        let ids: Vec<i64> = body
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["id"].as_i64().unwrap())
-            .collect();
-        sizes.push(ids.len());
-        if ids.is_empty() {
+        let next = ids(&body);
+        sizes.push(next.len());
+        if next.is_empty() {
             break;
         }
-        assert!(ids.iter().all(|i| *i < last));
-        last = *ids.last().unwrap();
-        seen.extend(ids);
+        assert!(next.iter().all(|i| *i < last));
+        last = *next.last().unwrap();
+        seen.extend(next);
     }
     assert_eq!(sizes, [10, 5, 0]);
     assert_eq!(seen, all);
@@ -342,8 +320,8 @@ async fn contract(net_id: u8, database_url: Option<String>) {
         1,
         &[("DATABASE_URL", &notice_db)],
     );
-    wait_healthy(&client, story).await;
-    wait_healthy(&client, notice).await;
+    wait_healthy(&client, story, Duration::from_secs(60)).await;
+    wait_healthy(&client, notice, Duration::from_secs(60)).await;
     story_contract(&client, &format!("http://{story}"), "story-service-1").await;
     notice_contract(&client, &format!("http://{notice}"), "notice-service-1").await;
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use shoal_tests::{Net, Stack, http, wait_for_async, wait_routable};
+use shoal_tests::{Net, Stack, http, wait_healthy, wait_routable};
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -104,15 +104,7 @@ async fn killing_story_replicas_every_three_seconds_fails_no_get_and_loses_no_ac
     // The gateway may still list a just-killed replica as `up` for a moment:
     // wait for every restarted replica to say `up` itself, then for the view.
     for replica in &replicas {
-        wait_for_async(
-            &format!("{replica} to be up"),
-            Duration::from_secs(30),
-            || async {
-                let r = client.get(format!("http://{replica}/health")).send().await;
-                r.ok()?.status().is_success().then_some(())
-            },
-        )
-        .await;
+        wait_healthy(&client, *replica, Duration::from_secs(30)).await;
     }
     wait_routable(&client, gw, "story-service", 3).await;
     stop.store(true, Ordering::Relaxed);
