@@ -49,7 +49,7 @@ async fn metrics(State(a): State<Admin>) -> Response {
 
 async fn members(State(a): State<Admin>) -> Response {
     let view = a.cluster.view().borrow().clone();
-    Json(serde_json::json!({ "self": a.cluster.id(), "services": &*view })).into_response()
+    Json(shoal_node::MembersDoc::new(a.cluster.id().clone(), &view)).into_response()
 }
 
 async fn health(State(a): State<Admin>) -> Response {

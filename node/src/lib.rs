@@ -36,4 +36,4 @@ pub mod view;
 pub use cluster::{Cluster, JoinError, Role};
 pub use config::{ConfigError, Env, NodeConfig, ServiceName};
 pub use member::{Health, Member, MemberId};
-pub use view::ClusterView;
+pub use view::{ClusterView, MembersDoc};

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use chitchat::{ChitchatId, NodeState};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Gossip key names, in one place.
 pub mod keys {
@@ -30,7 +30,7 @@ pub mod keys {
 }
 
 /// Where a member is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Joined, not ready yet (e.g. waiting for its database).
@@ -76,7 +76,7 @@ impl FromStr for Health {
 
 /// Identity of one run of a member: its node id and the generation (start
 /// time) that tells a restarted member from its predecessor.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MemberId {
     /// Stable name of the member (`story-service@10.0.9.12:8768`).
     pub node: String,
@@ -91,7 +91,7 @@ impl fmt::Display for MemberId {
 }
 
 /// One member of one service, as every other member sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     /// Who it is.
     pub id: MemberId,

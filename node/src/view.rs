@@ -8,12 +8,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::member::{Health, Member};
+use crate::member::{Health, Member, MemberId};
 
-/// The members of every service, grouped and sorted.
+/// The members of every service, grouped and sorted. Serialized as the map
+/// `{"<service>": [<member>, …]}`.
 #[derive(Debug, Default, Clone, Serialize)]
+#[serde(transparent)]
 pub struct ClusterView {
     services: BTreeMap<String, Vec<Arc<Member>>>,
     /// Announced path prefixes, longest first: `(prefix, service)`.
@@ -104,6 +106,48 @@ impl ClusterView {
     }
 }
 
+/// What a gateway's admin port answers on `GET /members`: who answers, and
+/// its view. The one typed form of that document, written by the gateway and
+/// read by `shoal local`, the chaos tool and the tests.
+///
+/// ```json
+/// {"self": {"node": "gateway@10.0.9.3:4000", "generation": 1764145371123},
+///  "services": {"story-service": [{"id": {…}, "service": "story-service",
+///    "addr": "10.0.9.7:8768", "health": "up", "routes": ["/story"],
+///    "host": "a1b2c3", "version": "0.1.0", "started_ms": 1764145370000,
+///    "gossip_addr": "10.0.9.7:7950"}]}}
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembersDoc {
+    /// The member that answered.
+    #[serde(rename = "self")]
+    pub self_id: MemberId,
+    /// Its view: service → members, as [`ClusterView`] serializes.
+    pub services: BTreeMap<String, Vec<Arc<Member>>>,
+}
+
+impl MembersDoc {
+    /// The document for `view`, as seen by `self_id`.
+    pub fn new(self_id: MemberId, view: &ClusterView) -> Self {
+        Self {
+            self_id,
+            services: view.services.clone(),
+        }
+    }
+
+    /// Every member, of every service.
+    pub fn members(&self) -> impl Iterator<Item = &Arc<Member>> {
+        self.services.values().flatten()
+    }
+
+    /// How many members of `service` are `up`.
+    pub fn up_count(&self, service: &str) -> usize {
+        self.services
+            .get(service)
+            .map_or(0, |m| m.iter().filter(|m| m.is_up()).count())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +202,30 @@ mod tests {
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].id.generation, 2);
         assert_eq!(view.up("story-service").count(), 0);
+    }
+
+    #[test]
+    fn members_doc_round_trips_and_matches_the_view_serialization() {
+        let view = ClusterView::from_members([
+            member("a", 1, "story-service", Health::Up, &["/story"]),
+            member("bb", 1, "story-service", Health::Starting, &[]),
+        ]);
+        let id = MemberId {
+            node: "gw".into(),
+            generation: 7,
+        };
+        let doc = MembersDoc::new(id.clone(), &view);
+        let json = serde_json::to_value(&doc).unwrap();
+        assert_eq!(json["services"], serde_json::to_value(&view).unwrap());
+        assert_eq!(json["self"]["generation"], 7);
+        let back: MembersDoc = serde_json::from_value(json).unwrap();
+        assert_eq!(back.self_id, id);
+        assert_eq!(back.up_count("story-service"), 1);
+        assert_eq!(back.members().count(), 2);
+        assert_eq!(
+            *back.services["story-service"][0],
+            *view.members().next().unwrap().clone()
+        );
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl Report {
     /// A human report.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "requests: {} GETs, {} failed {:?}; GET latency p50 {:.1} ms, p99 {:.1} ms\nPOSTs by status: {:?}; acknowledged writes lost: {}, duplicated: {}\nkills:\n",
+            "requests: {} GETs, {} failed {:?}; GET latency p50 {:.1} ms, p99 {:.1} ms\nPOSTs by status: {:?}; acknowledged writes lost: {}, duplicated: {}\n",
             self.gets,
             self.failed_gets(),
             self.get_failures,
@@ -86,6 +86,9 @@ impl Report {
             self.lost,
             self.duplicated
         );
+        if !self.kills.is_empty() {
+            out.push_str("kills:\n");
+        }
         for k in &self.kills {
             let f = |v: Option<f64>| v.map_or("—".to_string(), |s| format!("{s:.2} s"));
             out.push_str(&format!(
@@ -137,15 +140,8 @@ pub fn gateway_views(stack: &str) -> Vec<HashSet<String>> {
                 "--print",
                 "http://127.0.0.1:8761/members",
             ]);
-            let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
-            v["services"]["services"]
-                .as_object()
-                .map(|s| {
-                    s.values()
-                        .flat_map(|m| m.as_array().cloned().unwrap_or_default())
-                        .filter_map(|m| m["host"].as_str().map(String::from))
-                        .collect()
-                })
+            serde_json::from_str::<shoal_node::MembersDoc>(&json)
+                .map(|doc| doc.members().map(|m| m.host.clone()).collect())
                 .unwrap_or_default()
         })
         .collect()
@@ -176,87 +172,175 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Runs the plan and reports.
-pub async fn run(plan: &Plan) -> Report {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_idle_timeout(Duration::from_secs(5))
-        .build()
-        .expect("http client");
-    let stop = Arc::new(AtomicBool::new(false));
-    // host name → first time it answered through the gateway
-    let first_seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let base = plan.gateway.trim_end_matches('/').to_string();
+/// What one GET worker saw: sent, failures by status (0: no answer), and
+/// latencies (ms) of the successes.
+type GetterTally = (u64, HashMap<u16, u64>, Vec<f64>);
 
-    let mut getters = vec![];
-    for w in 0..plan.getters {
-        let (client, stop, first_seen, base) = (
-            client.clone(),
-            stop.clone(),
-            first_seen.clone(),
-            base.clone(),
-        );
-        getters.push(tokio::spawn(async move {
-            let (mut sent, mut failures, mut lat) = (0u64, HashMap::<u16, u64>::new(), Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                sent += 1;
-                let path = if (sent + w as u64) % 2 == 0 {
-                    "story"
-                } else {
-                    "story/service/host"
-                };
-                let url = format!("{base}/api/story-service/{path}");
-                let t = Instant::now();
-                match get_until_answered(&client, &url).await {
-                    Ok(r) if r.status() == 200 => {
-                        let text = r.text().await.unwrap_or_default();
-                        lat.push(t.elapsed().as_secs_f64() * 1e3);
-                        if path.ends_with("host") {
-                            first_seen
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .entry(text)
-                                .or_insert_with(Instant::now);
+/// Bounded load through a gateway, as a patient client sends it: GETs of
+/// `/api/story-service/story` and `…/story/service/host` (the answering
+/// host's first answer is noted), and POSTs with unique ids, checked at the
+/// end for writes lost or duplicated.
+pub struct Load {
+    client: reqwest::Client,
+    base: String,
+    stop: Arc<AtomicBool>,
+    getters: Vec<tokio::task::JoinHandle<GetterTally>>,
+    posters: Vec<tokio::task::JoinHandle<Vec<(String, u16)>>>,
+    /// Host name → the first time it answered through the gateway.
+    pub first_seen: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl Load {
+    /// Starts `getters` GET workers and `posters` POST workers against the
+    /// gateway at `base` (`http://127.0.0.1:4000`).
+    pub fn start(base: &str, getters: usize, posters: usize) -> Load {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()
+            .expect("http client");
+        let stop = Arc::new(AtomicBool::new(false));
+        let first_seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let base = base.trim_end_matches('/').to_string();
+        let getters = (0..getters)
+            .map(|w| {
+                let (client, stop, first_seen, base) = (
+                    client.clone(),
+                    stop.clone(),
+                    first_seen.clone(),
+                    base.clone(),
+                );
+                tokio::spawn(async move {
+                    let (mut sent, mut failures, mut lat) =
+                        (0u64, HashMap::<u16, u64>::new(), Vec::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        sent += 1;
+                        let path = if (sent + w as u64) % 2 == 0 {
+                            "story"
+                        } else {
+                            "story/service/host"
+                        };
+                        let url = format!("{base}/api/story-service/{path}");
+                        let t = Instant::now();
+                        match get_until_answered(&client, &url).await {
+                            Ok(r) if r.status() == 200 => {
+                                let text = r.text().await.unwrap_or_default();
+                                lat.push(t.elapsed().as_secs_f64() * 1e3);
+                                if path.ends_with("host") {
+                                    first_seen
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .entry(text)
+                                        .or_insert_with(Instant::now);
+                                }
+                            }
+                            Ok(r) => *failures.entry(r.status().as_u16()).or_default() += 1,
+                            Err(_) => *failures.entry(0).or_default() += 1,
                         }
                     }
-                    Ok(r) => *failures.entry(r.status().as_u16()).or_default() += 1,
-                    Err(_) => *failures.entry(0).or_default() += 1,
-                }
-            }
-            (sent, failures, lat)
-        }));
-    }
-    let mut posters = vec![];
-    let tag = format!("{:x}", std::process::id());
-    for w in 0..plan.posters {
-        let (client, stop, base, tag) = (client.clone(), stop.clone(), base.clone(), tag.clone());
-        posters.push(tokio::spawn(async move {
-            let mut outcomes = vec![];
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let id = format!("x{tag}{w}-{n}");
-                let url = format!("{base}/api/story-service/story");
-                let body = serde_json::json!({"id": id, "message": "chaos"});
-                let mut outcome = client.post(&url).json(&body).send().await;
-                // Only a connection that never opened may be retried (nothing
-                // was sent), for up to 10 s, as for GETs.
-                let retry_until = Instant::now() + Duration::from_secs(10);
-                while matches!(&outcome, Err(e) if e.is_connect()) && Instant::now() < retry_until {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    outcome = client.post(&url).json(&body).send().await;
-                }
-                let status = outcome.map(|r| r.status().as_u16()).unwrap_or(0);
-                if status == 0 {
-                    // No answer: back off rather than spin.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                outcomes.push((id, status));
-            }
-            outcomes
-        }));
+                    (sent, failures, lat)
+                })
+            })
+            .collect();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let tag = format!("{:x}{nanos:x}", std::process::id());
+        let posters = (0..posters)
+            .map(|w| {
+                let (client, stop, base, tag) =
+                    (client.clone(), stop.clone(), base.clone(), tag.clone());
+                tokio::spawn(async move {
+                    let mut outcomes = vec![];
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let id = format!("x{tag}{w}-{n}");
+                        let url = format!("{base}/api/story-service/story");
+                        let body = serde_json::json!({"id": id, "message": "chaos"});
+                        let mut outcome = client.post(&url).json(&body).send().await;
+                        // Only a connection that never opened may be retried
+                        // (nothing was sent), for up to 10 s, as for GETs.
+                        let retry_until = Instant::now() + Duration::from_secs(10);
+                        while matches!(&outcome, Err(e) if e.is_connect())
+                            && Instant::now() < retry_until
+                        {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            outcome = client.post(&url).json(&body).send().await;
+                        }
+                        let status = outcome.map(|r| r.status().as_u16()).unwrap_or(0);
+                        if status == 0 {
+                            // No answer: back off rather than spin.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        outcomes.push((id, status));
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        Load {
+            client,
+            base,
+            stop,
+            getters,
+            posters,
+            first_seen,
+        }
     }
 
+    /// Stops the load, then reads every write back: the report without kills.
+    pub async fn finish(self) -> Report {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut report = Report::default();
+        let mut lat = vec![];
+        for g in self.getters {
+            if let Ok((s, f, l)) = g.await {
+                report.gets += s;
+                for (k, v) in f {
+                    *report.get_failures.entry(k).or_default() += v;
+                }
+                lat.extend(l);
+            }
+        }
+        lat.sort_by(|a, b| a.total_cmp(b));
+        report.p50_ms = percentile(&lat, 0.5);
+        report.p99_ms = percentile(&lat, 0.99);
+        let mut posts = vec![];
+        for p in self.posters {
+            if let Ok(o) = p.await {
+                posts.extend(o);
+            }
+        }
+        for (id, status) in &posts {
+            *report.posts.entry(*status).or_default() += 1;
+            let url = format!("{}/api/story-service/story/{id}", self.base);
+            let rows = get_until_answered(&self.client, &url).await.ok();
+            let n = match rows {
+                Some(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v.as_array().map(Vec::len))
+                    .unwrap_or(0),
+                None => 0,
+            };
+            if *status == 201 && n == 0 {
+                report.lost += 1;
+            }
+            if n > 1 {
+                report.duplicated += 1;
+            }
+        }
+        report
+    }
+}
+
+/// Runs the plan and reports.
+pub async fn run(plan: &Plan) -> Report {
+    let load = Load::start(&plan.gateway, plan.getters, plan.posters);
+    let first_seen = load.first_seen.clone();
     let started = Instant::now();
     let mut kills = vec![];
     let mut seed = std::process::id() as u64 | 1;
@@ -314,23 +398,8 @@ pub async fn run(plan: &Plan) -> Report {
     }
     // Give the last replacement time to appear, then stop the load.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    stop.store(true, Ordering::Relaxed);
-
-    let mut report = Report::default();
-    let mut lat = vec![];
-    for g in getters {
-        if let Ok((s, f, l)) = g.await {
-            report.gets += s;
-            for (k, v) in f {
-                *report.get_failures.entry(k).or_default() += v;
-            }
-            lat.extend(l);
-        }
-    }
-    lat.sort_by(|a, b| a.total_cmp(b));
-    report.p50_ms = percentile(&lat, 0.5);
-    report.p99_ms = percentile(&lat, 0.99);
     let seen = first_seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut report = load.finish().await;
     for (container, host, left_views, killed_at, known, was_gateway) in kills {
         let replacement = (!was_gateway)
             .then(|| {
@@ -351,35 +420,6 @@ pub async fn run(plan: &Plan) -> Report {
             left_views,
             replacement_routable: replacement,
         });
-    }
-    let mut posts = vec![];
-    for p in posters {
-        if let Ok(o) = p.await {
-            posts.extend(o);
-        }
-    }
-    for (id, status) in &posts {
-        *report.posts.entry(*status).or_default() += 1;
-        let rows = client
-            .get(format!("{base}/api/story-service/story/{id}"))
-            .send()
-            .await
-            .ok();
-        let n = match rows {
-            Some(r) => r
-                .json::<serde_json::Value>()
-                .await
-                .ok()
-                .and_then(|v| v.as_array().map(Vec::len))
-                .unwrap_or(0),
-            None => 0,
-        };
-        if *status == 201 && n == 0 {
-            report.lost += 1;
-        }
-        if n > 1 {
-            report.duplicated += 1;
-        }
     }
     report
 }

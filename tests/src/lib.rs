@@ -276,6 +276,29 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The children of process `parent` whose `argv[0]` is `name`, as
+/// `pgrep -P parent -xf name` finds them (`shoal local` names each replica
+/// so).
+pub fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // pid (comm) state ppid …; comm may hold spaces, so split after ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+            ppid == Some(parent) && argv0 == name.as_bytes()
+        })
+        .collect()
+}
+
 /// Starts a `shoal sidecar --watch` member of `service` at `ip`.
 pub fn sidecar(net: &Net, ip: IpAddr, service: &str, name: &str) -> Proc {
     let mut env = net.member_env(ip, service, name);
@@ -408,7 +431,7 @@ pub async fn gateway_view(
     gateway: SocketAddr,
 ) -> Option<HashMap<String, Vec<(String, String)>>> {
     let admin = SocketAddr::new(gateway.ip(), ports::ADMIN);
-    let body: serde_json::Value = client
+    let doc: shoal_node::MembersDoc = client
         .get(format!("http://{admin}/members"))
         .send()
         .await
@@ -416,24 +439,14 @@ pub async fn gateway_view(
         .json()
         .await
         .ok()?;
-    let services = body.get("services")?.get("services")?.as_object()?;
     Some(
-        services
+        doc.services
             .iter()
             .map(|(name, members)| {
                 let list = members
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|m| {
-                                (
-                                    m["host"].as_str().unwrap_or("").to_string(),
-                                    m["health"].as_str().unwrap_or("").to_string(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                    .iter()
+                    .map(|m| (m.host.clone(), m.health.to_string()))
+                    .collect();
                 (name.clone(), list)
             })
             .collect(),

@@ -257,7 +257,7 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
         .into_iter()
         .next()
         .expect("a gateway task");
-    let members: serde_json::Value = serde_json::from_str(&docker(&[
+    let members: shoal_node::MembersDoc = serde_json::from_str(&docker(&[
         "exec",
         &gw,
         "/shoal",
@@ -267,21 +267,17 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
     ]))
     .expect("members JSON");
     let mut checked = 0;
-    for list in members["services"]["services"]
-        .as_object()
-        .expect("services")
-        .values()
-    {
-        for m in list.as_array().expect("members") {
-            let host = m["host"].as_str().unwrap_or_default();
-            let addr = m["addr"].as_str().unwrap_or_default();
-            let ip = addr.rsplit_once(':').map(|(ip, _)| ip).unwrap_or_default();
+    for list in members.services.values() {
+        for m in list {
+            let host = m.host.as_str();
+            let addr = m.addr.to_string();
+            let ip = m.addr.ip().to_string();
             assert!(
                 ip.starts_with("10.0.9."),
                 "{host} advertises {addr}, outside 10.0.9.0/24"
             );
             assert_eq!(
-                Some(&ip.to_string()),
+                Some(&ip),
                 task_ips.get(host),
                 "{host} advertises {addr}, its task's msa-network address is {:?}",
                 task_ips.get(host)

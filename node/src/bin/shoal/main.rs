@@ -46,6 +46,9 @@ enum Command {
         /// Keep watching: print one JSON line per change of the view, until Ctrl-C.
         #[arg(long)]
         watch: bool,
+        /// Also log what the observer does (joining, leaving) on stderr.
+        #[arg(short, long)]
+        verbose: bool,
     },
     /// GETs a URL; exit 0 on 2xx, 1 otherwise.
     Healthcheck {
@@ -101,7 +104,8 @@ fn main() -> ExitCode {
                 json,
                 wait,
                 watch,
-            } => members(seeds, json, wait, watch).await,
+                verbose,
+            } => members(seeds, json, wait, watch, verbose).await,
             Command::Healthcheck {
                 url,
                 timeout,
@@ -140,6 +144,7 @@ async fn members(
     json: bool,
     wait: Duration,
     watch: bool,
+    verbose: bool,
 ) -> anyhow::Result<()> {
     let mut env = Env::from_process();
     if let Some(seeds) = seeds {
@@ -150,7 +155,10 @@ async fn members(
     }
     // An observer takes a free gossip port so it can run beside a member.
     env.set("SHOAL_GOSSIP_PORT", "0");
-    shoal_node::telemetry::init(shoal_node::config::log_json(&env)?);
+    shoal_node::telemetry::init_with_default(
+        shoal_node::config::log_json(&env)?,
+        if verbose { "info" } else { "warn" },
+    );
     let config = NodeConfig::from_env(&env, "shoal-cli", 0)?;
     let cluster = Cluster::join(&config, Role::Observer).await?;
     if watch {
