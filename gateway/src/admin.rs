@@ -11,29 +11,23 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 use shoal_node::Cluster;
-use tokio::sync::watch;
 
-use crate::proxy::Gateway;
+use crate::state::Gateway;
 
 #[derive(Clone)]
 struct Admin {
     gw: Arc<Gateway>,
     cluster: Cluster,
-    draining: watch::Receiver<bool>,
 }
 
 /// The admin router.
-pub fn router(gw: Arc<Gateway>, cluster: Cluster, draining: watch::Receiver<bool>) -> Router {
+pub fn router(gw: Arc<Gateway>, cluster: Cluster) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route("/metrics", get(metrics))
         .route("/members", get(members))
         .route("/health", get(health))
-        .with_state(Admin {
-            gw,
-            cluster,
-            draining,
-        })
+        .with_state(Admin { gw, cluster })
 }
 
 async fn metrics(State(a): State<Admin>) -> Response {
@@ -53,7 +47,7 @@ async fn members(State(a): State<Admin>) -> Response {
 }
 
 async fn health(State(a): State<Admin>) -> Response {
-    if *a.draining.borrow() {
+    if a.gw.drain.is_draining() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({"status": "DRAINING"})),

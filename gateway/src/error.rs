@@ -8,7 +8,7 @@ use crate::body::ProxyBody;
 
 /// A JSON error answer.
 pub fn error_response(status: StatusCode, message: &str, path: &str) -> Response<ProxyBody> {
-    let json = shoal_node::spring::error_json::<()>(status, message, path, &[]);
+    let json = shoal_http::spring::error_json::<()>(status, message, path, &[]);
     let mut response = Response::new(ProxyBody::full(json));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -16,6 +16,19 @@ pub fn error_response(status: StatusCode, message: &str, path: &str) -> Response
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// An error and its sources, `outer: inner: root`, for messages that say
+/// what really failed (hyper's "client error (Connect)" alone does not).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]

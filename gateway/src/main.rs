@@ -3,26 +3,38 @@
 //! 4000, and serves metrics and membership on the admin port 8761.
 //!
 //! # Layout (in the order a request passes)
+//! - [`server`], [`workers`]: accept connections, one runtime per CPU.
+//! - [`proxy`]: the entry of a request: trace context, access log, metrics.
 //! - [`route`]: path → service and upstream path.
-//! - [`balance`]: power of two choices over peak-EWMA.
-//! - [`proxy`]: forward, retry, stream, upgrade.
-//! - [`outcome`]: retry budget and circuit breaker.
-//! - [`upstreams`]: the routing table rebuilt from each new view.
-//! - [`server`], [`workers`], [`admin`], [`metrics`], [`error`], [`body`], [`config`].
+//! - [`admission`]: an instance up, breaker closed, under the limit.
+//! - [`retry`]: attempts by the rules that never duplicate a write, with
+//!   [`replay`] (bodies kept for retries), [`balance`] (P2C over peak-EWMA)
+//!   and [`headers`] (hop-by-hop, `X-Forwarded-*`, `traceparent`).
+//! - [`upgrade`]: WebSocket handshakes and tunnels.
+//! - [`outcome`]: retry budget, circuit breaker, ejection.
+//! - [`upstreams`]: the routing table rebuilt from each new view; [`state`]:
+//!   what every request reads.
+//! - [`admin`], [`metrics`], [`error`], [`body`], [`connect`], [`config`].
 
 #![forbid(unsafe_code)]
 
 mod admin;
+mod admission;
 mod balance;
 mod body;
 mod config;
 mod connect;
 mod error;
+mod headers;
 mod metrics;
 mod outcome;
 mod proxy;
+mod replay;
+mod retry;
 mod route;
 mod server;
+mod state;
+mod upgrade;
 mod upstreams;
 mod workers;
 
@@ -32,16 +44,15 @@ use std::sync::Arc;
 use anyhow::Context;
 use shoal_node::{Cluster, Env, Health, Role};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::GatewayConfig;
-use crate::proxy::Gateway;
+use crate::state::Gateway;
 
 fn main() -> anyhow::Result<()> {
     let env = Env::from_process();
     let config = GatewayConfig::from_env(&env)?;
-    shoal_node::telemetry::init(config.log_json);
+    shoal_http::telemetry::init(config.log_json);
     // The control runtime: gossip, the view watcher, the admin port, signals.
     // Requests are served by worker threads of their own (see `workers`).
     tokio::runtime::Builder::new_current_thread()
@@ -59,10 +70,9 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     })?;
     let drain_timeout = config.node.timings.drain_timeout;
     let workers = config.workers;
-    let gw = Gateway::new(config);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut serving =
-        workers::start(&gw, public_addr, workers, stop_rx.clone(), drain_timeout).await?;
+    let gw = Gateway::new(config, shoal_http::Drain::new());
+    let drain = gw.drain.clone();
+    workers::start(&gw, public_addr, workers, drain_timeout).await?;
     let cluster = Cluster::join(&gw.config.node, Role::Service { routes: Vec::new() }).await?;
 
     // Every new view rebuilds the routing table.
@@ -81,7 +91,7 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         })
     };
 
-    let admin_app = admin::router(Arc::new(gw), cluster.clone(), stop_rx);
+    let admin_app = admin::router(Arc::new(gw), cluster.clone());
     tokio::spawn(async move {
         if let Err(err) = axum::serve(admin, admin_app).await {
             warn!(error = %err, "admin server stopped");
@@ -90,17 +100,8 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     cluster.set_health(Health::Up).await;
     info!(%public_addr, %admin_addr, workers, "gateway ready");
 
-    shoal_node::signal::terminate().await;
-    info!("stopping: draining");
-    cluster.begin_drain().await;
-    let _ = stop_tx.send(true);
-    let mut still_open = 0;
-    while let Some(open) = serving.recv().await {
-        still_open += open;
-    }
-    if still_open > 0 {
-        warn!(still_open, "grace period over with connections still open");
-    }
+    shoal_http::signal::terminate().await;
+    shoal_http::stop_member(&cluster, &drain, drain_timeout).await;
     cluster.leave().await;
     watcher.abort();
     info!("stopped");

@@ -1,22 +1,25 @@
 //! Outcome: what each answer teaches the gateway, read by the next pick.
 //!
-//! - [`RetryBudget`] per service: retries may add at most `ratio` of the
-//!   requests plus `min_per_sec` per second over a sliding window, so a sick
-//!   service is not hammered by retry storms.
+//! - [`RetryBudget`] per service (tower's `TpsBudget`): retries may add at
+//!   most `ratio` of the requests plus `min_per_sec` per second over 10 s, so
+//!   a sick service is not hammered by retry storms.
 //! - [`Breaker`] per service, with Hystrix's defaults: at least 20 requests
 //!   and 50 % errors in a 10 s window open it; while open every request is
 //!   answered 503 at once; after 5 s one trial request goes through, and its
 //!   outcome closes or re-opens the breaker.
-//! - Outlier ejection per instance lives on [`crate::balance::Endpoint`];
-//!   the rule that at most half a service is ejected is applied by the caller
-//!   that sees the whole service.
+//! - Outlier ejection ([`note_failure`]): the failure streak and ejection
+//!   time live on [`crate::balance::Endpoint`]; the rule that at most half a
+//!   service is ejected is applied here, where the whole service is seen.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::warn;
 
+use crate::balance::Endpoint;
 use crate::config::ResilienceConfig;
+use crate::upstreams::ServiceState;
 
 const BUCKETS: usize = 10;
 
@@ -74,45 +77,36 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Retry budget of one service.
-#[derive(Debug)]
-pub struct RetryBudget {
-    ratio: f64,
-    min_per_sec: u32,
-    span: Duration,
-    /// (requests, retries) per bucket.
-    window: Mutex<Window>,
+/// Retry budget of one service: tower's `TpsBudget` (retries may add at
+/// most `SHOAL_RETRY_BUDGET_RATIO` of the requests, plus
+/// `SHOAL_RETRY_BUDGET_MIN` per second, over 10 s).
+pub type RetryBudget = tower::retry::budget::TpsBudget;
+
+pub use tower::retry::budget::Budget;
+
+/// The budget `config` asks for.
+pub fn retry_budget(config: &ResilienceConfig) -> RetryBudget {
+    RetryBudget::new(
+        Duration::from_secs(10),
+        config.retry_min_per_sec,
+        config.retry_ratio as f32,
+    )
 }
 
-impl RetryBudget {
-    /// A budget of `ratio` of requests plus `min_per_sec` per second, over 10 s.
-    pub fn new(ratio: f64, min_per_sec: u32, now: Instant) -> Self {
-        let span = Duration::from_secs(10);
-        Self {
-            ratio,
-            min_per_sec,
-            span,
-            window: Mutex::new(Window::new(span, now)),
-        }
-    }
-
-    /// Counts a request (a deposit).
-    pub fn deposit(&self, now: Instant) {
-        lock(&self.window).add(now, 1, 0);
-    }
-
-    /// Takes one retry from the budget; false when it is spent.
-    pub fn withdraw(&self, now: Instant) -> bool {
-        let mut w = lock(&self.window);
-        let (requests, retries) = w.sums(now);
-        let allowed =
-            self.min_per_sec as f64 * self.span.as_secs_f64() + self.ratio * requests as f64;
-        if (retries as f64) < allowed {
-            w.add(now, 0, 1);
-            true
-        } else {
-            false
-        }
+/// Counts a failure of `endpoint`; ejects it after
+/// `SHOAL_EJECT_AFTER` failures in a row, unless half the service is
+/// already out.
+pub fn note_failure(
+    config: &ResilienceConfig,
+    service: &ServiceState,
+    endpoint: &Endpoint,
+    now: Instant,
+) {
+    let streak = endpoint.record_failure();
+    if streak >= config.eject_after && service.may_eject(now) {
+        let time = endpoint.eject(config.eject_time, now);
+        service.metrics.ejections.inc();
+        warn!(service = %service.name, instance = %endpoint.addr(), streak, ejected_for = ?time, "instance ejected");
     }
 }
 
@@ -181,6 +175,14 @@ impl Breaker {
                 s.trial_since = Some(now);
                 Some(Permit::Trial)
             }
+        }
+    }
+
+    /// Gives back a permit whose request taught nothing of the service (the
+    /// gateway answered by itself): a trial permit lets the next request try.
+    pub fn release(&self, permit: Permit) {
+        if permit == Permit::Trial {
+            lock(&self.inner).trial_since = None;
         }
     }
 

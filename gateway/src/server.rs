@@ -1,11 +1,12 @@
 //! The public listener: accepts connections and serves them with hyper
 //! until told to stop, then lets every connection finish what it is doing.
 //!
-//! Stopping works as in mini-redis: each connection task holds a clone of
-//! an mpsc sender and watches a shutdown signal. On the signal the accept
-//! loop ends, each connection finishes its in-flight request and closes
-//! (keep-alive connections included), and when the last sender is dropped
-//! the server knows every connection is done.
+//! Stopping works as in mini-redis, through the gateway's
+//! [`shoal_http::Drain`]: each connection task holds a `Watch` (counted
+//! while it lives) and races its connection against the drain. When the
+//! drain starts the accept loop ends, each connection finishes its
+//! in-flight request and closes (keep-alive connections included), and the
+//! drain knows every connection is done when the last `Watch` is dropped.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,22 +15,21 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use shoal_http::Work;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
-use crate::proxy::{self, Gateway};
+use crate::proxy;
+use crate::state::Gateway;
 
-/// Serves `listener` until `stop` turns true, then waits for open
-/// connections to finish, at most `grace`. Returns the number of
-/// connections that were still open when the grace period ended.
-pub async fn serve(
-    listener: TcpListener,
-    gw: Arc<Gateway>,
-    mut stop: watch::Receiver<bool>,
-    grace: Duration,
-) -> usize {
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+/// Serves `listener` until the gateway's drain starts, then waits for the
+/// drain to end (every connection and tunnel done, or `grace` over) so this
+/// runtime's connections can finish.
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, grace: Duration) {
+    let drain = gw.drain.clone();
+    // Not a `Watch`: the accept loop is not work the drain waits for.
+    let draining = drain.draining();
+    tokio::pin!(draining);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -44,8 +44,7 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let gw = gw.clone();
-                let mut stop = stop.clone();
-                let done = done_tx.clone();
+                let mut watch = drain.watch(Work::Connection);
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let gw = gw.clone();
@@ -59,7 +58,7 @@ pub async fn serve(
                     tokio::pin!(conn);
                     let result = tokio::select! {
                         r = conn.as_mut() => r,
-                        _ = stopped(&mut stop) => {
+                        _ = watch.draining() => {
                             conn.as_mut().graceful_shutdown();
                             conn.await
                         }
@@ -67,22 +66,12 @@ pub async fn serve(
                     if let Err(err) = result {
                         debug!(%peer, error = %err, "connection ended with an error");
                     }
-                    drop(done);
+                    drop(watch);
                 });
             }
-            _ = stopped(&mut stop) => break,
+            _ = &mut draining => break,
         }
     }
     drop(listener);
-    drop(done_tx);
-    let open = done_rx.sender_strong_count();
-    match tokio::time::timeout(grace, done_rx.recv()).await {
-        Ok(_) => 0,
-        Err(_) => open.max(1),
-    }
-}
-
-/// Resolves once the stop signal is true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
+    drain.wait(grace).await;
 }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::balance::Endpoint;
 use crate::config::ResilienceConfig;
 use crate::metrics::{Metrics, ServiceMetrics};
-use crate::outcome::{Breaker, RetryBudget};
+use crate::outcome::{Breaker, RetryBudget, retry_budget};
 
 /// One service in the table.
 #[derive(Debug)]
@@ -98,11 +98,7 @@ impl Upstreams {
                 Some(s) => (s.breaker.clone(), s.budget.clone(), s.metrics.clone()),
                 None => (
                     Arc::new(Breaker::new(&self.resilience, now)),
-                    Arc::new(RetryBudget::new(
-                        self.resilience.retry_ratio,
-                        self.resilience.retry_min_per_sec,
-                        now,
-                    )),
+                    Arc::new(retry_budget(&self.resilience)),
                     Arc::new(metrics.for_service(name)),
                 ),
             };

@@ -11,31 +11,29 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::oneshot;
 
-use crate::proxy::Gateway;
 use crate::server;
+use crate::state::Gateway;
 
-/// Starts `n` workers serving `addr`. Returns once every worker listens;
-/// each then reports, on the returned channel, how many connections were
-/// still open when it stopped.
+/// Starts `n` workers serving `addr`. Returns once every worker listens.
+/// Each serves until the gateway's drain starts, then keeps its runtime
+/// alive until the drain is over (at most `grace`) so its connections and
+/// tunnels can finish.
 pub async fn start(
     gw: &Gateway,
     addr: SocketAddr,
     n: usize,
-    stop: watch::Receiver<bool>,
     grace: Duration,
-) -> anyhow::Result<mpsc::UnboundedReceiver<usize>> {
+) -> anyhow::Result<()> {
     // SO_REUSEPORT would let a second gateway on this address share the port
     // silently: make sure nobody holds it first.
     drop(
         std::net::TcpListener::bind(addr)
             .with_context(|| format!("cannot listen on {addr} (SHOAL_LISTEN / SHOAL_PORT)"))?,
     );
-    let (done_tx, done_rx) = mpsc::unbounded_channel();
     for i in 0..n {
         let gw = Arc::new(gw.for_worker());
-        let (stop, done) = (stop.clone(), done_tx.clone());
         let (bound_tx, bound_rx) = oneshot::channel::<anyhow::Result<()>>();
         std::thread::Builder::new()
             .name(format!("gateway-worker-{i}"))
@@ -59,8 +57,7 @@ pub async fn start(
                         }
                     };
                     let _ = bound_tx.send(Ok(()));
-                    let open = server::serve(listener, gw, stop, grace).await;
-                    let _ = done.send(open);
+                    server::serve(listener, gw, grace).await;
                 });
             })
             .context("cannot start a worker thread")?;
@@ -69,7 +66,7 @@ pub async fn start(
             .context("a worker thread died while starting")?
             .with_context(|| format!("cannot listen on {addr} (SHOAL_LISTEN / SHOAL_PORT)"))?;
     }
-    Ok(done_rx)
+    Ok(())
 }
 
 fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::advertise::{self, AdvertiseError};
 use crate::config::{GossipProtocol, NodeConfig};
 use crate::member::{Announce, Health, Member, MemberId, keys};
-use crate::transport::{GossipStats, SealedTransport, Sealer};
+use crate::transport::{GossipStats, SealedTransport, Sealer, max_message_len};
 use crate::view::ClusterView;
 
 /// Why a member could not join.
@@ -135,6 +135,8 @@ impl Cluster {
                 GossipProtocol::V0 => ProtocolVersion::V0,
                 GossipProtocol::V1 => ProtocolVersion::V1,
             },
+            // Room for the seal: a full message, sealed, still fits the MTU.
+            max_message_len: max_message_len(config.gossip_mtu, config.keys.is_some()),
         };
         let stats = Arc::new(GossipStats::default());
         let sealer = config
@@ -144,7 +146,7 @@ impl Cluster {
         if sealer.is_none() {
             warn!("SHOAL_INSECURE: gossip is neither authenticated nor encrypted");
         }
-        let transport = SealedTransport::new(sealer, stats.clone());
+        let transport = SealedTransport::new(sealer, stats.clone(), config.gossip_mtu);
         let handle = spawn_chitchat(chitchat_config, announce.key_values(), &transport)
             .await
             .map_err(|source| JoinError::Gossip {

@@ -18,6 +18,14 @@ use crate::key::{ClusterKey, KeyRing};
 /// Default UDP port of the gossip protocol. Never 7946: Swarm's own gossip
 /// (memberlist) uses it on every node.
 pub const DEFAULT_GOSSIP_PORT: u16 = 7950;
+/// Default gossip datagram size: the largest UDP payload. chitchat 0.13
+/// sends every member's digest in every round, so at a few dozen members a
+/// round's message outgrows a VXLAN frame (≈1,450 bytes) whatever this is;
+/// a smaller value only cuts deltas finer (slower joins) while digests are
+/// fragmented anyway. See docs/membership.md, "Datagram size".
+pub const DEFAULT_GOSSIP_MTU: usize = 65_507;
+/// The smallest accepted `SHOAL_GOSSIP_MTU`.
+pub const MIN_GOSSIP_MTU: usize = 1_200;
 
 /// A configuration value that could not be accepted.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +110,43 @@ impl Env {
             None => Ok(default),
             Some(raw) => parse_duration(raw)
                 .ok_or_else(|| invalid(var, raw, "a duration such as 250ms, 5s or 2m")),
+        }
+    }
+
+    /// Parses a variable, or takes `default` when unset, and checks that the
+    /// value lies in `range`; `expected` says what is accepted, once for
+    /// both failures (not a number, out of range).
+    pub fn parse_in<T: FromStr + PartialOrd>(
+        &self,
+        var: &'static str,
+        default: T,
+        range: impl std::ops::RangeBounds<T>,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
+        let value = self.parse_or(var, default, expected)?;
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(invalid(var, self.get(var).unwrap_or_default(), expected))
+        }
+    }
+
+    /// [`Env::duration_or`], then a check that the duration lies in `range`.
+    pub fn duration_in(
+        &self,
+        var: &'static str,
+        default: Duration,
+        range: impl std::ops::RangeBounds<Duration>,
+        expected: &str,
+    ) -> Result<Duration, ConfigError> {
+        let value = match self.get(var) {
+            None => default,
+            Some(raw) => parse_duration(raw).ok_or_else(|| invalid(var, raw, expected))?,
+        };
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(invalid(var, self.get(var).unwrap_or_default(), expected))
         }
     }
 
@@ -256,6 +301,9 @@ pub struct NodeConfig {
     pub keys: Option<KeyRing>,
     /// Wire format of the gossip (`SHOAL_GOSSIP_PROTOCOL`, v0 or v1).
     pub protocol: GossipProtocol,
+    /// Size of the datagrams gossip messages are filled up to, seal
+    /// included (`SHOAL_GOSSIP_MTU`, default [`DEFAULT_GOSSIP_MTU`]).
+    pub gossip_mtu: usize,
     /// Host name shown by `/service/host` and in the member id (`SHOAL_HOSTNAME`).
     pub hostname: String,
     /// Gossip and failure-detection timings.
@@ -319,6 +367,12 @@ impl NodeConfig {
             Some(h) => h.to_string(),
             None => gethostname::gethostname().to_string_lossy().into_owned(),
         };
+        let gossip_mtu = env.parse_in(
+            "SHOAL_GOSSIP_MTU",
+            DEFAULT_GOSSIP_MTU,
+            MIN_GOSSIP_MTU..=DEFAULT_GOSSIP_MTU,
+            "a datagram size in bytes, 1200-65507",
+        )?;
         let timings = read_timings(env)?;
         let keys = read_keys(env)?;
         Ok(Self {
@@ -331,6 +385,7 @@ impl NodeConfig {
             cluster,
             keys,
             protocol,
+            gossip_mtu,
             hostname,
             timings,
         })
@@ -339,26 +394,18 @@ impl NodeConfig {
 
 fn read_timings(env: &Env) -> Result<Timings, ConfigError> {
     let d = Timings::default();
-    let gossip_interval = env.duration_or("SHOAL_GOSSIP_INTERVAL", d.gossip_interval)?;
-    if gossip_interval < Duration::from_millis(10) || gossip_interval > Duration::from_secs(10) {
-        return Err(invalid(
-            "SHOAL_GOSSIP_INTERVAL",
-            env.get("SHOAL_GOSSIP_INTERVAL").unwrap_or_default(),
-            "a duration between 10ms and 10s",
-        ));
-    }
-    let phi_threshold: f64 = env.parse_or(
+    let gossip_interval = env.duration_in(
+        "SHOAL_GOSSIP_INTERVAL",
+        d.gossip_interval,
+        Duration::from_millis(10)..=Duration::from_secs(10),
+        "a duration between 10ms and 10s",
+    )?;
+    let phi_threshold = env.parse_in(
         "SHOAL_PHI_THRESHOLD",
         d.phi_threshold,
+        1.0..=32.0,
         "a number between 1 and 32",
     )?;
-    if !(1.0..=32.0).contains(&phi_threshold) {
-        return Err(invalid(
-            "SHOAL_PHI_THRESHOLD",
-            &phi_threshold.to_string(),
-            "a number between 1 and 32",
-        ));
-    }
     Ok(Timings {
         gossip_interval,
         phi_threshold,

@@ -13,9 +13,6 @@
 //! - [`member`]: the gossip keys a member publishes and the typed record.
 //! - [`view`]: [`ClusterView`], service → members.
 //! - [`cluster`]: [`Cluster`], the handle that joins, publishes and drains.
-//! - [`signal`]: waiting for SIGTERM / Ctrl-C.
-//! - [`spring`]: the Spring error body of the classic stack.
-//! - [`telemetry`]: logging setup shared by every binary.
 //!
 //! Nothing outside this crate sees chitchat: the rest of shoal reads typed
 //! members and views.
@@ -27,9 +24,6 @@ pub mod cluster;
 pub mod config;
 pub mod key;
 pub mod member;
-pub mod signal;
-pub mod spring;
-pub mod telemetry;
 pub mod transport;
 pub mod view;
 

@@ -12,31 +12,30 @@
 //! chitchat's parser. Replays of a valid packet are harmless: chitchat
 //! ignores state older than what it has (versions and heartbeats only grow).
 //!
-//! ## The codec bridge
+//! The socket is a thin wrapper: chitchat's envelope codec (public in the
+//! vendored chitchat, see `vendor/chitchat/README.md`) turns an envelope
+//! into bytes, which are sealed and sent in one datagram; a datagram
+//! received is opened, then decoded. One UDP socket per member, one
+//! `send_to`/`recv_from` per datagram.
 //!
-//! chitchat 0.13 keeps the (de)serialization of its envelope private: a
-//! custom [`Transport`] receives typed envelopes but cannot turn them into
-//! bytes. So each sealed socket keeps a private chitchat [`UdpSocket`] bound
-//! to 127.0.0.1 as its codec: to send, chitchat's socket encodes the envelope
-//! to a local "encoder" socket of ours, which seals the bytes and sends them
-//! to the peer; to receive, the opened bytes are relayed to the codec socket
-//! from a relay socket dedicated to that peer, so the decoded envelope comes
-//! back tagged with an address we map back to the peer. Loopback datagrams
-//! are delivered synchronously, so this costs two local syscalls per packet
-//! (measured in docs/membership.md) and keeps chitchat unmodified.
+//! ## Size
+//!
+//! Sealing adds [`OVERHEAD`] bytes. chitchat is told to fill its messages
+//! up to [`max_message_len`] of the gossip MTU (`SHOAL_GOSSIP_MTU`), so a
+//! sealed datagram always fits and none is dropped for size. A message that
+//! would still not fit (a digest alone larger than the MTU) is sent anyway,
+//! up to the UDP limit, and counted as oversized; the IP layer fragments it.
 
-use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use chitchat::ChitchatEnvelope;
-use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket as CodecSocket};
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
 use rand::RngCore;
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
@@ -50,9 +49,8 @@ const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// Bytes a sealed datagram adds to chitchat's.
 pub const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
-const MAX_DATAGRAM: usize = 65_507;
-/// Peers with a relay socket at once; the least recently used is dropped past this.
-const MAX_RELAYS: usize = 1024;
+/// The largest UDP payload over IPv4.
+pub const MAX_DATAGRAM: usize = chitchat::MAX_UDP_DATAGRAM_PAYLOAD_SIZE;
 
 /// Counters of the gossip traffic of one member.
 #[derive(Debug, Default)]
@@ -65,8 +63,13 @@ pub struct GossipStats {
     pub packets_received: AtomicU64,
     /// Bytes received on the wire (sealed), accepted or not.
     pub bytes_received: AtomicU64,
-    /// Datagrams dropped because they did not open (wrong key, truncated, garbage).
+    /// Datagrams dropped because they did not open (wrong key, truncated,
+    /// garbage) or did not decode.
     pub packets_rejected: AtomicU64,
+    /// Datagrams sent larger than the gossip MTU (fragmented by IP).
+    pub packets_oversized: AtomicU64,
+    /// Datagrams not sent because they exceed the UDP limit even alone.
+    pub packets_dropped_oversized: AtomicU64,
 }
 
 impl GossipStats {
@@ -164,18 +167,32 @@ impl Sealer {
     }
 }
 
+/// The largest chitchat message that still fits in a datagram of `mtu`
+/// bytes once sealed (or in clear, when `sealed` is false).
+pub fn max_message_len(mtu: usize, sealed: bool) -> usize {
+    let mtu = mtu.min(MAX_DATAGRAM);
+    if sealed {
+        mtu.saturating_sub(OVERHEAD)
+    } else {
+        mtu
+    }
+}
+
 /// A chitchat [`Transport`] that seals every datagram, or passes them in the
 /// clear when no key ring is given (`SHOAL_INSECURE`), counting traffic either way.
 #[derive(Clone)]
 pub struct SealedTransport {
     sealer: Option<Sealer>,
     stats: Arc<GossipStats>,
+    mtu: usize,
 }
 
 impl SealedTransport {
-    /// A transport sealing with `sealer` (or clear when `None`) and counting into `stats`.
-    pub fn new(sealer: Option<Sealer>, stats: Arc<GossipStats>) -> Self {
-        Self { sealer, stats }
+    /// A transport sealing with `sealer` (or clear when `None`) and counting
+    /// into `stats`; `mtu` is the datagram size chitchat's messages are
+    /// sized for (see [`max_message_len`]).
+    pub fn new(sealer: Option<Sealer>, stats: Arc<GossipStats>, mtu: usize) -> Self {
+        Self { sealer, stats, mtu }
     }
 }
 
@@ -185,95 +202,29 @@ impl Transport for SealedTransport {
         let wire = UdpSocket::bind(listen_addr)
             .await
             .with_context(|| format!("failed to bind the gossip socket to {listen_addr}/udp"))?;
-        let local: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
-        let codec = CodecSocket::open(local).await?;
-        let encoder = UdpSocket::bind(local)
-            .await
-            .context("failed to bind the gossip encoder socket")?;
         Ok(Box::new(SealedSocket {
-            codec_addr: codec.local_addr()?,
-            encoder_addr: encoder.local_addr()?,
             wire,
-            codec,
-            encoder,
-            relays: HashMap::new(),
-            peer_of_relay: HashMap::new(),
             sealer: self.sealer.clone(),
             stats: self.stats.clone(),
+            mtu: self.mtu,
+            plain: Vec::with_capacity(self.mtu),
             buf: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
         }))
     }
 }
 
-struct Relay {
-    socket: UdpSocket,
-    last_used: Instant,
-}
-
 struct SealedSocket {
     wire: UdpSocket,
-    codec: CodecSocket,
-    codec_addr: SocketAddr,
-    encoder: UdpSocket,
-    encoder_addr: SocketAddr,
-    relays: HashMap<SocketAddr, Relay>,
-    peer_of_relay: HashMap<SocketAddr, SocketAddr>,
     sealer: Option<Sealer>,
     stats: Arc<GossipStats>,
+    mtu: usize,
+    /// The envelope being sent, encoded (reused).
+    plain: Vec<u8>,
+    /// The datagram being received.
     buf: Box<[u8]>,
 }
 
 impl SealedSocket {
-    /// Encodes an envelope with chitchat's own codec, through the bridge.
-    async fn encode(&mut self, envelope: ChitchatEnvelope) -> anyhow::Result<Vec<u8>> {
-        self.codec.send(self.encoder_addr, envelope).await?;
-        loop {
-            let (n, from) = self.encoder.recv_from(&mut self.buf).await?;
-            if from == self.codec_addr {
-                return Ok(self.buf[..n].to_vec());
-            }
-            // Something else on this host wrote to our encoder port: ignore it.
-        }
-    }
-
-    /// Hands opened bytes from `peer` to the codec socket via that peer's relay.
-    async fn relay(&mut self, peer: SocketAddr, plain: &[u8]) -> anyhow::Result<()> {
-        if !self.relays.contains_key(&peer) {
-            if self.relays.len() >= MAX_RELAYS {
-                self.evict_oldest_relay();
-            }
-            let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-            self.peer_of_relay.insert(socket.local_addr()?, peer);
-            self.relays.insert(
-                peer,
-                Relay {
-                    socket,
-                    last_used: Instant::now(),
-                },
-            );
-        }
-        if let Some(relay) = self.relays.get_mut(&peer) {
-            relay.last_used = Instant::now();
-            relay.socket.send_to(plain, self.codec_addr).await?;
-        }
-        Ok(())
-    }
-
-    fn evict_oldest_relay(&mut self) {
-        let oldest = self
-            .relays
-            .iter()
-            .min_by_key(|(_, r)| r.last_used)
-            .map(|(p, _)| *p);
-        if let Some(peer) = oldest {
-            if let Some(relay) = self.relays.remove(&peer) {
-                if let Ok(addr) = relay.socket.local_addr() {
-                    self.peer_of_relay.remove(&addr);
-                }
-            }
-        }
-    }
-
     fn reject(&self, from: SocketAddr, why: &dyn std::fmt::Display) {
         self.stats.packets_rejected.fetch_add(1, Ordering::Relaxed);
         debug!(%from, %why, "gossip datagram rejected");
@@ -291,16 +242,27 @@ impl Socket for SealedSocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
-        let plain = self.encode(envelope).await?;
-        let datagram = match &self.sealer {
-            Some(sealer) => sealer.seal(&plain),
-            None => plain,
+        self.plain.clear();
+        envelope.serialize(&mut self.plain);
+        let sealed;
+        let datagram: &[u8] = match &self.sealer {
+            Some(sealer) => {
+                sealed = sealer.seal(&self.plain);
+                &sealed
+            }
+            None => &self.plain,
         };
         if datagram.len() > MAX_DATAGRAM {
-            warn!(bytes = datagram.len(), %to, "gossip datagram too large once sealed; dropped");
+            // Only a digest larger than the UDP limit gets here (thousands
+            // of members): nothing can carry it.
+            warn!(bytes = datagram.len(), %to, "gossip datagram over the UDP limit; dropped");
+            GossipStats::add(&self.stats.packets_dropped_oversized, 1);
             return Ok(SendOutcome { num_bytes_sent: 0 });
         }
-        match self.wire.send_to(&datagram, to).await {
+        if datagram.len() > self.mtu {
+            GossipStats::add(&self.stats.packets_oversized, 1);
+        }
+        match self.wire.send_to(datagram, to).await {
             Ok(n) => {
                 GossipStats::add(&self.stats.packets_sent, 1);
                 GossipStats::add(&self.stats.bytes_sent, n);
@@ -314,41 +276,49 @@ impl Socket for SealedSocket {
         }
     }
 
-    /// Cancel-safe: a datagram relayed before a cancellation is picked up by
-    /// the next call, still mapped to its peer.
+    /// Cancel-safe: the only await is `recv_from`, which loses nothing when
+    /// cancelled.
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
-            tokio::select! {
-                biased;
-                decoded = self.codec.recv() => {
-                    let outcome = decoded?;
-                    if let Some(peer) = self.peer_of_relay.get(&outcome.from_addr) {
-                        GossipStats::add(&self.stats.packets_received, 1);
-                        return Ok(RecvOutcome { from_addr: *peer, ..outcome });
+            let (n, from) = match self.wire.recv_from(&mut self.buf).await {
+                Ok(r) => r,
+                // ICMP errors of earlier sends surface here; not fatal.
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    continue;
+                }
+                Err(err) => return Err(err).context("gossip socket failed"),
+            };
+            GossipStats::add(&self.stats.bytes_received, n);
+            let opened;
+            let plain: &[u8] = match &self.sealer {
+                Some(sealer) => match sealer.open(&self.buf[..n]) {
+                    Ok(plain) => {
+                        opened = plain;
+                        &opened
                     }
-                    // Not from one of our relays: a local process wrote to the codec port.
-                    self.reject(outcome.from_addr, &"codec datagram from outside the bridge");
+                    Err(why) => {
+                        self.reject(from, &why);
+                        continue;
+                    }
+                },
+                None => &self.buf[..n],
+            };
+            let mut bytes = plain;
+            match ChitchatEnvelope::deserialize(&mut bytes) {
+                Ok(envelope) => {
+                    GossipStats::add(&self.stats.packets_received, 1);
+                    return Ok(RecvOutcome {
+                        from_addr: from,
+                        envelope,
+                        num_bytes_received: n,
+                    });
                 }
-                received = self.wire.recv_from(&mut self.buf) => {
-                    let (n, from) = match received {
-                        Ok(r) => r,
-                        // ICMP errors of earlier sends surface here; not fatal.
-                        Err(err) if matches!(err.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset) => continue,
-                        Err(err) => return Err(err).context("gossip socket failed"),
-                    };
-                    GossipStats::add(&self.stats.bytes_received, n);
-                    let plain = match &self.sealer {
-                        Some(sealer) => match sealer.open(&self.buf[..n]) {
-                            Ok(plain) => plain,
-                            Err(why) => {
-                                self.reject(from, &why);
-                                continue;
-                            }
-                        },
-                        None => self.buf[..n].to_vec(),
-                    };
-                    self.relay(from, &plain).await?;
-                }
+                Err(err) => self.reject(from, &format!("not a chitchat message: {err}")),
             }
         }
     }

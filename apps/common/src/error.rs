@@ -105,7 +105,7 @@ impl ApiError {
             ApiError::BadRequest(_, e) => e.as_slice(),
             _ => &[],
         };
-        let json = shoal_node::spring::error_json(status, &self.to_string(), path, errors);
+        let json = shoal_http::spring::error_json(status, &self.to_string(), path, errors);
         (status, [(header::CONTENT_TYPE, "application/json")], json).into_response()
     }
 }

@@ -4,8 +4,9 @@
 //! configuration, logging, the HTTP server, joining the cluster, connecting
 //! to the database in the background (the member stays `starting` until the
 //! database answers), watching it (`up` ↔ `starting`), `/health`, and the
-//! graceful stop on SIGTERM: announce `draining`, let gateways stop sending,
-//! finish in-flight requests, close the pool, leave.
+//! graceful stop on SIGTERM ([`shoal_http::stop_member`]): announce
+//! `draining`, let gateways stop sending, finish in-flight requests, close
+//! the pool, leave.
 //!
 //! # Layout
 //! - [`config`]: `AppConfig` from the environment.
@@ -30,6 +31,7 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use shoal_http::{Drain, Work};
 use shoal_node::{Cluster, Env, Health, Role};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -66,7 +68,7 @@ pub struct AppState {
 pub fn main(service: Service) -> anyhow::Result<()> {
     let env = Env::from_process();
     let config = AppConfig::from_env(&env, service.name, service.port)?;
-    shoal_node::telemetry::init(config.log_json);
+    shoal_http::telemetry::init(config.log_json);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -94,19 +96,20 @@ pub async fn run(service: Service, config: AppConfig) -> anyhow::Result<()> {
         service: service.name,
         enabled: config.access_log,
     };
+    // Every request holds a `Watch` of the drain: it waits for requests in
+    // flight, not for idle keep-alive connections.
+    let drain = Drain::new();
     let app = (service.router)()
         .route("/health", get(health))
         .layer(middleware::from_fn_with_state(log, access_log))
+        .layer(middleware::from_fn_with_state(drain.clone(), in_flight))
         .with_state(state);
 
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let server = tokio::spawn(async move {
+    let server = tokio::spawn(
         axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            })
-            .await
-    });
+            .with_graceful_shutdown(drain.draining())
+            .into_future(),
+    );
     info!(%addr, service = service.name, "listening");
 
     // Database: connect in the background, then watch it; health follows.
@@ -133,21 +136,25 @@ pub async fn run(service: Service, config: AppConfig) -> anyhow::Result<()> {
         })
     };
 
-    shoal_node::signal::terminate().await;
-    info!("stopping: draining");
+    shoal_http::signal::terminate().await;
     watchdog.abort();
-    cluster.begin_drain().await;
-    let _ = stop_tx.send(true);
-    match tokio::time::timeout(config.node.timings.drain_timeout, server).await {
-        Ok(Ok(Ok(()))) => {}
+    shoal_http::stop_member(&cluster, &drain, config.node.timings.drain_timeout).await;
+    // Requests are done; connections close as soon as they are idle.
+    match tokio::time::timeout(Duration::from_secs(1), server).await {
+        Ok(Ok(Ok(()))) | Err(_) => {}
         Ok(Ok(Err(err))) => warn!(error = %err, "server error while draining"),
         Ok(Err(err)) => warn!(error = %err, "server task failed"),
-        Err(_) => warn!("drain timeout reached with requests still in flight"),
     }
     db.close().await;
     cluster.leave().await;
     info!("stopped");
     Ok(())
+}
+
+/// Holds a `Watch` of the drain while a request is in flight.
+async fn in_flight(State(drain): State<Drain>, req: Request, next: Next) -> Response {
+    let _watch = drain.watch(Work::Connection);
+    next.run(req).await
 }
 
 async fn health(State(state): State<AppState>) -> Response {

@@ -4,8 +4,8 @@ fn config() -> ResilienceConfig {
     ResilienceConfig::default()
 }
 
-#[tokio::test(start_paused = true)]
-async fn breaker_opens_at_twenty_requests_and_half_errors() {
+#[test]
+fn breaker_opens_at_twenty_requests_and_half_errors() {
     let now = Instant::now();
     let b = Breaker::new(&config(), now);
     for i in 0..19 {
@@ -23,8 +23,8 @@ async fn breaker_opens_at_twenty_requests_and_half_errors() {
     assert!(b.try_acquire(now + Duration::from_secs(4)).is_none());
 }
 
-#[tokio::test(start_paused = true)]
-async fn breaker_stays_closed_below_the_error_rate() {
+#[test]
+fn breaker_stays_closed_below_the_error_rate() {
     let now = Instant::now();
     let b = Breaker::new(&config(), now);
     for i in 0..100 {
@@ -34,8 +34,8 @@ async fn breaker_stays_closed_below_the_error_rate() {
     assert_eq!(b.state(now), BreakerState::Closed);
 }
 
-#[tokio::test(start_paused = true)]
-async fn half_open_trial_closes_or_reopens() {
+#[test]
+fn half_open_trial_closes_or_reopens() {
     let now = Instant::now();
     let b = Breaker::new(&config(), now);
     for _ in 0..20 {
@@ -55,8 +55,8 @@ async fn half_open_trial_closes_or_reopens() {
     assert_eq!(b.try_acquire(later), Some(Permit::Normal));
 }
 
-#[tokio::test(start_paused = true)]
-async fn old_errors_leave_the_window() {
+#[test]
+fn old_errors_leave_the_window() {
     let now = Instant::now();
     let b = Breaker::new(&config(), now);
     for _ in 0..15 {
@@ -74,16 +74,23 @@ async fn old_errors_leave_the_window() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn retry_budget_allows_min_plus_ratio() {
-    let now = Instant::now();
-    let budget = RetryBudget::new(0.2, 1, now);
+async fn retry_budget_allows_min_plus_ratio_over_ten_seconds() {
+    use tower::retry::budget::Budget;
+    let config = ResilienceConfig {
+        retry_ratio: 0.2,
+        retry_min_per_sec: 1,
+        ..config()
+    };
+    let budget = retry_budget(&config);
     // 1/s over 10 s = 10 retries with no traffic at all.
-    assert_eq!((0..50).filter(|_| budget.withdraw(now)).count(), 10);
+    assert_eq!((0..50).filter(|_| budget.withdraw()).count(), 10);
     for _ in 0..100 {
-        budget.deposit(now);
+        budget.deposit();
     }
-    assert_eq!((0..50).filter(|_| budget.withdraw(now)).count(), 20);
-    // The window slides: after 10 s everything is forgotten.
-    let later = now + Duration::from_secs(11);
-    assert_eq!((0..50).filter(|_| budget.withdraw(later)).count(), 10);
+    // 20 % of 100 requests.
+    assert_eq!((0..50).filter(|_| budget.withdraw()).count(), 20);
+    // The window slides: 11 s later deposits and retries are forgotten, and
+    // only the 1/s floor is left.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    assert_eq!((0..50).filter(|_| budget.withdraw()).count(), 10);
 }

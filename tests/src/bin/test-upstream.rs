@@ -30,7 +30,7 @@ struct Upstream {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = Env::from_process();
-    shoal_node::telemetry::init(false);
+    shoal_http::telemetry::init(false);
     let config = NodeConfig::from_env(&env, "echo", 9000)?;
     let delay = Duration::from_millis(env.parse_or("TEST_DELAY_MS", 0u64, "milliseconds")?);
     let routes = env
@@ -67,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
     });
-    shoal_node::signal::terminate().await;
+    shoal_http::signal::terminate().await;
     cluster.begin_drain().await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;

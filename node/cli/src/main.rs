@@ -155,7 +155,7 @@ async fn members(
     }
     // An observer takes a free gossip port so it can run beside a member.
     env.set("SHOAL_GOSSIP_PORT", "0");
-    shoal_node::telemetry::init_with_default(
+    shoal_http::telemetry::init_with_default(
         shoal_node::config::log_json(&env)?,
         if verbose { "info" } else { "warn" },
     );
@@ -164,7 +164,7 @@ async fn members(
     if watch {
         tokio::select! {
             _ = print_changes(&cluster) => {}
-            _ = shoal_node::signal::terminate() => {}
+            _ = shoal_http::signal::terminate() => {}
         }
         cluster.leave().await;
         return Ok(());
@@ -272,7 +272,7 @@ async fn print_changes(cluster: &Cluster) {
 
 async fn sidecar(health_url: Option<String>, routes: &str, watch: bool) -> anyhow::Result<()> {
     let env = Env::from_process();
-    shoal_node::telemetry::init(shoal_node::config::log_json(&env)?);
+    shoal_http::telemetry::init(shoal_node::config::log_json(&env)?);
     let config = NodeConfig::from_env(&env, "sidecar", 0)?;
     anyhow::ensure!(
         config.port != 0,
@@ -319,7 +319,7 @@ async fn sidecar(health_url: Option<String>, routes: &str, watch: bool) -> anyho
     tokio::select! {
         _ = poll => {}
         _ = changes => {}
-        _ = shoal_node::signal::terminate() => {}
+        _ = shoal_http::signal::terminate() => {}
     }
     cluster.begin_drain().await;
     cluster.leave().await;

@@ -4,7 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hyper::StatusCode;
+use http::StatusCode;
 use serde::Serialize;
 
 #[derive(Serialize)]

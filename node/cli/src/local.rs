@@ -285,10 +285,10 @@ async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::hangup()) {
         Ok(mut hup) => tokio::select! {
-            _ = shoal_node::signal::terminate() => {}
+            _ = shoal_http::signal::terminate() => {}
             _ = hup.recv() => {}
         },
-        Err(_) => shoal_node::signal::terminate().await,
+        Err(_) => shoal_http::signal::terminate().await,
     }
 }
 

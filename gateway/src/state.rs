@@ -1,0 +1,76 @@
+//! The state every request reads: configuration, the routing table built
+//! from gossip, metrics, the gateway-wide in-flight limit, the drain, and
+//! this worker thread's upstream connection pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use shoal_http::Drain;
+use tokio::sync::Semaphore;
+
+use crate::body::ProxyBody;
+use crate::config::GatewayConfig;
+use crate::connect::Connector;
+use crate::metrics::Metrics;
+use crate::upstreams::Upstreams;
+
+/// Everything a request needs. One per worker thread: the routing table,
+/// metrics, limits and drain are shared, the upstream connection pool is
+/// the worker's own (so a request never wakes another thread).
+pub struct Gateway {
+    /// Configuration.
+    pub config: Arc<GatewayConfig>,
+    /// Routing table from the gossip view (shared).
+    pub upstreams: Arc<Upstreams>,
+    /// Metrics (shared).
+    pub metrics: Arc<Metrics>,
+    /// The graceful stop, waited for by connections and tunnels (shared).
+    pub drain: Drain,
+    /// Requests (and tunnels) in flight through this gateway, bounded by
+    /// `SHOAL_MAX_CONNECTIONS` (shared).
+    pub in_flight: Arc<Semaphore>,
+    /// Pooled keep-alive connections to instances (this worker's own).
+    pub client: Client<Connector, ProxyBody>,
+}
+
+impl Gateway {
+    /// A gateway built from `config`, stopped by `drain`.
+    pub fn new(config: GatewayConfig, drain: Drain) -> Self {
+        Self {
+            upstreams: Arc::new(Upstreams::new(config.resilience.clone())),
+            metrics: Arc::new(Metrics::default()),
+            in_flight: Arc::new(Semaphore::new(config.proxy.max_in_flight)),
+            client: client(&config),
+            drain,
+            config: Arc::new(config),
+        }
+    }
+
+    /// A gateway for another worker thread: same table, metrics, limits and
+    /// drain, its own connection pool.
+    pub fn for_worker(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            upstreams: self.upstreams.clone(),
+            metrics: self.metrics.clone(),
+            drain: self.drain.clone(),
+            in_flight: self.in_flight.clone(),
+            client: client(&self.config),
+        }
+    }
+}
+
+fn client(config: &GatewayConfig) -> Client<Connector, ProxyBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.proxy.connect_timeout));
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(30)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.proxy.pool_idle_timeout)
+        .pool_max_idle_per_host(config.proxy.max_in_flight_per_instance as usize)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(Connector(connector))
+}
