@@ -36,7 +36,10 @@ async fn metrics(State(a): State<Admin>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        a.gw.metrics.encode(a.cluster.stats()),
+        a.gw.metrics.encode(
+            a.cluster.stats(),
+            a.gw.config.proxy.max_in_flight - a.gw.in_flight.available_permits(),
+        ),
     )
         .into_response()
 }

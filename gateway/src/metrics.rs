@@ -56,6 +56,8 @@ pub struct Metrics {
     pub breaker: Family<ServiceLabel, Gauge>,
     /// Members by service and health in this gateway's view.
     pub members: Family<HealthLabels, Gauge>,
+    /// Requests and tunnels in flight through this gateway (set when read).
+    pub in_flight: Gauge,
     gossip_sent: Counter,
     gossip_received: Counter,
     gossip_rejected: Counter,
@@ -108,6 +110,12 @@ impl Default for Metrics {
             breaker.clone(),
         );
         registry.register("members", "Members in this gateway's view", members.clone());
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight",
+            "Requests and tunnels in flight through this gateway",
+            in_flight.clone(),
+        );
         registry.register(
             "gossip_sent_bytes",
             "Gossip bytes sent",
@@ -125,6 +133,7 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            in_flight,
             requests,
             latency,
             retries,
@@ -242,8 +251,10 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with gossip counters brought up to date.
-    pub fn encode(&self, gossip: &GossipStats) -> String {
+    /// The text exposition, with gossip counters and the in-flight count
+    /// (`in_flight`, read from the gateway's limit) brought up to date.
+    pub fn encode(&self, gossip: &GossipStats, in_flight: usize) -> String {
+        self.in_flight.set(in_flight as i64);
         catch_up(&self.gossip_sent, gossip.bytes_sent.load(Ordering::Relaxed));
         catch_up(
             &self.gossip_received,

@@ -417,6 +417,17 @@ impl<'a> Stack<'a> {
     }
 }
 
+/// Skips a test whose dependency (a database, a Docker daemon) is missing,
+/// saying so loudly — except under CI (`CI` set), where a missing
+/// dependency is a failure: CI installs everything, so a skip there would
+/// be a test that cannot fail.
+pub fn skip_unless_ci(why: &str) {
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!("{why} — under CI this is a failure, not a skip");
+    }
+    eprintln!("!!!!! SKIPPED: {why} !!!!!");
+}
+
 /// An HTTP client for the tests (no pooling surprises: fresh per test).
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()

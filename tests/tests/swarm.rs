@@ -10,10 +10,11 @@
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use shoal_tests::chaos::{self, Plan, containers, docker, gateway_views};
+use shoal_tests::wait_for_async;
 
 const STACK: &str = "shoaltest";
 /// Published gateway port of the test stack (not 4000: see the module doc).
@@ -72,19 +73,22 @@ async fn hosts_through_gateway(client: &reqwest::Client, n: usize) -> HashMap<St
 fn load(
     client: &reqwest::Client,
     stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
     let client = client.clone();
     tokio::spawn(async move {
         let workers: Vec<_> = (0..4)
             .map(|_| {
-                let (client, stop) = (client.clone(), stop.clone());
+                let (client, stop, answered) = (client.clone(), stop.clone(), answered.clone());
                 tokio::spawn(async move {
                     let (mut sent, mut failed) = (0u64, vec![]);
                     while !stop.load(Ordering::Relaxed) {
                         sent += 1;
                         let url = format!("{}/api/story-service/story", base());
                         match chaos::get_until_answered(&client, &url).await {
-                            Ok(r) if r.status() == 200 => {}
+                            Ok(r) if r.status() == 200 => {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
                             Ok(r) => failed.push(format!("{}", r.status())),
                             Err(e) => failed.push(format!("{e}")),
                         }
@@ -110,10 +114,20 @@ async fn under_load<F: std::future::Future<Output = ()>>(
     work: F,
 ) {
     let stop = Arc::new(AtomicBool::new(false));
-    let task = load(client, stop.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answered = Arc::new(AtomicU64::new(0));
+    let task = load(client, stop.clone(), answered.clone());
+    // The load runs before the work starts, and goes on after it is done.
+    let more_answers = |n: u64| {
+        let from = answered.load(Ordering::Relaxed);
+        let answered = answered.clone();
+        wait_for_async("answered GETs", Duration::from_secs(60), move || {
+            let answered = answered.clone();
+            async move { (answered.load(Ordering::Relaxed) >= from + n).then_some(()) }
+        })
+    };
+    more_answers(20).await;
     work.await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    more_answers(50).await;
     stop.store(true, Ordering::Relaxed);
     let (sent, failed) = task.await.expect("load task");
     eprintln!(
@@ -177,8 +191,8 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
         .output()
         .is_ok_and(|o| o.status.success())
     {
-        eprintln!(
-            "!!!!! SKIPPED: no Docker daemon answers `docker info`; the Swarm tests need one !!!!!"
+        shoal_tests::skip_unless_ci(
+            "no Docker daemon answers `docker info`; the Swarm tests need one",
         );
         return;
     }
@@ -453,7 +467,34 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
         "DATABASE_URL=mysql://shoal:shoal@db:3306/shoal",
         "shoal/story-service:latest",
     ]);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Wait until the gateways have refused its gossip for a while: then it
+    // has had every chance to get in.
+    let rejected = || -> u64 {
+        containers(STACK, "gateway")
+            .iter()
+            .map(|c| {
+                docker(&[
+                    "exec",
+                    c,
+                    "/shoal",
+                    "healthcheck",
+                    "--print",
+                    "http://127.0.0.1:8761/metrics",
+                ])
+                .lines()
+                .filter(|l| l.starts_with("shoal_gateway_gossip_rejected_packets_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+            })
+            .sum()
+    };
+    let before = rejected();
+    wait_for_async(
+        "the gateways to reject the intruder's gossip",
+        Duration::from_secs(30),
+        || async { (rejected() >= before + 20).then_some(()) },
+    )
+    .await;
     let views = gateway_views(STACK);
     let intruder_host = docker(&["inspect", "-f", "{{.Config.Hostname}}", &intruder]);
     docker(&["rm", "-f", &intruder]);

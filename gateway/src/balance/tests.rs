@@ -36,8 +36,8 @@ fn counts(
     counts
 }
 
-#[tokio::test(start_paused = true)]
-async fn equal_idle_replicas_share_sequential_requests_evenly() {
+#[test]
+fn equal_idle_replicas_share_sequential_requests_evenly() {
     let endpoints: Vec<_> = (1..=3).map(endpoint).collect();
     // Slightly different but equal-enough latencies, as on a real host.
     let c = counts(&endpoints, 300, |i| {
@@ -48,8 +48,8 @@ async fn equal_idle_replicas_share_sequential_requests_evenly() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_slow_replica_gets_far_fewer_requests() {
+#[test]
+fn a_slow_replica_gets_far_fewer_requests() {
     let endpoints: Vec<_> = (1..=3).map(endpoint).collect();
     let c = counts(&endpoints, 300, |i| {
         if i == 0 {
@@ -64,8 +64,8 @@ async fn a_slow_replica_gets_far_fewer_requests() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn busy_instance_costs_more() {
+#[test]
+fn busy_instance_costs_more() {
     let endpoints: Vec<_> = (1..=2).map(endpoint).collect();
     let now = Instant::now();
     for e in &endpoints {
@@ -78,8 +78,8 @@ async fn busy_instance_costs_more() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn ejected_excluded_and_saturated_instances_are_skipped() {
+#[test]
+fn ejected_excluded_and_saturated_instances_are_skipped() {
     let endpoints: Vec<_> = (1..=3).map(endpoint).collect();
     let now = Instant::now();
     let t = endpoints[0].eject(Duration::from_secs(30), now);
@@ -101,8 +101,8 @@ async fn ejected_excluded_and_saturated_instances_are_skipped() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_slow_replica_is_probed_again_after_its_cost_decays() {
+#[test]
+fn a_slow_replica_is_probed_again_after_its_cost_decays() {
     let e = endpoint(1);
     let now = Instant::now();
     e.observe(Duration::from_millis(200), now);
