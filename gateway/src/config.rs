@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use shoal_node::NodeConfig;
-use shoal_node::config::{ConfigError, Env, invalid};
+use shoal_node::config::{ConfigError, Env};
 
 /// Everything the gateway reads at start.
 #[derive(Debug, Clone)]
@@ -107,14 +107,6 @@ impl Default for ResilienceConfig {
     }
 }
 
-fn positive<T: PartialOrd + Default + ToString>(var: &'static str, v: T) -> Result<T, ConfigError> {
-    if v > T::default() {
-        Ok(v)
-    } else {
-        Err(invalid(var, &v.to_string(), "a number above 0"))
-    }
-}
-
 impl GatewayConfig {
     /// Reads the configuration from `env`.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
@@ -125,78 +117,54 @@ impl GatewayConfig {
             connect_timeout: env.duration_or("SHOAL_CONNECT_TIMEOUT", p.connect_timeout)?,
             response_timeout: env.duration_or("SHOAL_RESPONSE_TIMEOUT", p.response_timeout)?,
             request_timeout: env.duration_or("SHOAL_REQUEST_TIMEOUT", p.request_timeout)?,
-            max_in_flight: positive(
+            max_in_flight: env.parse_in(
                 "SHOAL_MAX_CONNECTIONS",
-                env.parse_or(
-                    "SHOAL_MAX_CONNECTIONS",
-                    p.max_in_flight,
-                    "a whole number above 0",
-                )?,
+                p.max_in_flight,
+                1..=1_000_000,
+                "a whole number, 1-1000000",
             )?,
-            max_in_flight_per_instance: positive(
+            max_in_flight_per_instance: env.parse_in(
                 "SHOAL_MAX_CONNECTIONS_PER_INSTANCE",
-                env.parse_or(
-                    "SHOAL_MAX_CONNECTIONS_PER_INSTANCE",
-                    p.max_in_flight_per_instance,
-                    "a whole number above 0",
-                )?,
+                p.max_in_flight_per_instance,
+                1..=1_000_000,
+                "a whole number, 1-1000000",
             )?,
-            pool_idle_timeout: env.duration_or("SHOAL_POOL_IDLE_TIMEOUT", p.pool_idle_timeout)?,
+            pool_idle_timeout: env.duration_in(
+                "SHOAL_POOL_IDLE_TIMEOUT",
+                p.pool_idle_timeout,
+                ..Duration::from_secs(900),
+                "a duration below 900s (Swarm's IPVS drops idle connections at 900 s)",
+            )?,
             retry_body_limit: env.parse_or(
                 "SHOAL_RETRY_BODY_LIMIT",
                 p.retry_body_limit,
                 "a size in bytes",
             )?,
         };
-        if proxy.pool_idle_timeout >= Duration::from_secs(900) {
-            return Err(invalid(
-                "SHOAL_POOL_IDLE_TIMEOUT",
-                env.get("SHOAL_POOL_IDLE_TIMEOUT").unwrap_or_default(),
-                "a duration below 900s (Swarm's IPVS drops idle connections at 900 s)",
-            ));
-        }
-        let retry_ratio: f64 = env.parse_or(
-            "SHOAL_RETRY_BUDGET_RATIO",
-            r.retry_ratio,
-            "a ratio between 0 and 1, e.g. 0.2",
-        )?;
-        if !(0.0..=1.0).contains(&retry_ratio) {
-            return Err(invalid(
-                "SHOAL_RETRY_BUDGET_RATIO",
-                &retry_ratio.to_string(),
-                "a ratio between 0 and 1, e.g. 0.2",
-            ));
-        }
-        let breaker_error_percent: u32 = env.parse_or(
-            "SHOAL_BREAKER_ERROR_PERCENT",
-            r.breaker_error_percent,
-            "a percentage, 1-100",
-        )?;
-        if !(1..=100).contains(&breaker_error_percent) {
-            return Err(invalid(
-                "SHOAL_BREAKER_ERROR_PERCENT",
-                &breaker_error_percent.to_string(),
-                "a percentage, 1-100",
-            ));
-        }
         let resilience = ResilienceConfig {
-            retry_ratio,
-            retry_min_per_sec: env.parse_or(
+            retry_ratio: env.parse_in(
+                "SHOAL_RETRY_BUDGET_RATIO",
+                r.retry_ratio,
+                0.0..=1.0,
+                "a ratio between 0 and 1, e.g. 0.2",
+            )?,
+            retry_min_per_sec: env.parse_in(
                 "SHOAL_RETRY_BUDGET_MIN",
                 r.retry_min_per_sec,
-                "a whole number of retries per second",
+                0..=100_000,
+                "a whole number of retries per second, 0-100000",
             )?,
-            max_attempts: positive(
+            max_attempts: env.parse_in(
                 "SHOAL_MAX_ATTEMPTS",
-                env.parse_or(
-                    "SHOAL_MAX_ATTEMPTS",
-                    r.max_attempts,
-                    "a whole number above 0",
-                )?,
+                r.max_attempts,
+                1..=10,
+                "a whole number of attempts, 1-10",
             )?,
-            eject_after: positive(
+            eject_after: env.parse_in(
                 "SHOAL_EJECT_AFTER",
-                env.parse_or("SHOAL_EJECT_AFTER", r.eject_after, "a whole number above 0")?,
+                r.eject_after,
+                1..,
+                "a whole number above 0",
             )?,
             eject_time: env.duration_or("SHOAL_EJECT_TIME", r.eject_time)?,
             breaker_min_requests: env.parse_or(
@@ -204,8 +172,18 @@ impl GatewayConfig {
                 r.breaker_min_requests,
                 "a whole number",
             )?,
-            breaker_error_percent,
-            breaker_window: env.duration_or("SHOAL_BREAKER_WINDOW", r.breaker_window)?,
+            breaker_error_percent: env.parse_in(
+                "SHOAL_BREAKER_ERROR_PERCENT",
+                r.breaker_error_percent,
+                1..=100,
+                "a percentage, 1-100",
+            )?,
+            breaker_window: env.duration_in(
+                "SHOAL_BREAKER_WINDOW",
+                r.breaker_window,
+                Duration::from_millis(10)..,
+                "a duration of 10ms or more",
+            )?,
             breaker_open_time: env.duration_or("SHOAL_BREAKER_OPEN_TIME", r.breaker_open_time)?,
         };
         Ok(Self {
@@ -215,13 +193,11 @@ impl GatewayConfig {
             node,
             proxy,
             resilience,
-            workers: positive(
+            workers: env.parse_in(
                 "SHOAL_WORKERS",
-                env.parse_or(
-                    "SHOAL_WORKERS",
-                    std::thread::available_parallelism().map_or(2, |n| n.get()),
-                    "a number of threads above 0",
-                )?,
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+                1..=1024,
+                "a number of threads, 1-1024",
             )?,
             access_log: env.bool_or("SHOAL_ACCESS_LOG", true)?,
             log_json: shoal_node::config::log_json(env)?,
@@ -258,7 +234,12 @@ mod tests {
         for (var, value, expected) in [
             ("SHOAL_POOL_IDLE_TIMEOUT", "20m", "below 900s"),
             ("SHOAL_RETRY_BUDGET_RATIO", "2", "between 0 and 1"),
-            ("SHOAL_MAX_CONNECTIONS", "0", "above 0"),
+            ("SHOAL_MAX_CONNECTIONS", "0", "1-1000000"),
+            ("SHOAL_MAX_CONNECTIONS", "many", "1-1000000"),
+            ("SHOAL_RETRY_BUDGET_MIN", "4000000000", "0-100000"),
+            ("SHOAL_MAX_ATTEMPTS", "0", "1-10"),
+            ("SHOAL_WORKERS", "0", "1-1024"),
+            ("SHOAL_EJECT_AFTER", "0", "above 0"),
             ("SHOAL_BREAKER_ERROR_PERCENT", "150", "percentage"),
             ("SHOAL_CONNECT_TIMEOUT", "soon", "duration"),
             ("SHOAL_LISTEN", "everywhere", "IP address"),

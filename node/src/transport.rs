@@ -66,6 +66,8 @@ pub struct GossipStats {
     /// Datagrams dropped because they did not open (wrong key, truncated,
     /// garbage) or did not decode.
     pub packets_rejected: AtomicU64,
+    /// The largest datagram sent, in bytes.
+    pub largest_datagram: AtomicU64,
     /// Datagrams sent larger than the gossip MTU (fragmented by IP).
     pub packets_oversized: AtomicU64,
     /// Datagrams not sent because they exceed the UDP limit even alone.
@@ -264,6 +266,9 @@ impl Socket for SealedSocket {
         }
         match self.wire.send_to(datagram, to).await {
             Ok(n) => {
+                self.stats
+                    .largest_datagram
+                    .fetch_max(n as u64, Ordering::Relaxed);
                 GossipStats::add(&self.stats.packets_sent, 1);
                 GossipStats::add(&self.stats.bytes_sent, n);
                 Ok(SendOutcome { num_bytes_sent: n })

@@ -151,6 +151,12 @@ pub struct GossipCounters {
     pub bytes_received: u64,
     /// Datagrams rejected.
     pub rejected: u64,
+    /// The largest datagram sent.
+    #[serde(default)]
+    pub largest_datagram: u64,
+    /// Datagrams sent larger than the gossip MTU.
+    #[serde(default)]
+    pub oversized: u64,
 }
 
 /// A running process of the test, killed when dropped.

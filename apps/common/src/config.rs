@@ -40,14 +40,7 @@ impl AppConfig {
                 "sqlite://<file>, mysql://…, mariadb://… or postgres://…",
             ));
         }
-        let db_pool: u32 = env.parse_or("SHOAL_DB_POOL", 10, "a pool size, 1-1000")?;
-        if !(1..=1000).contains(&db_pool) {
-            return Err(invalid(
-                "SHOAL_DB_POOL",
-                &db_pool.to_string(),
-                "a pool size, 1-1000",
-            ));
-        }
+        let db_pool: u32 = env.parse_in("SHOAL_DB_POOL", 10, 1..=1000, "a pool size, 1-1000")?;
         Ok(Self {
             listen: env.parse_or("SHOAL_LISTEN", IpAddr::from([0, 0, 0, 0]), "an IP address")?,
             database_url,

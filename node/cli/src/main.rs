@@ -257,6 +257,8 @@ async fn print_changes(cluster: &Cluster) {
                 "bytes_sent": stats.bytes_sent.load(Relaxed),
                 "bytes_received": stats.bytes_received.load(Relaxed),
                 "rejected": stats.packets_rejected.load(Relaxed),
+                "largest_datagram": stats.largest_datagram.load(Relaxed),
+                "oversized": stats.packets_oversized.load(Relaxed),
             },
         });
         let mut out = std::io::stdout().lock();

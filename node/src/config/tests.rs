@@ -23,6 +23,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.cluster, "shoal");
     assert_eq!(c.protocol, GossipProtocol::V1);
     assert_eq!(c.timings, Timings::default());
+    assert_eq!(c.gossip_mtu, 1_422);
     assert_eq!(c.keys.unwrap().all().len(), 1);
 }
 
@@ -79,6 +80,9 @@ fn every_bad_value_names_variable_value_and_what_is_accepted() {
         ("SHOAL_GOSSIP_PROTOCOL", "v9", "v0 or v1"),
         ("SHOAL_INSECURE", "maybe", "true or false"),
         ("SHOAL_GOSSIP_BIND", "here", "IP address"),
+        ("SHOAL_GOSSIP_MTU", "576", "1200-65507"),
+        ("SHOAL_GOSSIP_MTU", "70000", "1200-65507"),
+        ("SHOAL_GOSSIP_MTU", "jumbo", "1200-65507"),
     ];
     for (var, value, expected) in cases {
         let e = err_of(&[("SHOAL_CLUSTER_KEY", KEY), (var, value)]);

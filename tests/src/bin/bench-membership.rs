@@ -92,6 +92,7 @@ struct Row {
     bytes_per_sec: f64,
     cpu_percent: f64,
     rss_kib: f64,
+    largest_datagram: u64,
 }
 
 fn bench(n: usize, net_id: u8) -> Row {
@@ -131,6 +132,11 @@ fn bench(n: usize, net_id: u8) -> Row {
         rss += r as f64;
     }
     let k = n as f64;
+    let largest = members
+        .iter()
+        .filter_map(|p| p.view().map(|v| v.gossip.largest_datagram))
+        .max()
+        .unwrap_or(0);
 
     // Joins and kills, alternating so N stays about the same.
     let trials = if n >= 100 { 5 } else { 8 };
@@ -211,6 +217,7 @@ fn bench(n: usize, net_id: u8) -> Row {
         bytes_per_sec: bytes / k,
         cpu_percent: cpu / k,
         rss_kib: rss / k,
+        largest_datagram: largest,
     }
 }
 
@@ -370,12 +377,12 @@ fn main() {
         rows.push(bench(*n, 200 + k as u8));
     }
     println!(
-        "| N | join p50 | join p99 | SIGKILL → gone p50 | SIGKILL → gone p99 | gossip sent per member | CPU per member | RSS per member |"
+        "| N | join p50 | join p99 | SIGKILL → gone p50 | SIGKILL → gone p99 | gossip sent per member | CPU per member | RSS per member | largest datagram |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.1} KB/s | {:.1} % | {:.1} MiB |",
+            "| {} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.1} KB/s | {:.1} % | {:.1} MiB | {} B |",
             r.n,
             r.join.0,
             r.join.1,
@@ -383,7 +390,8 @@ fn main() {
             r.kill.1,
             r.bytes_per_sec / 1000.0,
             r.cpu_percent,
-            r.rss_kib / 1024.0
+            r.rss_kib / 1024.0,
+            r.largest_datagram
         );
     }
     match serf_detection(5) {

@@ -68,12 +68,24 @@ pub const MAX_UDP_DATAGRAM_PAYLOAD_SIZE: usize = 65_507;
 /// most `max_message_len` bytes, once the message header and `reserved_len`
 /// bytes (e.g. a digest carried in the same message) are accounted for.
 /// (shoal patch: the maximum comes from `ChitchatConfig::max_message_len`
-/// instead of always being `MAX_UDP_DATAGRAM_PAYLOAD_SIZE`.)
+/// instead of always being `MAX_UDP_DATAGRAM_PAYLOAD_SIZE`; and it is never
+/// below `MIN_DELTA_MTU`, the least `DeltaSerializer` accepts — it asserts
+/// so — when a digest leaves less room than that: the message is then
+/// larger than asked, rather than the gossip task panicking.)
 pub(crate) const fn delta_mtu(max_message_len: usize, reserved_len: usize) -> usize {
-    max_message_len
+    let room = max_message_len
         .saturating_sub(ChitchatEnvelope::HEADER_LEN)
-        .saturating_sub(reserved_len)
+        .saturating_sub(reserved_len);
+    if room < MIN_DELTA_MTU {
+        MIN_DELTA_MTU
+    } else {
+        room
+    }
 }
+
+/// (shoal patch) The smallest room `delta_mtu` gives a delta: what
+/// `DeltaSerializer::with_mtu` requires.
+pub(crate) const MIN_DELTA_MTU: usize = 100;
 
 /// To prevent dead nodes from being recorded again after deletion,
 /// we keep a local memory of the last nodes that were garbage collected.
