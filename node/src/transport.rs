@@ -102,8 +102,7 @@ pub enum OpenError {
 impl Sealer {
     /// A sealer for `cluster_id` with the keys of `ring`.
     pub fn new(ring: &KeyRing, cluster_id: &str) -> Self {
-        let cipher =
-            |k: &crate::key::ClusterKey| ChaCha20Poly1305::new(Key::from_slice(k.as_bytes()));
+        let cipher = |k: &crate::key::ClusterKey| ChaCha20Poly1305::new(&Key::from(*k.as_bytes()));
         Self {
             sealing: cipher(ring.sealing()),
             opening: ring.all().iter().map(cipher).collect(),
@@ -126,7 +125,7 @@ impl Sealer {
         let sealed = self
             .sealing
             .encrypt(
-                Nonce::from_slice(&nonce),
+                &Nonce::from(nonce),
                 Payload {
                     msg: plain,
                     aad: &self.aad(&header),
@@ -151,13 +150,15 @@ impl Sealer {
             return Err(OpenError::NotShoal);
         }
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        // `split_at(NONCE_LEN)` gave exactly NONCE_LEN bytes.
+        let nonce = Nonce::try_from(nonce).map_err(|_| OpenError::Truncated(datagram.len()))?;
         let aad = self.aad(header);
         self.opening
             .iter()
             .find_map(|cipher| {
                 cipher
                     .decrypt(
-                        Nonce::from_slice(nonce),
+                        &nonce,
                         Payload {
                             msg: sealed,
                             aad: &aad,

@@ -31,7 +31,15 @@ static MYSQL: LazyLock<Migrator> = LazyLock::new(|| shared(sqlx::migrate!("migra
 static POSTGRES: LazyLock<Migrator> =
     LazyLock::new(|| shared(sqlx::migrate!("migrations/postgres")));
 
-const COLUMNS: &str = "SELECT id, receiver_id, sender_id, article_id FROM notice";
+/// `SELECT <the columns of a notice> FROM notice<rest>`, as one literal.
+macro_rules! select_notices {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, receiver_id, sender_id, article_id FROM notice",
+            $rest
+        )
+    };
+}
 
 /// One notice, fields in the classic order.
 #[derive(Serialize)]
@@ -75,26 +83,27 @@ fn notices(rows: Vec<sqlx::any::AnyRow>) -> Result<Json<Vec<Notice>>, ApiError> 
 }
 
 async fn all(State(s): State<AppState>) -> Result<Json<Vec<Notice>>, ApiError> {
-    let sql = format!("{COLUMNS} ORDER BY id");
-    notices(sqlx::query(&sql).fetch_all(s.db.pool()?).await?)
+    let sql = s.db.sql(select_notices!(" ORDER BY id"));
+    notices(sqlx::query(sql).fetch_all(s.db.pool()?).await?)
 }
 
-/// The notices of one receiver, newest first, at most `limit`.
+/// The notices of one receiver, newest first; only the 10 newest if `latest`.
 async fn of_receiver(
     s: &AppState,
     p: Result<Path<String>, PathRejection>,
-    limit: Option<u32>,
+    latest: bool,
 ) -> Result<Json<Vec<Notice>>, ApiError> {
     let Path(receiver) = p?;
     validate::path_param("receiver_id", &receiver, 20)?;
-    let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
-    let sql =
-        s.db.sql(&format!(
-            "{COLUMNS} WHERE receiver_id = ? ORDER BY id DESC{limit}"
+    let sql = if latest {
+        s.db.sql(select_notices!(
+            " WHERE receiver_id = ? ORDER BY id DESC LIMIT 10"
         ))
-        .into_owned();
+    } else {
+        s.db.sql(select_notices!(" WHERE receiver_id = ? ORDER BY id DESC"))
+    };
     notices(
-        sqlx::query(&sql)
+        sqlx::query(sql)
             .bind(receiver)
             .fetch_all(s.db.pool()?)
             .await?,
@@ -105,14 +114,14 @@ async fn by_receiver(
     State(s): State<AppState>,
     p: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vec<Notice>>, ApiError> {
-    of_receiver(&s, p, None).await
+    of_receiver(&s, p, false).await
 }
 
 async fn latest(
     State(s): State<AppState>,
     p: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vec<Notice>>, ApiError> {
-    of_receiver(&s, p, Some(10)).await
+    of_receiver(&s, p, true).await
 }
 
 async fn previous(
@@ -127,13 +136,11 @@ async fn previous(
             format!("must be a whole number (got {before:?})"),
         )])
     })?;
-    let sql =
-        s.db.sql(&format!(
-            "{COLUMNS} WHERE receiver_id = ? AND id < ? ORDER BY id DESC LIMIT 10"
-        ))
-        .into_owned();
+    let sql = s.db.sql(select_notices!(
+        " WHERE receiver_id = ? AND id < ? ORDER BY id DESC LIMIT 10"
+    ));
     notices(
-        sqlx::query(&sql)
+        sqlx::query(sql)
             .bind(receiver)
             .bind(before)
             .fetch_all(s.db.pool()?)
@@ -152,7 +159,7 @@ async fn create(
     validate::finish(errors)?;
     let sql =
         s.db.sql("INSERT INTO notice (receiver_id, sender_id, article_id) VALUES (?, ?, ?)");
-    sqlx::query(&sql)
+    sqlx::query(sql)
         .bind(n.receiver_id)
         .bind(n.sender_id)
         .bind(n.article_id)

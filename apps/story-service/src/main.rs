@@ -68,7 +68,7 @@ fn stories(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<Story>, ApiError> {
 async fn latest(State(s): State<AppState>) -> Result<Json<Vec<Story>>, ApiError> {
     let sql =
         s.db.sql("SELECT story_id, message, ID FROM story ORDER BY story_id DESC LIMIT 15");
-    let rows = sqlx::query(&sql).fetch_all(s.db.pool()?).await?;
+    let rows = sqlx::query(sql).fetch_all(s.db.pool()?).await?;
     Ok(Json(stories(rows)?))
 }
 
@@ -81,7 +81,7 @@ async fn by_user(
     let sql = s
         .db
         .sql("SELECT story_id, message, ID FROM story WHERE ID = ? ORDER BY story_id DESC LIMIT 5");
-    let rows = sqlx::query(&sql).bind(id).fetch_all(s.db.pool()?).await?;
+    let rows = sqlx::query(sql).bind(id).fetch_all(s.db.pool()?).await?;
     Ok(Json(stories(rows)?))
 }
 
@@ -95,7 +95,7 @@ async fn create(
     validate::optional_text("message", &story.message, 300, &mut errors);
     validate::finish(errors)?;
     let sql = s.db.sql("INSERT INTO story (ID, message) VALUES (?, ?)");
-    sqlx::query(&sql)
+    sqlx::query(sql)
         .bind(story.id)
         .bind(story.message)
         .execute(s.db.pool()?)
@@ -110,7 +110,7 @@ async fn delete_by_user(
     let Path(id) = id?;
     validate::path_param("id", &id, 20)?;
     let sql = s.db.sql("DELETE FROM story WHERE ID = ?");
-    sqlx::query(&sql).bind(id).execute(s.db.pool()?).await?;
+    sqlx::query(sql).bind(id).execute(s.db.pool()?).await?;
     Ok(StatusCode::OK)
 }
 
