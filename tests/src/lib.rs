@@ -366,6 +366,31 @@ pub mod ports {
     pub const NOTICE: u16 = 8763;
     /// The test upstream.
     pub const ECHO: u16 = 9000;
+    /// board-service (Node.js).
+    pub const BOARD: u16 = 3000;
+}
+
+/// The board-service entry point in this repository.
+pub fn board_server() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../apps/board-service/server.js")
+}
+
+/// Whether Node.js and board-service's libraries load here; if not, the
+/// test skips (fails under CI) saying what to install.
+pub fn board_runtime() -> bool {
+    let ok = Command::new("node")
+        .args([
+            "-e",
+            "require('express'); require('sqlite3'); require('mysql')",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        skip_unless_ci(
+            "node with express, sqlite3 and mysql does not load (scripts/test installs Debian's nodejs node-express node-sqlite3 node-mysql)",
+        );
+    }
+    ok
 }
 
 impl<'a> Stack<'a> {
@@ -413,6 +438,38 @@ impl<'a> Stack<'a> {
         let proc = Proc::spawn(self.net, &name, &bin(binary), &[], &env);
         self.procs.insert(name, proc);
         SocketAddr::new(ip, port)
+    }
+
+    /// Starts board-service replica `i` (Node.js on port 3000 at 127.N.3.i)
+    /// behind `shoal sidecar`, as its Swarm task runs it, on `database_url`.
+    pub fn board(&mut self, i: u8, database_url: &str) -> SocketAddr {
+        let ip = self.net.ip(3, i);
+        let name = format!("board-service-{i}");
+        let mut env = self.net.member_env(ip, "board-service", &name);
+        for (k, v) in [
+            ("SHOAL_PORT", ports::BOARD.to_string()),
+            ("PORT", ports::BOARD.to_string()),
+            ("HOST", ip.to_string()),
+            ("HOSTNAME", name.clone()),
+            ("DATABASE_URL", database_url.to_string()),
+        ] {
+            env.push((k.to_string(), v));
+        }
+        let health = format!("http://{ip}:{}/bbs/health", ports::BOARD);
+        let server = board_server().display().to_string();
+        let args = [
+            "sidecar",
+            "--health-url",
+            &health,
+            "--routes",
+            "/bbs",
+            "--",
+            "node",
+            &server,
+        ];
+        let proc = Proc::spawn(self.net, &name, &bin("shoal"), &args, &env);
+        self.procs.insert(name, proc);
+        SocketAddr::new(ip, ports::BOARD)
     }
 
     /// The process called `name`.

@@ -68,7 +68,55 @@ fn local_cluster_starts_answers_and_stops_cleanly() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
+        if shoal_tests::board_runtime() {
+            // board-service (Node.js behind its sidecar) is part of it.
+            let r = client
+                .post(format!("http://{gw1}/api/bbs/"))
+                .json(
+                    &serde_json::json!({"id": "local", "title": "hi", "content": "from the test"}),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            let latest: serde_json::Value = client
+                .get(format!("http://{gw3}/api/bbs/latest/"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(latest[0]["title"], "hi");
+        }
     });
+
+    // `shoal members`, as the README shows it: the table and nothing else
+    // on stdout (its own log stays quiet unless asked for).
+    let members = std::process::Command::new(bin("shoal"))
+        .args(["members", "--seeds", "127.51.10.1:7950"])
+        .env("SHOAL_CLUSTER_KEY_FILE", format!("{data}/cluster.key"))
+        .env_remove("SHOAL_CLUSTER_KEY")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("shoal members");
+    let table = String::from_utf8_lossy(&members.stdout);
+    assert!(members.status.success(), "{table}");
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("SERVICE")),
+        "{table}"
+    );
+    for name in ["gateway-1", "story-service-3", "notice-service-2"] {
+        assert!(table.contains(name), "{name} missing: {table}");
+    }
+    if shoal_tests::board_runtime() {
+        assert!(table.contains("board-service-2"), "{table}");
+    }
+    let stderr = String::from_utf8_lossy(&members.stderr);
+    assert!(!stderr.contains("INFO"), "one-shot command logs: {stderr}");
 
     // Ctrl-C: everything drains and stops, nothing keeps listening.
     nix::sys::signal::kill(
@@ -122,6 +170,8 @@ fn local_cluster_survives_kills_and_chaos() {
             &data,
             "--notice",
             "1",
+            "--board",
+            "0",
             "--chaos",
             "story-service:4s",
         ],

@@ -16,6 +16,7 @@
 //! The children run in their own process group, so Ctrl-C reaches only this
 //! process, which then stops them in order.
 
+mod board;
 mod chaos;
 mod supervise;
 mod views;
@@ -48,6 +49,9 @@ pub struct LocalArgs {
     /// notice-service replicas (port 8763 on each).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=50))]
     pub notice: u8,
+    /// board-service replicas (Node.js on port 3000, each behind `shoal sidecar`).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=50))]
+    pub board: u8,
     /// Database for both services (default: SQLite files in the data folder).
     #[arg(long)]
     pub database_url: Option<String>,
@@ -71,6 +75,7 @@ pub struct LocalArgs {
 const GATEWAY_PORT: u16 = 4000;
 const ADMIN_PORT: u16 = 8761;
 const GOSSIP_PORT: u16 = 7950;
+const BOARD_PORT: u16 = 3000;
 
 /// Runs the local cluster until Ctrl-C.
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
@@ -87,10 +92,28 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let board_server = match args.board {
+        0 => None,
+        _ => match board::runtime(&bin_dir, args.database_url.as_deref()) {
+            Ok(server) => Some(server),
+            Err(why) => {
+                println!("shoal local: board-service left out: {why}");
+                None
+            }
+        },
+    };
     let counts = [
         ("gateway", args.gateways),
         ("story-service", args.story),
         ("notice-service", args.notice),
+        (
+            "board-service",
+            if board_server.is_some() {
+                args.board
+            } else {
+                0
+            },
+        ),
     ];
     for spec in &args.chaos {
         match counts.iter().find(|(s, _)| *s == spec.service) {
@@ -130,42 +153,62 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         .map(|ip| format!("{ip}:{GOSSIP_PORT}"))
         .collect::<Vec<_>>()
         .join(",");
-    let mut plan: Vec<(&'static str, &'static str, IpAddr, u16)> = Vec::new();
+    // (service, binary, address, port, arguments)
+    let mut plan: Vec<(&'static str, &'static str, IpAddr, u16, Vec<String>)> = Vec::new();
+    let local_ip = |group: u8, i: u8| IpAddr::V4(Ipv4Addr::new(prefix[0], prefix[1], group, i));
     for ip in &gateways {
-        plan.push(("gateway", "shoal-gateway", *ip, GATEWAY_PORT));
+        plan.push(("gateway", "shoal-gateway", *ip, GATEWAY_PORT, vec![]));
     }
     for i in 1..=args.story {
         plan.push((
             "story-service",
             "story-service",
-            IpAddr::V4(Ipv4Addr::new(prefix[0], prefix[1], 11, i)),
+            local_ip(11, i),
             8768,
+            vec![],
         ));
     }
     for i in 1..=args.notice {
         plan.push((
             "notice-service",
             "notice-service",
-            IpAddr::V4(Ipv4Addr::new(prefix[0], prefix[1], 12, i)),
+            local_ip(12, i),
             8763,
+            vec![],
         ));
+    }
+    if let Some(server) = &board_server {
+        for i in 1..=args.board {
+            let ip = local_ip(13, i);
+            let sidecar = [
+                "sidecar".to_string(),
+                "--health-url".to_string(),
+                format!("http://{ip}:{BOARD_PORT}/bbs/health"),
+                "--routes".to_string(),
+                "/bbs".to_string(),
+                "--".to_string(),
+                "node".to_string(),
+                server.display().to_string(),
+            ];
+            plan.push(("board-service", "shoal", ip, BOARD_PORT, sidecar.to_vec()));
+        }
     }
 
     let mut replicas: Vec<Arc<Replica>> = Vec::new();
     let mut counters: BTreeMap<&str, u8> = BTreeMap::new();
-    for (service, bin, ip, port) in plan {
+    for (service, bin, ip, port, args_of) in plan {
         let n = counters.entry(service).or_insert(0);
         *n += 1;
         let name = format!("{service}-{n}");
         let db = args.database_url.clone().unwrap_or_else(|| {
-            let file = if service == "story-service" {
-                "story.db"
-            } else {
-                "notice.db"
+            let file = match service {
+                "story-service" => "story.db",
+                "notice-service" => "notice.db",
+                _ => "board.db",
             };
             format!("sqlite://{}?mode=rwc", data.join(file).display())
         });
-        let env = [
+        let mut env: Vec<(String, String)> = [
             ("SHOAL_SERVICE", service.to_string()),
             ("SHOAL_ADVERTISE", ip.to_string()),
             ("SHOAL_LISTEN", ip.to_string()),
@@ -178,11 +221,23 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        if service == "board-service" {
+            // The sidecar advertises the port; the Node.js service reads its own variables.
+            for (k, v) in [
+                ("SHOAL_PORT", port.to_string()),
+                ("PORT", port.to_string()),
+                ("HOST", ip.to_string()),
+                ("HOSTNAME", name.clone()),
+            ] {
+                env.push((k.to_string(), v));
+            }
+        }
         replicas.push(Replica::new(Spec {
             log: logs.join(format!("{name}.log")),
             name,
             service,
             bin: bin_dir.join(bin),
+            args: args_of,
             ip,
             port,
             env,
@@ -238,7 +293,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         gw.to_string()
     };
     println!(
-        "\nAll {total} replicas are up and routable ({:.1} s).\n\n  gateway      http://{host}:{GATEWAY_PORT}/api/{{service}}/...\n  dashboard    http://{gw}:{ADMIN_PORT}/   (metrics: /metrics, members: /members)\n\nTry:\n  curl {host}:4000/api/story-service/story\n  curl -X POST {host}:4000/api/story-service/story -H 'content-type: application/json' -d '{{\"id\":\"alice\",\"message\":\"hello shoal\"}}'\n  curl {host}:4000/api/story/alice\n  curl {host}:4000/api/story-service/story/service/host   (repeat: the replica changes)\n  curl {host}:4000/api/notice-service/notice\n  SHOAL_CLUSTER_KEY_FILE={} shoal members --seeds {seeds}\n  pkill -9 -f story-service-2     (it is restarted; the gateways route around it meanwhile)\n\nCtrl-C drains and stops everything.",
+        "\nAll {total} replicas are up and routable ({:.1} s).\n\n  gateway      http://{host}:{GATEWAY_PORT}/api/{{service}}/...\n  dashboard    http://{gw}:{ADMIN_PORT}/   (metrics: /metrics, members: /members)\n\nTry:\n  curl {host}:4000/api/story-service/story\n  curl -X POST {host}:4000/api/story-service/story -H 'content-type: application/json' -d '{{\"id\":\"alice\",\"message\":\"hello shoal\"}}'\n  curl {host}:4000/api/story/alice\n  curl {host}:4000/api/story-service/story/service/host   (repeat: the replica changes)\n  curl {host}:4000/api/notice-service/notice\n  curl -X POST {host}:4000/api/bbs/ -H 'content-type: application/json' -d '{{\"id\":\"alice\",\"title\":\"hi\",\"content\":\"first post\"}}'\n  curl {host}:4000/api/bbs/latest/\n  SHOAL_CLUSTER_KEY_FILE={} shoal members --seeds {seeds}\n  pkill -9 -xf story-service-2    (it is restarted; the gateways route around it meanwhile)\n\nCtrl-C drains and stops everything.",
         started.elapsed().as_secs_f64(),
         key_file.display()
     );
@@ -416,10 +471,10 @@ async fn wait_ready(
 /// Whether a request through the first gateway reaches each service.
 async fn routable(views: &Views, expected: &[(&str, usize)]) -> bool {
     for (service, _) in expected.iter().filter(|(s, _)| *s != "gateway") {
-        let path = if *service == "story-service" {
-            "story"
-        } else {
-            "notice"
+        let path = match *service {
+            "story-service" => "story",
+            "notice-service" => "notice",
+            _ => "bbs",
         };
         let url = format!(
             "http://{}:{GATEWAY_PORT}/api/{service}/{path}/service/host",

@@ -7,9 +7,13 @@
 //! - `shoal sidecar`: advertises a co-located service by its health URL.
 //! - `shoal local`: the whole topology on this machine (what `scripts/run-local` runs).
 
-#![forbid(unsafe_code)]
+// One `unsafe` block in the whole binary: `sidecar::spawn_child` asks the
+// kernel to stop the service if the sidecar dies (see there).
+#![deny(unsafe_code)]
 
+mod exit;
 mod local;
+mod sidecar;
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -67,18 +71,9 @@ enum Command {
     /// addresses of this machine, until Ctrl-C.
     Local(local::LocalArgs),
     /// Advertises a co-located service written in any language (SHOAL_SERVICE
-    /// on SHOAL_PORT): `up` while its health URL answers 2xx, drained on SIGTERM.
-    Sidecar {
-        /// Health URL polled every second; without it the member is up at once.
-        #[arg(long)]
-        health_url: Option<String>,
-        /// Path prefixes the service serves, comma separated (e.g. /bbs).
-        #[arg(long, default_value = "")]
-        routes: String,
-        /// Also print one JSON line per change of this member's view.
-        #[arg(long)]
-        watch: bool,
-    },
+    /// on SHOAL_PORT): `up` while its health URL answers 2xx, drained on
+    /// SIGTERM; with `-- <command>` it also runs the service as its child.
+    Sidecar(sidecar::SidecarArgs),
 }
 
 fn duration_arg(raw: &str) -> Result<Duration, String> {
@@ -118,11 +113,7 @@ fn main() -> ExitCode {
                 anyhow::ensure!(status.is_success(), "GET {url} answered {status}");
                 Ok(())
             }
-            Command::Sidecar {
-                health_url,
-                routes,
-                watch,
-            } => sidecar(health_url, &routes, watch).await,
+            Command::Sidecar(args) => sidecar::run(args).await,
             Command::Local(args) => local::run(args).await,
             Command::Keygen => {
                 println!("{}", shoal_node::key::ClusterKey::generate().to_base64());
@@ -240,7 +231,7 @@ fn human_age(age: Duration) -> String {
 /// Prints one JSON line per view change, and one a second anyway: the time
 /// (ms since the epoch), the members (`id`, `health`) and the gossip
 /// counters of this member.
-async fn print_changes(cluster: &Cluster) {
+pub(crate) async fn print_changes(cluster: &Cluster) {
     use std::io::Write;
     use std::sync::atomic::Ordering::Relaxed;
     let mut rx = cluster.view();
@@ -272,62 +263,7 @@ async fn print_changes(cluster: &Cluster) {
     }
 }
 
-async fn sidecar(health_url: Option<String>, routes: &str, watch: bool) -> anyhow::Result<()> {
-    let env = Env::from_process();
-    shoal_http::telemetry::init(shoal_node::config::log_json(&env)?);
-    let config = NodeConfig::from_env(&env, "sidecar", 0)?;
-    anyhow::ensure!(
-        config.port != 0,
-        "SHOAL_PORT is not set: the port of the service this sidecar advertises"
-    );
-    let routes = routes
-        .split(',')
-        .map(str::trim)
-        .filter(|r| !r.is_empty())
-        .map(String::from)
-        .collect();
-    let cluster = Cluster::join(&config, Role::Service { routes }).await?;
-    let poll = {
-        let cluster = cluster.clone();
-        async move {
-            let mut current = None;
-            loop {
-                let health = match &health_url {
-                    None => shoal_node::Health::Up,
-                    Some(url) => match healthcheck(url, Duration::from_secs(2)).await {
-                        Ok(()) => shoal_node::Health::Up,
-                        Err(err) => {
-                            if current == Some(shoal_node::Health::Up) {
-                                tracing::warn!(error = %format!("{err:#}"), "service unhealthy");
-                            }
-                            shoal_node::Health::Starting
-                        }
-                    },
-                };
-                if current != Some(health) {
-                    cluster.set_health(health).await;
-                    current = Some(health);
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
-    let changes = async {
-        if watch {
-            print_changes(&cluster).await;
-        }
-        std::future::pending::<()>().await
-    };
-    tokio::select! {
-        _ = poll => {}
-        _ = changes => {}
-        _ = shoal_http::signal::terminate() => {}
-    }
-    cluster.begin_drain().await;
-    cluster.leave().await;
-    Ok(())
-}
-
+/// GETs `url`; Ok on a 2xx answer within `timeout`.
 async fn healthcheck(url: &str, timeout: Duration) -> anyhow::Result<()> {
     let (status, _) = http_get(url, timeout).await?;
     anyhow::ensure!(status.is_success(), "GET {url} answered {status}");

@@ -7,9 +7,9 @@
 //! it then drains its replica (SIGTERM) and kills it if the drain overruns.
 
 use std::net::IpAddr;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,8 @@ pub struct Spec {
     pub service: &'static str,
     /// The binary.
     pub bin: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
     /// Its loopback address.
     pub ip: IpAddr,
     /// Its service port.
@@ -133,6 +135,7 @@ impl Replica {
             .open(&spec.log)?;
         let mut cmd = std::process::Command::new(&spec.bin);
         cmd.arg0(&spec.name)
+            .args(&spec.args)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .env_remove("SHOAL_CLUSTER_KEY")
             .stdin(Stdio::null())
@@ -149,21 +152,6 @@ impl Replica {
 pub fn backoff(quick_deaths: u32) -> Duration {
     let doublings = quick_deaths.saturating_sub(1).min(16);
     (FIRST_DELAY * 2u32.pow(doublings)).min(MAX_DELAY)
-}
-
-/// `killed by SIGKILL`, `exited with code 1`.
-pub fn describe(exit: &std::io::Result<ExitStatus>) -> String {
-    match exit {
-        Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => format!("exited with code {code}"),
-            (None, Some(sig)) => match Signal::try_from(sig) {
-                Ok(sig) => format!("killed by {sig}"),
-                Err(_) => format!("killed by signal {sig}"),
-            },
-            _ => format!("ended ({status})"),
-        },
-        Err(err) => format!("could not be waited for ({err})"),
-    }
 }
 
 /// Runs `replica` until `stop` turns true, restarting it whenever it ends.
@@ -234,7 +222,7 @@ pub async fn supervise(replica: Arc<Replica>, views: Arc<Views>, mut stop: watch
             }
         };
         let died = Instant::now();
-        let mut how = describe(&exit);
+        let mut how = crate::exit::describe(&exit);
         let (quick, log_marker) = {
             let mut s = replica.lock();
             s.pid = None;
@@ -333,14 +321,5 @@ mod tests {
         assert_eq!(backoff(3), Duration::from_secs(2));
         assert_eq!(backoff(7), Duration::from_secs(30));
         assert_eq!(backoff(u32::MAX), MAX_DELAY);
-    }
-
-    #[test]
-    fn deaths_are_described_by_signal_or_code() {
-        assert_eq!(describe(&Ok(ExitStatus::from_raw(9))), "killed by SIGKILL");
-        assert_eq!(
-            describe(&Ok(ExitStatus::from_raw(1 << 8))),
-            "exited with code 1"
-        );
     }
 }
