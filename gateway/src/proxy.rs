@@ -33,6 +33,20 @@ use crate::upgrade::is_upgrade;
 use crate::upstreams::ServiceState;
 use crate::{retry, upgrade};
 
+/// A request past its route: what the retry loop or the upgrade reads.
+pub struct Call<'a> {
+    /// The client's path (for error answers).
+    pub path: &'a str,
+    /// The path (and query) to send to the instance.
+    pub upstream_path: String,
+    /// The client.
+    pub peer: SocketAddr,
+    /// The trace context sent on.
+    pub traceparent: &'a HeaderValue,
+    /// The access log line, filled in on the way.
+    pub log: &'a mut Log,
+}
+
 /// What the access log line says of a request, filled in on the way.
 pub struct Log {
     /// The service it was routed to.
@@ -118,32 +132,18 @@ async fn dispatch(
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.response(route.service, path),
     };
+    let call = Call {
+        path,
+        upstream_path: route.upstream,
+        peer,
+        traceparent,
+        log,
+    };
     let (response, verdict) = if is_upgrade(&req) {
-        upgrade::forward(
-            gw,
-            service,
-            req,
-            slot,
-            path,
-            route.upstream,
-            peer,
-            traceparent,
-            log,
-        )
-        .await
+        upgrade::forward(gw, service, req, slot, call).await
     } else {
         let _slot = slot;
-        retry::forward(
-            gw,
-            service,
-            req,
-            path,
-            route.upstream,
-            peer,
-            traceparent,
-            log,
-        )
-        .await
+        retry::forward(gw, service, req, call).await
     };
     admitted.settle(verdict);
     response

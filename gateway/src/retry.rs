@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -29,7 +29,7 @@ use crate::body::ProxyBody;
 use crate::error::{error_chain, error_response};
 use crate::headers::{forwarded_prefix, strip_hop_by_hop, upstream_headers};
 use crate::outcome::{Budget, note_failure};
-use crate::proxy::Log;
+use crate::proxy::Call;
 use crate::replay::Replay;
 use crate::state::Gateway;
 use crate::upstreams::ServiceState;
@@ -95,17 +95,19 @@ pub fn upstream_uri(endpoint: &Endpoint, path_and_query: PathAndQuery) -> Option
 /// Sends `req` (the client's request for `service`, path rewritten to
 /// `upstream_path`) to one instance after another until one answers or the
 /// rules say stop. Returns the answer and what it says of the service.
-#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     gw: &Gateway,
     service: &Arc<ServiceState>,
     req: Request<Incoming>,
-    path: &str,
-    upstream_path: String,
-    peer: SocketAddr,
-    traceparent: &HeaderValue,
-    log: &mut Log,
+    call: Call<'_>,
 ) -> (Response<ProxyBody>, Verdict) {
+    let Call {
+        path,
+        upstream_path,
+        peer,
+        traceparent,
+        log,
+    } = call;
     let name = &*service.name;
     let (parts, body) = req.into_parts();
     let Ok(path_and_query) = PathAndQuery::from_maybe_shared(Bytes::from(upstream_path)) else {

@@ -7,8 +7,6 @@
 //! gateway's in-flight limit and its instance's in-flight count for its
 //! whole life, and the drain waits for it (up to the grace period).
 
-use std::net::SocketAddr;
-
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -22,7 +20,7 @@ use crate::body::ProxyBody;
 use crate::error::{error_chain, error_response};
 use crate::headers::{forwarded_prefix, strip_hop_by_hop, upstream_headers};
 use crate::outcome::note_failure;
-use crate::proxy::Log;
+use crate::proxy::Call;
 use crate::retry::upstream_uri;
 use crate::state::Gateway;
 use crate::upstreams::ServiceState;
@@ -44,18 +42,20 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 /// Proxies the handshake of `req` to one instance of `service`; on `101`
 /// spawns the tunnel, which takes `slot` with it.
-#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     gw: &Gateway,
     service: &ServiceState,
     mut req: Request<Incoming>,
     slot: OwnedSemaphorePermit,
-    path: &str,
-    upstream_path: String,
-    peer: SocketAddr,
-    traceparent: &HeaderValue,
-    log: &mut Log,
+    call: Call<'_>,
 ) -> (Response<ProxyBody>, Verdict) {
+    let Call {
+        path,
+        upstream_path,
+        peer,
+        traceparent,
+        log,
+    } = call;
     let name = &*service.name;
     let client_upgrade = hyper::upgrade::on(&mut req);
     let now = Instant::now();

@@ -129,11 +129,7 @@ impl Env {
         expected: &str,
     ) -> Result<T, ConfigError> {
         let value = self.parse_or(var, default, expected)?;
-        if range.contains(&value) {
-            Ok(value)
-        } else {
-            Err(invalid(var, self.get(var).unwrap_or_default(), expected))
-        }
+        self.in_range(var, value, range, expected)
     }
 
     /// [`Env::duration_or`], then a check that the duration lies in `range`.
@@ -148,6 +144,16 @@ impl Env {
             None => default,
             Some(raw) => parse_duration(raw).ok_or_else(|| invalid(var, raw, expected))?,
         };
+        self.in_range(var, value, range, expected)
+    }
+
+    fn in_range<T: PartialOrd>(
+        &self,
+        var: &'static str,
+        value: T,
+        range: impl std::ops::RangeBounds<T>,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
         if range.contains(&value) {
             Ok(value)
         } else {

@@ -51,13 +51,14 @@ fn deploy_env(secret: &str) -> Vec<(&'static str, String)> {
 }
 
 async fn hosts_through_gateway(client: &reqwest::Client, n: usize) -> HashMap<String, usize> {
+    hosts_at(client, "/api/story-service/story/service/host", n).await
+}
+
+/// Which task answered each of `n` GETs of a `…/service/host` path.
+async fn hosts_at(client: &reqwest::Client, path: &str, n: usize) -> HashMap<String, usize> {
     let mut hosts = HashMap::new();
     for _ in 0..n {
-        if let Ok(r) = client
-            .get(format!("{}/api/story-service/story/service/host", base()))
-            .send()
-            .await
-        {
+        if let Ok(r) = client.get(format!("{}{path}", base())).send().await {
             if r.status() == 200 {
                 *hosts.entry(r.text().await.unwrap_or_default()).or_insert(0) += 1;
             }
@@ -72,6 +73,7 @@ async fn hosts_through_gateway(client: &reqwest::Client, n: usize) -> HashMap<St
 /// retried for up to 10 s; an HTTP error status is a failure at once.
 fn load(
     client: &reqwest::Client,
+    path: &'static str,
     stop: Arc<AtomicBool>,
     answered: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
@@ -84,7 +86,7 @@ fn load(
                     let (mut sent, mut failed) = (0u64, vec![]);
                     while !stop.load(Ordering::Relaxed) {
                         sent += 1;
-                        let url = format!("{}/api/story-service/story", base());
+                        let url = format!("{}{path}", base());
                         match chaos::get_until_answered(&client, &url).await {
                             Ok(r) if r.status() == 200 => {
                                 answered.fetch_add(1, Ordering::Relaxed);
@@ -113,9 +115,19 @@ async fn under_load<F: std::future::Future<Output = ()>>(
     what: &str,
     work: F,
 ) {
+    under_load_on(client, "/api/story-service/story", what, work).await;
+}
+
+/// GETs of `path` through the gateway while `work` runs: none may fail.
+async fn under_load_on<F: std::future::Future<Output = ()>>(
+    client: &reqwest::Client,
+    path: &'static str,
+    what: &str,
+    work: F,
+) {
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
-    let task = load(client, stop.clone(), answered.clone());
+    let task = load(client, path, stop.clone(), answered.clone());
     // The load runs before the work starts, and goes on after it is done.
     let more_answers = |n: u64| {
         let from = answered.load(Ordering::Relaxed);
@@ -255,7 +267,12 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
 
     // 2. Every member advertises its own msa-network address.
     let mut task_ips: HashMap<String, String> = HashMap::new();
-    for service in ["gateway", "story-service", "notice-service"] {
+    for service in [
+        "gateway",
+        "story-service",
+        "notice-service",
+        "board-service",
+    ] {
         for c in containers(STACK, service) {
             let host = docker(&["inspect", "-f", "{{.Config.Hostname}}", &c]);
             let ip = docker(&[
@@ -344,6 +361,63 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
     ]);
     wait_converged("story-service", 3, Duration::from_secs(60));
     while hosts_through_gateway(&client, 30).await.len() < 3 {}
+
+    // 3b. board-service (Node.js behind its sidecar, in one task): the /bbs
+    // API, scaled 2 → 3, a task killed under load.
+    let r = client
+        .post(format!("{}/api/bbs/", base()))
+        .json(&serde_json::json!({"id": "swarm", "title": "on swarm", "content": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let latest: serde_json::Value = client
+        .get(format!("{}/api/bbs/latest/", base()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(latest[0]["title"], "on swarm");
+    let t = Instant::now();
+    docker_ok(&[
+        "service",
+        "scale",
+        "-d",
+        &format!("{STACK}_board-service=3"),
+    ]);
+    while hosts_at(&client, "/api/bbs/service/host", 30).await.len() < 3 {
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "3 board-service tasks never answered"
+        );
+    }
+    eprintln!(
+        "SWARM board-service 2 → 3: routable {:.1} s after `docker service scale`",
+        t.elapsed().as_secs_f64()
+    );
+    under_load_on(
+        &client,
+        "/api/bbs/latest/",
+        "board-service task killed",
+        async {
+            let victim = containers(STACK, "board-service")
+                .into_iter()
+                .next()
+                .expect("a board-service task");
+            docker(&["kill", &victim]);
+            wait_converged("board-service", 3, Duration::from_secs(60));
+        },
+    )
+    .await;
+    let t = Instant::now();
+    while hosts_at(&client, "/api/bbs/service/host", 30).await.len() < 3 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the killed board-service task was not replaced"
+        );
+    }
 
     // 4. Chaos: a story-service task killed every 5 s for 60 s, a gateway too.
     let report = chaos::run(&Plan {
