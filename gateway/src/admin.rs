@@ -1,6 +1,7 @@
 //! The admin port (8761, where Eureka's dashboard was): `/metrics`
-//! (Prometheus), `/members` (this gateway's view as JSON), `/health`, and
-//! `/` — a small page listing every service and instance.
+//! (Prometheus), `/members` (this gateway's view as JSON), `/health`,
+//! `/eureka/…` (Eureka's REST reads, see [`crate::eureka`]), and `/` — a
+//! small page listing every service and instance.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -27,6 +28,9 @@ pub fn router(gw: Arc<Gateway>, cluster: Cluster) -> Router {
         .route("/metrics", get(metrics))
         .route("/members", get(members))
         .route("/health", get(health))
+        .merge(crate::eureka::router(|a: &Admin| {
+            a.cluster.view().borrow().clone()
+        }))
         .with_state(Admin { gw, cluster })
 }
 

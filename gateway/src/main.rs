@@ -14,7 +14,8 @@
 //! - [`outcome`]: retry budget, circuit breaker, ejection.
 //! - [`upstreams`]: the routing table rebuilt from each new view; [`state`]:
 //!   what every request reads.
-//! - [`admin`], [`metrics`], [`error`], [`body`], [`connect`], [`config`].
+//! - [`admin`] (with [`eureka`], Eureka's REST reads), [`metrics`],
+//!   [`error`], [`body`], [`connect`], [`config`].
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ mod body;
 mod config;
 mod connect;
 mod error;
+mod eureka;
 mod headers;
 mod metrics;
 mod outcome;

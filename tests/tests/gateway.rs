@@ -623,3 +623,85 @@ async fn sigterm_drains_the_gateway_and_a_replica_without_failing_requests() {
         .expect("gateway exits");
     assert!(status.success(), "exit 0, got {status}");
 }
+
+/// Eureka clients point `defaultZone` at a gateway's admin port and
+/// discover every member: JSON for Spring's client (`Accept:
+/// application/json`), XML for the Python client (`Accept: */*`), both
+/// prefixes, ids with `:` percent-encoded.
+#[tokio::test]
+async fn eureka_clients_discover_every_member_in_json_and_xml() {
+    let net = Net::new(42);
+    let (_stack, gw, client) = setup(&net, 2, &[], |_| vec![]).await;
+    let admin = SocketAddr::new(gw.ip(), shoal_tests::ports::ADMIN);
+    let get = |path: &str, accept: &str| {
+        client
+            .get(format!("http://{admin}{path}"))
+            .header("accept", accept)
+            .send()
+    };
+
+    let r = get("/eureka/apps/", "application/json").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let body: Value = r.json().await.unwrap();
+    let apps = &body["applications"];
+    assert_eq!(apps["versions__delta"], "1");
+    assert_eq!(apps["apps__hashcode"], "UP_3_");
+    let list = apps["application"].as_array().expect("always an array");
+    let echo = list.iter().find(|a| a["name"] == "ECHO").expect("ECHO");
+    let instances = echo["instance"].as_array().expect("always an array");
+    assert_eq!(instances.len(), 2);
+    assert!(list.iter().any(|a| a["name"] == "GATEWAY"));
+    let id = instances[0]["instanceId"].as_str().unwrap().to_string();
+    assert_eq!(instances[0]["port"]["$"], 9000);
+    assert_eq!(instances[0]["status"], "UP");
+
+    let r = get("/eureka/v2/apps", "*/*").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/xml");
+    let xml = r.text().await.unwrap();
+    assert!(xml.contains("<applications><versions__delta>1</versions__delta><apps__hashcode>UP_3_</apps__hashcode>"), "{xml}");
+    assert!(
+        xml.contains("<application><name>ECHO</name><instance>"),
+        "{xml}"
+    );
+    assert!(xml.contains("<port enabled=\"true\">9000</port>"), "{xml}");
+
+    let encoded = id.replace(':', "%3A");
+    let r = get(&format!("/eureka/apps/echo/{encoded}"), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let one: Value = r.json().await.unwrap();
+    assert_eq!(one["instance"]["instanceId"], id.as_str());
+    let r = get(&format!("/eureka/instances/{encoded}"), "*/*")
+        .await
+        .unwrap();
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains(&format!("<instanceId>{id}</instanceId>"))
+    );
+    let r = get("/eureka/apps/ECHO", "application/json").await.unwrap();
+    let app: Value = r.json().await.unwrap();
+    assert_eq!(
+        app["application"]["instance"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let r = get("/eureka/vips/echo", "application/json").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(get("/eureka/apps/NOPE", "*/*").await.unwrap().status(), 404);
+    assert_eq!(get("/eureka/vips/nope", "*/*").await.unwrap().status(), 404);
+
+    // Registration is not served yet, and says so.
+    let r = client
+        .post(format!("http://{admin}/eureka/apps/ORDERS"))
+        .header("content-type", "application/json")
+        .body(r#"{"instance":{"app":"ORDERS"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 501);
+    assert!(r.text().await.unwrap().contains("registration"));
+}
