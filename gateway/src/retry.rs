@@ -83,6 +83,12 @@ impl Outgoing {
     }
 }
 
+/// The path and query to send on, taken over without a copy; `None` if the
+/// client's path cannot be sent as one.
+pub fn upstream_path_and_query(upstream_path: String) -> Option<PathAndQuery> {
+    PathAndQuery::from_maybe_shared(Bytes::from(upstream_path)).ok()
+}
+
 /// `http://{instance}{path?query}`, from parts (no parsing, no copy of the path).
 pub fn upstream_uri(endpoint: &Endpoint, path_and_query: PathAndQuery) -> Option<Uri> {
     let mut p = http::uri::Parts::default();
@@ -110,7 +116,7 @@ pub async fn forward(
     } = call;
     let name = &*service.name;
     let (parts, body) = req.into_parts();
-    let Ok(path_and_query) = PathAndQuery::from_maybe_shared(Bytes::from(upstream_path)) else {
+    let Some(path_and_query) = upstream_path_and_query(upstream_path) else {
         return (
             error_response(
                 StatusCode::BAD_REQUEST,

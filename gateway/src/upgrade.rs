@@ -21,7 +21,7 @@ use crate::error::{error_chain, error_response};
 use crate::headers::{forwarded_prefix, strip_hop_by_hop, upstream_headers};
 use crate::outcome::note_failure;
 use crate::proxy::Call;
-use crate::retry::upstream_uri;
+use crate::retry::{upstream_path_and_query, upstream_uri};
 use crate::state::Gateway;
 use crate::upstreams::ServiceState;
 
@@ -74,7 +74,7 @@ pub async fn forward(
             Verdict::None,
         );
     };
-    let Ok(path_and_query) = upstream_path.parse::<http::uri::PathAndQuery>() else {
+    let Some(path_and_query) = upstream_path_and_query(upstream_path) else {
         return (
             error_response(
                 StatusCode::BAD_REQUEST,

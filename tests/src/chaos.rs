@@ -126,21 +126,23 @@ pub fn containers(stack: &str, service: &str) -> Vec<String> {
     .collect()
 }
 
-/// Host names in every gateway's own view, read from inside each gateway
-/// container (the admin port is not published).
-pub fn gateway_views(stack: &str) -> Vec<HashSet<String>> {
+/// What each gateway task's admin port answers on `path` (`/members`,
+/// `/metrics`), read from inside the container (the admin port is not
+/// published); empty where it does not answer.
+pub fn gateway_admin(stack: &str, path: &str) -> Vec<String> {
+    let url = format!("http://127.0.0.1:8761{path}");
     containers(stack, "gateway")
         .iter()
-        .map(|c| {
-            let json = docker(&[
-                "exec",
-                c,
-                "/shoal",
-                "healthcheck",
-                "--print",
-                "http://127.0.0.1:8761/members",
-            ]);
-            serde_json::from_str::<shoal_node::MembersDoc>(&json)
+        .map(|c| docker(&["exec", c, "/shoal", "healthcheck", "--print", &url]))
+        .collect()
+}
+
+/// Host names in every gateway's own view.
+pub fn gateway_views(stack: &str) -> Vec<HashSet<String>> {
+    gateway_admin(stack, "/members")
+        .iter()
+        .map(|json| {
+            serde_json::from_str::<shoal_node::MembersDoc>(json)
                 .map(|doc| doc.members().map(|m| m.host.clone()).collect())
                 .unwrap_or_default()
         })

@@ -43,6 +43,7 @@ fn local_cluster_starts_answers_and_stops_cleanly() {
     // Through the gateway: a write, then a read on another gateway.
     let gw1: SocketAddr = "127.51.10.1:4000".parse().unwrap();
     let gw3: SocketAddr = "127.51.10.3:4000".parse().unwrap();
+    let board = shoal_tests::board_runtime();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = shoal_tests::http();
@@ -68,7 +69,7 @@ fn local_cluster_starts_answers_and_stops_cleanly() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        if shoal_tests::board_runtime() {
+        if board {
             // board-service (Node.js behind its sidecar) is part of it.
             let r = client
                 .post(format!("http://{gw1}/api/bbs/"))
@@ -112,7 +113,7 @@ fn local_cluster_starts_answers_and_stops_cleanly() {
     for name in ["gateway-1", "story-service-3", "notice-service-2"] {
         assert!(table.contains(name), "{name} missing: {table}");
     }
-    if shoal_tests::board_runtime() {
+    if board {
         assert!(table.contains("board-service-2"), "{table}");
     }
     let stderr = String::from_utf8_lossy(&members.stderr);

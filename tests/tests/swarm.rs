@@ -284,18 +284,11 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
             task_ips.insert(host, ip);
         }
     }
-    let gw = containers(STACK, "gateway")
-        .into_iter()
-        .next()
-        .expect("a gateway task");
-    let members: shoal_node::MembersDoc = serde_json::from_str(&docker(&[
-        "exec",
-        &gw,
-        "/shoal",
-        "healthcheck",
-        "--print",
-        "http://127.0.0.1:8761/members",
-    ]))
+    let members: shoal_node::MembersDoc = serde_json::from_str(
+        chaos::gateway_admin(STACK, "/members")
+            .first()
+            .expect("a gateway task"),
+    )
     .expect("members JSON");
     let mut checked = 0;
     for list in members.services.values() {
@@ -544,22 +537,11 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
     // Wait until the gateways have refused its gossip for a while: then it
     // has had every chance to get in.
     let rejected = || -> u64 {
-        containers(STACK, "gateway")
+        chaos::gateway_admin(STACK, "/metrics")
             .iter()
-            .map(|c| {
-                docker(&[
-                    "exec",
-                    c,
-                    "/shoal",
-                    "healthcheck",
-                    "--print",
-                    "http://127.0.0.1:8761/metrics",
-                ])
-                .lines()
-                .filter(|l| l.starts_with("shoal_gateway_gossip_rejected_packets_total"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum::<u64>()
-            })
+            .flat_map(|text| text.lines())
+            .filter(|l| l.starts_with("shoal_gateway_gossip_rejected_packets_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
     };
     let before = rejected();

@@ -355,7 +355,7 @@ fn summary(replicas: &[Arc<Replica>], views: &Views, ran: Duration) -> String {
         .iter()
         .filter_map(|r| {
             let s = r.status();
-            (s.restarts > 0).then(|| {
+            (s.restarts() > 0).then(|| {
                 let mut how: BTreeMap<&str, u32> = BTreeMap::new();
                 for d in &s.deaths {
                     *how.entry(d.as_str()).or_default() += 1;
@@ -364,13 +364,13 @@ fn summary(replicas: &[Arc<Replica>], views: &Views, ran: Duration) -> String {
                 format!(
                     "    {:<20} {} ({})",
                     r.spec.name,
-                    s.restarts,
+                    s.restarts(),
                     how.join(", ")
                 )
             })
         })
         .collect();
-    let restarts: u32 = replicas.iter().map(|r| r.status().restarts).sum();
+    let restarts: usize = replicas.iter().map(|r| r.status().restarts()).sum();
     let _ = writeln!(
         out,
         "summary: ran {}; {restarts} restart{}",
@@ -480,9 +480,8 @@ async fn routable(views: &Views, expected: &[(&str, usize)]) -> bool {
             "http://{}:{GATEWAY_PORT}/api/{service}/{path}/service/host",
             views.first_gateway()
         );
-        match crate::http_get(&url, Duration::from_secs(2)).await {
-            Ok((status, _)) if status.is_success() => {}
-            _ => return false,
+        if !views.answers(&url, Duration::from_secs(2)).await {
+            return false;
         }
     }
     true

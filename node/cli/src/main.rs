@@ -270,18 +270,37 @@ async fn healthcheck(url: &str, timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// GETs `url` (plain HTTP) and returns the status and the whole body.
+/// A plain-HTTP client for GETs.
+pub(crate) type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+/// A new [`HttpClient`] (keep it to reuse its connections).
+pub(crate) fn http_client() -> HttpClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// GETs `url` (plain HTTP) on a fresh connection and returns the status and
+/// the whole body.
 async fn http_get(
     url: &str,
     timeout: Duration,
 ) -> anyhow::Result<(hyper::StatusCode, bytes::Bytes)> {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
+    http_get_with(&http_client(), url, timeout).await
+}
+
+/// GETs `url` with `client` and returns the status and the whole body,
+/// within `timeout`.
+pub(crate) async fn http_get_with(
+    client: &HttpClient,
+    url: &str,
+    timeout: Duration,
+) -> anyhow::Result<(hyper::StatusCode, bytes::Bytes)> {
+    use http_body_util::BodyExt;
     let uri: hyper::Uri = url
         .parse()
         .with_context(|| format!("{url:?} is not a URL"))?;
-    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let work = async {
         let response = client
             .get(uri)

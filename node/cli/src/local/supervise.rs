@@ -67,14 +67,20 @@ pub struct Status {
     pub pid: Option<u32>,
     /// When the running (or last) process was started, ms since the epoch.
     pub started_ms: u64,
-    /// Restarts so far.
-    pub restarts: u32,
     /// Deaths in a row, each within [`STABLE`] of its start.
     pub quick_deaths: u32,
     /// The next death was caused by `--chaos`.
     pub chaos_kill: bool,
-    /// How each death happened (`killed by SIGKILL` → count).
+    /// How each death happened (`killed by SIGKILL`), oldest first: each
+    /// was followed by a restart.
     pub deaths: Vec<String>,
+}
+
+impl Status {
+    /// Restarts so far (one per death).
+    pub fn restarts(&self) -> usize {
+        self.deaths.len()
+    }
 }
 
 /// A replica and its supervisor's status.
@@ -160,27 +166,27 @@ pub async fn supervise(replica: Arc<Replica>, views: Arc<Views>, mut stop: watch
     // (delay, how it died, when) of the death this start follows.
     let mut after_death: Option<(Duration, String, Instant)> = None;
     loop {
-        let mut child = match replica.spawn(after_death.is_none() && replica.status().restarts == 0)
-        {
-            Ok(child) => child,
-            Err(err) => {
-                let quick = {
-                    let mut s = replica.lock();
-                    s.quick_deaths += 1;
-                    s.quick_deaths
-                };
-                let delay = backoff(quick);
-                println!(
-                    "{name} cannot start ({}: {err}); next try in {:.1} s",
-                    replica.spec.bin.display(),
-                    delay.as_secs_f64()
-                );
-                if sleep_or_stop(delay, &mut stop).await {
-                    return;
+        let mut child =
+            match replica.spawn(after_death.is_none() && replica.status().restarts() == 0) {
+                Ok(child) => child,
+                Err(err) => {
+                    let quick = {
+                        let mut s = replica.lock();
+                        s.quick_deaths += 1;
+                        s.quick_deaths
+                    };
+                    let delay = backoff(quick);
+                    println!(
+                        "{name} cannot start ({}: {err}); next try in {:.1} s",
+                        replica.spec.bin.display(),
+                        delay.as_secs_f64()
+                    );
+                    if sleep_or_stop(delay, &mut stop).await {
+                        return;
+                    }
+                    continue;
                 }
-                continue;
-            }
-        };
+            };
         let pid = child.id().unwrap_or_default();
         let started = Instant::now();
         let started_ms = now_ms();
@@ -230,7 +236,6 @@ pub async fn supervise(replica: Arc<Replica>, views: Arc<Views>, mut stop: watch
                 how.push_str(" (chaos)");
             }
             s.deaths.push(how.clone());
-            s.restarts += 1;
             if started.elapsed() >= STABLE {
                 s.quick_deaths = 0;
             } else {

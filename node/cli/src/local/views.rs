@@ -7,11 +7,6 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use shoal_node::{Health, MembersDoc};
 
 /// How long a restarted replica may take to be back in rotation before it
@@ -33,7 +28,7 @@ pub struct Views {
     gateways: Vec<IpAddr>,
     admin_port: u16,
     logs: PathBuf,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: crate::HttpClient,
     /// Seconds from a death to back in rotation, for every restart.
     back: Mutex<Vec<f64>>,
 }
@@ -45,7 +40,7 @@ impl Views {
             gateways,
             admin_port,
             logs,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: crate::http_client(),
             back: Mutex::default(),
         }
     }
@@ -55,23 +50,24 @@ impl Views {
         self.gateways[0]
     }
 
+    /// Whether a GET of `url` answers 2xx within `timeout`, on this
+    /// struct's pooled connections.
+    pub async fn answers(&self, url: &str, timeout: Duration) -> bool {
+        crate::http_get_with(&self.client, url, timeout)
+            .await
+            .is_ok_and(|(status, _)| status.is_success())
+    }
+
     /// The view of one gateway, if it answers within a second.
     pub async fn fetch(&self, gateway: IpAddr) -> Option<MembersDoc> {
-        let uri: hyper::Uri = format!("http://{gateway}:{}/members", self.admin_port)
-            .parse()
-            .ok()?;
-        let work = async {
-            let response = self.client.get(uri).await.ok()?;
-            if !response.status().is_success() {
-                return None;
-            }
-            let body = response.into_body().collect().await.ok()?.to_bytes();
-            serde_json::from_slice(&body).ok()
-        };
-        tokio::time::timeout(Duration::from_secs(1), work)
+        let url = format!("http://{gateway}:{}/members", self.admin_port);
+        let (status, body) = crate::http_get_with(&self.client, &url, Duration::from_secs(1))
             .await
-            .ok()
-            .flatten()
+            .ok()?;
+        if !status.is_success() {
+            return None;
+        }
+        serde_json::from_slice(&body).ok()
     }
 
     /// The view of every gateway; `None` for those that do not answer.
