@@ -28,10 +28,11 @@ pub fn router(gw: Arc<Gateway>, cluster: Cluster) -> Router {
         .route("/metrics", get(metrics))
         .route("/members", get(members))
         .route("/health", get(health))
-        .merge(crate::eureka::router(|a: &Admin| {
-            a.cluster.view().borrow().clone()
-        }))
-        .with_state(Admin { gw, cluster })
+        .with_state(Admin {
+            gw,
+            cluster: cluster.clone(),
+        })
+        .merge(crate::eureka::router(crate::eureka::Eureka::start(cluster)))
 }
 
 async fn metrics(State(a): State<Admin>) -> Response {

@@ -1,212 +1,69 @@
-//! Eureka's REST reads on the admin port, so Eureka clients (Spring Cloud
-//! Netflix, py-eureka-client, eureka-js-client) discover shoal services
-//! with no Eureka server: every member of this gateway's view is an
-//! instance of the application named after its service, upper-cased
-//! (STORY-SERVICE, NOTICE-SERVICE, BOARD-SERVICE, GATEWAY).
+//! Eureka's REST API on the admin port, so Eureka clients (Spring Cloud
+//! Netflix, py-eureka-client, eureka-js-client) register and discover with
+//! no Eureka server.
 //!
-//! Paths under `/eureka/` and `/eureka/v2/`, with and without a trailing
-//! slash: `apps`, `apps/delta`, `apps/{APP}`, `apps/{APP}/{ID}`,
-//! `instances/{ID}`, `vips/{vip}`, `svips/{svip}`. JSON when `Accept`
-//! contains `json`, XML otherwise (the Python client reads only XML).
-//! Shapes follow `../shared/EUREKA.md`: `application` and `instance` are
-//! always arrays, `versions__delta` always present, `apps__hashcode` is
-//! `STATUS_count_` over the registry, ports carry `@enabled`.
+//! - **Reads**: every member of this gateway's view is an instance of the
+//!   application named after its service, upper-cased (STORY-SERVICE,
+//!   GATEWAY…), beside the instances registered through this API. Paths
+//!   under `/eureka/` and `/eureka/v2/`, with and without a trailing slash:
+//!   `apps`, `apps/delta`, `apps/{APP}`, `apps/{APP}/{ID}`, `instances/{ID}`,
+//!   `vips/{vip}`, `svips/{svip}`. JSON when `Accept` contains `json`, XML
+//!   otherwise (the Python client reads only XML). Shapes follow
+//!   `../shared/EUREKA.md`: `application` and `instance` always arrays,
+//!   `versions__delta` always present, `apps__hashcode` `STATUS_count_`.
+//! - **Writes**: register (`POST apps/{APP}`, JSON or XML → 204), heartbeat
+//!   (`PUT apps/{APP}/{ID}` → 200 or 404, empty bodies), cancel, status
+//!   override, metadata. Each becomes a lease in gossip
+//!   ([`shoal_node::lease`]): every gateway routes `/api/{app}/**` to the
+//!   instance within a few gossip rounds, a heartbeat to any gateway renews
+//!   it, and it leaves every view on cancel or when its lease runs out.
 //!
-//! Registration (POST/PUT/DELETE under `apps/`) is not served yet: it
-//! answers 501 and says so, rather than pretend to keep a lease.
+//! [`record`] renders instances, [`register`] reads registration bodies,
+//! [`changes`] keeps the registry and its recent changes for deltas.
+
+mod changes;
+mod record;
+mod register;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use serde_json::{Value, json};
-use shoal_node::{ClusterView, Health, Member};
+use shoal_node::{Cluster, LeaseError, LeaseOp, Status};
+use tokio::sync::watch;
+use tracing::info;
 
-/// An instance as Eureka shows it, built from a member.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Instance {
-    /// `10.0.9.5:story-service:8768`.
-    pub instance_id: String,
-    /// The upper-cased service name.
-    pub app: String,
-    /// The member's address (also its `hostName`: task names do not resolve
-    /// everywhere, addresses do).
-    pub ip: String,
-    /// Its service port.
-    pub port: u16,
-    /// UP, STARTING or OUT_OF_SERVICE.
-    pub status: &'static str,
-    /// The service name, lower case (`vipAddress`).
-    pub vip: String,
-    /// Its start, ms since the epoch.
-    pub started_ms: u64,
-    /// shoal's facts about it, as Eureka metadata.
-    pub metadata: BTreeMap<&'static str, String>,
+pub use changes::Snapshot;
+pub use record::{Instance, Registry, escape};
+
+/// The largest registration body taken (Eureka's own records are ~1.5 KB).
+const MAX_BODY: usize = 64 * 1024;
+
+/// What the Eureka routes share: the cluster (to write leases) and the
+/// registry snapshots.
+#[derive(Clone)]
+pub struct Eureka {
+    cluster: Cluster,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
-/// Eureka's status for a member's health.
-pub fn status(health: Health) -> &'static str {
-    match health {
-        Health::Up => "UP",
-        Health::Starting => "STARTING",
-        Health::Draining | Health::Left => "OUT_OF_SERVICE",
-    }
-}
-
-impl Instance {
-    fn of(member: &Member) -> Self {
-        let ip = member.addr.ip().to_string();
-        let mut metadata = BTreeMap::new();
-        metadata.insert("shoal.member", member.id.to_string());
-        metadata.insert("shoal.host", member.host.clone());
-        metadata.insert("shoal.version", member.version.clone());
-        if !member.routes.is_empty() {
-            metadata.insert("shoal.routes", member.routes.join(","));
-        }
-        Self {
-            instance_id: format!("{ip}:{}:{}", member.service, member.addr.port()),
-            app: member.service.to_uppercase(),
-            ip,
-            port: member.addr.port(),
-            status: status(member.health),
-            vip: member.service.clone(),
-            started_ms: member.started_ms,
-            metadata,
-        }
+impl Eureka {
+    /// Starts following `cluster`'s view; call once per gateway.
+    pub fn start(cluster: Cluster) -> Self {
+        let snapshots = changes::follow(cluster.view());
+        cluster.keep_leases();
+        Self { cluster, snapshots }
     }
 
-    fn base_url(&self) -> String {
-        format!("http://{}:{}/", self.ip, self.port)
-    }
-
-    /// The JSON record (`{"instanceId":…}`), field order as Eureka's.
-    pub fn json(&self, now_ms: u64) -> Value {
-        let base = self.base_url();
-        json!({
-            "instanceId": self.instance_id,
-            "hostName": self.ip,
-            "app": self.app,
-            "ipAddr": self.ip,
-            "status": self.status,
-            "overriddenStatus": "UNKNOWN",
-            "port": {"$": self.port, "@enabled": "true"},
-            "securePort": {"$": 443, "@enabled": "false"},
-            "countryId": 1,
-            "dataCenterInfo": {
-                "@class": "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo",
-                "name": "MyOwn"
-            },
-            "leaseInfo": {
-                "renewalIntervalInSecs": 30,
-                "durationInSecs": 90,
-                "registrationTimestamp": self.started_ms,
-                "lastRenewalTimestamp": now_ms,
-                "evictionTimestamp": 0,
-                "serviceUpTimestamp": self.started_ms
-            },
-            "metadata": self.metadata,
-            "homePageUrl": base,
-            "statusPageUrl": format!("{base}health"),
-            "healthCheckUrl": format!("{base}health"),
-            "vipAddress": self.vip,
-            "secureVipAddress": self.vip,
-            "isCoordinatingDiscoveryServer": "false",
-            "lastUpdatedTimestamp": self.started_ms.to_string(),
-            "lastDirtyTimestamp": self.started_ms.to_string(),
-            "actionType": "ADDED"
-        })
-    }
-
-    /// The XML record (`<instance>…</instance>`).
-    pub fn xml(&self, now_ms: u64, out: &mut String) {
-        let base = self.base_url();
-        let e = escape;
-        let _ = write!(
-            out,
-            "<instance><instanceId>{id}</instanceId><hostName>{ip}</hostName><app>{app}</app>\
-             <ipAddr>{ip}</ipAddr><status>{status}</status><overriddenstatus>UNKNOWN</overriddenstatus>\
-             <port enabled=\"true\">{port}</port><securePort enabled=\"false\">443</securePort>\
-             <countryId>1</countryId>\
-             <dataCenterInfo class=\"com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo\"><name>MyOwn</name></dataCenterInfo>\
-             <leaseInfo><renewalIntervalInSecs>30</renewalIntervalInSecs><durationInSecs>90</durationInSecs>\
-             <registrationTimestamp>{started}</registrationTimestamp><lastRenewalTimestamp>{now_ms}</lastRenewalTimestamp>\
-             <evictionTimestamp>0</evictionTimestamp><serviceUpTimestamp>{started}</serviceUpTimestamp></leaseInfo>\
-             <metadata>",
-            id = e(&self.instance_id),
-            ip = e(&self.ip),
-            app = e(&self.app),
-            status = self.status,
-            port = self.port,
-            started = self.started_ms,
-        );
-        for (k, v) in &self.metadata {
-            // The keys are ours, valid XML names (letters and dots).
-            let _ = write!(out, "<{k}>{}</{k}>", e(v));
-        }
-        let _ = write!(
-            out,
-            "</metadata><homePageUrl>{base}</homePageUrl><statusPageUrl>{base}health</statusPageUrl>\
-             <healthCheckUrl>{base}health</healthCheckUrl><vipAddress>{vip}</vipAddress>\
-             <secureVipAddress>{vip}</secureVipAddress>\
-             <isCoordinatingDiscoveryServer>false</isCoordinatingDiscoveryServer>\
-             <lastUpdatedTimestamp>{started}</lastUpdatedTimestamp><lastDirtyTimestamp>{started}</lastDirtyTimestamp>\
-             <actionType>ADDED</actionType></instance>",
-            base = e(&base),
-            vip = e(&self.vip),
-            started = self.started_ms,
-        );
-    }
-}
-
-/// The registry seen by this gateway: application name → instances.
-#[derive(Debug, Default, Clone)]
-pub struct Registry {
-    apps: BTreeMap<String, Vec<Instance>>,
-}
-
-impl Registry {
-    /// The registry of `view`: every member, whatever its health.
-    pub fn of(view: &ClusterView) -> Self {
-        let mut apps: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
-        for member in view.members() {
-            let instance = Instance::of(member);
-            apps.entry(instance.app.clone()).or_default().push(instance);
-        }
-        Self { apps }
-    }
-
-    /// `STATUS_count_` per status, alphabetical; `""` when empty.
-    pub fn hashcode(&self) -> String {
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for instance in self.apps.values().flatten() {
-            *counts.entry(instance.status).or_default() += 1;
-        }
-        counts
-            .iter()
-            .map(|(status, n)| format!("{status}_{n}_"))
-            .collect()
-    }
-
-    fn select(&self, keep: impl Fn(&Instance) -> bool) -> Vec<(&str, Vec<&Instance>)> {
-        self.apps
-            .iter()
-            .map(|(name, list)| {
-                (
-                    name.as_str(),
-                    list.iter().filter(|i| keep(i)).collect::<Vec<_>>(),
-                )
-            })
-            .filter(|(_, list)| !list.is_empty())
-            .collect()
-    }
-
-    fn find(&self, id: &str) -> Option<&Instance> {
-        self.apps.values().flatten().find(|i| i.instance_id == id)
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
     }
 }
 
@@ -226,42 +83,57 @@ fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// `applications` (the full registry, a delta, or a VIP), in either form.
-fn applications(registry: &Registry, apps: &[(&str, Vec<&Instance>)], json: bool) -> Response {
+/// `applications` (the full registry, a delta, or a VIP), in either form:
+/// each application with its `(action, instance)` list.
+fn applications(
+    snapshot: &Snapshot,
+    apps: &BTreeMap<&str, Vec<(&str, &Instance)>>,
+    json: bool,
+) -> Response {
     let now = now_ms();
-    let hashcode = registry.hashcode();
+    let hashcode = snapshot.registry.hashcode();
+    let version = snapshot.version.to_string();
     if json {
         let application: Vec<Value> = apps
             .iter()
             .map(|(name, list)| {
-                json!({"name": name, "instance": list.iter().map(|i| i.json(now)).collect::<Vec<_>>()})
+                json!({"name": name, "instance": list.iter().map(|(a, i)| i.json(now, a)).collect::<Vec<_>>()})
             })
             .collect();
         let body = json!({"applications": {
-            "versions__delta": "1",
+            "versions__delta": version,
             "apps__hashcode": hashcode,
             "application": application,
         }});
         return json_response(&body);
     }
-    let mut out = String::from("<applications><versions__delta>1</versions__delta>");
-    let _ = write!(out, "<apps__hashcode>{hashcode}</apps__hashcode>");
+    let mut out = format!(
+        "<applications><versions__delta>{version}</versions__delta><apps__hashcode>{hashcode}</apps__hashcode>"
+    );
     for (name, list) in apps {
-        let _ = write!(out, "<application><name>{}</name>", escape(name));
-        for i in list {
-            i.xml(now, &mut out);
+        let _ = std::fmt::Write::write_fmt(
+            &mut out,
+            format_args!("<application><name>{}</name>", escape(name)),
+        );
+        for (action, i) in list {
+            i.xml(now, action, &mut out);
         }
         out.push_str("</application>");
     }
     out.push_str("</applications>");
     xml_response(out)
+}
+
+/// The registry's instances that `keep`, grouped by application, as ADDED.
+fn select(
+    registry: &Registry,
+    keep: impl Fn(&Instance) -> bool,
+) -> BTreeMap<&str, Vec<(&'static str, &Instance)>> {
+    let mut apps: BTreeMap<&str, Vec<(&str, &Instance)>> = BTreeMap::new();
+    for i in registry.instances().filter(|i| keep(i)) {
+        apps.entry(i.app.as_str()).or_default().push(("ADDED", i));
+    }
+    apps
 }
 
 fn json_response(body: &Value) -> Response {
@@ -280,99 +152,233 @@ fn xml_response(body: String) -> Response {
         .into_response()
 }
 
-/// The registry routes, for `/eureka` and `/eureka/v2`; the state gives
-/// this gateway's current view.
-pub fn router<S>(view: fn(&S) -> std::sync::Arc<ClusterView>) -> Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-{
-    let all = move |State(s): State<S>, headers: HeaderMap| async move {
-        let registry = Registry::of(&view(&s));
-        let apps = registry.select(|_| true);
-        applications(&registry, &apps, wants_json(&headers))
+fn one_instance(instance: &Instance, headers: &HeaderMap) -> Response {
+    let now = now_ms();
+    if wants_json(headers) {
+        return json_response(&json!({"instance": instance.json(now, "ADDED")}));
+    }
+    let mut out = String::new();
+    instance.xml(now, "ADDED", &mut out);
+    xml_response(out)
+}
+
+/// A refusal, in plain text (what Eureka answers), with an empty body for
+/// the answers Java clients must find empty.
+fn refused(status: StatusCode, reason: impl std::fmt::Display) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{reason}\n"),
+    )
+        .into_response()
+}
+
+/// The answer to a lease operation: 200 or `ok` with an empty body; 404
+/// with an empty body when unknown (clients then re-register).
+fn lease_answer(result: Result<(), LeaseError>, ok: StatusCode) -> Response {
+    match result {
+        Ok(()) => ok.into_response(),
+        Err(LeaseError::NotFound { .. }) => StatusCode::NOT_FOUND.into_response(),
+        Err(err @ LeaseError::Native(_)) => refused(StatusCode::CONFLICT, err),
+        Err(err @ LeaseError::TooLarge { .. }) => refused(StatusCode::PAYLOAD_TOO_LARGE, err),
+    }
+}
+
+async fn all(State(e): State<Eureka>, headers: HeaderMap) -> Response {
+    let s = e.snapshot();
+    applications(&s, &select(&s.registry, |_| true), wants_json(&headers))
+}
+
+async fn delta(State(e): State<Eureka>, headers: HeaderMap) -> Response {
+    let s = e.snapshot();
+    let mut apps: BTreeMap<&str, Vec<(&str, &Instance)>> = BTreeMap::new();
+    for (action, i) in &s.changes {
+        apps.entry(i.app.as_str())
+            .or_default()
+            .push((action.as_str(), i));
+    }
+    applications(&s, &apps, wants_json(&headers))
+}
+
+async fn one_app(State(e): State<Eureka>, Path(app): Path<String>, headers: HeaderMap) -> Response {
+    let s = e.snapshot();
+    let app = app.to_uppercase();
+    let Some(list) = s.registry.app(&app) else {
+        return StatusCode::NOT_FOUND.into_response();
     };
-    let one_app = move |State(s): State<S>, Path(app): Path<String>, headers: HeaderMap| async move {
-        let registry = Registry::of(&view(&s));
-        let app = app.to_uppercase();
-        let Some(list) = registry.apps.get(&app) else {
-            return StatusCode::NOT_FOUND.into_response();
-        };
-        let now = now_ms();
-        if wants_json(&headers) {
-            let body = json!({"application": {
-                "name": app,
-                "instance": list.iter().map(|i| i.json(now)).collect::<Vec<_>>(),
-            }});
-            return json_response(&body);
+    let now = now_ms();
+    if wants_json(&headers) {
+        return json_response(&json!({"application": {
+            "name": app,
+            "instance": list.iter().map(|i| i.json(now, "ADDED")).collect::<Vec<_>>(),
+        }}));
+    }
+    let mut out = format!("<application><name>{}</name>", escape(&app));
+    for i in list {
+        i.xml(now, "ADDED", &mut out);
+    }
+    out.push_str("</application>");
+    xml_response(out)
+}
+
+async fn by_app_and_id(
+    State(e): State<Eureka>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let s = e.snapshot();
+    match s
+        .registry
+        .find(&id)
+        .filter(|i| i.app.eq_ignore_ascii_case(&app))
+    {
+        Some(i) => one_instance(i, &headers),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn by_id(State(e): State<Eureka>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    match e.snapshot().registry.find(&id) {
+        Some(i) => one_instance(i, &headers),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn by_vip(State(e): State<Eureka>, Path(vip): Path<String>, headers: HeaderMap) -> Response {
+    let s = e.snapshot();
+    let apps = select(&s.registry, |i| {
+        i.vip.eq_ignore_ascii_case(&vip) || i.secure_vip.eq_ignore_ascii_case(&vip)
+    });
+    if apps.is_empty() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    applications(&s, &apps, wants_json(&headers))
+}
+
+async fn register(
+    State(e): State<Eureka>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let registration = match register::parse(&app, content_type, &body) {
+        Ok(r) => r,
+        Err(reason) => return refused(StatusCode::BAD_REQUEST, reason),
+    };
+    let (app, id) = (registration.app.clone(), registration.instance_id.clone());
+    let addr = std::net::SocketAddr::new(registration.ip_addr, registration.port);
+    let result = e
+        .cluster
+        .lease(&app, &id, LeaseOp::Register(Box::new(registration)))
+        .await;
+    if result.is_ok() {
+        info!(%app, instance = %id, %addr, "registered through Eureka");
+    }
+    lease_answer(result.map(drop), StatusCode::NO_CONTENT)
+}
+
+async fn heartbeat(
+    State(e): State<Eureka>,
+    Path((app, id)): Path<(String, String)>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    // A heartbeat is never refused for its query: a status Eureka does not
+    // know is ignored.
+    let status = q.get("status").and_then(|s| s.parse().ok());
+    let result = e.cluster.lease(&app, &id, LeaseOp::Renew { status }).await;
+    lease_answer(result.map(drop), StatusCode::OK)
+}
+
+async fn cancel(State(e): State<Eureka>, Path((app, id)): Path<(String, String)>) -> Response {
+    let result = e.cluster.lease(&app, &id, LeaseOp::Cancel).await;
+    if result.is_ok() {
+        info!(%app, instance = %id, "cancelled through Eureka");
+    }
+    lease_answer(result.map(drop), StatusCode::OK)
+}
+
+async fn set_status(
+    State(e): State<Eureka>,
+    Path((app, id)): Path<(String, String)>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let status: Status = match q.get("value").map(|v| v.parse()) {
+        Some(Ok(s)) => s,
+        Some(Err(err)) => return refused(StatusCode::BAD_REQUEST, err),
+        None => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                "the status to set is missing: PUT …/status?value=OUT_OF_SERVICE",
+            );
         }
-        let mut out = format!("<application><name>{}</name>", escape(&app));
-        for i in list {
-            i.xml(now, &mut out);
-        }
-        out.push_str("</application>");
-        xml_response(out)
     };
-    let one_instance = move |s: S, app: Option<String>, id: String, headers: HeaderMap| {
-        let registry = Registry::of(&view(&s));
-        let found = registry
-            .find(&id)
-            .filter(|i| app.as_ref().is_none_or(|a| a.eq_ignore_ascii_case(&i.app)));
-        let Some(instance) = found else {
-            return StatusCode::NOT_FOUND.into_response();
-        };
-        let now = now_ms();
-        if wants_json(&headers) {
-            return json_response(&json!({"instance": instance.json(now)}));
-        }
-        let mut out = String::new();
-        instance.xml(now, &mut out);
-        xml_response(out)
+    let result = e.cluster.lease(&app, &id, LeaseOp::Override(status)).await;
+    lease_answer(result.map(drop), StatusCode::OK)
+}
+
+async fn clear_status(
+    State(e): State<Eureka>,
+    Path((app, id)): Path<(String, String)>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let status = match q.get("value").map(|v| v.parse::<Status>()) {
+        Some(Ok(s)) => Some(s),
+        Some(Err(err)) => return refused(StatusCode::BAD_REQUEST, err),
+        None => None,
     };
-    let by_app_and_id = move |State(s): State<S>,
-                              Path((app, id)): Path<(String, String)>,
-                              headers: HeaderMap| async move {
-        one_instance(s, Some(app), id, headers)
+    let result = e
+        .cluster
+        .lease(&app, &id, LeaseOp::ClearOverride(status))
+        .await;
+    lease_answer(result.map(drop), StatusCode::OK)
+}
+
+async fn set_metadata(
+    State(e): State<Eureka>,
+    Path((app, id)): Path<(String, String)>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let metadata = match register::metadata(q.iter().map(|(k, v)| (k, Some(v.clone())))) {
+        Ok(m) => m,
+        Err(reason) => return refused(StatusCode::BAD_REQUEST, reason),
     };
-    let by_id = move |State(s): State<S>, Path(id): Path<String>, headers: HeaderMap| async move {
-        one_instance(s, None, id, headers)
-    };
-    let by_vip = move |State(s): State<S>, Path(vip): Path<String>, headers: HeaderMap| async move {
-        let registry = Registry::of(&view(&s));
-        let apps = registry.select(|i| i.vip.eq_ignore_ascii_case(&vip));
-        if apps.is_empty() {
-            return StatusCode::NOT_FOUND.into_response();
-        }
-        applications(&registry, &apps, wants_json(&headers))
-    };
-    let writes = || async {
-        (
-            StatusCode::NOT_IMPLEMENTED,
-            [(header::CONTENT_TYPE, "text/plain")],
-            "this shoal gateway serves Eureka reads (every shoal member is listed); \
-             registration through Eureka is not available yet\n",
-        )
-    };
+    let result = e
+        .cluster
+        .lease(&app, &id, LeaseOp::Metadata(metadata))
+        .await;
+    lease_answer(result.map(drop), StatusCode::OK)
+}
+
+/// The Eureka routes, under `/eureka` and `/eureka/v2`.
+pub fn router(eureka: Eureka) -> Router {
     let prefix = Router::new()
-        .route("/apps", get(all).post(writes))
+        .route("/apps", get(all))
         .route("/apps/", get(all))
-        .route("/apps/delta", get(all))
-        .route("/apps/{app}", get(one_app).post(writes))
-        .route("/apps/{app}/", get(one_app).post(writes))
+        .route("/apps/delta", get(delta))
+        .route("/apps/delta/", get(delta))
+        .route("/apps/{app}", get(one_app).post(register))
+        .route("/apps/{app}/", get(one_app).post(register))
         .route(
             "/apps/{app}/{id}",
-            get(by_app_and_id).put(writes).delete(writes),
+            get(by_app_and_id).put(heartbeat).delete(cancel),
         )
         .route(
             "/apps/{app}/{id}/status",
-            axum::routing::put(writes).delete(writes),
+            put(set_status).delete(clear_status),
         )
-        .route("/apps/{app}/{id}/metadata", axum::routing::put(writes))
+        .route("/apps/{app}/{id}/metadata", put(set_metadata))
         .route("/instances/{id}", get(by_id))
         .route("/vips/{vip}", get(by_vip))
-        .route("/svips/{vip}", get(by_vip));
+        .route("/svips/{vip}", get(by_vip))
+        .layer(DefaultBodyLimit::max(MAX_BODY));
     Router::new()
         .nest("/eureka", prefix.clone())
         .nest("/eureka/v2", prefix)
+        .with_state(eureka)
 }
 
 #[cfg(test)]

@@ -82,6 +82,7 @@ mod tests {
             version: String::new(),
             started_ms: 0,
             gossip_addr: "127.0.0.1:2".parse().unwrap(),
+            lease: None,
         };
         ClusterView::from_members([
             m("story-service", &["/story"]),

@@ -9,15 +9,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::collections::{BTreeMap, HashSet};
+
 use chitchat::{
-    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
-    spawn_chitchat,
+    Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
+    ProtocolVersion, spawn_chitchat,
 };
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::advertise::{self, AdvertiseError};
 use crate::config::{GossipProtocol, NodeConfig};
+use crate::lease::{self, Lease, LeaseError, LeaseOp};
 use crate::member::{Announce, Health, Member, MemberId, keys};
 use crate::transport::{GossipStats, SealedTransport, Sealer, max_message_len};
 use crate::view::ClusterView;
@@ -189,6 +192,60 @@ impl Cluster {
         &self.inner.stats
     }
 
+    /// Applies an Eureka operation to the lease of instance `id` of `app`:
+    /// reads the newest copy any member holds, and writes the result as this
+    /// member's own copy, one version higher. Seen by every member within a
+    /// few gossip rounds.
+    pub async fn lease(&self, app: &str, id: &str, op: LeaseOp) -> Result<Arc<Lease>, LeaseError> {
+        if matches!(op, LeaseOp::Register(_)) {
+            let view = self.inner.view_rx.borrow().clone();
+            if view
+                .members()
+                .any(|m| m.lease.is_none() && (m.instance_id() == id || m.id.node == id))
+            {
+                return Err(LeaseError::Native(id.to_string()));
+            }
+        }
+        let chitchat = self.inner.handle.chitchat();
+        let mut c = chitchat.lock().await;
+        let key = lease::key(id);
+        let mut current: Option<(Lease, String)> = None;
+        for (holder, state) in c.node_states() {
+            let Some(copy) = state.get(&key).and_then(Lease::decode) else {
+                continue;
+            };
+            if current
+                .as_ref()
+                .is_none_or(|(seen, by)| copy.beats(&holder.node_id, seen, by))
+            {
+                current = Some((copy, holder.node_id.to_string()));
+            }
+        }
+        let next = Lease::apply(current.as_ref().map(|(l, _)| l), app, id, op, now_ms())?;
+        c.self_node_state().set(key, next.encode()?);
+        Ok(Arc::new(next))
+    }
+
+    /// Starts keeping leases, on a gateway: once a second, adopts the leases
+    /// of gateways that are gone and forgets its own copies that ran out.
+    pub fn keep_leases(&self) {
+        let chitchat = Arc::downgrade(&self.inner.handle.chitchat());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(strong) = chitchat.upgrade() else {
+                    return;
+                };
+                let (adopted, dropped) = keep_leases(&mut *strong.lock().await, now_ms());
+                if dropped > 0 {
+                    debug!(dropped, adopted, "lease upkeep");
+                }
+            }
+        });
+    }
+
     /// Publishes a new health.
     pub async fn set_health(&self, health: Health) {
         self.inner
@@ -242,38 +299,149 @@ async fn resolve_advertise(config: &NodeConfig) -> Result<IpAddr, AdvertiseError
     }
 }
 
-/// Rebuilds the view on every change of chitchat's live set.
+/// Rebuilds the view on every change of chitchat's live set, and when a
+/// lease runs out.
 fn spawn_view_builder(handle: &ChitchatHandle) -> watch::Receiver<Arc<ClusterView>> {
     let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
-    let chitchat = handle.chitchat();
+    // Weak: when the handle is dropped, chitchat and its watcher go with it,
+    // `changed()` fails and this task ends.
+    let chitchat = Arc::downgrade(&handle.chitchat());
     tokio::spawn(async move {
-        // Keep only the receiver: when the handle is dropped, chitchat and its
-        // sender go with it, `changed()` fails and this task ends.
-        let mut live = chitchat.lock().await.live_nodes_watcher();
-        drop(chitchat);
+        let Some(strong) = chitchat.upgrade() else {
+            return;
+        };
+        let mut live = strong.lock().await.live_nodes_watcher();
+        drop(strong);
         loop {
-            let view = {
-                let nodes = live.borrow_and_update();
-                let members =
-                    nodes
-                        .iter()
-                        .filter_map(|(id, state)| match Member::from_state(id, state) {
-                            Ok(m) => m,
-                            Err(err) => {
-                                warn!(%err, "ignoring member");
-                                None
-                            }
-                        });
-                ClusterView::from_members(members)
-            };
-            view_tx.send_replace(Arc::new(view));
-            if live.changed().await.is_err() {
+            live.borrow_and_update();
+            let Some(strong) = chitchat.upgrade() else {
                 return;
+            };
+            let (view, next_deadline) = build_view(&*strong.lock().await, now_ms());
+            drop(strong);
+            view_tx.send_replace(Arc::new(view));
+            let expiry = async {
+                match next_deadline {
+                    Some(ms) => {
+                        tokio::time::sleep(Duration::from_millis(ms.saturating_sub(now_ms()))).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = live.changed() => if changed.is_err() { return },
+                () = expiry => {}
             }
         }
     });
     view_rx
 }
+
+/// The view: live members that joined by themselves, and every live lease
+/// held by any member, live or dead (a lease outlives the gateway that took
+/// it). Also gives the next time a lease runs out.
+fn build_view(c: &Chitchat, now_ms: u64) -> (ClusterView, Option<u64>) {
+    let mut members: Vec<Member> = c
+        .live_nodes()
+        .filter_map(|id| {
+            let state = c.node_state(id)?;
+            Member::from_state(id, state).unwrap_or_else(|err| {
+                warn!(%err, "ignoring member");
+                None
+            })
+        })
+        .collect();
+    let native: HashSet<String> = members.iter().map(Member::instance_id).collect();
+    let mut next_deadline: Option<u64> = None;
+    for (id, (lease, holder)) in newest_leases(c.node_states().iter()) {
+        if !lease.is_live(now_ms) || native.contains(&id) {
+            continue;
+        }
+        next_deadline =
+            Some(next_deadline.map_or(lease.deadline_ms(), |d| d.min(lease.deadline_ms())));
+        members.push(lease.member(holder.gossip_advertise_addr));
+    }
+    (ClusterView::from_members(members), next_deadline)
+}
+
+/// The newest copy of every lease found in `states`, with its holder.
+fn newest_leases<'a>(
+    states: impl Iterator<Item = (&'a ChitchatId, &'a NodeState)>,
+) -> BTreeMap<String, (Arc<Lease>, ChitchatId)> {
+    let mut newest: BTreeMap<String, (Arc<Lease>, ChitchatId)> = BTreeMap::new();
+    for (holder, state) in states {
+        for (key, value) in state.iter_prefix(lease::KEY_PREFIX) {
+            let Some(copy) = Lease::decode(&value.value) else {
+                continue;
+            };
+            let id = key[lease::KEY_PREFIX.len()..].to_string();
+            match newest.get(&id) {
+                Some((seen, seen_holder))
+                    if !copy.beats(&holder.node_id, seen, &seen_holder.node_id) => {}
+                _ => {
+                    newest.insert(id, (Arc::new(copy), holder.clone()));
+                }
+            }
+        }
+    }
+    newest
+}
+
+/// One round of lease upkeep by a gateway: adopt the leases whose newest copy
+/// is held only by a member that is gone (only the first live gateway by
+/// node id does, so they are not copied everywhere), and drop this gateway's
+/// copies that ran out (a cancel's tombstone included) a while ago.
+fn keep_leases(c: &mut Chitchat, now_ms: u64) -> (usize, usize) {
+    let me = c.self_chitchat_id().clone();
+    let my_service = c
+        .node_state(&me)
+        .and_then(|s| s.get(keys::SERVICE))
+        .map(str::to_string);
+    let live: HashSet<ChitchatId> = c.live_nodes().cloned().collect();
+    let first_keeper = live
+        .iter()
+        .filter(|id| {
+            c.node_state(id).is_some_and(|s| {
+                s.get(keys::SERVICE).map(str::to_string) == my_service
+                    && s.get(keys::HEALTH) != Some(Health::Left.as_str())
+            })
+        })
+        .map(|id| &*id.node_id)
+        .min();
+    let adopt = first_keeper == Some(&*me.node_id);
+    let mut writes = Vec::new();
+    if adopt {
+        for (id, (lease, holder)) in newest_leases(c.node_states().iter()) {
+            if !live.contains(&holder) && now_ms < lease.deadline_ms() {
+                if let Ok(text) = lease.encode() {
+                    info!(instance = %id, from = %holder.node_id, "adopting the lease of a gateway that is gone");
+                    writes.push((lease::key(&id), text));
+                }
+            }
+        }
+    }
+    let expired: Vec<String> = c
+        .self_node_state()
+        .iter_prefix(lease::KEY_PREFIX)
+        .filter(|(_, v)| {
+            Lease::decode(&v.value)
+                .is_none_or(|l| l.deadline_ms().saturating_add(LEASE_GC_MS) < now_ms)
+        })
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let state = c.self_node_state();
+    for key in &expired {
+        state.delete(key);
+    }
+    let adopted = writes.len();
+    for (key, text) in writes {
+        state.set(key, text);
+    }
+    (adopted, expired.len())
+}
+
+/// How long a gateway keeps its copy of a lease after it ran out.
+const LEASE_GC_MS: u64 = 5_000;
 
 fn now_ms() -> u64 {
     SystemTime::now()

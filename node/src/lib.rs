@@ -10,6 +10,7 @@
 //! - [`advertise`]: which address this member tells the others.
 //! - [`key`]: cluster keys and the key ring used for rotation.
 //! - [`transport`]: gossip datagrams sealed with ChaCha20-Poly1305.
+//! - [`lease`]: instances registered through Eureka's API, kept as leases in gossip.
 //! - [`member`]: the gossip keys a member publishes and the typed record.
 //! - [`view`]: [`ClusterView`], service → members.
 //! - [`cluster`]: [`Cluster`], the handle that joins, publishes and drains.
@@ -23,11 +24,13 @@ pub mod advertise;
 pub mod cluster;
 pub mod config;
 pub mod key;
+pub mod lease;
 pub mod member;
 pub mod transport;
 pub mod view;
 
 pub use cluster::{Cluster, JoinError, Role};
 pub use config::{ConfigError, Env, NodeConfig, ServiceName};
+pub use lease::{Lease, LeaseError, LeaseOp, Registration, Status};
 pub use member::{Health, Member, MemberId};
 pub use view::{ClusterView, MembersDoc};

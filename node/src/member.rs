@@ -7,9 +7,12 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chitchat::{ChitchatId, NodeState};
 use serde::{Deserialize, Serialize};
+
+use crate::lease::Lease;
 
 /// Gossip key names, in one place.
 pub mod keys {
@@ -109,8 +112,13 @@ pub struct Member {
     pub version: String,
     /// Its start time (ms since the epoch).
     pub started_ms: u64,
-    /// Where it gossips.
+    /// Where it gossips (for an instance registered through Eureka: the
+    /// gateway holding its lease).
     pub gossip_addr: SocketAddr,
+    /// Set for an instance registered through Eureka's REST API rather than
+    /// joined by itself: its registration and lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Arc<Lease>>,
 }
 
 /// A record a member publishes; turned into gossip keys by [`Announce::key_values`].
@@ -202,11 +210,21 @@ impl Member {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
             gossip_addr: id.gossip_advertise_addr,
+            lease: None,
         }))
     }
 
     /// Whether the member may receive traffic.
     pub fn is_up(&self) -> bool {
         self.health == Health::Up
+    }
+
+    /// Its id as Eureka shows it: the registered `instanceId`, or
+    /// `{ip}:{service}:{port}` for a member that joined by itself.
+    pub fn instance_id(&self) -> String {
+        match &self.lease {
+            Some(lease) => lease.registration.instance_id.clone(),
+            None => format!("{}:{}:{}", self.addr.ip(), self.service, self.addr.port()),
+        }
     }
 }

@@ -173,6 +173,7 @@ mod tests {
             version: "0".into(),
             started_ms: 0,
             gossip_addr: "127.0.0.1:7950".parse().unwrap(),
+            lease: None,
         }
     }
 

@@ -15,6 +15,7 @@ fn endpoint(i: u8) -> Arc<Endpoint> {
         version: String::new(),
         started_ms: 0,
         gossip_addr: SocketAddr::from(([127, 0, 1, i], 7950)),
+        lease: None,
     })))
 }
 

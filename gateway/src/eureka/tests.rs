@@ -1,5 +1,5 @@
 use super::*;
-use shoal_node::MemberId;
+use shoal_node::{ClusterView, Health, Member, MemberId};
 
 fn member(service: &str, ip: &str, port: u16, health: Health) -> Member {
     Member {
@@ -19,6 +19,7 @@ fn member(service: &str, ip: &str, port: u16, health: Health) -> Member {
         version: "0.1.0".into(),
         started_ms: 1_700_000_000_000,
         gossip_addr: format!("{ip}:7950").parse().unwrap(),
+        lease: None,
     }
 }
 
@@ -57,7 +58,7 @@ fn hashcode_counts_statuses_in_alphabetical_order() {
 #[test]
 fn the_json_record_has_what_clients_read() {
     let r = registry();
-    let i = r.apps["STORY-SERVICE"][0].json(42);
+    let i = r.apps["STORY-SERVICE"][0].json(42, "ADDED");
     assert_eq!(i["app"], "STORY-SERVICE");
     assert_eq!(i["ipAddr"], "10.0.9.5");
     assert_eq!(i["hostName"], "10.0.9.5");
@@ -78,7 +79,7 @@ fn the_json_record_has_what_clients_read() {
 fn the_xml_record_has_the_attributes_and_integers_parsers_require() {
     let r = registry();
     let mut out = String::new();
-    r.apps["STORY-SERVICE"][0].xml(42, &mut out);
+    r.apps["STORY-SERVICE"][0].xml(42, "ADDED", &mut out);
     for part in [
         "<instanceId>10.0.9.5:story-service:8768</instanceId>",
         "<port enabled=\"true\">8768</port>",
@@ -116,7 +117,7 @@ fn text_from_gossip_is_escaped_in_xml() {
     m.host = "<script>&".into();
     let r = Registry::of(&ClusterView::from_members([m]));
     let mut out = String::new();
-    r.apps["STORY-SERVICE"][0].xml(0, &mut out);
+    r.apps["STORY-SERVICE"][0].xml(0, "ADDED", &mut out);
     assert!(
         out.contains("<shoal.host>&lt;script&gt;&amp;</shoal.host>"),
         "{out}"

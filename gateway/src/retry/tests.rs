@@ -144,6 +144,7 @@ async fn gateway(instances: &[SocketAddr], extra: &[(&str, &str)]) -> (Arc<Gatew
         version: "test".into(),
         started_ms: 0,
         gossip_addr: *addr,
+        lease: None,
     });
     gw.upstreams
         .update(Arc::new(ClusterView::from_members(members)), &gw.metrics);
