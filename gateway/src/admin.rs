@@ -1,36 +1,56 @@
-//! The admin port (8761, where Eureka's dashboard was): `/metrics`
-//! (Prometheus), `/members` (this gateway's view as JSON), `/health`,
-//! `/eureka/…` (Eureka's REST reads, see [`crate::eureka`]), and `/` — a
-//! small page listing every service and instance.
+//! The admin port (8761, where Eureka's dashboard was): `/` — the live
+//! dashboard (services, instances, cluster-wide traffic, membership events),
+//! `/events` (its Server-Sent Events), `/stats` (cluster-wide figures, JSON),
+//! `/metrics` (Prometheus, this gateway's own), `/members` (this gateway's
+//! view), `/health`, and `/eureka/…` (Eureka's REST API, see
+//! [`crate::eureka`]).
 
-use std::fmt::Write;
+use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
-use shoal_node::Cluster;
+use futures_util::Stream;
+use shoal_node::{Cluster, ClusterView};
+use tokio::sync::watch;
 
 use crate::state::Gateway;
+use crate::stats::{Event, follow_events, now_ms, stats_doc};
+
+/// How many events an update carries (the page keeps what it was sent).
+const EVENTS_SENT: usize = 100;
+/// How often the page is updated when nothing changes.
+const UPDATE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 struct Admin {
     gw: Arc<Gateway>,
     cluster: Cluster,
+    events: watch::Receiver<Arc<VecDeque<Event>>>,
 }
 
 /// The admin router.
 pub fn router(gw: Arc<Gateway>, cluster: Cluster) -> Router {
+    let events = follow_events(cluster.view());
     Router::new()
         .route("/", get(dashboard))
+        .route("/dashboard.js", get(script))
+        .route("/dashboard.css", get(style))
+        .route("/events", get(live))
+        .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/members", get(members))
         .route("/health", get(health))
         .with_state(Admin {
             gw,
             cluster: cluster.clone(),
+            events,
         })
         .merge(crate::eureka::router(crate::eureka::Eureka::start(cluster)))
 }
@@ -66,33 +86,59 @@ async fn health(State(a): State<Admin>) -> Response {
     }
 }
 
-async fn dashboard(State(a): State<Admin>) -> Html<String> {
+async fn stats(State(a): State<Admin>) -> Response {
     let view = a.cluster.view().borrow().clone();
-    let mut page = String::from(
-        "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=2><title>shoal</title>\
-         <style>body{font:14px system-ui;margin:2em}td,th{padding:2px 12px;text-align:left}\
-         .up{color:#080}.starting{color:#a60}.draining{color:#c00}</style>\
-         <h1>shoal — cluster seen by this gateway</h1><table><tr><th>service<th>host<th>address<th>health<th>routes",
-    );
-    for (service, members) in view.services() {
-        for m in members {
-            let _ = write!(
-                page,
-                "<tr><td>{}<td>{}<td>{}<td class={h}>{h}<td>{}",
-                escape(service),
-                escape(&m.host),
-                m.addr,
-                escape(&m.routes.join(", ")),
-                h = m.health
-            );
-        }
-    }
-    page.push_str("</table><p><a href=/metrics>metrics</a> · <a href=/members>members (JSON)</a>");
-    Html(page)
+    Json(stats_doc(&a.cluster.cluster_stats().await, &view)).into_response()
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// One update of the page: who answers, the figures, the latest events.
+async fn update(a: &Admin, view: &ClusterView) -> String {
+    let events = a.events.borrow().clone();
+    let skip = events.len().saturating_sub(EVENTS_SENT);
+    let doc = serde_json::json!({
+        "gateway": a.cluster.id().to_string(),
+        "at_ms": now_ms(),
+        "stats": stats_doc(&a.cluster.cluster_stats().await, view),
+        "events": events.iter().skip(skip).collect::<Vec<_>>(),
+    });
+    doc.to_string()
+}
+
+/// Server-Sent Events: an update at once, then on every membership change
+/// and at least every second.
+async fn live(State(a): State<Admin>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let views = a.cluster.view();
+    let stream =
+        futures_util::stream::unfold((a, views, true), |(a, mut views, first)| async move {
+            if !first {
+                tokio::select! {
+                    changed = views.changed() => if changed.is_err() { return None },
+                    () = tokio::time::sleep(UPDATE_EVERY) => {}
+                }
+            }
+            let view = views.borrow_and_update().clone();
+            let data = update(&a, &view).await;
+            Some((Ok(SseEvent::default().data(data)), (a, views, false)))
+        });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard/index.html"))
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("dashboard/dashboard.js"),
+    )
+        .into_response()
+}
+
+async fn style() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("dashboard/dashboard.css"),
+    )
+        .into_response()
 }

@@ -39,6 +39,8 @@ pub struct Endpoint {
     pub host: http::HeaderValue,
     in_flight: AtomicU32,
     state: Mutex<EndpointState>,
+    /// Attempts sent to it, for `/stats` and the dashboard.
+    pub stats: crate::stats::Recorder,
 }
 
 #[derive(Debug)]
@@ -75,6 +77,7 @@ impl Endpoint {
                 ejected_until: None,
                 times_ejected: 0,
             }),
+            stats: crate::stats::Recorder::default(),
         }
     }
 

@@ -15,6 +15,7 @@ pub fn error_response(status: StatusCode, message: &str, path: &str) -> Response
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    response.extensions_mut().insert(crate::stats::GatewayMade);
     response
 }
 

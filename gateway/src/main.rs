@@ -36,6 +36,7 @@ mod retry;
 mod route;
 mod server;
 mod state;
+mod stats;
 mod upgrade;
 mod upstreams;
 mod workers;
@@ -93,6 +94,7 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         })
     };
 
+    stats::spawn_publisher(gw.upstreams.clone(), cluster.clone());
     let admin_app = admin::router(Arc::new(gw), cluster.clone());
     tokio::spawn(async move {
         if let Err(err) = axum::serve(admin, admin_app).await {

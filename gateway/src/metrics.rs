@@ -165,6 +165,8 @@ pub struct ServiceMetrics {
     pub ejections: Counter,
     /// Breaker state gauge.
     pub breaker: Gauge,
+    /// What the dashboard and `/stats` show, shared by gossip.
+    pub stats: crate::stats::Recorder,
 }
 
 impl ServiceMetrics {
@@ -223,6 +225,7 @@ impl Metrics {
             budget_exhausted: self.budget_exhausted.get_or_create(&label).clone(),
             ejections: self.ejections.get_or_create(&label).clone(),
             breaker: self.breaker.get_or_create(&label).clone(),
+            stats: crate::stats::Recorder::default(),
         }
     }
 

@@ -29,6 +29,7 @@ use crate::error::error_response;
 use crate::headers::{TRACEPARENT, traceparent};
 use crate::route::{self, NoRoute};
 use crate::state::Gateway;
+use crate::stats::GatewayMade;
 use crate::upgrade::is_upgrade;
 use crate::upstreams::ServiceState;
 use crate::{retry, upgrade};
@@ -77,7 +78,12 @@ pub async fn handle(
     let mut response = dispatch(&gw, req, path, peer, &traceparent, &mut log).await;
     let status = response.status();
     match &log.service {
-        Some(service) => service.metrics.request(status.as_u16()),
+        Some(service) => {
+            service.metrics.request(status.as_u16());
+            let made = response.extensions().get::<GatewayMade>().is_some();
+            let latency = (!made).then(|| start.elapsed());
+            service.metrics.stats.record(status.as_u16(), made, latency);
+        }
         None => gw.metrics.unrouted(status.as_u16()),
     }
     if gw.config.access_log {

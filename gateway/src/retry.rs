@@ -201,6 +201,15 @@ pub async fn forward(
         let result = tokio::time::timeout(wait, gw.client.request(upstream_req)).await;
         let now = Instant::now();
         let latency = now - sent_at;
+        match &result {
+            Ok(Ok(response)) => {
+                endpoint
+                    .stats
+                    .record(response.status().as_u16(), false, Some(latency))
+            }
+            Ok(Err(_)) => endpoint.stats.record(502, true, None),
+            Err(_) => endpoint.stats.record(504, true, None),
+        }
         let (failure, answer) = match result {
             Ok(Ok(mut response)) => {
                 endpoint.observe(latency, now);

@@ -52,6 +52,11 @@ impl Table {
     pub fn service(&self, name: &str) -> Option<&Arc<ServiceState>> {
         self.services.get(name)
     }
+
+    /// Every service known to the view.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceState>> {
+        self.services.values()
+    }
 }
 
 /// The current table and how to rebuild it.

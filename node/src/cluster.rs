@@ -22,6 +22,7 @@ use crate::advertise::{self, AdvertiseError};
 use crate::config::{GossipProtocol, NodeConfig};
 use crate::lease::{self, Lease, LeaseError, LeaseOp};
 use crate::member::{Announce, Health, Member, MemberId, keys};
+use crate::stats::{self, ClusterStats, GatewayStats};
 use crate::transport::{GossipStats, SealedTransport, Sealer, max_message_len};
 use crate::view::ClusterView;
 
@@ -246,6 +247,48 @@ impl Cluster {
         });
     }
 
+    /// Publishes this gateway's traffic figures (replacing the previous
+    /// ones: records of services and instances no longer in `stats` are
+    /// deleted). A record whose value did not change is not sent again.
+    pub async fn publish_stats(&self, stats: &GatewayStats) {
+        let kv = stats.key_values();
+        let chitchat = self.inner.handle.chitchat();
+        let mut c = chitchat.lock().await;
+        let state = c.self_node_state();
+        let gone: Vec<String> = state
+            .iter_prefix(stats::KEY_PREFIX)
+            .map(|(k, _)| k)
+            .filter(|k| !kv.iter().any(|(key, _)| key == k))
+            .map(str::to_string)
+            .collect();
+        for key in gone {
+            state.delete(&key);
+        }
+        for (key, value) in kv {
+            state.set(key, value);
+        }
+    }
+
+    /// Every live gateway's figures, merged.
+    pub async fn cluster_stats(&self) -> ClusterStats {
+        let chitchat = self.inner.handle.chitchat();
+        let c = chitchat.lock().await;
+        let mut merged = ClusterStats::default();
+        for id in c.live_nodes() {
+            if let Some(state) = c.node_state(id) {
+                if state.get(keys::HEALTH) == Some(Health::Left.as_str()) {
+                    continue;
+                }
+                merged.add_gateway(
+                    state
+                        .iter_prefix(stats::WINDOW_KEY)
+                        .map(|(k, v)| (k, v.value.as_str())),
+                );
+            }
+        }
+        merged
+    }
+
     /// Publishes a new health.
     pub async fn set_health(&self, health: Health) {
         self.inner
@@ -319,7 +362,15 @@ fn spawn_view_builder(handle: &ChitchatHandle) -> watch::Receiver<Arc<ClusterVie
             };
             let (view, next_deadline) = build_view(&*strong.lock().await, now_ms());
             drop(strong);
-            view_tx.send_replace(Arc::new(view));
+            // Gossip changes that are not membership (traffic figures) leave
+            // the view as it was: no new view then.
+            view_tx.send_if_modified(|current| {
+                let changed = **current != view;
+                if changed {
+                    *current = Arc::new(view);
+                }
+                changed
+            });
             let expiry = async {
                 match next_deadline {
                     Some(ms) => {

@@ -9,6 +9,7 @@
 //! - [`config`]: the typed configuration, read from `SHOAL_*` variables.
 //! - [`advertise`]: which address this member tells the others.
 //! - [`key`]: cluster keys and the key ring used for rotation.
+//! - [`stats`]: traffic figures gateways share by gossip, mergeable.
 //! - [`transport`]: gossip datagrams sealed with ChaCha20-Poly1305.
 //! - [`lease`]: instances registered through Eureka's API, kept as leases in gossip.
 //! - [`member`]: the gossip keys a member publishes and the typed record.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod key;
 pub mod lease;
 pub mod member;
+pub mod stats;
 pub mod transport;
 pub mod view;
 
@@ -33,4 +35,4 @@ pub use cluster::{Cluster, JoinError, Role};
 pub use config::{ConfigError, Env, NodeConfig, ServiceName};
 pub use lease::{Lease, LeaseError, LeaseOp, Registration, Status};
 pub use member::{Health, Member, MemberId};
-pub use view::{ClusterView, MembersDoc};
+pub use view::{ClusterView, MemberEvent, MembersDoc};

@@ -14,7 +14,7 @@ use crate::member::{Health, Member, MemberId};
 
 /// The members of every service, grouped and sorted. Serialized as the map
 /// `{"<service>": [<member>, …]}`.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
 #[serde(transparent)]
 pub struct ClusterView {
     services: BTreeMap<String, Vec<Arc<Member>>>,
@@ -103,6 +103,85 @@ impl ClusterView {
     /// Whether the view has no member.
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
+    }
+}
+
+/// What happened to a member between two views: the event log of the
+/// dashboard and of `shoal members --watch`, like Eureka's "last registered /
+/// last cancelled".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberEvent {
+    /// Appeared (a new member, or a new generation of a restarted one).
+    Joined,
+    /// Became ready for traffic.
+    Up,
+    /// Went back to not ready (e.g. lost its database).
+    Starting,
+    /// Announced it is stopping.
+    Draining,
+    /// Vanished after announcing it (drained, or an Eureka cancel).
+    Left,
+    /// Vanished without a word: killed, partitioned, replaced by its next
+    /// generation, or its Eureka lease ran out.
+    Failed,
+}
+
+impl MemberEvent {
+    /// The word shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberEvent::Joined => "joined",
+            MemberEvent::Up => "up",
+            MemberEvent::Starting => "starting",
+            MemberEvent::Draining => "draining",
+            MemberEvent::Left => "left",
+            MemberEvent::Failed => "failed",
+        }
+    }
+}
+
+impl ClusterView {
+    /// The events that lead from `old` to `self`, departures first.
+    pub fn events_since(&self, old: &ClusterView) -> Vec<(MemberEvent, Arc<Member>)> {
+        let before: BTreeMap<&MemberId, &Arc<Member>> = old.members().map(|m| (&m.id, m)).collect();
+        let after: BTreeMap<&MemberId, &Arc<Member>> = self.members().map(|m| (&m.id, m)).collect();
+        let mut events = Vec::new();
+        for (id, m) in &before {
+            if !after.contains_key(id) {
+                let announced = m.health == Health::Draining && m.lease.is_none();
+                let event = if announced {
+                    MemberEvent::Left
+                } else {
+                    MemberEvent::Failed
+                };
+                events.push((event, Arc::clone(m)));
+            }
+        }
+        for (id, m) in &after {
+            let health_event = |h: Health| match h {
+                Health::Up => Some(MemberEvent::Up),
+                Health::Starting => Some(MemberEvent::Starting),
+                Health::Draining => Some(MemberEvent::Draining),
+                Health::Left => None,
+            };
+            match before.get(id) {
+                None => {
+                    events.push((MemberEvent::Joined, Arc::clone(m)));
+                    if let Some(e) = health_event(m.health).filter(|e| *e != MemberEvent::Starting)
+                    {
+                        events.push((e, Arc::clone(m)));
+                    }
+                }
+                Some(was) if was.health != m.health => {
+                    if let Some(e) = health_event(m.health) {
+                        events.push((e, Arc::clone(m)));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        events
     }
 }
 
@@ -227,6 +306,39 @@ mod tests {
             *back.services["story-service"][0],
             *view.members().next().unwrap().clone()
         );
+    }
+
+    #[test]
+    fn events_tell_joins_health_changes_departures_and_failures() {
+        let old = ClusterView::from_members([
+            member("a", 1, "s", Health::Up, &[]),
+            member("bb", 1, "s", Health::Draining, &[]),
+            member("ccc", 1, "s", Health::Starting, &[]),
+            member("dddd", 1, "s", Health::Up, &[]),
+        ]);
+        let new = ClusterView::from_members([
+            member("a", 2, "s", Health::Starting, &[]),
+            member("ccc", 1, "s", Health::Up, &[]),
+            member("dddd", 1, "s", Health::Up, &[]),
+            member("eeeee", 1, "s", Health::Up, &[]),
+        ]);
+        let got: Vec<(MemberEvent, String)> = new
+            .events_since(&old)
+            .into_iter()
+            .map(|(e, m)| (e, m.id.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (MemberEvent::Failed, "a#1".to_string()),
+                (MemberEvent::Left, "bb#1".to_string()),
+                (MemberEvent::Joined, "a#2".to_string()),
+                (MemberEvent::Up, "ccc#1".to_string()),
+                (MemberEvent::Joined, "eeeee#1".to_string()),
+                (MemberEvent::Up, "eeeee#1".to_string()),
+            ]
+        );
+        assert!(new.events_since(&new).is_empty());
     }
 
     #[test]

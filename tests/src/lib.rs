@@ -25,6 +25,7 @@ use serde::Deserialize;
 /// Gossip port used by every member in the tests (as in a stack file).
 pub const GOSSIP_PORT: u16 = 7950;
 
+pub mod browser;
 pub mod chaos;
 pub mod cut;
 

@@ -7,8 +7,8 @@
 //! - `shoal sidecar`: advertises a co-located service by its health URL.
 //! - `shoal local`: the whole topology on this machine (what `scripts/run-local` runs).
 
-// One `unsafe` block in the whole binary: `sidecar::spawn_child` asks the
-// kernel to stop the service if the sidecar dies (see there).
+// One `unsafe` block in the whole binary: `die_with_parent` asks the kernel
+// to stop a child if its parent dies (see there).
 #![deny(unsafe_code)]
 
 mod exit;
@@ -260,6 +260,20 @@ pub(crate) async fn print_changes(cluster: &Cluster) {
             changed = rx.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+/// Makes the process `cmd` starts receive `signal` when this process dies,
+/// however it dies (`PR_SET_PDEATHSIG`): the sidecar's service and `shoal
+/// local`'s replicas never outlive them, orphaned, holding their ports.
+#[allow(unsafe_code)]
+pub(crate) fn die_with_parent(cmd: &mut std::process::Command, signal: nix::sys::signal::Signal) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, and only
+    // makes one async-signal-safe system call (prctl); it touches no memory
+    // of the parent, takes no lock and does not allocate.
+    unsafe {
+        cmd.pre_exec(move || nix::sys::prctl::set_pdeathsig(signal).map_err(std::io::Error::from));
     }
 }
 

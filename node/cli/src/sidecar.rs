@@ -111,18 +111,12 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
 /// a crash), the kernel sends the service SIGTERM (`PR_SET_PDEATHSIG`):
 /// otherwise it would live on, orphaned, holding its port, and the
 /// restarted pair would fail to bind it.
-#[allow(unsafe_code)]
 fn spawn_child(program: &str, args: &[String]) -> std::io::Result<tokio::process::Child> {
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args).kill_on_drop(true);
-    // SAFETY: the closure runs in the child between fork and exec, and only
-    // makes one async-signal-safe system call (prctl); it touches no memory
-    // of the parent, takes no lock and does not allocate.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
-        });
-    }
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    crate::die_with_parent(&mut cmd, Signal::SIGTERM);
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
     cmd.spawn()
 }
 

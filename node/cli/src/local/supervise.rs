@@ -150,6 +150,9 @@ impl Replica {
             // Its own process group: Ctrl-C in the terminal reaches only
             // `shoal local`, which then stops the replicas in order.
             .process_group(0);
+        // If `shoal local` itself is killed (-9), its replicas go with it
+        // rather than live on, orphaned, holding their addresses.
+        crate::die_with_parent(&mut cmd, nix::sys::signal::Signal::SIGKILL);
         tokio::process::Command::from(cmd).spawn()
     }
 }

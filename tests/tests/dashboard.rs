@@ -1,0 +1,254 @@
+//! The dashboard in a real browser: headless Chromium on gateway 3's admin
+//! page of the README's local cluster (`shoal local`). The page lists every
+//! replica, shows a replica killed with -9 gone without a reload, sums the
+//! traffic sent through gateways 1 and 2, and shows text from gossip as
+//! text. With `SHOAL_SCREENSHOT=path`, saves a screenshot under load.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shoal_tests::browser::{Browser, chromium};
+use shoal_tests::{Net, Proc, bin, children_named, skip_unless_ci, wait_for};
+
+const NET: &str = "127.65";
+
+/// Polls `expression` in the page until it is true; gives the time it took.
+async fn until(page: &mut Browser, what: &str, timeout: Duration, expression: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let v = page.eval(expression).await.unwrap_or(Value::Null);
+        if v == Value::Bool(true) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{what}: not true after {timeout:?}: {expression}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The requests of `service` the page shows (its circuit's count).
+async fn shown_requests(page: &mut Browser, service: &str) -> u64 {
+    let text = page
+        .eval(&format!(
+            "(document.querySelector('.circuit[data-service=\"{service}\"] dd.requests') || {{}}).textContent || '0'"
+        ))
+        .await
+        .unwrap_or(Value::Null);
+    text.as_str()
+        .unwrap_or("0")
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn dashboard_in_a_browser_shows_the_cluster_live() {
+    if chromium().is_none() {
+        skip_unless_ci("no chromium: apt-get install chromium (scripts/test does)");
+        return;
+    }
+    let net = Net::new(65);
+    let data = net.dir().join("data").to_string_lossy().to_string();
+    let mut local = Proc::spawn(
+        &net,
+        "local",
+        &bin("shoal"),
+        &[
+            "local", "--net", NET, "--data", &data, "--story", "3", "--notice", "1", "--board", "0",
+        ],
+        &[],
+    );
+    wait_for(
+        "the local cluster to be ready",
+        Duration::from_secs(60),
+        || {
+            local
+                .lines()
+                .iter()
+                .any(|(_, l)| l.contains("up and routable"))
+                .then_some(())
+        },
+    );
+    let parent = local.pid();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = shoal_tests::http();
+        let mut page = Browser::start(net.dir(), 1400, 1100).await.expect("chromium starts");
+        page.open(&format!("http://{NET}.10.3:8761/")).await.unwrap();
+
+        // Every replica: 3 gateways, 3 story, 1 notice.
+        until(
+            &mut page,
+            "every replica listed",
+            Duration::from_secs(15),
+            "document.querySelectorAll('tr.instance[data-member]').length === 7",
+        )
+        .await;
+        let gateways = page.eval("document.getElementById('gateways').textContent").await.unwrap();
+        assert_eq!(gateways, "3", "every gateway's figures are merged");
+
+        // Traffic through gateways 1 and 2 appears summed on gateway 3's page.
+        let before = shown_requests(&mut page, "story-service").await;
+        let (n1, n2) = (300u64, 200u64);
+        for (gw, n) in [(1, n1), (2, n2)] {
+            for _ in 0..n {
+                let r = client
+                    .get(format!("http://{NET}.10.{gw}:4000/api/story-service/story"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        }
+        let start = Instant::now();
+        let expected = before + n1 + n2;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while shown_requests(&mut page, "story-service").await != expected {
+            assert!(Instant::now() < deadline, "the page never showed {expected} story requests");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "{n1} requests via gateway-1 + {n2} via gateway-2 shown summed on gateway-3's page {:?} after the last",
+            start.elapsed()
+        );
+        let stats: Value = client
+            .get(format!("http://{NET}.10.3:8761/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let story = &stats["services"]["story-service"];
+        assert_eq!(story["requests"], expected);
+        assert_eq!(story["reported_by"], 2, "two gateways carried story traffic");
+        assert!(story["p99_ms"].as_f64().is_some(), "{story}");
+        let per_instance: u64 = story["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["requests"].as_u64().unwrap())
+            .sum();
+        assert_eq!(per_instance, expected, "attempts per instance add up");
+
+        // Text from gossip stays text: an Eureka registration whose host
+        // name is markup.
+        let evil = r#"<img src=x onerror="window.pwned=1">"#;
+        let body = serde_json::json!({"instance": {
+            "instanceId": "evil-1", "hostName": evil, "app": "EVIL", "ipAddr": "127.65.40.1",
+            "port": {"$": 9, "@enabled": "true"}, "dataCenterInfo": {"name": "MyOwn"}}});
+        let r = client
+            .post(format!("http://{NET}.10.1:8761/eureka/apps/EVIL"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        until(
+            &mut page,
+            "the markup host shown as text",
+            Duration::from_secs(10),
+            &format!(
+                "[...document.querySelectorAll('tr.instance td')].some(td => td.textContent === {})",
+                serde_json::to_string(evil).unwrap()
+            ),
+        )
+        .await;
+        let pwned = page.eval("window.pwned === undefined && document.querySelectorAll('main img').length === 0").await.unwrap();
+        assert_eq!(pwned, Value::Bool(true), "a member's text ran as markup");
+
+        // Kills: -9 on a story replica, the open page shows it gone.
+        let mut gone = Vec::new();
+        let mut last_start = [Instant::now(); 3];
+        for k in 0..10 {
+            let i = k % 3;
+            let name = format!("story-service-{}", i + 1);
+            let addr = format!("{NET}.11.{}:8768", i + 1);
+            // A replica killed again within 10 s of its start is backed off
+            // by the supervisor: space the kills of one replica.
+            let since = last_start[i].elapsed();
+            if k >= 3 && since < Duration::from_secs(11) {
+                tokio::time::sleep(Duration::from_secs(11) - since).await;
+            }
+            let member = page
+                .eval(&format!(
+                    "(document.querySelector('tr.instance[data-addr=\"{addr}\"][data-member]') || {{dataset:{{}}}}).dataset.member || null"
+                ))
+                .await
+                .unwrap();
+            let member = member.as_str().expect("the replica is listed").to_string();
+            let pids = children_named(parent, &name);
+            assert_eq!(pids.len(), 1, "{name}: {pids:?}");
+            let killed = Instant::now();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pids[0] as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            until(
+                &mut page,
+                "the killed replica gone",
+                Duration::from_secs(10),
+                &format!("document.querySelector('tr.instance[data-member=\"{member}\"]') === null"),
+            )
+            .await;
+            gone.push(killed.elapsed());
+            until(
+                &mut page,
+                "the event log to say the killed replica failed",
+                Duration::from_secs(3),
+                &format!(
+                    "document.querySelector('tr.event[data-member=\"{member}\"][data-event=\"failed\"]') !== null"
+                ),
+            )
+            .await;
+            // Back (a new generation) before the next kill.
+            until(
+                &mut page,
+                "the replica back",
+                Duration::from_secs(30),
+                &format!(
+                    "[...document.querySelectorAll('tr.instance[data-addr=\"{addr}\"]')].some(r => r.dataset.member && r.dataset.member !== \"{member}\" && r.querySelector('.h-up'))"
+                ),
+            )
+            .await;
+            last_start[i] = Instant::now();
+        }
+        gone.sort();
+        eprintln!(
+            "kill -9 → gone from the open page: p50 {:?}, max {:?} over {} kills ({:?})",
+            gone[gone.len() / 2],
+            gone[gone.len() - 1],
+            gone.len(),
+            gone
+        );
+        assert!(gone[gone.len() - 1] < Duration::from_secs(2), "{gone:?}");
+        let updates = page.eval("window.shoalUpdates").await.unwrap();
+        let reloads = page.eval("performance.getEntriesByType('navigation').length").await.unwrap();
+        assert_eq!(reloads, 1, "one page load, {updates} live updates");
+
+        // Under load, for the README.
+        if let Some(path) = std::env::var_os("SHOAL_SCREENSHOT") {
+            let load = shoal_tests::chaos::Load::start(&format!("http://{NET}.10.1:4000"), 4, 1);
+            let load2 = shoal_tests::chaos::Load::start(&format!("http://{NET}.10.2:4000"), 4, 1);
+            tokio::time::sleep(Duration::from_secs(12)).await;
+            page.screenshot(std::path::Path::new(&path)).await.unwrap();
+            load.finish().await;
+            load2.finish().await;
+        }
+    });
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(local.pid() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = local
+        .wait_exit(Duration::from_secs(30))
+        .expect("shoal local stops");
+    assert!(status.success(), "{status}");
+}
