@@ -74,6 +74,15 @@ fn dashboard_in_a_browser_shows_the_cluster_live() {
         },
     );
     let parent = local.pid();
+    // The terminal's view of the same events.
+    let key_file = format!("{data}/cluster.key");
+    let mut watch = Proc::spawn(
+        &net,
+        "members-watch",
+        &bin("shoal"),
+        &["members", "--watch", "--seeds", &format!("{NET}.10.1:7950")],
+        &[("SHOAL_CLUSTER_KEY_FILE".to_string(), key_file)],
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = shoal_tests::http();
@@ -227,6 +236,17 @@ fn dashboard_in_a_browser_shows_the_cluster_live() {
             gone
         );
         assert!(gone[gone.len() - 1] < Duration::from_secs(2), "{gone:?}");
+        let printed: String = watch
+            .lines()
+            .into_iter()
+            .map(|(_, l)| l + "\n")
+            .collect();
+        let failed_lines = printed
+            .lines()
+            .filter(|l| l.contains(" failed ") && l.contains("story-service"))
+            .count();
+        assert!(failed_lines >= 10, "shoal members --watch printed:\n{printed}");
+        assert!(printed.contains("-- watching"), "{printed}");
         let updates = page.eval("window.shoalUpdates").await.unwrap();
         let reloads = page.eval("performance.getEntriesByType('navigation').length").await.unwrap();
         assert_eq!(reloads, 1, "one page load, {updates} live updates");
@@ -242,6 +262,7 @@ fn dashboard_in_a_browser_shows_the_cluster_live() {
         }
     });
 
+    watch.sigterm();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(local.pid() as i32),
         nix::sys::signal::Signal::SIGINT,

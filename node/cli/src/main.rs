@@ -47,7 +47,10 @@ enum Command {
         /// How long to listen at most before printing.
         #[arg(long, default_value = "3s", value_parser = duration_arg)]
         wait: Duration,
-        /// Keep watching: print one JSON line per change of the view, until Ctrl-C.
+        /// Keep watching until Ctrl-C: the table once the view settles, then
+        /// one line per membership event (joined, up, starting, draining,
+        /// left, failed) — the dashboard's event log. With --json, one JSON
+        /// line per change of the view instead, with its events.
         #[arg(long)]
         watch: bool,
         /// Also log what the observer does (joining, leaving) on stderr.
@@ -154,7 +157,13 @@ async fn members(
     let cluster = Cluster::join(&config, Role::Observer).await?;
     if watch {
         tokio::select! {
-            _ = print_changes(&cluster) => {}
+            _ = async {
+                if json {
+                    print_changes(&cluster).await
+                } else {
+                    print_events(&cluster, wait).await
+                }
+            } => {}
             _ = shoal_http::signal::terminate() => {}
         }
         cluster.leave().await;
@@ -235,10 +244,18 @@ pub(crate) async fn print_changes(cluster: &Cluster) {
     use std::io::Write;
     use std::sync::atomic::Ordering::Relaxed;
     let mut rx = cluster.view();
+    let mut old = std::sync::Arc::new(ClusterView::default());
     loop {
         let view = rx.borrow_and_update().clone();
+        let events: Vec<serde_json::Value> = view
+            .events_since(&old)
+            .into_iter()
+            .map(|(event, m)| serde_json::json!({"event": event, "member": m.id.to_string(), "service": m.service, "addr": m.addr}))
+            .collect();
+        old = view.clone();
         let stats = cluster.stats();
         let line = serde_json::json!({
+            "events": events,
             "t_ms": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default(),
             "self": cluster.id().to_string(),
             "members": view.members().map(|m| serde_json::json!({
@@ -275,6 +292,58 @@ pub(crate) fn die_with_parent(cmd: &mut std::process::Command, signal: nix::sys:
     unsafe {
         cmd.pre_exec(move || nix::sys::prctl::set_pdeathsig(signal).map_err(std::io::Error::from));
     }
+}
+
+/// `shoal members --watch`: the table once the view settles, then a line
+/// per membership event, as the dashboard's log shows them.
+async fn print_events(cluster: &Cluster, wait: Duration) {
+    use std::io::Write;
+    let mut old = settle(cluster, wait).await;
+    print!("{}", table(&old));
+    println!("-- watching: one line per event, Ctrl-C to stop");
+    let _ = std::io::stdout().flush();
+    let mut rx = cluster.view();
+    loop {
+        if rx.changed().await.is_err() {
+            return;
+        }
+        let view = rx.borrow_and_update().clone();
+        let events = view.events_since(&old);
+        old = view;
+        if events.is_empty() {
+            continue;
+        }
+        let now = time_of_day();
+        let mut out = std::io::stdout().lock();
+        for (event, m) in events {
+            let _ = writeln!(
+                out,
+                "{now}  {:<9} {:<16} {:<22} {:<21} {}",
+                event.as_str(),
+                m.service,
+                m.host,
+                m.addr,
+                m.id
+            );
+        }
+        let _ = out.flush();
+    }
+}
+
+/// Wall-clock time of day, UTC, `HH:MM:SS.mmm`.
+fn time_of_day() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let day_ms = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
 }
 
 /// GETs `url`; Ok on a 2xx answer within `timeout`.
