@@ -76,7 +76,7 @@ fn dashboard_in_a_browser_shows_the_cluster_live() {
     let parent = local.pid();
     // The terminal's view of the same events.
     let key_file = format!("{data}/cluster.key");
-    let mut watch = Proc::spawn(
+    let watch = Proc::spawn(
         &net,
         "members-watch",
         &bin("shoal"),
