@@ -38,6 +38,8 @@ struct Admin {
 /// The admin router.
 pub fn router(gw: Arc<Gateway>, cluster: Cluster) -> Router {
     let events = follow_events(cluster.view());
+    let access = gw.config.eureka.clone();
+    tracing::info!("{}", access.describe());
     Router::new()
         .route("/", get(dashboard))
         .route("/dashboard.js", get(script))
@@ -52,7 +54,10 @@ pub fn router(gw: Arc<Gateway>, cluster: Cluster) -> Router {
             cluster: cluster.clone(),
             events,
         })
-        .merge(crate::eureka::router(crate::eureka::Eureka::start(cluster)))
+        .merge(crate::eureka::router(
+            crate::eureka::Eureka::start(cluster),
+            access,
+        ))
 }
 
 async fn metrics(State(a): State<Admin>) -> Response {

@@ -31,6 +31,12 @@ pub struct GatewayConfig {
     pub access_log: bool,
     /// JSON logs (`SHOAL_LOG_FORMAT=json`).
     pub log_json: bool,
+    /// How often this gateway publishes its traffic figures by gossip for
+    /// the cluster-wide `/stats` and dashboard (`SHOAL_STATS_EVERY`, default
+    /// 1s; `0` publishes nothing: the dashboard then shows no traffic).
+    pub stats_every: Option<Duration>,
+    /// Who may use the Eureka API (`SHOAL_EUREKA_*`).
+    pub eureka: crate::eureka::Access,
 }
 
 /// Timeouts and limits towards upstreams.
@@ -201,6 +207,14 @@ impl GatewayConfig {
             )?,
             access_log: env.bool_or("SHOAL_ACCESS_LOG", true)?,
             log_json: shoal_node::config::log_json(env)?,
+            stats_every: Some(env.duration_in(
+                "SHOAL_STATS_EVERY",
+                Duration::from_secs(1),
+                Duration::ZERO..=Duration::from_secs(60),
+                "a duration up to 60s (0 to publish no figures)",
+            )?)
+            .filter(|d| !d.is_zero()),
+            eureka: crate::eureka::Access::from_env(env)?,
         })
     }
 }
@@ -227,6 +241,11 @@ mod tests {
             (500, 100)
         );
         assert_eq!(c.resilience.breaker_min_requests, 20);
+        assert_eq!(c.stats_every, Some(Duration::from_secs(1)));
+        let off = GatewayConfig::from_env(&env(&[("SHOAL_STATS_EVERY", "0")])).unwrap();
+        assert_eq!(off.stats_every, None);
+        let err = GatewayConfig::from_env(&env(&[("SHOAL_STATS_EVERY", "2h")])).unwrap_err();
+        assert!(err.to_string().contains("SHOAL_STATS_EVERY"), "{err}");
     }
 
     #[test]

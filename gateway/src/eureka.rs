@@ -18,9 +18,12 @@
 //!   instance within a few gossip rounds, a heartbeat to any gateway renews
 //!   it, and it leaves every view on cancel or when its lease runs out.
 //!
+//! Writes need credentials by default ([`access`]).
+//!
 //! [`record`] renders instances, [`register`] reads registration bodies,
 //! [`changes`] keeps the registry and its recent changes for deltas.
 
+mod access;
 mod changes;
 mod record;
 mod register;
@@ -40,6 +43,7 @@ use shoal_node::{Cluster, LeaseError, LeaseOp, Status};
 use tokio::sync::watch;
 use tracing::info;
 
+pub use access::Access;
 pub use changes::Snapshot;
 pub use record::{Instance, Registry, escape};
 
@@ -353,8 +357,8 @@ async fn set_metadata(
     lease_answer(result.map(drop), StatusCode::OK)
 }
 
-/// The Eureka routes, under `/eureka` and `/eureka/v2`.
-pub fn router(eureka: Eureka) -> Router {
+/// The Eureka routes, under `/eureka` and `/eureka/v2`, behind `access`.
+pub fn router(eureka: Eureka, access: Access) -> Router {
     let prefix = Router::new()
         .route("/apps", get(all))
         .route("/apps/", get(all))
@@ -374,7 +378,8 @@ pub fn router(eureka: Eureka) -> Router {
         .route("/instances/{id}", get(by_id))
         .route("/vips/{vip}", get(by_vip))
         .route("/svips/{vip}", get(by_vip))
-        .layer(DefaultBodyLimit::max(MAX_BODY));
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(access, access::check));
     Router::new()
         .nest("/eureka", prefix.clone())
         .nest("/eureka/v2", prefix)

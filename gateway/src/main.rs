@@ -94,7 +94,9 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         })
     };
 
-    stats::spawn_publisher(gw.upstreams.clone(), cluster.clone());
+    if let Some(every) = gw.config.stats_every {
+        stats::spawn_publisher(gw.upstreams.clone(), cluster.clone(), every);
+    }
     let admin_app = admin::router(Arc::new(gw), cluster.clone());
     tokio::spawn(async move {
         if let Err(err) = axum::serve(admin, admin_app).await {

@@ -118,20 +118,34 @@ impl Snapshot {
 }
 
 /// What the publisher remembers of each service and instance: one
-/// snapshot per second, the last [`WINDOW_SECS`] + 1.
-#[derive(Default)]
-struct History(HashMap<(Arc<str>, Option<String>), VecDeque<Snapshot>>);
+/// snapshot per round, enough to span the window.
+struct History {
+    rings: HashMap<(Arc<str>, Option<String>), VecDeque<Snapshot>>,
+    /// Snapshots kept: rounds in a window, plus one.
+    slots: usize,
+}
 
 impl History {
+    /// A history for a publisher that runs every `every`.
+    fn new(every: Duration) -> Self {
+        let rounds = (u128::from(WINDOW_SECS) * 1000 / every.as_millis().max(1)).max(1);
+        Self {
+            rings: HashMap::new(),
+            slots: usize::try_from(rounds)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1),
+        }
+    }
+
     /// Adds `now` and gives the figures over the window.
     fn figures(
         &mut self,
         key: (Arc<str>, Option<String>),
         now: Snapshot,
     ) -> (Counts, Counts, Histogram) {
-        let ring = self.0.entry(key).or_default();
+        let ring = self.rings.entry(key).or_default();
         ring.push_back(now.clone());
-        while ring.len() > WINDOW_SECS as usize + 1 {
+        while ring.len() > self.slots {
             ring.pop_front();
         }
         let earlier = (ring.len() > 1).then(|| &ring[0]);
@@ -140,16 +154,18 @@ impl History {
     }
 }
 
-/// Publishes this gateway's figures every second until the cluster stops.
-pub fn spawn_publisher(upstreams: Arc<Upstreams>, cluster: Cluster) {
+/// Publishes this gateway's figures `every` so often (1 s by default).
+pub fn spawn_publisher(upstreams: Arc<Upstreams>, cluster: Cluster, every: Duration) {
     tokio::spawn(async move {
         let started = Instant::now();
-        let mut history = History::default();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut history = History::new(every);
+        // The span the snapshots cover (the window, or one round if longer).
+        let span = every.max(Duration::from_secs(u64::from(WINDOW_SECS)));
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let stats = collect(&upstreams, &mut history, started.elapsed());
+            let stats = collect(&upstreams, &mut history, started.elapsed().min(span));
             cluster.publish_stats(&stats).await;
         }
     });
@@ -204,9 +220,9 @@ fn collect(upstreams: &Upstreams, history: &mut History, uptime: Duration) -> Ga
         };
         services.insert(service.name.to_string(), (figures, instances));
     }
-    history.0.retain(|k, _| seen.contains_key(k));
+    history.rings.retain(|k, _| seen.contains_key(k));
     GatewayStats {
-        window_secs: (uptime.as_secs() as u32).clamp(1, WINDOW_SECS),
+        window_secs: u32::try_from(uptime.as_secs()).unwrap_or(u32::MAX).max(1),
         services,
     }
 }
@@ -452,7 +468,7 @@ mod tests {
     #[test]
     fn the_window_is_the_difference_of_two_snapshots() {
         let r = Recorder::default();
-        let mut h = History::default();
+        let mut h = History::new(Duration::from_secs(1));
         let key = || (Arc::<str>::from("s"), None);
         for _ in 0..5 {
             r.record(200, false, Some(Duration::from_millis(1)));

@@ -97,7 +97,23 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
     let net = Net::new(64);
     let mut stack = Stack::new(&net);
     let client = http();
-    let gws: Vec<SocketAddr> = (1..=3).map(|i| stack.gateway(i, &[])).collect();
+    // Writes need a user of this file (the default rule, `auth`).
+    let users = net.dir().join("eureka-users");
+    std::fs::write(&users, "# who may register\nspring:s3cret\npython:py-pw\n").unwrap();
+    let users = users.to_string_lossy().to_string();
+    let gws: Vec<SocketAddr> = (1..=3)
+        .map(|i| stack.gateway(i, &[("SHOAL_EUREKA_CREDENTIALS_FILE", &users)]))
+        .collect();
+    let writer = {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD.encode("spring:s3cret");
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("authorization", format!("Basic {token}").parse().unwrap());
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap()
+    };
     let admin = |i: usize| format!("http://{}:{}/eureka", gws[i].ip(), ports::ADMIN);
     for gw in &gws {
         shoal_tests::wait_routable(&client, *gw, "gateway", 3).await;
@@ -111,9 +127,30 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
     let orders_id = format!("{}:orders:8080", orders.ip());
     let billing_id = format!("{}:billing:8080", billing.ip());
 
+    // Without credentials, or with a wrong password: refused, nothing registered.
+    for who in [None, Some(("spring", "guess"))] {
+        let mut rb = client
+            .post(format!("{}/apps/ORDERS", admin(0)))
+            .header("content-type", "application/json")
+            .body(spring_body(&orders.ip().to_string(), 8080));
+        if let Some((u, p)) = who {
+            rb = rb.basic_auth(u, Some(p));
+        }
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{who:?}");
+        assert!(r.headers().contains_key("www-authenticate"));
+        assert!(r.text().await.unwrap().contains("credentials required"));
+    }
+    let r = client
+        .get(format!("{}/apps/ORDERS", admin(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "reads stay open; nothing was registered");
+
     // Spring's registration at gateway 1 → routable on gateway 3.
     let start = Instant::now();
-    let r = client
+    let r = writer
         .post(format!("{}/apps/ORDERS", admin(0)))
         .header("content-type", "application/json")
         .header("accept", "application/json")
@@ -180,7 +217,7 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
 
     // Python's registration at gateway 2 with a 3 s lease, renewed at
     // gateway 3 (a different gateway) with Python's query string.
-    let r = client
+    let r = writer
         .post(format!("{}/apps/BILLING", admin(1)))
         .header("content-type", "application/json")
         .body(python_body(&billing.ip().to_string(), 8080, 3))
@@ -189,7 +226,7 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
         .unwrap();
     assert_eq!(r.status(), 204);
     // An XML registration too.
-    let r = client
+    let r = writer
         .post(format!("{}/apps/INVENTORY", admin(2)))
         .header("content-type", "application/xml")
         .body(xml_body(&inventory.ip().to_string(), 8080))
@@ -205,7 +242,7 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
     let mut last_heartbeat = Instant::now();
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let r = client
+        let r = writer
             .put(format!(
                 "{billing_url}?status=UP&lastDirtyTimestamp=1764150000000"
             ))
@@ -229,7 +266,7 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
         expired >= Duration::from_millis(2500) && expired < Duration::from_secs(6),
         "a 3 s lease ran out after {expired:?}"
     );
-    let r = client.put(&billing_url).send().await.unwrap();
+    let r = writer.put(&billing_url).send().await.unwrap();
     assert_eq!(
         r.status(),
         404,
@@ -277,7 +314,7 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
     // An operator's override takes ORDERS out of traffic everywhere, and back.
     let orders_url =
         |i: usize| format!("{}/apps/ORDERS/{}", admin(i), orders_id.replace(':', "%3A"));
-    let r = client
+    let r = writer
         .put(format!(
             "{}/status?value=OUT_OF_SERVICE&lastDirtyTimestamp=1",
             orders_url(1)
@@ -290,13 +327,13 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
         (through(&client, gws[0], "/api/orders/host").await.0 == 503).then_some(())
     })
     .await;
-    let r = client
+    let r = writer
         .delete(format!("{}/status?value=UP", orders_url(2)))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = client
+    let r = writer
         .put(format!("{}/metadata?zone=b", orders_url(2)))
         .send()
         .await
@@ -348,7 +385,7 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
         ("ORDERS", "x".repeat(100 * 1024), 413, ""),
     ];
     for (app, body, status, reason) in refusals {
-        let r = client
+        let r = writer
             .post(format!("{}/apps/{app}", admin(0)))
             .header("content-type", "application/json")
             .body(body)
@@ -376,7 +413,7 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
     // A heartbeat at gateway 1 makes its copy of ORDERS' lease the newest;
     // then it dies. The lease lives on: adopted by another gateway, still
     // routable, renewed at gateway 2.
-    let r = client.put(orders_url(0)).send().await.unwrap();
+    let r = writer.put(orders_url(0)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
     stack.proc("gateway-1").sigkill();
@@ -385,7 +422,7 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
         let (status, body) = through(&client, *gw, "/api/orders/host").await;
         assert_eq!((status, body.as_str()), (200, "orders-1"), "via {gw}");
     }
-    let r = client.put(orders_url(1)).send().await.unwrap();
+    let r = writer.put(orders_url(1)).send().await.unwrap();
     assert_eq!(r.status(), 200, "renewed after its gateway died");
     let adopted = ["gateway-2", "gateway-3"]
         .iter()
@@ -394,7 +431,7 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
 
     // Cancel at gateway 3 → out of every live view.
     let start = Instant::now();
-    let r = client.delete(orders_url(2)).send().await.unwrap();
+    let r = writer.delete(orders_url(2)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let gone = until_views(&client, &gws[1..], &format!("eureka:{orders_id}"), false).await;
     let cancel = start.elapsed().max(gone);
@@ -402,6 +439,6 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
     assert!(cancel < Duration::from_secs(2), "took {cancel:?}");
     let (status, _) = through(&client, gws[1], "/api/orders/host").await;
     assert_eq!(status, 404, "orders is known no more");
-    let r = client.delete(orders_url(1)).send().await.unwrap();
+    let r = writer.delete(orders_url(1)).send().await.unwrap();
     assert_eq!(r.status(), 404, "cancelled twice");
 }

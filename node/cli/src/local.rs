@@ -221,6 +221,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        if service == "gateway" {
+            // Everything listens on loopback here: Eureka clients of this
+            // machine may register without credentials (on Swarm they need them).
+            env.push(("SHOAL_EUREKA_WRITES".to_string(), "open".to_string()));
+        }
         if service == "board-service" {
             // The sidecar advertises the port; the Node.js service reads its own variables.
             for (k, v) in [
@@ -293,7 +298,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         gw.to_string()
     };
     println!(
-        "\nAll {total} replicas are up and routable ({:.1} s).\n\n  gateway      http://{host}:{GATEWAY_PORT}/api/{{service}}/...\n  dashboard    http://{gw}:{ADMIN_PORT}/   (metrics: /metrics, members: /members)\n\nTry:\n  curl {host}:4000/api/story-service/story\n  curl -X POST {host}:4000/api/story-service/story -H 'content-type: application/json' -d '{{\"id\":\"alice\",\"message\":\"hello shoal\"}}'\n  curl {host}:4000/api/story/alice\n  curl {host}:4000/api/story-service/story/service/host   (repeat: the replica changes)\n  curl {host}:4000/api/notice-service/notice\n  curl -X POST {host}:4000/api/bbs/ -H 'content-type: application/json' -d '{{\"id\":\"alice\",\"title\":\"hi\",\"content\":\"first post\"}}'\n  curl {host}:4000/api/bbs/latest/\n  SHOAL_CLUSTER_KEY_FILE={} shoal members --seeds {seeds}\n  pkill -9 -xf story-service-2    (it is restarted; the gateways route around it meanwhile)\n\nCtrl-C drains and stops everything.",
+        "\nAll {total} replicas are up and routable ({:.1} s).\n\n  gateway      http://{host}:{GATEWAY_PORT}/api/{{service}}/...\n  dashboard    http://{gw}:{ADMIN_PORT}/   (stats: /stats, metrics: /metrics, members: /members)\n  eureka       http://{gw}:{ADMIN_PORT}/eureka/   (defaultZone for Eureka clients; open on loopback)\n\nTry:\n  curl {host}:4000/api/story-service/story\n  curl -X POST {host}:4000/api/story-service/story -H 'content-type: application/json' -d '{{\"id\":\"alice\",\"message\":\"hello shoal\"}}'\n  curl {host}:4000/api/story/alice\n  curl {host}:4000/api/story-service/story/service/host   (repeat: the replica changes)\n  curl {host}:4000/api/notice-service/notice\n  curl -X POST {host}:4000/api/bbs/ -H 'content-type: application/json' -d '{{\"id\":\"alice\",\"title\":\"hi\",\"content\":\"first post\"}}'\n  curl {host}:4000/api/bbs/latest/\n  SHOAL_CLUSTER_KEY_FILE={} shoal members --seeds {seeds}\n  pkill -9 -xf story-service-2    (it is restarted; the gateways route around it meanwhile)\n\nCtrl-C drains and stops everything.",
         started.elapsed().as_secs_f64(),
         key_file.display()
     );
