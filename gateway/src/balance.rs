@@ -14,11 +14,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
 use shoal_node::Member;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// How fast the latency average forgets (time constant).
@@ -39,6 +40,10 @@ pub struct Endpoint {
     pub host: http::HeaderValue,
     in_flight: AtomicU32,
     state: Mutex<EndpointState>,
+    /// Set when its member left the view (dead, partitioned, replaced):
+    /// attempts in flight to it give up at once.
+    gone: AtomicBool,
+    gone_notify: Notify,
     /// Attempts sent to it, for `/stats` and the dashboard.
     pub stats: crate::stats::Recorder,
 }
@@ -78,6 +83,32 @@ impl Endpoint {
                 times_ejected: 0,
             }),
             stats: crate::stats::Recorder::default(),
+            gone: AtomicBool::new(false),
+            gone_notify: Notify::new(),
+        }
+    }
+
+    /// Marks it gone from the cluster: what is in flight to it is
+    /// abandoned (and retried elsewhere when that is safe).
+    pub fn mark_gone(&self) {
+        self.gone.store(true, Ordering::Release);
+        self.gone_notify.notify_waiters();
+    }
+
+    /// Whether its member left the view.
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
+    /// Completes when its member leaves the view.
+    pub async fn gone(&self) {
+        loop {
+            // Registered before the check: a `mark_gone` in between wakes it.
+            let notified = self.gone_notify.notified();
+            if self.is_gone() {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -182,7 +213,10 @@ pub fn pick(
     let mut rng = rand::rng();
     let mut two: [Option<&Arc<Endpoint>>; 2] = [None, None];
     let eligible = endpoints.iter().filter(|e| {
-        !exclude.contains(&e.addr()) && !e.is_ejected(now) && e.in_flight() < max_in_flight
+        !exclude.contains(&e.addr())
+            && !e.is_ejected(now)
+            && e.in_flight() < max_in_flight
+            && !e.is_gone()
     });
     for (i, e) in eligible.enumerate() {
         if i < 2 {

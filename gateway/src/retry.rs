@@ -45,6 +45,8 @@ pub enum Failure {
     Broken,
     /// No response headers within the response timeout.
     TimedOut,
+    /// Its member left the cluster while the request was in flight.
+    Gone,
 }
 
 /// The rule: may a request whose attempt failed this way be sent to another
@@ -53,7 +55,9 @@ pub enum Failure {
 pub fn may_resend(failure: Failure, method: &Method) -> bool {
     match failure {
         Failure::NotSent => true,
-        Failure::ServerError | Failure::Broken | Failure::TimedOut => is_idempotent(method),
+        Failure::ServerError | Failure::Broken | Failure::TimedOut | Failure::Gone => {
+            is_idempotent(method)
+        }
     }
 }
 
@@ -198,18 +202,40 @@ pub async fn forward(
         let guard = endpoint.start();
         let sent_at = Instant::now();
         let wait = proxy.response_timeout.min(deadline - sent_at);
-        let result = tokio::time::timeout(wait, gw.client.request(upstream_req)).await;
+        // `None`: the instance left the cluster meanwhile (gossip declared
+        // it dead): no point waiting for the response timeout.
+        let result = tokio::select! {
+            biased;
+            r = tokio::time::timeout(wait, gw.client.request(upstream_req)) => Some(r),
+            () = endpoint.gone() => None,
+        };
         let now = Instant::now();
         let latency = now - sent_at;
         match &result {
-            Ok(Ok(response)) => {
+            Some(Ok(Ok(response))) => {
                 endpoint
                     .stats
                     .record(response.status().as_u16(), false, Some(latency))
             }
-            Ok(Err(_)) => endpoint.stats.record(502, true, None),
-            Err(_) => endpoint.stats.record(504, true, None),
+            Some(Ok(Err(_))) | None => endpoint.stats.record(502, true, None),
+            Some(Err(_)) => endpoint.stats.record(504, true, None),
         }
+        let Some(result) = result else {
+            last_error = Some(error_response(
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "{name} at {} left the cluster while the request was in flight",
+                    endpoint.addr()
+                ),
+                path,
+            ));
+            if may_resend(Failure::Gone, &outgoing.method)
+                && may_retry(gw, service, &tried, &replay, now)
+            {
+                continue;
+            }
+            return give_up(last_error, StatusCode::BAD_GATEWAY, "upstream left");
+        };
         let (failure, answer) = match result {
             Ok(Ok(mut response)) => {
                 endpoint.observe(latency, now);

@@ -118,6 +118,15 @@ impl Upstreams {
                 }),
             );
         }
+        // Members no longer in the view at all (dead, partitioned away,
+        // replaced by their next generation): what is in flight to them is
+        // abandoned now rather than left to the response timeout.
+        let present: std::collections::HashSet<&MemberId> = view.members().map(|m| &m.id).collect();
+        for (id, endpoint) in &old_endpoints {
+            if !present.contains(id) {
+                endpoint.mark_gone();
+            }
+        }
         let table = Arc::new(Table { view, services });
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
     }

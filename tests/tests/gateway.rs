@@ -698,3 +698,73 @@ async fn eureka_clients_discover_every_member_in_json_and_xml() {
     assert_eq!(get("/eureka/apps/NOPE", "*/*").await.unwrap().status(), 404);
     assert_eq!(get("/eureka/vips/nope", "*/*").await.unwrap().status(), 404);
 }
+
+/// A replica frozen (SIGSTOP: alive, sockets open, no answers, no gossip —
+/// what a partition looks like from the gateway) under load: the requests
+/// in flight to it do not wait out the 10 s response timeout; when gossip
+/// declares it dead they go to another replica at once. Then it thaws and
+/// comes back.
+#[tokio::test]
+async fn requests_in_flight_to_a_frozen_replica_move_on_when_it_is_declared_dead() {
+    let net = Net::new(43);
+    let (mut stack, gw, client) = setup(&net, 2, &[("SHOAL_RESPONSE_TIMEOUT", "10s")], |_| {
+        vec![("TEST_DELAY_MS", "20".to_string())]
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..6)
+        .map(|_| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut sent, mut failed, mut slowest) = (0usize, 0usize, Duration::ZERO);
+                while !stop.load(Ordering::Relaxed) {
+                    sent += 1;
+                    let t = Instant::now();
+                    let ok = client
+                        .get(format!("http://{gw}/api/echo/host"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200);
+                    failed += usize::from(!ok);
+                    slowest = slowest.max(t.elapsed());
+                }
+                (sent, failed, slowest)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = nix::unistd::Pid::from_raw(stack.proc("echo-1").pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let frozen_at = Instant::now();
+    wait_for_async(
+        "echo-1 out of the view",
+        Duration::from_secs(10),
+        || async {
+            let view = gateway_view(&client, gw).await?;
+            (!view.get("echo")?.iter().any(|(h, _)| h == "echo-1")).then_some(())
+        },
+    )
+    .await;
+    let detected = frozen_at.elapsed();
+    // Frozen long enough that a request left waiting on it would show.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let thawed_at = Instant::now();
+    wait_routable(&client, gw, "echo", 2).await;
+    let back = thawed_at.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut sent, mut failed, mut slowest) = (0, 0, Duration::ZERO);
+    for w in workers {
+        let (s, f, m) = w.await.unwrap();
+        (sent, failed, slowest) = (sent + s, failed + f, slowest.max(m));
+    }
+    eprintln!(
+        "frozen replica: {sent} GETs, {failed} failed, slowest {slowest:?}; declared dead after {detected:?}, back {back:?} after thawing"
+    );
+    assert_eq!(failed, 0);
+    assert!(
+        slowest < Duration::from_secs(3),
+        "a GET waited {slowest:?}: in flight to the frozen replica past its death"
+    );
+}

@@ -292,3 +292,81 @@ async fn the_gateways_own_busy_answer_does_not_open_the_breaker() {
     let state = table.service("svc").unwrap().breaker.state(Instant::now());
     assert_eq!(state, BreakerState::Closed);
 }
+
+#[tokio::test]
+async fn what_is_in_flight_to_an_instance_that_left_the_view_gives_up_at_once() {
+    // A frozen instance (partitioned, SIGSTOPped): it reads requests and
+    // never answers. Gossip declares it dead: the GET in flight to it goes
+    // to the other instance at once, the POST in flight is answered 502 at
+    // once (it may have been processed) — neither waits the 30 s timeout.
+    let frozen = Fake::start(Behaviour::Hang).await;
+    let good = Fake::start(Behaviour::Answer(200)).await;
+    let slow_timeouts = [
+        ("SHOAL_RESPONSE_TIMEOUT", "30s"),
+        ("SHOAL_REQUEST_TIMEOUT", "60s"),
+    ];
+    let (gw, addr) = gateway(&[frozen.addr, good.addr], &slow_timeouts).await;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut in_flight = Vec::new();
+    for (i, method) in (0..).zip([Method::GET, Method::POST].iter().cycle()) {
+        let id = format!("{method}-{i}");
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{addr}/api/svc/things"))
+            .header("x-request-id", &id)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let client = client.clone();
+        let started = Instant::now();
+        let task = tokio::spawn(async move {
+            let r = client.request(req).await.unwrap();
+            (r.status().as_u16(), started.elapsed())
+        });
+        in_flight.push((id, method.clone(), task));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let seen = frozen.seen();
+        if seen.iter().any(|s| s.starts_with("GET")) && seen.iter().any(|s| s.starts_with("POST")) {
+            break;
+        }
+        assert!(i < 200, "the frozen instance never got a GET and a POST");
+    }
+    // The frozen instance leaves the view.
+    let gone_at = Instant::now();
+    let only_good = Member {
+        id: MemberId {
+            node: "svc-1".into(),
+            generation: 1,
+        },
+        service: "svc".into(),
+        addr: good.addr,
+        health: Health::Up,
+        routes: vec![],
+        host: "svc-1".into(),
+        version: "test".into(),
+        started_ms: 0,
+        gossip_addr: good.addr,
+        lease: None,
+    };
+    gw.upstreams.update(
+        Arc::new(ClusterView::from_members([only_good])),
+        &gw.metrics,
+    );
+    let stuck = frozen.seen();
+    for (id, method, task) in in_flight {
+        let (status, took) = task.await.unwrap();
+        if stuck.contains(&id) {
+            let want = if method == Method::GET { 200 } else { 502 };
+            assert_eq!(status, want, "{id}");
+            assert!(
+                gone_at.elapsed() < Duration::from_secs(2),
+                "{id} took {took:?}"
+            );
+        } else {
+            assert_eq!(status, 200, "{id}");
+        }
+    }
+    let count = receipts(&[&frozen, &good]);
+    for id in stuck.iter().filter(|id| id.starts_with("POST")) {
+        assert_eq!(count[id], 1, "{id} sent twice");
+    }
+}
