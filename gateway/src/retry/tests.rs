@@ -308,7 +308,9 @@ async fn what_is_in_flight_to_an_instance_that_left_the_view_gives_up_at_once() 
     let (gw, addr) = gateway(&[frozen.addr, good.addr], &slow_timeouts).await;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut in_flight = Vec::new();
-    for (i, method) in (0..).zip([Method::GET, Method::POST].iter().cycle()) {
+    // Three requests per cycle: equal instances alternate, so both kinds
+    // reach the frozen one.
+    for (i, method) in (0..).zip([Method::GET, Method::GET, Method::POST].iter().cycle()) {
         let id = format!("{method}-{i}");
         let req = Request::builder()
             .method(method.clone())
@@ -328,7 +330,10 @@ async fn what_is_in_flight_to_an_instance_that_left_the_view_gives_up_at_once() 
         if seen.iter().any(|s| s.starts_with("GET")) && seen.iter().any(|s| s.starts_with("POST")) {
             break;
         }
-        assert!(i < 200, "the frozen instance never got a GET and a POST");
+        assert!(
+            i < 200,
+            "the frozen instance never got a GET and a POST: {seen:?}"
+        );
     }
     // The frozen instance leaves the view.
     let gone_at = Instant::now();
