@@ -69,6 +69,7 @@ async fn metrics(State(a): State<Admin>) -> Response {
         a.gw.metrics.encode(
             a.cluster.stats(),
             a.gw.config.proxy.max_in_flight - a.gw.in_flight.available_permits(),
+            a.gw.config.proxy.max_client_connections - a.gw.connections.available_permits(),
         ),
     )
         .into_response()

@@ -58,6 +58,16 @@ pub struct ProxyConfig {
     /// Request bodies up to this size are kept so the request can be retried
     /// (`SHOAL_RETRY_BODY_LIMIT`, 64 KiB); larger bodies stream and are not retried.
     pub retry_body_limit: usize,
+    /// Client connections open at once (`SHOAL_MAX_CLIENT_CONNECTIONS`,
+    /// 10,000): one more is answered 503 and closed at once, so a flood of
+    /// connections (or slowloris) cannot take the gateway's memory.
+    pub max_client_connections: usize,
+    /// A client must send a request's headers within this
+    /// (`SHOAL_HEADER_TIMEOUT`, 10s), or its connection is closed.
+    pub header_timeout: Duration,
+    /// A client that reads nothing of its answer for this long is
+    /// disconnected (`SHOAL_CLIENT_WRITE_TIMEOUT`, 30s).
+    pub client_write_timeout: Duration,
 }
 
 /// Knobs of retries, outlier ejection and the circuit breaker.
@@ -93,6 +103,9 @@ impl Default for ProxyConfig {
             max_in_flight_per_instance: 100,
             pool_idle_timeout: Duration::from_secs(60),
             retry_body_limit: 64 * 1024,
+            max_client_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
+            client_write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -134,6 +147,24 @@ impl GatewayConfig {
                 p.max_in_flight_per_instance,
                 1..=1_000_000,
                 "a whole number, 1-1000000",
+            )?,
+            max_client_connections: env.parse_in(
+                "SHOAL_MAX_CLIENT_CONNECTIONS",
+                p.max_client_connections,
+                1..=10_000_000,
+                "a whole number, 1-10000000",
+            )?,
+            header_timeout: env.duration_in(
+                "SHOAL_HEADER_TIMEOUT",
+                p.header_timeout,
+                Duration::from_millis(100)..=Duration::from_secs(600),
+                "a duration from 100ms to 10m",
+            )?,
+            client_write_timeout: env.duration_in(
+                "SHOAL_CLIENT_WRITE_TIMEOUT",
+                p.client_write_timeout,
+                Duration::from_millis(100)..=Duration::from_secs(3600),
+                "a duration from 100ms to 1h",
             )?,
             pool_idle_timeout: env.duration_in(
                 "SHOAL_POOL_IDLE_TIMEOUT",

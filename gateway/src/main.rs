@@ -35,6 +35,7 @@ mod replay;
 mod retry;
 mod route;
 mod server;
+mod stall;
 mod state;
 mod stats;
 mod upgrade;

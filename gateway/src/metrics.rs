@@ -58,6 +58,8 @@ pub struct Metrics {
     pub members: Family<HealthLabels, Gauge>,
     /// Requests and tunnels in flight through this gateway (set when read).
     pub in_flight: Gauge,
+    /// Client connections open (set when read).
+    pub client_connections: Gauge,
     gossip_sent: Counter,
     gossip_received: Counter,
     gossip_rejected: Counter,
@@ -111,6 +113,12 @@ impl Default for Metrics {
         );
         registry.register("members", "Members in this gateway's view", members.clone());
         let in_flight = Gauge::default();
+        let client_connections = Gauge::default();
+        registry.register(
+            "client_connections",
+            "Client connections open to this gateway",
+            client_connections.clone(),
+        );
         registry.register(
             "in_flight",
             "Requests and tunnels in flight through this gateway",
@@ -134,6 +142,7 @@ impl Default for Metrics {
         Self {
             registry,
             in_flight,
+            client_connections,
             requests,
             latency,
             retries,
@@ -256,8 +265,9 @@ impl Metrics {
 
     /// The text exposition, with gossip counters and the in-flight count
     /// (`in_flight`, read from the gateway's limit) brought up to date.
-    pub fn encode(&self, gossip: &GossipStats, in_flight: usize) -> String {
+    pub fn encode(&self, gossip: &GossipStats, in_flight: usize, connections: usize) -> String {
         self.in_flight.set(in_flight as i64);
+        self.client_connections.set(connections as i64);
         catch_up(&self.gossip_sent, gossip.bytes_sent.load(Ordering::Relaxed));
         catch_up(
             &self.gossip_received,

@@ -22,6 +22,9 @@ use tracing::{debug, warn};
 use crate::proxy;
 use crate::state::Gateway;
 
+/// The largest request head taken (nginx takes 4 × 8 KiB by default).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// Serves `listener` until the gateway's drain starts, then waits for the
 /// drain to end (every connection and tunnel done, or `grace` over) so this
 /// runtime's connections can finish.
@@ -43,16 +46,26 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, grace: Duration) {
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let Ok(permit) = gw.connections.clone().try_acquire_owned() else {
+                    tokio::spawn(refuse(stream));
+                    continue;
+                };
                 let gw = gw.clone();
                 let mut watch = drain.watch(Work::Connection);
+                let header_timeout = gw.config.proxy.header_timeout;
+                let stream = crate::stall::Stall::new(stream, gw.config.proxy.client_write_timeout);
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let service = service_fn(move |req| {
                         let gw = gw.clone();
                         async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer).await) }
                     });
                     let conn = http1::Builder::new()
                         .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(30))
+                        .header_read_timeout(header_timeout)
+                        // Headers (request line included) up to 64 KiB;
+                        // larger ones are answered 431.
+                        .max_buf_size(MAX_HEADER_BYTES)
                         .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades();
                     tokio::pin!(conn);
@@ -74,4 +87,27 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, grace: Duration) {
     }
     drop(listener);
     drain.wait(grace).await;
+}
+
+/// Answers a connection over the limit: a 503 written at once (without
+/// reading the request) and the connection closed. Bounded by a second, so
+/// refusals cannot pile up either.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = shoal_http::spring::error_json::<()>(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "too many client connections to this gateway (SHOAL_MAX_CLIENT_CONNECTIONS)",
+        "",
+        &[],
+    );
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    })
+    .await;
 }

@@ -34,6 +34,8 @@ pub struct Gateway {
     pub in_flight: Arc<Semaphore>,
     /// Pooled keep-alive connections to instances (this worker's own).
     pub client: Client<Connector, ProxyBody>,
+    /// Client connections open, bounded by `SHOAL_MAX_CLIENT_CONNECTIONS` (shared).
+    pub connections: Arc<Semaphore>,
 }
 
 impl Gateway {
@@ -43,6 +45,7 @@ impl Gateway {
             upstreams: Arc::new(Upstreams::new(config.resilience.clone())),
             metrics: Arc::new(Metrics::default()),
             in_flight: Arc::new(Semaphore::new(config.proxy.max_in_flight)),
+            connections: Arc::new(Semaphore::new(config.proxy.max_client_connections)),
             client: client(&config),
             drain,
             config: Arc::new(config),
@@ -58,6 +61,7 @@ impl Gateway {
             metrics: self.metrics.clone(),
             drain: self.drain.clone(),
             in_flight: self.in_flight.clone(),
+            connections: self.connections.clone(),
             client: client(&self.config),
         }
     }
