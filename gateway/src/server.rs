@@ -65,7 +65,7 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, grace: Duration) {
                         .header_read_timeout(header_timeout)
                         // Headers (request line included) up to 64 KiB;
                         // larger ones are answered 431.
-                        .max_buf_size(MAX_HEADER_BYTES)
+                        .max_header_size(MAX_HEADER_BYTES)
                         .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades();
                     tokio::pin!(conn);

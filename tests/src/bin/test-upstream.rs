@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         .route("/status/{code}", any(status))
         .route("/write/{id}", post(slow_write))
         .route("/ws", get(ws))
+        .route("/big/{bytes}", get(big))
         .fallback(host)
         .with_state(state);
     cluster.set_health(Health::Up).await;
@@ -73,6 +74,11 @@ async fn main() -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     cluster.leave().await;
     Ok(())
+}
+
+/// `bytes` bytes of `x` (at most 256 MiB): an answer larger than any socket buffer.
+async fn big(Path(bytes): Path<usize>) -> Vec<u8> {
+    vec![b'x'; bytes.min(256 << 20)]
 }
 
 async fn host(State(s): State<Upstream>) -> (StatusCode, String) {
