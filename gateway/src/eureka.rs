@@ -26,7 +26,7 @@
 mod access;
 mod changes;
 mod record;
-mod register;
+pub mod register;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

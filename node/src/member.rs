@@ -173,15 +173,31 @@ impl Member {
         id: &ChitchatId,
         state: &NodeState,
     ) -> Result<Option<Member>, MemberDecodeError> {
-        let Some(service) = state.get(keys::SERVICE) else {
+        Self::from_keys(
+            &id.node_id,
+            id.generation_id,
+            id.gossip_advertise_addr,
+            |key| state.get(key),
+        )
+    }
+
+    /// Reads a member from its gossip keys (`get` gives a key's value);
+    /// `Ok(None)` for observers. Never panics, whatever the values.
+    pub fn from_keys<'a>(
+        node: &str,
+        generation: u64,
+        gossip_addr: SocketAddr,
+        get: impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<Option<Member>, MemberDecodeError> {
+        let Some(service) = get(keys::SERVICE) else {
             return Ok(None);
         };
         let bad = |key: &'static str, value: Option<&str>| MemberDecodeError {
-            node: id.node_id.to_string(),
+            node: node.to_string(),
             key,
             value: value.unwrap_or("<missing>").to_string(),
         };
-        let field = |key: &'static str| state.get(key);
+        let field = |key: &'static str| get(key);
         let addr = field(keys::ADDR)
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| bad(keys::ADDR, field(keys::ADDR)))?;
@@ -197,8 +213,8 @@ impl Member {
             .collect();
         Ok(Some(Member {
             id: MemberId {
-                node: id.node_id.to_string(),
-                generation: id.generation_id,
+                node: node.to_string(),
+                generation,
             },
             service: service.to_string(),
             addr,
@@ -209,7 +225,7 @@ impl Member {
             started_ms: field(keys::STARTED)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
-            gossip_addr: id.gossip_advertise_addr,
+            gossip_addr,
             lease: None,
         }))
     }

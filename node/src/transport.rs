@@ -216,6 +216,27 @@ impl Transport for SealedTransport {
     }
 }
 
+/// One received datagram, read as the gossip socket reads it: opened (when
+/// sealed), then decoded as chitchat's message.
+fn read_datagram(sealer: Option<&Sealer>, datagram: &[u8]) -> Result<ChitchatEnvelope, String> {
+    let opened;
+    let mut plain: &[u8] = match sealer {
+        Some(sealer) => {
+            opened = sealer.open(datagram).map_err(|why| why.to_string())?;
+            &opened
+        }
+        None => datagram,
+    };
+    ChitchatEnvelope::deserialize(&mut plain).map_err(|err| format!("not a chitchat message: {err}"))
+}
+
+/// Whether a datagram would be taken by the gossip socket (`Ok`) or
+/// rejected (`Err`, the reason). What the fuzz targets drive: it must never
+/// panic, whatever the bytes.
+pub fn check_datagram(sealer: Option<&Sealer>, datagram: &[u8]) -> Result<(), String> {
+    read_datagram(sealer, datagram).map(drop)
+}
+
 struct SealedSocket {
     wire: UdpSocket,
     sealer: Option<Sealer>,
@@ -300,22 +321,7 @@ impl Socket for SealedSocket {
                 Err(err) => return Err(err).context("gossip socket failed"),
             };
             GossipStats::add(&self.stats.bytes_received, n);
-            let opened;
-            let plain: &[u8] = match &self.sealer {
-                Some(sealer) => match sealer.open(&self.buf[..n]) {
-                    Ok(plain) => {
-                        opened = plain;
-                        &opened
-                    }
-                    Err(why) => {
-                        self.reject(from, &why);
-                        continue;
-                    }
-                },
-                None => &self.buf[..n],
-            };
-            let mut bytes = plain;
-            match ChitchatEnvelope::deserialize(&mut bytes) {
+            match read_datagram(self.sealer.as_ref(), &self.buf[..n]) {
                 Ok(envelope) => {
                     GossipStats::add(&self.stats.packets_received, 1);
                     return Ok(RecvOutcome {
@@ -324,7 +330,7 @@ impl Socket for SealedSocket {
                         num_bytes_received: n,
                     });
                 }
-                Err(err) => self.reject(from, &format!("not a chitchat message: {err}")),
+                Err(why) => self.reject(from, &why),
             }
         }
     }

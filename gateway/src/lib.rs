@@ -1,0 +1,108 @@
+//! shoal-gateway: the API gateway, as a library (the binary is `main.rs`;
+//! the fuzz targets reach the parsers through it).
+//!
+//! `shoal-gateway`: the API gateway. Joins the cluster as service
+//! `gateway`, routes `/api/{service}/**` from its own gossip view on port
+//! 4000, and serves metrics and membership on the admin port 8761.
+//!
+//! # Layout (in the order a request passes)
+//! - [`server`], [`workers`]: accept connections, one runtime per CPU.
+//! - [`proxy`]: the entry of a request: trace context, access log, metrics.
+//! - [`route`]: path → service and upstream path.
+//! - [`admission`]: an instance up, breaker closed, under the limit.
+//! - [`retry`]: attempts by the rules that never duplicate a write, with
+//!   [`replay`] (bodies kept for retries), [`balance`] (P2C over peak-EWMA)
+//!   and [`headers`] (hop-by-hop, `X-Forwarded-*`, `traceparent`).
+//! - [`upgrade`]: WebSocket handshakes and tunnels.
+//! - [`outcome`]: retry budget, circuit breaker, ejection.
+//! - [`upstreams`]: the routing table rebuilt from each new view; [`state`]:
+//!   what every request reads.
+//! - [`admin`] (with [`eureka`], Eureka's REST reads), [`metrics`],
+//!   [`error`], [`body`], [`connect`], [`config`].
+
+#![forbid(unsafe_code)]
+
+mod admin;
+mod admission;
+mod balance;
+mod body;
+pub mod config;
+mod connect;
+mod error;
+pub mod eureka;
+pub mod headers;
+mod metrics;
+mod outcome;
+mod proxy;
+mod replay;
+mod retry;
+pub mod route;
+mod server;
+mod stall;
+mod state;
+pub mod stats;
+mod upgrade;
+mod upstreams;
+mod workers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use shoal_node::{Cluster, Health, Role};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+pub use crate::config::GatewayConfig;
+use crate::state::Gateway;
+
+/// Runs the gateway described by `config` until SIGTERM or Ctrl-C, then
+/// drains and leaves the cluster.
+pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
+    let public_addr = SocketAddr::new(config.listen, config.port);
+    let admin_addr = SocketAddr::new(config.listen, config.admin_port);
+    let admin = TcpListener::bind(admin_addr).await.with_context(|| {
+        format!("cannot listen on {admin_addr} (SHOAL_LISTEN / SHOAL_ADMIN_PORT)")
+    })?;
+    let drain_timeout = config.node.timings.drain_timeout;
+    let workers = config.workers;
+    let gw = Gateway::new(config, shoal_http::Drain::new());
+    let drain = gw.drain.clone();
+    workers::start(&gw, public_addr, workers, drain_timeout).await?;
+    let cluster = Cluster::join(&gw.config.node, Role::Service { routes: Vec::new() }).await?;
+
+    // Every new view rebuilds the routing table.
+    let mut views = cluster.view();
+    let watcher = {
+        let (upstreams, metrics) = (gw.upstreams.clone(), gw.metrics.clone());
+        tokio::spawn(async move {
+            loop {
+                let view = views.borrow_and_update().clone();
+                metrics.set_members(&view);
+                upstreams.update(view, &metrics);
+                if views.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+
+    if let Some(every) = gw.config.stats_every {
+        stats::spawn_publisher(gw.upstreams.clone(), cluster.clone(), every);
+    }
+    let admin_app = admin::router(Arc::new(gw), cluster.clone());
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(admin, admin_app).await {
+            warn!(error = %err, "admin server stopped");
+        }
+    });
+    cluster.set_health(Health::Up).await;
+    info!(%public_addr, %admin_addr, workers, "gateway ready");
+
+    shoal_http::signal::terminate().await;
+    shoal_http::stop_member(&cluster, &drain, drain_timeout).await;
+    cluster.leave().await;
+    watcher.abort();
+    info!("stopped");
+    Ok(())
+}
