@@ -123,7 +123,7 @@ pub enum MemberEvent {
     /// Vanished after announcing it (drained, or an Eureka cancel).
     Left,
     /// Vanished without a word: killed, partitioned, replaced by its next
-    /// generation, or its Eureka lease ran out.
+    /// generation, or its Eureka lease ran out (a cancelled one left).
     Failed,
 }
 
@@ -147,9 +147,18 @@ impl ClusterView {
         let before: BTreeMap<&MemberId, &Arc<Member>> = old.members().map(|m| (&m.id, m)).collect();
         let after: BTreeMap<&MemberId, &Arc<Member>> = self.members().map(|m| (&m.id, m)).collect();
         let mut events = Vec::new();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
         for (id, m) in &before {
             if !after.contains_key(id) {
-                let announced = m.health == Health::Draining && m.lease.is_none();
+                // A drained member left; so did an Eureka instance whose lease
+                // had time left (cancelled). One whose lease ran out failed.
+                let announced = match &m.lease {
+                    Some(lease) => now_ms < lease.deadline_ms(),
+                    None => m.health == Health::Draining,
+                };
                 let event = if announced {
                     MemberEvent::Left
                 } else {
