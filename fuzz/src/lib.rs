@@ -46,7 +46,11 @@ pub fn gossip_sealed(data: &[u8]) {
     let _ = check_datagram(Some(sealer()), data);
     let sealed = sealer().seal(data);
     let opened = sealer().open(&sealed).ok();
-    assert_eq!(opened.as_deref(), Some(data), "seal then open changed the bytes");
+    assert_eq!(
+        opened.as_deref(),
+        Some(data),
+        "seal then open changed the bytes"
+    );
 }
 
 /// A clear gossip datagram (`SHOAL_INSECURE`): chitchat's decoder alone.
@@ -60,22 +64,30 @@ pub fn gossip_plain(data: &[u8]) {
 /// decodes encodes to something that decodes to the same.
 pub fn member_keys(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let pairs: Vec<(&str, &str)> = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .collect();
+    let pairs: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once('=')).collect();
     let get = |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
     let gossip: SocketAddr = "127.0.0.1:7950".parse().expect("an address");
     if let Ok(Some(member)) = Member::from_keys("fuzz@127.0.0.1:1", 1, gossip, get) {
-        assert_eq!(get("health").and_then(|h| h.parse::<Health>().ok()), Some(member.health));
-        assert!(member.routes.iter().all(|r| r.starts_with('/') && r.len() > 1));
+        assert_eq!(
+            get("health").and_then(|h| h.parse::<Health>().ok()),
+            Some(member.health)
+        );
+        assert!(
+            member
+                .routes
+                .iter()
+                .all(|r| r.starts_with('/') && r.len() > 1)
+        );
         let view = ClusterView::from_members([member]);
         let _ = view.service_for_path("/story/1");
     }
     let mut stats = ClusterStats::default();
     stats.add_gateway(pairs.iter().copied());
     for (key, value) in &pairs {
-        if let Some(lease) = key.strip_prefix("eureka:").and_then(|_| Lease::decode(value)) {
+        if let Some(lease) = key
+            .strip_prefix("eureka:")
+            .and_then(|_| Lease::decode(value))
+        {
             if let Ok(text) = lease.encode() {
                 assert_eq!(Lease::decode(&text), Some(lease), "lease round trip");
             }
@@ -134,8 +146,15 @@ pub fn route(data: &[u8]) {
     };
     let view = view();
     if let Ok(r) = route::resolve(view, path, query) {
-        assert!(view.service(r.service).is_some(), "routed to an unknown service");
-        assert!(r.upstream.starts_with('/'), "upstream path {:?}", r.upstream);
+        assert!(
+            view.service(r.service).is_some(),
+            "routed to an unknown service"
+        );
+        assert!(
+            r.upstream.starts_with('/'),
+            "upstream path {:?}",
+            r.upstream
+        );
         let upstream_path = r.upstream.split('?').next().unwrap_or("");
         let _ = forwarded_prefix(path, upstream_path);
     }
@@ -191,9 +210,19 @@ pub fn eureka_register(data: &[u8]) {
     assert!(!registration.instance_id.contains('/'));
     assert!(registration.port > 0);
     let id = registration.instance_id.clone();
-    if let Ok(lease) = Lease::apply(None, "ORDERS", &id, LeaseOp::Register(Box::new(registration)), 1) {
+    if let Ok(lease) = Lease::apply(
+        None,
+        "ORDERS",
+        &id,
+        LeaseOp::Register(Box::new(registration)),
+        1,
+    ) {
         let text = lease.encode().expect("an applied lease encodes");
-        assert_eq!(Lease::decode(&text), Some(lease.clone()), "lease round trip");
+        assert_eq!(
+            Lease::decode(&text),
+            Some(lease.clone()),
+            "lease round trip"
+        );
         let member = Arc::new(lease).member("127.0.0.1:7950".parse().expect("an address"));
         assert_eq!(member.service, "orders");
     }
@@ -212,6 +241,9 @@ pub fn env(data: &[u8]) {
     let env = Env::from_pairs(pairs.iter().copied());
     if let Err(err) = shoal_gateway::GatewayConfig::from_env(&env) {
         let message = err.to_string();
-        assert!(message.contains("SHOAL_"), "an error that names no variable: {message}");
+        assert!(
+            message.contains("SHOAL_"),
+            "an error that names no variable: {message}"
+        );
     }
 }

@@ -227,7 +227,8 @@ fn read_datagram(sealer: Option<&Sealer>, datagram: &[u8]) -> Result<ChitchatEnv
         }
         None => datagram,
     };
-    ChitchatEnvelope::deserialize(&mut plain).map_err(|err| format!("not a chitchat message: {err}"))
+    ChitchatEnvelope::deserialize(&mut plain)
+        .map_err(|err| format!("not a chitchat message: {err}"))
 }
 
 /// Whether a datagram would be taken by the gossip socket (`Ok`) or

@@ -196,6 +196,12 @@ impl Load {
     /// Starts `getters` GET workers and `posters` POST workers against the
     /// gateway at `base` (`http://127.0.0.1:4000`).
     pub fn start(base: &str, getters: usize, posters: usize) -> Load {
+        Self::start_paced(base, getters, posters, Duration::ZERO)
+    }
+
+    /// Like [`Load::start`], each worker pausing `pause` between requests
+    /// (a steady load rather than as much as the machine takes).
+    pub fn start_paced(base: &str, getters: usize, posters: usize, pause: Duration) -> Load {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .pool_idle_timeout(Duration::from_secs(5))
@@ -216,6 +222,9 @@ impl Load {
                     let (mut sent, mut failures, mut lat) =
                         (0u64, HashMap::<u16, u64>::new(), Vec::new());
                     while !stop.load(Ordering::Relaxed) {
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
                         sent += 1;
                         let path = if (sent + w as u64) % 2 == 0 {
                             "story"
@@ -257,6 +266,9 @@ impl Load {
                     let mut outcomes = vec![];
                     let mut n = 0;
                     while !stop.load(Ordering::Relaxed) {
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
                         n += 1;
                         let id = format!("x{tag}{w}-{n}");
                         let url = format!("{base}/api/story-service/story");

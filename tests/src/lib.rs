@@ -287,13 +287,22 @@ fn tail(text: &str, lines: usize) -> String {
 /// `pgrep -P parent -xf name` finds them (`shoal local` names each replica
 /// so).
 pub fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    children(parent)
+        .into_iter()
+        .filter(|(_, argv0)| argv0 == name)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// The children of process `parent`, with their `argv[0]`.
+pub fn children(parent: u32) -> Vec<(u32, String)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return vec![];
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             // pid (comm) state ppid …; comm may hold spaces, so split after ')'.
             let ppid = stat
                 .rsplit_once(')')
@@ -301,9 +310,20 @@ pub fn children_named(parent: u32, name: &str) -> Vec<u32> {
                 .and_then(|p| p.parse::<u32>().ok());
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-            ppid == Some(parent) && argv0 == name.as_bytes()
+            (ppid == Some(parent)).then(|| (pid, String::from_utf8_lossy(argv0).into_owned()))
         })
         .collect()
+}
+
+/// Resident memory (KiB) and open file descriptors of a process.
+pub fn rss_and_fds(pid: u32) -> Option<(u64, usize)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    Some((rss, fds))
 }
 
 /// Starts a `shoal sidecar --watch` member of `service` at `ip`.
