@@ -19,8 +19,11 @@ use shoal_node::stats::{ClusterStats, Figures, Histogram};
 use shoal_node::transport::{Sealer, check_datagram};
 use shoal_node::{ClusterView, Env, Health, Lease, LeaseOp, Member, MemberId};
 
+/// A fuzz target: takes any bytes, panics only on a finding.
+pub type Target = fn(&[u8]);
+
 /// The targets by name (the folders of `corpus/`).
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("gossip_sealed", gossip_sealed),
     ("gossip_plain", gossip_plain),
     ("member_keys", member_keys),
