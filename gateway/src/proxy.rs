@@ -123,6 +123,16 @@ async fn dispatch(
             );
         }
         Err(NoRoute::UnknownService(name)) => {
+            // Knowing no service at all is not "no such service": this
+            // gateway is starting, or cut off from the cluster.
+            let alone = table.view.services().all(|(s, _)| s == gw.config.node.service.as_str());
+            if alone {
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this gateway sees no service at all: it is starting, or cut off from the cluster",
+                    path,
+                );
+            }
             return error_response(
                 StatusCode::NOT_FOUND,
                 &format!("no service named {name} is known to this gateway"),

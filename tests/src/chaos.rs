@@ -59,6 +59,8 @@ pub struct Report {
     pub p50_ms: f64,
     /// p99.
     pub p99_ms: f64,
+    /// The slowest GET (ms).
+    pub max_ms: f64,
     /// The kills.
     pub kills: Vec<Kill>,
     /// Acknowledged (201) writes missing from the table.
@@ -76,12 +78,13 @@ impl Report {
     /// A human report.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "requests: {} GETs, {} failed {:?}; GET latency p50 {:.1} ms, p99 {:.1} ms\nPOSTs by status: {:?}; acknowledged writes lost: {}, duplicated: {}\n",
+            "requests: {} GETs, {} failed {:?}; GET latency p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms\nPOSTs by status: {:?}; acknowledged writes lost: {}, duplicated: {}\n",
             self.gets,
             self.failed_gets(),
             self.get_failures,
             self.p50_ms,
             self.p99_ms,
+            self.max_ms,
             self.posts,
             self.lost,
             self.duplicated
@@ -321,6 +324,7 @@ impl Load {
         lat.sort_by(|a, b| a.total_cmp(b));
         report.p50_ms = percentile(&lat, 0.5);
         report.p99_ms = percentile(&lat, 0.99);
+        report.max_ms = lat.last().copied().unwrap_or(0.0);
         let mut posts = vec![];
         for p in self.posters {
             if let Ok(o) = p.await {
@@ -436,4 +440,93 @@ pub async fn run(plan: &Plan) -> Report {
         });
     }
     report
+}
+
+/// The host pid of a container's main process (its network namespace).
+pub fn task_pid(container: &str) -> u32 {
+    docker(&["inspect", "-f", "{{.State.Pid}}", container])
+        .parse()
+        .unwrap_or_else(|_| panic!("no pid for container {container}"))
+}
+
+/// Which way a [`Cut`] drops traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Nothing in, nothing out.
+    Both,
+    /// Nothing in (it still sends).
+    Inbound,
+}
+
+/// A network partition of one task: iptables rules in its network
+/// namespace (entered with `nsenter`) dropping everything but loopback.
+/// Dropping it heals the cut.
+pub struct Cut {
+    pid: u32,
+    rules: Vec<[&'static str; 5]>,
+}
+
+impl Cut {
+    /// Cuts the task whose main process is `pid`.
+    pub fn new(pid: u32, direction: Direction) -> Cut {
+        let mut rules = vec![["INPUT", "!", "-i", "lo", "DROP"]];
+        if direction == Direction::Both {
+            rules.push(["OUTPUT", "!", "-o", "lo", "DROP"]);
+        }
+        let cut = Cut { pid, rules };
+        for r in &cut.rules {
+            cut.iptables("-I", r);
+        }
+        cut
+    }
+
+    fn iptables(&self, op: &str, r: &[&str; 5]) {
+        let pid = self.pid.to_string();
+        let out = Command::new("nsenter")
+            .args(["-t", &pid, "-n", "iptables", op, r[0], r[1], r[2], r[3], "-j", r[4]])
+            .output()
+            .expect("nsenter iptables");
+        assert!(
+            out.status.success(),
+            "iptables {op} {r:?} in the netns of {pid}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Heals the cut now.
+    pub fn heal(self) {}
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        for r in self.rules.clone() {
+            self.iptables("-D", &r);
+        }
+    }
+}
+
+/// GET `path` on the gateway inside the network namespace of `pid` (the
+/// gateway's own port, reachable even when the task is cut off): the
+/// status (0: no answer within 10 s) and the time it took.
+pub fn get_in_netns(pid: u32, path: &str) -> (u16, Duration) {
+    let started = Instant::now();
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            &format!("http://127.0.0.1:4000{path}"),
+        ])
+        .output()
+        .expect("nsenter curl");
+    let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    (status, started.elapsed())
 }

@@ -108,15 +108,15 @@ async fn a_slow_replica_gets_far_fewer_requests() {
 async fn unknown_service_is_404_and_a_service_with_no_up_instance_is_503() {
     let net = Net::new(33);
     let (mut stack, gw, client) = setup(&net, 0, &[], |_| vec![]).await;
+    // A gateway that knows no service at all says so: 503, not 404.
     let r = client
         .get(format!("http://{gw}/api/nope/x"))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["status"], 404);
-    assert_eq!(body["path"], "/api/nope/x");
+    assert!(body["message"].as_str().unwrap().contains("sees no service at all"));
     // A member whose health URL never answers stays `starting`.
     let ip = net.ip(2, 1);
     let mut env = net.member_env(ip, "lazy", "lazy-1");
@@ -135,6 +135,15 @@ async fn unknown_service_is_404_and_a_service_with_no_up_instance_is_503() {
         || async { gateway_view(&client, gw).await?.get("lazy").map(|_| ()) },
     )
     .await;
+    let r = client
+        .get(format!("http://{gw}/api/nope/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "a name no service has");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], 404);
+    assert_eq!(body["path"], "/api/nope/x");
     let r = client
         .get(format!("http://{gw}/api/lazy/x"))
         .send()

@@ -432,6 +432,9 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
     wait_converged("story-service", 3, Duration::from_secs(60));
     wait_converged("gateway", gateways, Duration::from_secs(60));
 
+    // 4b. Partitions, not deaths: iptables in a task's network namespace.
+    partitions(gateways).await;
+
     // 5. Rolling update under load.
     under_load(&client, "rolling update", async {
         docker_ok(&[
@@ -565,4 +568,166 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
     assert!(distinct.len() >= 7, "the cluster is intact: {distinct:?}");
 
     remove_stack();
+}
+
+
+/// Whether every gateway's view has (or lacks) `host`, polled until it does
+/// or `timeout`; the time it took.
+fn until_views(host: &str, present: bool, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let views = gateway_views(STACK);
+        if !views.is_empty() && views.iter().all(|v| v.contains(host) == present) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{host} {} every gateway view after {timeout:?}: {views:?}",
+            if present { "not back in" } else { "still in" }
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A story task cut off (both ways, then inbound only) under load, a
+/// gateway cut off from everything, a flapping link: each reported.
+async fn partitions(gateways: usize) {
+    use shoal_tests::chaos::{Cut, Direction, Load, get_in_netns, task_pid};
+    for direction in [Direction::Both, Direction::Inbound] {
+        let victim = containers(STACK, "story-service")
+            .into_iter()
+            .next()
+            .expect("a story task");
+        let host = victim[..12].to_string();
+        let pid = task_pid(&victim);
+        let load = Load::start(&base(), 6, 2);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let cut = Cut::new(pid, direction);
+        let cut_at = Instant::now();
+        let out = tokio::task::spawn_blocking({
+            let host = host.clone();
+            move || until_views(&host, false, Duration::from_secs(15))
+        })
+        .await
+        .expect("views");
+        let hold = Duration::from_secs(8).saturating_sub(cut_at.elapsed());
+        tokio::time::sleep(hold).await;
+        cut.heal();
+        let back = tokio::task::spawn_blocking({
+            let host = host.clone();
+            move || until_views(&host, true, Duration::from_secs(30))
+        })
+        .await
+        .expect("views");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let report = load.finish().await;
+        eprintln!(
+            "SWARM partition ({direction:?}) of {host} for 8 s: out of every gateway view after {out:?}, back {back:?} after healing\n{}",
+            report.render()
+        );
+        assert_eq!(report.failed_gets(), 0, "{direction:?}: failed GETs");
+        assert_eq!(report.lost, 0, "{direction:?}: acknowledged writes lost");
+        assert_eq!(report.duplicated, 0, "{direction:?}: writes duplicated");
+        assert!(
+            report.max_ms < 3000.0,
+            "{direction:?}: a GET took {:.0} ms",
+            report.max_ms
+        );
+    }
+
+    // A gateway cut off from everything: fast 503s, then it recovers alone.
+    let gw = containers(STACK, "gateway").into_iter().next().expect("a gateway");
+    let pid = task_pid(&gw);
+    let cut = Cut::new(pid, Direction::Both);
+    let cut_at = Instant::now();
+    let mut answers = vec![];
+    while cut_at.elapsed() < Duration::from_secs(6) {
+        let (status, took) = get_in_netns(pid, "/api/story-service/story");
+        answers.push((cut_at.elapsed(), status, took));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cut.heal();
+    let healed = Instant::now();
+    let recovered = loop {
+        let (status, _) = get_in_netns(pid, "/api/story-service/story");
+        if status == 200 {
+            break healed.elapsed();
+        }
+        assert!(healed.elapsed() < Duration::from_secs(30), "the cut gateway never recovered");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let first_503 = answers.iter().find(|(_, s, _)| *s == 503).map(|(t, _, _)| *t);
+    let slowest = answers.iter().map(|(_, _, took)| *took).max().unwrap_or_default();
+    eprintln!(
+        "SWARM gateway cut off: first 503 {first_503:?} after the cut, slowest answer {slowest:?}, answers {:?}; serving again {recovered:?} after healing",
+        answers.iter().map(|(_, s, _)| *s).collect::<Vec<_>>()
+    );
+    let late: Vec<_> = answers
+        .iter()
+        .filter(|(t, _, _)| *t > Duration::from_secs(2))
+        .collect();
+    assert!(
+        late.iter().all(|(_, s, took)| *s == 503 && *took < Duration::from_millis(500)),
+        "a cut-off gateway answers 503 at once: {late:?}"
+    );
+    wait_converged("gateway", gateways, Duration::from_secs(60));
+
+    // A flapping link: 1 s cut, 1 s healed, for 30 s, under load.
+    let victim = containers(STACK, "story-service")
+        .into_iter()
+        .next()
+        .expect("a story task");
+    let host = victim[..12].to_string();
+    let pid = task_pid(&victim);
+    let others: Vec<String> = gateway_views(STACK)
+        .first()
+        .map(|v| v.iter().filter(|h| **h != host).cloned().collect())
+        .unwrap_or_default();
+    let load = Load::start(&base(), 6, 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = std::thread::spawn({
+        let (stop, others, host) = (stop.clone(), others.clone(), host.clone());
+        move || {
+            let (mut missing, mut flips, mut was_in) = (vec![], 0, true);
+            while !stop.load(Ordering::Relaxed) {
+                for view in gateway_views(STACK) {
+                    for o in &others {
+                        if !view.contains(o) {
+                            missing.push(o.clone());
+                        }
+                    }
+                    let now_in = view.contains(&host);
+                    if now_in != was_in {
+                        flips += 1;
+                        was_in = now_in;
+                    }
+                }
+            }
+            (missing, flips)
+        }
+    });
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        let cut = Cut::new(pid, Direction::Both);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cut.heal();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::task::spawn_blocking({
+        let host = host.clone();
+        move || until_views(&host, true, Duration::from_secs(30))
+    })
+    .await
+    .expect("views");
+    stop.store(true, Ordering::Relaxed);
+    let (missing, flips) = watcher.join().expect("watcher");
+    let report = load.finish().await;
+    eprintln!(
+        "SWARM flapping link (1 s cut / 1 s healed, 30 s) of {host}: it left and rejoined views {flips} times (all gateways); other members missing from a view: {}\n{}",
+        missing.len(),
+        report.render()
+    );
+    assert!(missing.is_empty(), "members on the good side removed: {missing:?}");
+    assert_eq!(report.failed_gets(), 0, "flapping: failed GETs");
+    assert_eq!(report.lost + report.duplicated, 0, "flapping: writes lost or duplicated");
 }
