@@ -125,7 +125,10 @@ async fn dispatch(
         Err(NoRoute::UnknownService(name)) => {
             // Knowing no service at all is not "no such service": this
             // gateway is starting, or cut off from the cluster.
-            let alone = table.view.services().all(|(s, _)| s == gw.config.node.service.as_str());
+            let alone = table
+                .view
+                .services()
+                .all(|(s, _)| s == gw.config.node.service.as_str());
             if alone {
                 return error_response(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -210,7 +210,9 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
     if !value.is_finite() || value < 0.0 {
         return None;
     }
-    Some(Duration::from_secs_f64(value * scale))
+    // `try_`: a value too large for a Duration (`1e300s`) is refused, not a
+    // panic (found by fuzzing).
+    Duration::try_from_secs_f64(value * scale).ok()
 }
 
 /// The name of a service, as users type it in URLs (`story-service`).

@@ -207,9 +207,11 @@ impl Member {
         let routes = field(keys::ROUTES)
             .unwrap_or("")
             .split(',')
-            .map(str::trim)
+            // Trimmed before checking: `//` trimmed is empty, and an empty
+            // prefix would match every path (found by fuzzing).
+            .map(|r| r.trim().trim_end_matches('/'))
             .filter(|r| r.starts_with('/') && r.len() > 1)
-            .map(|r| r.trim_end_matches('/').to_string())
+            .map(str::to_string)
             .collect();
         Ok(Some(Member {
             id: MemberId {

@@ -357,6 +357,24 @@ mod tests {
     }
 
     #[test]
+    fn a_route_of_slashes_is_no_route_at_all() {
+        // Found by fuzzing: `//` trimmed to an empty prefix matched every path.
+        let gossip = "127.0.0.1:7950".parse().unwrap();
+        let keys = |k: &str| match k {
+            "service" => Some("x"),
+            "addr" => Some("10.0.0.1:80"),
+            "health" => Some("up"),
+            "routes" => Some("//, / ,/ok/"),
+            _ => None,
+        };
+        let m = Member::from_keys("x@1", 1, gossip, keys).unwrap().unwrap();
+        assert_eq!(m.routes, ["/ok"]);
+        let view = ClusterView::from_members([m]);
+        assert_eq!(view.service_for_path("/story/7"), None);
+        assert_eq!(view.service_for_path("/ok/1"), Some("x"));
+    }
+
+    #[test]
     fn path_routes_match_longest_prefix_on_segment_boundary() {
         let view = ClusterView::from_members([
             member("a", 1, "story-service", Health::Up, &["/story"]),

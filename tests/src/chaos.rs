@@ -483,7 +483,9 @@ impl Cut {
     fn iptables(&self, op: &str, r: &[&str; 5]) {
         let pid = self.pid.to_string();
         let out = Command::new("nsenter")
-            .args(["-t", &pid, "-n", "iptables", op, r[0], r[1], r[2], r[3], "-j", r[4]])
+            .args([
+                "-t", &pid, "-n", "iptables", op, r[0], r[1], r[2], r[3], "-j", r[4],
+            ])
             .output()
             .expect("nsenter iptables");
         assert!(
@@ -527,6 +529,9 @@ pub fn get_in_netns(pid: u32, path: &str) -> (u16, Duration) {
         ])
         .output()
         .expect("nsenter curl");
-    let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let status = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
     (status, started.elapsed())
 }

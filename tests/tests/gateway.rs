@@ -116,7 +116,12 @@ async fn unknown_service_is_404_and_a_service_with_no_up_instance_is_503() {
         .unwrap();
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
-    assert!(body["message"].as_str().unwrap().contains("sees no service at all"));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("sees no service at all")
+    );
     // A member whose health URL never answers stays `starting`.
     let ip = net.ip(2, 1);
     let mut env = net.member_env(ip, "lazy", "lazy-1");

@@ -110,3 +110,10 @@ fn durations_accept_units() {
     assert_eq!(parse_duration("-1s"), None);
     assert_eq!(parse_duration("soon"), None);
 }
+
+#[test]
+fn durations_too_large_for_a_duration_are_refused_not_a_panic() {
+    assert_eq!(parse_duration("1e300s"), None);
+    assert_eq!(parse_duration("1e30m"), None);
+    assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+}
