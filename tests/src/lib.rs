@@ -520,20 +520,64 @@ pub fn http() -> reqwest::Client {
         .expect("http client")
 }
 
-/// The gateway's view as `service → [(host, health)]`, from its admin port.
-pub async fn gateway_view(
+/// The gateway's `/members` document, from its admin port.
+pub async fn members_doc(
     client: &reqwest::Client,
     gateway: SocketAddr,
-) -> Option<HashMap<String, Vec<(String, String)>>> {
+) -> Option<shoal_node::MembersDoc> {
     let admin = SocketAddr::new(gateway.ip(), ports::ADMIN);
-    let doc: shoal_node::MembersDoc = client
+    client
         .get(format!("http://{admin}/members"))
         .send()
         .await
         .ok()?
         .json()
         .await
-        .ok()?;
+        .ok()
+}
+
+/// The sum of the samples of metric `name` (a prefix of the line) on the
+/// gateway's `/metrics`.
+pub async fn gateway_metric(client: &reqwest::Client, gateway: SocketAddr, name: &str) -> f64 {
+    let admin = SocketAddr::new(gateway.ip(), ports::ADMIN);
+    let text = client
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Starts `shoal local` (the README's first command) with `args` and waits
+/// until it says everything is up and routable.
+pub fn start_local(net: &Net, args: &[&str]) -> Proc {
+    let local = Proc::spawn(net, "local", &bin("shoal"), args, &[]);
+    wait_for(
+        "the local cluster to be ready",
+        Duration::from_secs(60),
+        || {
+            local
+                .lines()
+                .iter()
+                .any(|(_, l)| l.contains("up and routable"))
+                .then_some(())
+        },
+    );
+    local
+}
+
+/// The gateway's view as `service → [(host, health)]`, from its admin port.
+pub async fn gateway_view(
+    client: &reqwest::Client,
+    gateway: SocketAddr,
+) -> Option<HashMap<String, Vec<(String, String)>>> {
+    let doc = members_doc(client, gateway).await?;
     Some(
         doc.services
             .iter()

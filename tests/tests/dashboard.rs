@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shoal_tests::browser::{Browser, chromium};
-use shoal_tests::{Net, Proc, bin, children_named, skip_unless_ci, wait_for};
+use shoal_tests::{Net, Proc, bin, children_named, skip_unless_ci};
 
 const NET: &str = "127.65";
 
@@ -53,25 +53,11 @@ fn dashboard_in_a_browser_shows_the_cluster_live() {
     }
     let net = Net::new(65);
     let data = net.dir().join("data").to_string_lossy().to_string();
-    let mut local = Proc::spawn(
+    let mut local = shoal_tests::start_local(
         &net,
-        "local",
-        &bin("shoal"),
         &[
             "local", "--net", NET, "--data", &data, "--story", "3", "--notice", "1", "--board", "0",
         ],
-        &[],
-    );
-    wait_for(
-        "the local cluster to be ready",
-        Duration::from_secs(60),
-        || {
-            local
-                .lines()
-                .iter()
-                .any(|(_, l)| l.contains("up and routable"))
-                .then_some(())
-        },
     );
     let parent = local.pid();
     // The terminal's view of the same events.

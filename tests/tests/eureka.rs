@@ -52,15 +52,7 @@ async fn through(client: &reqwest::Client, gw: SocketAddr, path: &str) -> (u16, 
 
 /// Whether the gateway at `gw` has `node` (a member id) in its view.
 async fn in_view(client: &reqwest::Client, gw: SocketAddr, node: &str) -> Option<bool> {
-    let admin = SocketAddr::new(gw.ip(), ports::ADMIN);
-    let doc: shoal_node::MembersDoc = client
-        .get(format!("http://{admin}/members"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
+    let doc = shoal_tests::members_doc(client, gw).await?;
     Some(doc.members().any(|m| m.id.node == node))
 }
 

@@ -57,19 +57,7 @@ async fn host_counts(client: &reqwest::Client, gw: SocketAddr, n: usize) -> Hash
 }
 
 async fn metric(client: &reqwest::Client, gw: SocketAddr, name: &str) -> f64 {
-    let admin = SocketAddr::new(gw.ip(), shoal_tests::ports::ADMIN);
-    let text = client
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    shoal_tests::gateway_metric(client, gw, name).await
 }
 
 #[tokio::test]

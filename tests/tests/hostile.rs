@@ -11,19 +11,7 @@ use tokio::net::TcpStream;
 
 /// A gauge or counter of the gateway's `/metrics`.
 async fn metric(client: &reqwest::Client, gw: SocketAddr, name: &str) -> f64 {
-    let admin = SocketAddr::new(gw.ip(), ports::ADMIN);
-    let text = client
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .unwrap_or(0.0)
+    shoal_tests::gateway_metric(client, gw, name).await
 }
 
 /// The gateway's resident memory, KiB.

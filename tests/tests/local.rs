@@ -14,24 +14,7 @@ fn local_cluster_starts_answers_and_stops_cleanly() {
     let net = Net::new(51);
     let data = net.dir().join("data");
     let data = data.to_string_lossy().to_string();
-    let mut local = Proc::spawn(
-        &net,
-        "local",
-        &bin("shoal"),
-        &["local", "--net", "127.51", "--data", &data],
-        &[],
-    );
-    wait_for(
-        "the local cluster to be ready",
-        Duration::from_secs(60),
-        || {
-            local
-                .lines()
-                .iter()
-                .any(|(_, l)| l.contains("up and routable"))
-                .then_some(())
-        },
-    );
+    let mut local = shoal_tests::start_local(&net, &["local", "--net", "127.51", "--data", &data]);
     let printed: Vec<String> = local.lines().into_iter().map(|(_, l)| l).collect();
     assert!(
         printed
