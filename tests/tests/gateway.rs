@@ -770,3 +770,97 @@ async fn requests_in_flight_to_a_frozen_replica_move_on_when_it_is_declared_dead
         "a GET waited {slowest:?}: in flight to the frozen replica past its death"
     );
 }
+
+/// Drops every packet to `ip` (host iptables) until dropped: on loopback,
+/// a one-way partition — the member at `ip` still sends, receives nothing.
+struct InboundCut(String);
+
+impl InboundCut {
+    fn new(ip: std::net::IpAddr) -> Option<Self> {
+        let ip = ip.to_string();
+        let ok = std::process::Command::new("iptables")
+            .args(["-I", "INPUT", "-d", &ip, "-j", "DROP"])
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Self(ip))
+    }
+}
+
+impl Drop for InboundCut {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("iptables")
+            .args(["-D", "INPUT", "-d", &self.0, "-j", "DROP"])
+            .status();
+    }
+}
+
+/// A one-way partition: a replica that still sends (its gossip goes out)
+/// but receives nothing. It must leave the view — its own gossip is no
+/// proof it can be reached — and the requests in flight to it move on.
+#[tokio::test]
+async fn a_replica_that_can_send_but_not_receive_leaves_rotation() {
+    let net = Net::new(45);
+    let (mut stack, gw, client) = setup(&net, 2, &[("SHOAL_RESPONSE_TIMEOUT", "10s")], |_| {
+        vec![("TEST_DELAY_MS", "20".to_string())]
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..6)
+        .map(|_| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut sent, mut failed, mut slowest) = (0usize, 0usize, Duration::ZERO);
+                while !stop.load(Ordering::Relaxed) {
+                    sent += 1;
+                    let t = Instant::now();
+                    let ok = client
+                        .get(format!("http://{gw}/api/echo/host"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200);
+                    failed += usize::from(!ok);
+                    slowest = slowest.max(t.elapsed());
+                }
+                (sent, failed, slowest)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let Some(cut) = InboundCut::new(net.ip(2, 1)) else {
+        stop.store(true, Ordering::Relaxed);
+        shoal_tests::skip_unless_ci("iptables is not usable here (root and iptables needed)");
+        return;
+    };
+    let cut_at = Instant::now();
+    wait_for_async(
+        "echo-1 out of the view",
+        Duration::from_secs(10),
+        || async {
+            let view = gateway_view(&client, gw).await?;
+            (!view.get("echo")?.iter().any(|(h, _)| h == "echo-1")).then_some(())
+        },
+    )
+    .await;
+    let detected = cut_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(cut);
+    let healed = Instant::now();
+    wait_routable(&client, gw, "echo", 2).await;
+    let back = healed.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut sent, mut failed, mut slowest) = (0, 0, Duration::ZERO);
+    for w in workers {
+        let (s, f, m) = w.await.unwrap();
+        (sent, failed, slowest) = (sent + s, failed + f, slowest.max(m));
+    }
+    let _ = stack.proc("echo-1").is_running();
+    eprintln!(
+        "inbound-only cut: {sent} GETs, {failed} failed, slowest {slowest:?}; out of the view after {detected:?}, back {back:?} after healing"
+    );
+    assert_eq!(failed, 0);
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a GET waited {slowest:?} on the cut replica"
+    );
+}

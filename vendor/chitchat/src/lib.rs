@@ -100,6 +100,9 @@ pub struct Chitchat {
     previous_live_nodes: HashMap<ChitchatId, Version>,
     live_nodes_watcher_tx: watch::Sender<BTreeMap<ChitchatId, NodeState>>,
     live_nodes_watcher_rx: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+    /// shoal patch: when each peer last answered us (a SYN-ACK to our SYN,
+    /// an ACK to our SYN-ACK): proof that it receives.
+    answered: HashMap<SocketAddr, tokio::time::Instant>,
 }
 
 impl Chitchat {
@@ -118,6 +121,7 @@ impl Chitchat {
             previous_live_nodes,
             live_nodes_watcher_tx,
             live_nodes_watcher_rx,
+            answered: HashMap::new(),
         };
 
         let self_node_state = chitchat.self_node_state();
@@ -159,8 +163,35 @@ impl Chitchat {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn process_message(&mut self, msg: ChitchatMessage) -> Option<ChitchatMessage> {
+        self.process_message_from(msg, None)
+    }
+
+    /// shoal patch: processes a message received from `from`.
+    ///
+    /// A node's own heartbeat in its own SYN proves it can send, not that it
+    /// can receive: a node cut off inbound only (a one-way partition) would
+    /// stay alive forever on its SYNs while nothing reaches it. So a known
+    /// node's own SYN heartbeat counts only if that node answered us (a
+    /// SYN-ACK or an ACK, which it sends only after receiving) within the
+    /// last ten gossip rounds (`initial_interval` × 10). A healthy node answers every
+    /// exchange (its SYN to us is followed by its ACK), so nothing changes
+    /// for it; an unknown node's first SYN still counts, so joins are as
+    /// before. Its heartbeat also keeps arriving through other nodes'
+    /// digests, which are fed by its answers to them.
+    pub(crate) fn process_message_from(
+        &mut self,
+        msg: ChitchatMessage,
+        from: Option<SocketAddr>,
+    ) -> Option<ChitchatMessage> {
         self.update_self_heartbeat();
+        let now = tokio::time::Instant::now();
+        if let (Some(from), ChitchatMessage::SynAck { .. } | ChitchatMessage::Ack { .. }) =
+            (from, &msg)
+        {
+            self.answered.insert(from, now);
+        }
 
         match msg {
             ChitchatMessage::Syn { cluster_id, digest } => {
@@ -172,7 +203,20 @@ impl Chitchat {
                     );
                     return Some(ChitchatMessage::BadCluster);
                 }
-                self.report_heartbeats_in_digest(&digest);
+                let proof_window = self.config.failure_detector_config.initial_interval * 10;
+                let sender_answered = from.is_some_and(|from| {
+                    self.answered
+                        .get(&from)
+                        .is_some_and(|at| now.duration_since(*at) <= proof_window)
+                });
+                for (chitchat_id, node_digest) in &digest.node_digests {
+                    let is_sender = from == Some(chitchat_id.gossip_advertise_addr);
+                    let known = self.cluster_state.node_state(chitchat_id).is_some();
+                    if is_sender && known && !sender_answered {
+                        continue;
+                    }
+                    self.report_heartbeat(chitchat_id, node_digest.heartbeat);
+                }
                 let scheduled_for_deletion: HashSet<_> =
                     self.scheduled_for_deletion_nodes().collect();
                 let self_digest = self.compute_digest(&scheduled_for_deletion);
@@ -251,6 +295,9 @@ impl Chitchat {
     /// Marks the node as dead or alive depending on the new phi values and updates the live nodes
     /// watcher accordingly.
     pub(crate) fn update_nodes_liveness(&mut self) {
+        // shoal patch: forget answers of peers long silent (bounded map).
+        let forget_after = self.config.failure_detector_config.max_interval * 30;
+        self.answered.retain(|_, at| at.elapsed() < forget_after);
         for chitchat_id in self.cluster_state.nodes() {
             if chitchat_id != self.self_chitchat_id() {
                 self.failure_detector.update_node_liveness(chitchat_id);

@@ -275,7 +275,12 @@ impl Server {
     ) -> anyhow::Result<()> {
         let version = envelope.version;
         // Handle gossip message from other servers.
-        let response = self.chitchat.lock().await.process_message(envelope.message);
+        // shoal patch: the sender's address goes along (see `process_message_from`).
+        let response = self
+            .chitchat
+            .lock()
+            .await
+            .process_message_from(envelope.message, Some(from_addr));
         // Send the reply, if any, echoing the version the peer used: having
         // decoded its message we know it supports that format, so the reply is
         // guaranteed to be decodable on its end.
