@@ -487,3 +487,45 @@ mod tests {
         assert!(latency.quantile_ms(0.5).unwrap() > 90.0);
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+    use shoal_node::{Health, MemberId};
+
+    #[test]
+    fn stats_doc_lists_hundreds_of_members_and_none() {
+        let empty = stats_doc(&ClusterStats::default(), &ClusterView::default());
+        assert_eq!(empty["gateways"], 0);
+        assert!(empty["services"].as_object().unwrap().is_empty());
+        let members = (0..300u32).map(|i| Member {
+            id: MemberId {
+                node: format!("svc-{i}"),
+                generation: 1,
+            },
+            service: format!("service-{}", i % 30),
+            addr: std::net::SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8], 8080)),
+            health: Health::Up,
+            routes: vec![],
+            host: format!("<b>host-{i}</b>"),
+            version: "t".into(),
+            started_ms: 0,
+            gossip_addr: "10.0.0.1:7950".parse().unwrap(),
+            lease: None,
+        });
+        let view = ClusterView::from_members(members);
+        let doc = stats_doc(&ClusterStats::default(), &view);
+        let services = doc["services"].as_object().unwrap();
+        assert_eq!(services.len(), 30);
+        let listed: usize = services
+            .values()
+            .map(|s| s["instances"].as_array().unwrap().len())
+            .sum();
+        assert_eq!(listed, 300);
+        // Text stays text in the document; the page writes it with textContent.
+        assert_eq!(
+            services["service-0"]["instances"][0]["host"],
+            "<b>host-0</b>"
+        );
+    }
+}
