@@ -714,26 +714,7 @@ async fn requests_in_flight_to_a_frozen_replica_move_on_when_it_is_declared_dead
     })
     .await;
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..6)
-        .map(|_| {
-            let (client, stop) = (client.clone(), stop.clone());
-            tokio::spawn(async move {
-                let (mut sent, mut failed, mut slowest) = (0usize, 0usize, Duration::ZERO);
-                while !stop.load(Ordering::Relaxed) {
-                    sent += 1;
-                    let t = Instant::now();
-                    let ok = client
-                        .get(format!("http://{gw}/api/echo/host"))
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status() == 200);
-                    failed += usize::from(!ok);
-                    slowest = slowest.max(t.elapsed());
-                }
-                (sent, failed, slowest)
-            })
-        })
-        .collect();
+    let workers = timed_load(&client, gw, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = nix::unistd::Pid::from_raw(stack.proc("echo-1").pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
@@ -756,11 +737,7 @@ async fn requests_in_flight_to_a_frozen_replica_move_on_when_it_is_declared_dead
     let back = thawed_at.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
-    let (mut sent, mut failed, mut slowest) = (0, 0, Duration::ZERO);
-    for w in workers {
-        let (s, f, m) = w.await.unwrap();
-        (sent, failed, slowest) = (sent + s, failed + f, slowest.max(m));
-    }
+    let (sent, failed, slowest) = timed_totals(workers).await;
     eprintln!(
         "frozen replica: {sent} GETs, {failed} failed, slowest {slowest:?}; declared dead after {detected:?}, back {back:?} after thawing"
     );
@@ -805,26 +782,7 @@ async fn a_replica_that_can_send_but_not_receive_leaves_rotation() {
     })
     .await;
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..6)
-        .map(|_| {
-            let (client, stop) = (client.clone(), stop.clone());
-            tokio::spawn(async move {
-                let (mut sent, mut failed, mut slowest) = (0usize, 0usize, Duration::ZERO);
-                while !stop.load(Ordering::Relaxed) {
-                    sent += 1;
-                    let t = Instant::now();
-                    let ok = client
-                        .get(format!("http://{gw}/api/echo/host"))
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status() == 200);
-                    failed += usize::from(!ok);
-                    slowest = slowest.max(t.elapsed());
-                }
-                (sent, failed, slowest)
-            })
-        })
-        .collect();
+    let workers = timed_load(&client, gw, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let Some(cut) = InboundCut::new(net.ip(2, 1)) else {
         stop.store(true, Ordering::Relaxed);
@@ -849,11 +807,7 @@ async fn a_replica_that_can_send_but_not_receive_leaves_rotation() {
     let back = healed.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
-    let (mut sent, mut failed, mut slowest) = (0, 0, Duration::ZERO);
-    for w in workers {
-        let (s, f, m) = w.await.unwrap();
-        (sent, failed, slowest) = (sent + s, failed + f, slowest.max(m));
-    }
+    let (sent, failed, slowest) = timed_totals(workers).await;
     let _ = stack.proc("echo-1").is_running();
     eprintln!(
         "inbound-only cut: {sent} GETs, {failed} failed, slowest {slowest:?}; out of the view after {detected:?}, back {back:?} after healing"
@@ -863,4 +817,45 @@ async fn a_replica_that_can_send_but_not_receive_leaves_rotation() {
         slowest < Duration::from_secs(5),
         "a GET waited {slowest:?} on the cut replica"
     );
+}
+
+/// Six GET workers through the gateway until `stop`, each counting what it
+/// sent, what failed and its slowest answer.
+fn timed_load(
+    client: &reqwest::Client,
+    gw: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(usize, usize, Duration)>> {
+    (0..6)
+        .map(|_| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut sent, mut failed, mut slowest) = (0usize, 0usize, Duration::ZERO);
+                while !stop.load(Ordering::Relaxed) {
+                    sent += 1;
+                    let t = Instant::now();
+                    let ok = client
+                        .get(format!("http://{gw}/api/echo/host"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200);
+                    failed += usize::from(!ok);
+                    slowest = slowest.max(t.elapsed());
+                }
+                (sent, failed, slowest)
+            })
+        })
+        .collect()
+}
+
+/// Sent, failed and the slowest answer over all the workers of [`timed_load`].
+async fn timed_totals(
+    workers: Vec<tokio::task::JoinHandle<(usize, usize, Duration)>>,
+) -> (usize, usize, Duration) {
+    let (mut sent, mut failed, mut slowest) = (0, 0, Duration::ZERO);
+    for w in workers {
+        let (s, f, m) = w.await.unwrap();
+        (sent, failed, slowest) = (sent + s, failed + f, slowest.max(m));
+    }
+    (sent, failed, slowest)
 }
