@@ -30,7 +30,6 @@ pub mod register;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -42,6 +41,8 @@ use serde_json::{Value, json};
 use shoal_node::{Cluster, LeaseError, LeaseOp, Status};
 use tokio::sync::watch;
 use tracing::info;
+
+use crate::stats::now_ms;
 
 pub use access::Access;
 pub use changes::Snapshot;
@@ -78,13 +79,6 @@ fn wants_json(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.to_ascii_lowercase().contains("json"))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 /// `applications` (the full registry, a delta, or a VIP), in either form:

@@ -364,15 +364,7 @@ async fn killed_replica_under_load_fails_no_request_and_leaves_rotation() {
     wait_answered(&answered, 0, 100).await;
     let killed_at = Instant::now();
     stack.proc("echo-2").sigkill();
-    wait_for_async(
-        "echo-2 to leave the gateway's view",
-        Duration::from_secs(5),
-        || async {
-            let view = gateway_view(&client, gw).await?;
-            (!view.get("echo")?.iter().any(|(h, _)| h == "echo-2")).then_some(())
-        },
-    )
-    .await;
+    wait_out_of_view(&client, gw, "echo-2", Duration::from_secs(5)).await;
     let left_after = killed_at.elapsed();
     // Load goes on with the replica gone from the view.
     wait_answered(&answered, answered.load(Ordering::Relaxed), 100).await;
@@ -719,15 +711,7 @@ async fn requests_in_flight_to_a_frozen_replica_move_on_when_it_is_declared_dead
     let pid = nix::unistd::Pid::from_raw(stack.proc("echo-1").pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let frozen_at = Instant::now();
-    wait_for_async(
-        "echo-1 out of the view",
-        Duration::from_secs(10),
-        || async {
-            let view = gateway_view(&client, gw).await?;
-            (!view.get("echo")?.iter().any(|(h, _)| h == "echo-1")).then_some(())
-        },
-    )
-    .await;
+    wait_out_of_view(&client, gw, "echo-1", Duration::from_secs(10)).await;
     let detected = frozen_at.elapsed();
     // Frozen long enough that a request left waiting on it would show.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -790,15 +774,7 @@ async fn a_replica_that_can_send_but_not_receive_leaves_rotation() {
         return;
     };
     let cut_at = Instant::now();
-    wait_for_async(
-        "echo-1 out of the view",
-        Duration::from_secs(10),
-        || async {
-            let view = gateway_view(&client, gw).await?;
-            (!view.get("echo")?.iter().any(|(h, _)| h == "echo-1")).then_some(())
-        },
-    )
-    .await;
+    wait_out_of_view(&client, gw, "echo-1", Duration::from_secs(10)).await;
     let detected = cut_at.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(cut);
@@ -858,4 +834,13 @@ async fn timed_totals(
         (sent, failed, slowest) = (sent + s, failed + f, slowest.max(m));
     }
     (sent, failed, slowest)
+}
+
+/// Waits until `host` is no longer in the gateway's view of `echo`.
+async fn wait_out_of_view(client: &reqwest::Client, gw: SocketAddr, host: &str, timeout: Duration) {
+    wait_for_async(&format!("{host} out of the view"), timeout, || async {
+        let view = gateway_view(client, gw).await?;
+        (!view.get("echo")?.iter().any(|(h, _)| h == host)).then_some(())
+    })
+    .await;
 }
