@@ -23,7 +23,7 @@ use crate::config::{GossipProtocol, NodeConfig};
 use crate::lease::{self, Lease, LeaseError, LeaseOp};
 use crate::member::{Announce, Health, Member, MemberId, keys};
 use crate::stats::{self, ClusterStats, GatewayStats};
-use crate::transport::{GossipStats, SealedTransport, Sealer, max_message_len};
+use crate::transport::{GossipStats, SealedTransport, Sealer, Udp, Wire, max_message_len};
 use crate::view::ClusterView;
 
 /// Why a member could not join.
@@ -72,107 +72,21 @@ impl Cluster {
     /// Joins the cluster described by `config` in the given role.
     pub async fn join(config: &NodeConfig, role: Role) -> Result<Cluster, JoinError> {
         let advertise_ip = resolve_advertise(config).await?;
-        let bind_ip = config.gossip_bind.unwrap_or(advertise_ip);
-        let gossip_port = match config.gossip_port {
-            // Port 0 (observers such as `shoal members`): find a free port
-            // first, since peers must learn the real one.
-            0 => std::net::UdpSocket::bind((bind_ip, 0))
-                .and_then(|s| s.local_addr())
-                .map(|a| a.port())
-                .map_err(|e| JoinError::Gossip {
-                    addr: SocketAddr::new(bind_ip, 0),
-                    source: e.into(),
-                })?,
-            port => port,
-        };
-        let gossip_addr = SocketAddr::new(advertise_ip, gossip_port);
-        let listen_addr = SocketAddr::new(bind_ip, gossip_port);
-        let service_addr = SocketAddr::new(advertise_ip, config.port);
-        let started_ms = now_ms();
-        // A fresh generation on every start: a member restarted with the
-        // same generation is ignored by its peers until they forget the old one.
-        let generation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or_default();
-        let (node, announce) = match &role {
-            Role::Service { routes } => (
-                format!("{}@{}", config.service, service_addr),
-                Announce {
-                    service: Some(config.service.to_string()),
-                    addr: service_addr,
-                    routes: routes.clone(),
-                    host: config.hostname.clone(),
-                    started_ms,
-                },
-            ),
-            Role::Observer => (
-                format!("observer@{gossip_addr}"),
-                Announce {
-                    service: None,
-                    addr: service_addr,
-                    routes: Vec::new(),
-                    host: config.hostname.clone(),
-                    started_ms,
-                },
-            ),
-        };
+        let gossip = Gossip::spawn(config, role, advertise_ip, Arc::new(Udp)).await?;
+        let view_rx = spawn_view_builder(&gossip.handle);
         let t = &config.timings;
-        let chitchat_config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(node.clone(), generation, gossip_addr),
-            cluster_id: config.cluster.clone(),
-            gossip_interval: t.gossip_interval,
-            listen_addr,
-            seed_nodes: config.seeds.clone(),
-            failure_detector_config: FailureDetectorConfig {
-                phi_threshold: t.phi_threshold,
-                sampling_window_size: 200,
-                // A gap longer than this is a pause, not a sample.
-                max_interval: t.gossip_interval * 20,
-                initial_interval: t.gossip_interval,
-                dead_node_grace_period: t.dead_member_gc,
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            protocol_version: match config.protocol {
-                GossipProtocol::V0 => ProtocolVersion::V0,
-                GossipProtocol::V1 => ProtocolVersion::V1,
-            },
-            // Room for the seal: a full message, sealed, still fits the MTU.
-            max_message_len: max_message_len(config.gossip_mtu, config.keys.is_some()),
-        };
-        let stats = Arc::new(GossipStats::default());
-        let sealer = config
-            .keys
-            .as_ref()
-            .map(|ring| Sealer::new(ring, &config.cluster));
-        if sealer.is_none() {
-            warn!("SHOAL_INSECURE: gossip is neither authenticated nor encrypted");
-        }
-        let transport = SealedTransport::new(sealer, stats.clone(), config.gossip_mtu);
-        let handle = spawn_chitchat(chitchat_config, announce.key_values(), &transport)
-            .await
-            .map_err(|source| JoinError::Gossip {
-                addr: listen_addr,
-                source,
-            })?;
-        let view_rx = spawn_view_builder(&handle);
-        let id = MemberId { node, generation };
-        info!(member = %id, %gossip_addr, %service_addr, seeds = ?config.seeds, "joined the cluster");
         Ok(Cluster {
             inner: Arc::new(Inner {
-                handle,
-                id,
-                service_addr,
+                handle: gossip.handle,
+                id: gossip.id,
+                service_addr: gossip.service_addr,
                 view_rx,
-                stats,
+                stats: gossip.stats,
                 gossip_interval: t.gossip_interval,
                 drain_announce: t.drain_announce,
             }),
         })
     }
-
     /// The cluster as this member sees it; `changed()` fires on every change.
     pub fn view(&self) -> watch::Receiver<Arc<ClusterView>> {
         self.inner.view_rx.clone()
@@ -313,6 +227,128 @@ impl Cluster {
         tokio::time::sleep(self.inner.gossip_interval * 3).await;
         self.inner.handle.abort();
         info!(member = %self.inner.id, "left the cluster");
+    }
+}
+
+/// A member's gossip, running: what [`Cluster::join`] starts before it
+/// derives views. The membership simulator (`tests/src/sim.rs`) starts
+/// exactly this, over an in-memory [`Wire`], for hundreds of members in one
+/// process.
+pub struct Gossip {
+    /// chitchat, running.
+    pub handle: ChitchatHandle,
+    /// This member's identity.
+    pub id: MemberId,
+    /// The service address it advertises.
+    pub service_addr: SocketAddr,
+    /// Its gossip traffic counters.
+    pub stats: Arc<GossipStats>,
+}
+
+impl Gossip {
+    /// Starts gossiping as `config` and `role` say, advertising
+    /// `advertise_ip`, with datagrams over `wire`.
+    pub async fn spawn(
+        config: &NodeConfig,
+        role: Role,
+        advertise_ip: IpAddr,
+        wire: Arc<dyn Wire>,
+    ) -> Result<Gossip, JoinError> {
+        let bind_ip = config.gossip_bind.unwrap_or(advertise_ip);
+        let gossip_port = match config.gossip_port {
+            // Port 0 (observers such as `shoal members`): find a free port
+            // first, since peers must learn the real one.
+            0 => std::net::UdpSocket::bind((bind_ip, 0))
+                .and_then(|s| s.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| JoinError::Gossip {
+                    addr: SocketAddr::new(bind_ip, 0),
+                    source: e.into(),
+                })?,
+            port => port,
+        };
+        let gossip_addr = SocketAddr::new(advertise_ip, gossip_port);
+        let listen_addr = SocketAddr::new(bind_ip, gossip_port);
+        let service_addr = SocketAddr::new(advertise_ip, config.port);
+        let started_ms = now_ms();
+        // A fresh generation on every start: a member restarted with the
+        // same generation is ignored by its peers until they forget the old one.
+        let generation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let (node, announce) = match &role {
+            Role::Service { routes } => (
+                format!("{}@{}", config.service, service_addr),
+                Announce {
+                    service: Some(config.service.to_string()),
+                    addr: service_addr,
+                    routes: routes.clone(),
+                    host: config.hostname.clone(),
+                    started_ms,
+                },
+            ),
+            Role::Observer => (
+                format!("observer@{gossip_addr}"),
+                Announce {
+                    service: None,
+                    addr: service_addr,
+                    routes: Vec::new(),
+                    host: config.hostname.clone(),
+                    started_ms,
+                },
+            ),
+        };
+        let t = &config.timings;
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(node.clone(), generation, gossip_addr),
+            cluster_id: config.cluster.clone(),
+            gossip_interval: t.gossip_interval,
+            listen_addr,
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: t.phi_threshold,
+                sampling_window_size: 200,
+                // A gap longer than this is a pause, not a sample.
+                max_interval: t.gossip_interval * 20,
+                initial_interval: t.gossip_interval,
+                dead_node_grace_period: t.dead_member_gc,
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: match config.protocol {
+                GossipProtocol::V0 => ProtocolVersion::V0,
+                GossipProtocol::V1 => ProtocolVersion::V1,
+                GossipProtocol::V2 => ProtocolVersion::V2,
+            },
+            // Room for the seal: a full message, sealed, still fits the MTU.
+            max_message_len: max_message_len(config.gossip_mtu, config.keys.is_some()),
+            gossip_fanout: t.gossip_fanout,
+        };
+        let stats = Arc::new(GossipStats::default());
+        let sealer = config
+            .keys
+            .as_ref()
+            .map(|ring| Sealer::new(ring, &config.cluster));
+        if sealer.is_none() {
+            warn!("SHOAL_INSECURE: gossip is neither authenticated nor encrypted");
+        }
+        let transport = SealedTransport::new(sealer, stats.clone(), config.gossip_mtu, wire);
+        let handle = spawn_chitchat(chitchat_config, announce.key_values(), &transport)
+            .await
+            .map_err(|source| JoinError::Gossip {
+                addr: listen_addr,
+                source,
+            })?;
+        let id = MemberId { node, generation };
+        info!(member = %id, %gossip_addr, %service_addr, seeds = ?config.seeds, "joined the cluster");
+        Ok(Gossip {
+            handle,
+            id,
+            service_addr,
+            stats,
+        })
     }
 }
 

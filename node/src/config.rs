@@ -256,18 +256,26 @@ impl fmt::Display for ServiceName {
 pub enum GossipProtocol {
     /// Uncompressed digests.
     V0,
-    /// Compressed digests (default).
+    /// Compressed digests.
     V1,
+    /// Compressed digests; a reply's digest lists only what the asker lacks
+    /// (default). Members on V2 and V1 understand each other only through
+    /// V1 messages: set `v1` everywhere while upgrading from a release that
+    /// spoke V1.
+    V2,
 }
 
 /// Gossip and failure-detection timings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Timings {
-    /// Time between two gossip rounds (`SHOAL_GOSSIP_INTERVAL`, default 100ms).
+    /// Time between two gossip rounds (`SHOAL_GOSSIP_INTERVAL`, default 50ms).
     pub gossip_interval: Duration,
     /// Phi-accrual threshold above which a silent member is dead
     /// (`SHOAL_PHI_THRESHOLD`, default 8).
     pub phi_threshold: f64,
+    /// How many members each gossip round contacts (`SHOAL_GOSSIP_FANOUT`,
+    /// default 1). Gossip traffic grows with it, detection time shrinks.
+    pub gossip_fanout: usize,
     /// How long a dead member is remembered before it is forgotten
     /// (`SHOAL_DEAD_MEMBER_GC`, default 2m).
     pub dead_member_gc: Duration,
@@ -282,8 +290,9 @@ pub struct Timings {
 impl Default for Timings {
     fn default() -> Self {
         Self {
-            gossip_interval: Duration::from_millis(100),
+            gossip_interval: Duration::from_millis(50),
             phi_threshold: 8.0,
+            gossip_fanout: 1,
             dead_member_gc: Duration::from_secs(120),
             drain_timeout: Duration::from_secs(10),
             drain_announce: Duration::from_secs(1),
@@ -312,7 +321,7 @@ pub struct NodeConfig {
     /// Keys that seal the gossip (`SHOAL_CLUSTER_KEY` / `SHOAL_CLUSTER_KEY_FILE`);
     /// `None` only when `SHOAL_INSECURE=true`.
     pub keys: Option<KeyRing>,
-    /// Wire format of the gossip (`SHOAL_GOSSIP_PROTOCOL`, v0 or v1).
+    /// Wire format of the gossip (`SHOAL_GOSSIP_PROTOCOL`, v0, v1 or v2).
     pub protocol: GossipProtocol,
     /// Size of the datagrams gossip messages are filled up to, seal
     /// included (`SHOAL_GOSSIP_MTU`, default [`DEFAULT_GOSSIP_MTU`]).
@@ -372,9 +381,10 @@ impl NodeConfig {
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
-            None | Some("v1") => GossipProtocol::V1,
+            None | Some("v2") => GossipProtocol::V2,
+            Some("v1") => GossipProtocol::V1,
             Some("v0") => GossipProtocol::V0,
-            Some(other) => return Err(invalid("SHOAL_GOSSIP_PROTOCOL", other, "v0 or v1")),
+            Some(other) => return Err(invalid("SHOAL_GOSSIP_PROTOCOL", other, "v0, v1 or v2")),
         };
         let hostname = match env.get("SHOAL_HOSTNAME") {
             Some(h) => h.to_string(),
@@ -419,9 +429,16 @@ fn read_timings(env: &Env) -> Result<Timings, ConfigError> {
         1.0..=32.0,
         "a number between 1 and 32",
     )?;
+    let gossip_fanout = env.parse_in(
+        "SHOAL_GOSSIP_FANOUT",
+        d.gossip_fanout,
+        1..=16,
+        "a whole number between 1 and 16",
+    )?;
     Ok(Timings {
         gossip_interval,
         phi_threshold,
+        gossip_fanout,
         dead_member_gc: env.duration_or("SHOAL_DEAD_MEMBER_GC", d.dead_member_gc)?,
         drain_timeout: env.duration_or("SHOAL_DRAIN_TIMEOUT", d.drain_timeout)?,
         drain_announce: env.duration_or("SHOAL_DRAIN_ANNOUNCE", d.drain_announce)?,

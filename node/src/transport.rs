@@ -18,6 +18,11 @@
 //! received is opened, then decoded. One UDP socket per member, one
 //! `send_to`/`recv_from` per datagram.
 //!
+//! The datagrams themselves go through a [`Wire`]: UDP sockets ([`Udp`]) in
+//! every member, an in-memory network in the membership simulator
+//! (`tests/src/sim.rs`), which runs hundreds of members in one process on
+//! tokio's paused clock with exactly this transport.
+//!
 //! ## Size
 //!
 //! Sealing adds [`OVERHEAD`] bytes. chitchat is told to fill its messages
@@ -26,6 +31,7 @@
 //! would still not fit (a digest alone larger than the MTU) is sent anyway,
 //! up to the UDP limit, and counted as oversized; the IP layer fragments it.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -181,6 +187,48 @@ pub fn max_message_len(mtu: usize, sealed: bool) -> usize {
     }
 }
 
+/// Where datagrams go: UDP ([`Udp`]) or, in the simulator, memory.
+#[async_trait]
+pub trait Wire: Send + Sync + 'static {
+    /// A socket bound to `addr`.
+    async fn bind(&self, addr: SocketAddr) -> io::Result<Box<dyn WireSocket>>;
+}
+
+/// One bound datagram socket of a [`Wire`].
+#[async_trait]
+pub trait WireSocket: Send + Sync + 'static {
+    /// The address peers send to.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+    /// Sends one datagram; `Ok` does not mean it arrives.
+    async fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize>;
+    /// Receives one datagram into `buf`. Cancel-safe: loses nothing when cancelled.
+    async fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
+}
+
+/// The real wire: one UDP socket per member.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Udp;
+
+#[async_trait]
+impl Wire for Udp {
+    async fn bind(&self, addr: SocketAddr) -> io::Result<Box<dyn WireSocket>> {
+        Ok(Box::new(UdpSocket::bind(addr).await?))
+    }
+}
+
+#[async_trait]
+impl WireSocket for UdpSocket {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        UdpSocket::local_addr(self)
+    }
+    async fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
+        UdpSocket::send_to(self, datagram, to).await
+    }
+    async fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        UdpSocket::recv_from(self, buf).await
+    }
+}
+
 /// A chitchat [`Transport`] that seals every datagram, or passes them in the
 /// clear when no key ring is given (`SHOAL_INSECURE`), counting traffic either way.
 #[derive(Clone)]
@@ -188,23 +236,35 @@ pub struct SealedTransport {
     sealer: Option<Sealer>,
     stats: Arc<GossipStats>,
     mtu: usize,
+    wire: Arc<dyn Wire>,
 }
 
 impl SealedTransport {
     /// A transport sealing with `sealer` (or clear when `None`) and counting
     /// into `stats`; `mtu` is the datagram size chitchat's messages are
-    /// sized for (see [`max_message_len`]).
-    pub fn new(sealer: Option<Sealer>, stats: Arc<GossipStats>, mtu: usize) -> Self {
-        Self { sealer, stats, mtu }
+    /// sized for (see [`max_message_len`]). Datagrams go over `wire`.
+    pub fn new(
+        sealer: Option<Sealer>,
+        stats: Arc<GossipStats>,
+        mtu: usize,
+        wire: Arc<dyn Wire>,
+    ) -> Self {
+        Self {
+            sealer,
+            stats,
+            mtu,
+            wire,
+        }
     }
 }
 
 #[async_trait]
 impl Transport for SealedTransport {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let wire = UdpSocket::bind(listen_addr)
-            .await
-            .with_context(|| format!("failed to bind the gossip socket to {listen_addr}/udp"))?;
+        let wire =
+            self.wire.bind(listen_addr).await.with_context(|| {
+                format!("failed to bind the gossip socket to {listen_addr}/udp")
+            })?;
         Ok(Box::new(SealedSocket {
             wire,
             sealer: self.sealer.clone(),
@@ -239,7 +299,7 @@ pub fn check_datagram(sealer: Option<&Sealer>, datagram: &[u8]) -> Result<(), St
 }
 
 struct SealedSocket {
-    wire: UdpSocket,
+    wire: Box<dyn WireSocket>,
     sealer: Option<Sealer>,
     stats: Arc<GossipStats>,
     mtu: usize,

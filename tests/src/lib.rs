@@ -28,6 +28,7 @@ pub const GOSSIP_PORT: u16 = 7950;
 pub mod browser;
 pub mod chaos;
 pub mod cut;
+pub mod sim;
 
 /// The directory holding the workspace's binaries.
 pub fn bin_dir() -> PathBuf {

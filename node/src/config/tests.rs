@@ -77,7 +77,7 @@ fn every_bad_value_names_variable_value_and_what_is_accepted() {
         ("SHOAL_GOSSIP_INTERVAL", "fast", "duration"),
         ("SHOAL_GOSSIP_INTERVAL", "1ms", "between 10ms and 10s"),
         ("SHOAL_PHI_THRESHOLD", "0.5", "between 1 and 32"),
-        ("SHOAL_GOSSIP_PROTOCOL", "v9", "v0 or v1"),
+        ("SHOAL_GOSSIP_PROTOCOL", "v9", "v0, v1 or v2"),
         ("SHOAL_INSECURE", "maybe", "true or false"),
         ("SHOAL_GOSSIP_BIND", "here", "IP address"),
         ("SHOAL_GOSSIP_MTU", "576", "1200-65507"),

@@ -77,6 +77,7 @@ async fn garbage_on_the_wire_is_counted_and_gossip_still_flows() {
         Some(Sealer::new(&ring(&[&k]), "shoal")),
         stats.clone(),
         MAX_DATAGRAM,
+        Arc::new(Udp),
     );
     let mut receiver = transport
         .open("127.0.0.1:0".parse().unwrap())
@@ -93,6 +94,7 @@ async fn garbage_on_the_wire_is_counted_and_gossip_still_flows() {
         Some(Sealer::new(&ring(&[&k]), "shoal")),
         sender_stats,
         MAX_DATAGRAM,
+        Arc::new(Udp),
     );
     let config = chitchat::ChitchatConfig {
         chitchat_id: ChitchatId::new("a", 1, "127.0.0.1:1".parse().unwrap()),
@@ -106,6 +108,7 @@ async fn garbage_on_the_wire_is_counted_and_gossip_still_flows() {
         extra_liveness_predicate: None,
         protocol_version: chitchat::ProtocolVersion::V1,
         max_message_len: max_message_len(MAX_DATAGRAM, true),
+        gossip_fanout: 3,
     };
     let _handle = chitchat::spawn_chitchat(config, vec![], &sender_transport)
         .await
@@ -174,9 +177,15 @@ async fn state_transfer(mtu: usize, keys: usize) {
         extra_liveness_predicate: None,
         protocol_version: ProtocolVersion::V1,
         max_message_len: max_message_len(mtu, true),
+        gossip_fanout: 3,
     };
     let transport = |stats: Arc<GossipStats>| {
-        SealedTransport::new(Some(Sealer::new(&ring(&[&k]), "shoal")), stats, mtu)
+        SealedTransport::new(
+            Some(Sealer::new(&ring(&[&k]), "shoal")),
+            stats,
+            mtu,
+            Arc::new(Udp),
+        )
     };
     // Random values of 300 base64 characters: they compress by a quarter only.
     let big: Vec<(String, String)> = (0..keys)

@@ -45,6 +45,10 @@ pub struct ChitchatConfig {
     /// that adds bytes around each message (a seal, a tag) sets this to
     /// `MAX_UDP_DATAGRAM_PAYLOAD_SIZE` minus what it adds, so the datagram it sends still fits.
     pub max_message_len: usize,
+    /// (shoal patch) How many live nodes each gossip round contacts (upstream: the constant 3).
+    /// Each contact is one exchange of digests, whose size grows with the cluster, so this
+    /// multiplies the gossip traffic; fewer contacts carry heartbeats less often.
+    pub gossip_fanout: usize,
 }
 
 impl ChitchatConfig {
@@ -64,6 +68,7 @@ impl ChitchatConfig {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
             max_message_len: crate::MAX_UDP_DATAGRAM_PAYLOAD_SIZE,
+            gossip_fanout: 3,
         }
     }
 }
@@ -85,6 +90,7 @@ impl Default for ChitchatConfig {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
             max_message_len: crate::MAX_UDP_DATAGRAM_PAYLOAD_SIZE,
+            gossip_fanout: 3,
         }
     }
 }

@@ -93,11 +93,32 @@ impl Digest {
 }
 
 impl Digest {
+    /// shoal patch (protocol V2): the entries of `self` a peer whose digest is
+    /// `theirs` needs — nodes it does not list, nodes whose heartbeat is
+    /// newer here, and nodes of which it has newer versions (so that it sends
+    /// them). Everything left out is as up to date there as here.
+    pub(crate) fn diff_against(&self, theirs: &Digest) -> Digest {
+        let node_digests = self
+            .node_digests
+            .iter()
+            .filter(|(id, ours)| match theirs.node_digests.get(*id) {
+                None => true,
+                Some(their) => {
+                    ours.heartbeat > their.heartbeat
+                        || ours.max_version < their.max_version
+                        || ours.last_gc_version != their.last_gc_version
+                }
+            })
+            .map(|(id, ours)| (id.clone(), *ours))
+            .collect();
+        Digest { node_digests }
+    }
+
     /// Serializes the digest using the wire format selected by `protocol_version`.
     pub(crate) fn serialize(&self, protocol_version: ProtocolVersion, buf: &mut Vec<u8>) {
         match protocol_version {
             ProtocolVersion::V0 => self.serialize_v0(buf),
-            ProtocolVersion::V1 => self.serialize_v1(buf),
+            ProtocolVersion::V1 | ProtocolVersion::V2 => self.serialize_v1(buf),
         }
     }
 
@@ -111,7 +132,7 @@ impl Digest {
                 }
                 len
             }
-            ProtocolVersion::V1 => {
+            ProtocolVersion::V1 | ProtocolVersion::V2 => {
                 let mut buf = Vec::new();
                 self.serialize_v1(&mut buf);
                 buf.len()
@@ -125,7 +146,7 @@ impl Digest {
     ) -> anyhow::Result<Self> {
         match protocol_version {
             ProtocolVersion::V0 => Self::deserialize_v0(buf),
-            ProtocolVersion::V1 => Self::deserialize_v1(buf),
+            ProtocolVersion::V1 | ProtocolVersion::V2 => Self::deserialize_v1(buf),
         }
     }
 

@@ -97,6 +97,11 @@ impl FailureDetector {
         self.live_nodes.iter()
     }
 
+    /// shoal patch: whether `chitchat_id` is live.
+    pub fn is_live(&self, chitchat_id: &ChitchatId) -> bool {
+        self.live_nodes.contains(chitchat_id)
+    }
+
     /// Returns the list of nodes considered dead by the failure detector.
     pub fn dead_nodes(&self) -> impl Iterator<Item = &ChitchatId> {
         self.dead_nodes.keys()

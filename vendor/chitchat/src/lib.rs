@@ -103,6 +103,9 @@ pub struct Chitchat {
     /// shoal patch: when each peer last answered us (a SYN-ACK to our SYN,
     /// an ACK to our SYN-ACK): proof that it receives.
     answered: HashMap<SocketAddr, tokio::time::Instant>,
+    /// shoal patch: a node unknown until now was heard of since the server
+    /// last asked (see [`Chitchat::take_news`]).
+    news: bool,
 }
 
 impl Chitchat {
@@ -122,6 +125,7 @@ impl Chitchat {
             live_nodes_watcher_tx,
             live_nodes_watcher_rx,
             answered: HashMap::new(),
+            news: false,
         };
 
         let self_node_state = chitchat.self_node_state();
@@ -165,7 +169,7 @@ impl Chitchat {
 
     #[cfg(test)]
     pub(crate) fn process_message(&mut self, msg: ChitchatMessage) -> Option<ChitchatMessage> {
-        self.process_message_from(msg, None)
+        self.process_message_from(msg, None, self.config.protocol_version)
     }
 
     /// shoal patch: processes a message received from `from`.
@@ -180,10 +184,15 @@ impl Chitchat {
     /// for it; an unknown node's first SYN still counts, so joins are as
     /// before. Its heartbeat also keeps arriving through other nodes'
     /// digests, which are fed by its answers to them.
+    ///
+    /// `version` is the protocol version the message came in (the reply goes
+    /// in the same): from V2 on, a SYN-ACK's digest is a diff (see
+    /// [`ProtocolVersion::V2`]).
     pub(crate) fn process_message_from(
         &mut self,
         msg: ChitchatMessage,
         from: Option<SocketAddr>,
+        version: ProtocolVersion,
     ) -> Option<ChitchatMessage> {
         self.update_self_heartbeat();
         let now = tokio::time::Instant::now();
@@ -219,13 +228,16 @@ impl Chitchat {
                 }
                 let scheduled_for_deletion: HashSet<_> =
                     self.scheduled_for_deletion_nodes().collect();
-                let self_digest = self.compute_digest(&scheduled_for_deletion);
-                let protocol_version = self.config.protocol_version;
+                let mut self_digest = self.compute_digest(&scheduled_for_deletion);
+                // shoal patch: from V2 on, only what the initiator needs.
+                if version >= ProtocolVersion::V2 {
+                    self_digest = self_digest.diff_against(&digest);
+                }
                 let delta = self.cluster_state.compute_partial_delta_respecting_mtu(
                     &digest,
                     delta_mtu(
                         self.config.max_message_len,
-                        self_digest.serialized_len(protocol_version),
+                        self_digest.serialized_len(version),
                     ),
                     &scheduled_for_deletion,
                 );
@@ -239,10 +251,13 @@ impl Chitchat {
                 self.process_delta(delta);
                 let scheduled_for_deletion =
                     self.scheduled_for_deletion_nodes().collect::<HashSet<_>>();
-                let delta = self.cluster_state.compute_partial_delta_respecting_mtu(
+                // shoal patch: a V2 digest leaves out what the peer has as
+                // up to date as we do.
+                let delta = self.cluster_state.compute_delta_for(
                     &digest,
                     delta_mtu(self.config.max_message_len, 0),
                     &scheduled_for_deletion,
+                    version >= ProtocolVersion::V2,
                 );
                 Some(ChitchatMessage::Ack { delta })
             }
@@ -280,6 +295,9 @@ impl Chitchat {
             .unwrap_or(true);
 
         let node_state = if should_init_if_absent {
+            if self.cluster_state.node_state(chitchat_id).is_none() {
+                self.news = true;
+            }
             self.cluster_state.node_state_mut_or_init(chitchat_id)
         } else if let Some(node_state) = self.cluster_state.node_state_mut(chitchat_id) {
             node_state
@@ -289,6 +307,11 @@ impl Chitchat {
 
         if node_state.try_set_heartbeat(heartbeat) {
             self.failure_detector.report_heartbeat(chitchat_id);
+            // shoal patch: a node not (yet, or no longer) live that shows a
+            // sign of life is news worth spreading at once.
+            if !self.failure_detector.is_live(chitchat_id) {
+                self.news = true;
+            }
         }
     }
 
@@ -454,6 +477,9 @@ impl Chitchat {
             .is_none();
 
         let node_state = if should_init_if_absent {
+            if self.cluster_state.node_state(chitchat_id).is_none() {
+                self.news = true;
+            }
             self.cluster_state.node_state_mut_or_init(chitchat_id)
         } else if let Some(node_state) = self.cluster_state.node_state_mut(chitchat_id) {
             node_state
@@ -509,6 +535,18 @@ impl Chitchat {
         let monotonic_property_after = node_state.monotonic_property();
 
         assert!(monotonic_property_after > monotonic_property_before);
+    }
+
+    /// shoal patch: whether news came since the last call — a node unknown
+    /// until now, or a sign of life (a newer heartbeat) of a node that is not
+    /// live here yet (a joining node needs two to be live) or any more. The
+    /// server then updates liveness at once, and gossips with two more peers
+    /// rather than at its next round, so the news spreads at the speed of
+    /// the network, not one hop per round; without it, a new member took
+    /// `log(N)` rounds to reach every view (the simulator: 0.86 s at
+    /// N = 100 with 50 ms rounds and one peer each).
+    pub(crate) fn take_news(&mut self) -> bool {
+        std::mem::take(&mut self.news)
     }
 
     pub(crate) fn update_self_heartbeat(&mut self) {
@@ -692,6 +730,7 @@ mod tests {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
             max_message_len: MAX_UDP_DATAGRAM_PAYLOAD_SIZE,
+            gossip_fanout: 3,
         };
         start_node_with_config(transport, config).await
     }
@@ -905,6 +944,7 @@ mod tests {
             })),
             protocol_version: ProtocolVersion::V0,
             max_message_len: MAX_UDP_DATAGRAM_PAYLOAD_SIZE,
+            gossip_fanout: 3,
         };
         let mut nodes = Vec::new();
         for chitchat_id in &chitchat_ids {

@@ -95,6 +95,10 @@ pub enum ProtocolVersion {
     V0 = 0,
     /// The digest is serialized using the V1 (compressed) wire format.
     V1 = 1,
+    /// (shoal patch) V1's wire format; the digest of a SYN-ACK lists only
+    /// what the responder knows newer than the SYN's digest, or lacks: a
+    /// node it leaves out, the initiator takes as up to date on its end.
+    V2 = 2,
 }
 
 impl ProtocolVersion {
@@ -102,6 +106,7 @@ impl ProtocolVersion {
         match code {
             0 => Some(Self::V0),
             1 => Some(Self::V1),
+            2 => Some(Self::V2),
             _ => None,
         }
     }

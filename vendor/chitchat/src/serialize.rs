@@ -372,11 +372,20 @@ impl CompressedStreamWriter {
         let num_bytes_to_compress = self.uncompressed_block.len().min(self.block_threshold);
 
         self.compressed_block.resize(num_bytes_to_compress, 0u8);
-        match zstd::bulk::compress_to_buffer(
-            &self.uncompressed_block[..num_bytes_to_compress],
-            &mut self.compressed_block[..],
-            0, // default compression level
-        ) {
+        // shoal patch: one compression context per thread, reused; creating
+        // one per block was most of the CPU gossip took.
+        let compressed = ZSTD_COMPRESSOR.with_borrow_mut(|compressor| match compressor {
+            Some(compressor) => compressor.compress_to_buffer(
+                &self.uncompressed_block[..num_bytes_to_compress],
+                &mut self.compressed_block[..],
+            ),
+            None => zstd::bulk::compress_to_buffer(
+                &self.uncompressed_block[..num_bytes_to_compress],
+                &mut self.compressed_block[..],
+                0, // default compression level
+            ),
+        });
+        match compressed {
             Ok(compressed_len) => {
                 BlockType::Compressed.serialize(&mut self.output);
                 let compressed_len_u16 = u16::try_from(compressed_len).unwrap();
@@ -404,9 +413,38 @@ impl CompressedStreamWriter {
     }
 }
 
+thread_local! {
+    // shoal patch: zstd contexts reused by every stream of this thread (`None`
+    // if one could not be made: then a context per block, as upstream).
+    static ZSTD_COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Compressor::new(0).ok());
+    static ZSTD_DECOMPRESSOR: std::cell::RefCell<Option<(zstd::bulk::Decompressor<'static>, Vec<u8>)>> =
+        std::cell::RefCell::new(
+            zstd::bulk::Decompressor::new()
+                .ok()
+                .map(|d| (d, vec![0; u16::MAX as usize])),
+        );
+}
+
+/// Decompresses one block into `out` (appended), through this thread's context.
+fn decompress_block(block: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    ZSTD_DECOMPRESSOR.with_borrow_mut(|state| match state {
+        Some((decompressor, buffer)) => {
+            let n = decompressor.decompress_to_buffer(block, &mut buffer[..])?;
+            out.extend_from_slice(&buffer[..n]);
+            Ok(())
+        }
+        None => {
+            let mut buffer = vec![0; u16::MAX as usize];
+            let n = zstd::bulk::decompress_to_buffer(block, &mut buffer[..])?;
+            out.extend_from_slice(&buffer[..n]);
+            Ok(())
+        }
+    })
+}
+
 pub fn deserialize_stream<D: Deserializable>(buf: &mut &[u8]) -> anyhow::Result<Vec<D>> {
     let mut decompressed_data = Vec::new();
-    let mut decompressed_buffer = vec![0; u16::MAX as usize];
     loop {
         let block_type = BlockType::deserialize(buf)?;
         match block_type {
@@ -415,13 +453,9 @@ pub fn deserialize_stream<D: Deserializable>(buf: &mut &[u8]) -> anyhow::Result<
                 let compressed_block_bytes = buf.get(..len).context(
                     "failed to download compressed stream (compressed block): buffer too short",
                 )?;
-                let uncompressed_len = zstd::bulk::decompress_to_buffer(
-                    compressed_block_bytes,
-                    &mut decompressed_buffer[..u16::MAX as usize],
-                )
-                .context("failed to decompress block")?;
+                decompress_block(compressed_block_bytes, &mut decompressed_data)
+                    .context("failed to decompress block")?;
                 buf.advance(len);
-                decompressed_data.extend_from_slice(&decompressed_buffer[..uncompressed_len]);
             }
             BlockType::Uncompressed => {
                 let len = u16::deserialize(buf)? as usize;

@@ -18,7 +18,6 @@ use crate::transport::{RecvOutcome, Socket, Transport};
 use crate::{Chitchat, ChitchatConfig, ChitchatId};
 
 /// Number of nodes picked for random gossip.
-const GOSSIP_COUNT: usize = 3;
 
 /// UDP Chitchat server handler.
 ///
@@ -213,6 +212,9 @@ impl ChitchatHandle {
     }
 }
 
+/// shoal patch: how many peers news of a new node goes on to at once.
+const RUMOR_FANOUT: usize = 2;
+
 /// UDP server for Chitchat communication.
 struct Server {
     command_rx: UnboundedReceiver<Command>,
@@ -276,11 +278,26 @@ impl Server {
         let version = envelope.version;
         // Handle gossip message from other servers.
         // shoal patch: the sender's address goes along (see `process_message_from`).
-        let response = self
-            .chitchat
-            .lock()
-            .await
-            .process_message_from(envelope.message, Some(from_addr));
+        let (response, spread_to) = {
+            let mut chitchat = self.chitchat.lock().await;
+            let response = chitchat.process_message_from(envelope.message, Some(from_addr), version);
+            // shoal patch: news (a new node, a sign of life of a node not
+            // live) goes on at once to two more live peers (not the sender,
+            // not us): a branching rumor that reaches every member in a few
+            // network round trips.
+            let spread_to = if chitchat.take_news() {
+                chitchat.update_nodes_liveness();
+                let me = chitchat.self_chitchat_id().gossip_advertise_addr;
+                chitchat
+                    .live_nodes()
+                    .map(|id| id.gossip_advertise_addr)
+                    .filter(|addr| *addr != me && *addr != from_addr)
+                    .sample(&mut self.rng, RUMOR_FANOUT)
+            } else {
+                Vec::new()
+            };
+            (response, spread_to)
+        };
         // Send the reply, if any, echoing the version the peer used: having
         // decoded its message we know it supports that format, so the reply is
         // guaranteed to be decodable on its end.
@@ -288,6 +305,9 @@ impl Server {
             self.transport
                 .send(from_addr, ChitchatEnvelope { version, message })
                 .await?;
+        }
+        for peer in spread_to {
+            self.gossip(peer).await?;
         }
         Ok(())
     }
@@ -317,8 +337,11 @@ impl Server {
             .into_iter()
             .filter(|addr| *addr != chitchat_guard.self_chitchat_id().gossip_advertise_addr)
             .collect();
+        // shoal patch: the fanout is configured (upstream: the constant 3).
+        let fanout = chitchat_guard.config.gossip_fanout;
         let (selected_nodes, random_dead_node_opt, random_seed_node_opt) = select_nodes_for_gossip(
             &mut self.rng,
+            fanout,
             peer_nodes,
             live_nodes,
             dead_nodes,
@@ -373,6 +396,7 @@ enum Command {
 
 fn select_nodes_for_gossip<R>(
     rng: &mut R,
+    fanout: usize,
     peer_nodes: HashSet<SocketAddr>,
     live_nodes: HashSet<SocketAddr>,
     dead_nodes: HashSet<SocketAddr>,
@@ -384,7 +408,7 @@ where
     let live_nodes_count = live_nodes.len();
     let dead_nodes_count = dead_nodes.len();
 
-    // Select `GOSSIP_COUNT` number of live nodes.
+    // Select `fanout` live nodes.
     // On startup, select from cluster nodes since we don't know any live node yet.
     let nodes = if live_nodes_count == 0 {
         peer_nodes
@@ -393,7 +417,7 @@ where
     }
     .iter()
     .cloned()
-    .sample(rng, GOSSIP_COUNT);
+    .sample(rng, fanout);
 
     let mut has_gossiped_with_a_seed_node = false;
     for chitchat_id in &nodes {
@@ -796,6 +820,7 @@ mod tests {
         let mut rng = RngForTest::default();
         let (nodes, dead_node, seed_node) = select_nodes_for_gossip(
             &mut rng,
+            3,
             to_hash_set(vec![
                 node1.gossip_advertise_addr,
                 node2.gossip_advertise_addr,
@@ -825,6 +850,7 @@ mod tests {
         let mut rng = RngForTest::default();
         let (nodes, dead_node, seed_node) = select_nodes_for_gossip(
             &mut rng,
+            3,
             nodes.clone(),
             nodes,
             to_hash_set(Vec::new()),
@@ -845,6 +871,7 @@ mod tests {
         let mut rng = RngForTest::default();
         let (gossip_nodes, gossip_dead_node, gossip_seed_node) = select_nodes_for_gossip(
             &mut rng,
+            3,
             to_hash_set(nodes.clone()),
             to_hash_set(vec![nodes[0]]),
             nodes[1..].iter().cloned().collect(),

@@ -636,10 +636,26 @@ impl ClusterState {
         mtu: usize,
         scheduled_for_deletion: &HashSet<&ChitchatId>,
     ) -> Delta {
+        self.compute_delta_for(digest, mtu, scheduled_for_deletion, false)
+    }
+
+    /// shoal patch: as [`Self::compute_partial_delta_respecting_mtu`]; when
+    /// `absent_is_up_to_date` (a protocol V2 SYN-ACK's digest, a diff), a
+    /// node the digest leaves out needs nothing.
+    pub(crate) fn compute_delta_for(
+        &self,
+        digest: &Digest,
+        mtu: usize,
+        scheduled_for_deletion: &HashSet<&ChitchatId>,
+        absent_is_up_to_date: bool,
+    ) -> Delta {
         let mut stale_nodes = SortedStaleNodes::default();
 
         for (chitchat_id, node_state) in &self.node_states {
             if scheduled_for_deletion.contains(chitchat_id) {
+                continue;
+            }
+            if absent_is_up_to_date && !digest.node_digests.contains_key(chitchat_id) {
                 continue;
             }
 

@@ -436,6 +436,7 @@ impl Simulator {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
             max_message_len: chitchat::MAX_UDP_DATAGRAM_PAYLOAD_SIZE,
+            gossip_fanout: 3,
         };
         let handle = spawn_chitchat(config, Vec::new(), &self.transport)
             .await

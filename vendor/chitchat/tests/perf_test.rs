@@ -35,6 +35,7 @@ async fn spawn_one(chitchat_id: u16, transport: &dyn Transport) -> ChitchatHandl
         extra_liveness_predicate: None,
         protocol_version: ProtocolVersion::V0,
         max_message_len: chitchat::MAX_UDP_DATAGRAM_PAYLOAD_SIZE,
+        gossip_fanout: 3,
     };
     spawn_chitchat(config, Vec::new(), transport).await.unwrap()
 }

@@ -1,0 +1,248 @@
+//! Membership simulator (not a test): N members in one process over an
+//! in-memory network on tokio's paused clock (`shoal_tests::sim`), measured
+//! as `bench-membership` measures real processes:
+//! - join: a new member in every view (p50/p99 over trials),
+//! - SIGKILL → gone: a killed member out of every other view (p50/p99),
+//! - gossip sent per member (KB/s over 10 s of an idle cluster), the
+//!   largest datagram, and datagrams over the MTU.
+//!
+//! Usage: `sim-membership [--loss P] [--trials K] [--set VAR=VALUE]... N...`
+//! (`--set` passes a `SHOAL_*` setting to every member, e.g.
+//! `--set SHOAL_GOSSIP_FANOUT=1`). Prints one Markdown row per N.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use shoal_node::key::ClusterKey;
+use shoal_tests::sim::{SimMember, SimNet, spawn_member};
+use tokio::time::Instant;
+
+#[derive(Parser)]
+struct Args {
+    /// Probability that a 1,422-byte fragment is lost (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Joins and kills measured per N (default 8, 5 from N = 100).
+    #[arg(long)]
+    trials: Option<usize>,
+    /// One-way latency of the network, in microseconds.
+    #[arg(long, default_value_t = 250)]
+    latency_us: u64,
+    /// A `SHOAL_*` setting for every member, `VAR=VALUE` (repeatable).
+    #[arg(long = "set", value_parser = parse_set)]
+    set: Vec<(String, String)>,
+    /// Seed of the network's losses and of the victims' choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Cluster sizes.
+    #[arg(required = true)]
+    sizes: Vec<usize>,
+}
+
+fn parse_set(raw: &str) -> Result<(String, String), String> {
+    let (k, v) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("`{raw}`: expected VAR=VALUE, e.g. SHOAL_GOSSIP_FANOUT=1"))?;
+    if !k.starts_with("SHOAL_") {
+        return Err(format!("`{k}`: only SHOAL_* settings reach the members"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Polls every 5 ms (simulated) until every member of `observers` satisfies
+/// `pred`; returns the simulated time the last one did, from `since`.
+async fn until_all<'a>(
+    observers: &'a [SimMember],
+    since: Instant,
+    timeout: Duration,
+    pred: impl AsyncFn(&'a SimMember) -> bool,
+) -> Option<f64> {
+    let mut pending: Vec<&SimMember> = observers.iter().collect();
+    loop {
+        let mut still = Vec::with_capacity(pending.len());
+        for m in pending {
+            if !pred(m).await {
+                still.push(m);
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            return Some(since.elapsed().as_secs_f64());
+        }
+        if since.elapsed() > timeout {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+struct Row {
+    n: usize,
+    converged_s: f64,
+    joins: Vec<f64>,
+    kills: Vec<f64>,
+    kb_per_s: f64,
+    largest: u64,
+    oversized: u64,
+    dropped: u64,
+    failed_trials: usize,
+}
+
+async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
+    let net = SimNet::new(
+        Duration::from_micros(args.latency_us),
+        args.loss,
+        args.seed ^ n as u64,
+    );
+    let key = ClusterKey::generate().to_base64();
+    let start = Instant::now();
+    let mut members = Vec::with_capacity(n + 16);
+    for i in 0..n {
+        members.push(spawn_member(&net, i, &key, &args.set).await?);
+        // Processes of the real bench start a few milliseconds apart.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let converged = until_all(&members, start, Duration::from_secs(300), async |m| {
+        m.live_count().await == n
+    })
+    .await
+    .with_context(|| format!("N = {n}: no convergence in 300 simulated seconds"))?;
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before: Vec<u64> = members.iter().map(SimMember::bytes_sent).collect();
+    let window = Duration::from_secs(10);
+    tokio::time::sleep(window).await;
+    let sent: u64 = members
+        .iter()
+        .zip(&before)
+        .map(|(m, b)| m.bytes_sent() - b)
+        .sum();
+    let kb_per_s = sent as f64 / n as f64 / window.as_secs_f64() / 1000.0;
+
+    let trials = args.trials.unwrap_or(if n >= 100 { 5 } else { 8 });
+    let (mut joins, mut kills, mut failed) = (vec![], vec![], 0);
+    let mut next = n;
+    for t in 0..trials {
+        let t0 = Instant::now();
+        let newcomer = spawn_member(&net, next, &key, &args.set).await?;
+        next += 1;
+        let node = newcomer.node.clone();
+        match until_all(&members, t0, Duration::from_secs(30), async |m| {
+            m.sees(&node).await
+        })
+        .await
+        {
+            Some(s) => joins.push(s),
+            None => failed += 1,
+        }
+        members.push(newcomer);
+
+        // A random older member, never the seed (members[0]).
+        let victim = 1 + (t * 7919 + 13 + args.seed as usize) % (members.len() - 2);
+        let dead = members.remove(victim);
+        let t0 = Instant::now();
+        dead.kill(&net);
+        match until_all(&members, t0, Duration::from_secs(30), async |m| {
+            !m.sees(&dead.node).await
+        })
+        .await
+        {
+            Some(s) => kills.push(s),
+            None => failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (oversized, dropped) = members
+        .iter()
+        .map(SimMember::oversized)
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    Ok(Row {
+        n,
+        converged_s: converged,
+        joins,
+        kills,
+        kb_per_s,
+        largest: members
+            .iter()
+            .map(SimMember::largest_datagram)
+            .max()
+            .unwrap_or(0),
+        oversized,
+        dropped,
+        failed_trials: failed,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !(0.0..1.0).contains(&args.loss) {
+        bail!(
+            "--loss {}: expected a probability from 0 to below 1",
+            args.loss
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()?;
+    let settings: Vec<String> = args.set.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "simulated: loss {:.0} %, latency {} µs, {}",
+        args.loss * 100.0,
+        args.latency_us,
+        if settings.is_empty() {
+            "default settings".to_string()
+        } else {
+            settings.join(" ")
+        }
+    );
+    println!();
+    println!(
+        "| N | join p50 | join p99 | SIGKILL → gone p50 | SIGKILL → gone p99 | gossip sent per member | largest datagram | over MTU / dropped | converged | trials failed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for &n in &args.sizes {
+        if n < 4 {
+            bail!("N = {n}: at least 4 members (a seed, a victim and observers)");
+        }
+        let wall = std::time::Instant::now();
+        let row = rt.block_on(run(&args, n))?;
+        println!(
+            "| {} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.1} KB/s | {} B | {} / {} | {:.1} s | {} |",
+            row.n,
+            percentile(&row.joins, 0.5),
+            percentile(&row.joins, 0.99),
+            percentile(&row.kills, 0.5),
+            percentile(&row.kills, 0.99),
+            row.kb_per_s,
+            row.largest,
+            row.oversized,
+            row.dropped,
+            row.converged_s,
+            row.failed_trials,
+        );
+        eprintln!(
+            "N={n}: joins {:?} kills {:?} ({:.0} s of real time)",
+            row.joins
+                .iter()
+                .map(|s| (s * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>(),
+            row.kills
+                .iter()
+                .map(|s| (s * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>(),
+            wall.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}

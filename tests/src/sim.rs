@@ -1,0 +1,268 @@
+//! Membership simulator: many members' gossip in one process.
+//!
+//! Each simulated member runs exactly what a real one runs up to its view —
+//! its `NodeConfig` read from the same `SHOAL_*` variables, its announce
+//! record, chitchat with shoal's settings and the sealed transport
+//! ([`shoal_node::cluster::Gossip`]) — but its datagrams go through
+//! [`SimNet`], an in-memory network with a fixed one-way latency and
+//! optional packet loss, and time is tokio's paused clock: nothing waits for
+//! real time, so a thousand members run on one core, and every figure
+//! (detection, join, bytes) is in simulated time. A member's view is a pure
+//! function of chitchat's live set, so the simulator reads the live sets.
+//!
+//! What it leaves out: CPU time (processing takes no simulated time, where
+//! real members on a busy host answer late) and the kernel's socket buffers
+//! (a datagram is never dropped for a full buffer). `sim-membership
+//! --validate` runs it beside the real-process bench to show how far apart
+//! the two are.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use shoal_node::cluster::{Gossip, Role};
+use shoal_node::member::{Health, keys};
+use shoal_node::transport::{Wire, WireSocket};
+use shoal_node::{Env, NodeConfig};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// The datagram size the loss model cuts datagrams into (a VXLAN
+/// overlay's): a datagram of k fragments arrives only if all k do.
+const FRAGMENT: usize = 1422;
+
+struct Packet {
+    at: Instant,
+    from: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+struct NetState {
+    sockets: HashMap<SocketAddr, mpsc::UnboundedSender<Packet>>,
+    down: HashSet<IpAddr>,
+    loss: f64,
+    rng: SmallRng,
+}
+
+/// An in-memory datagram network.
+#[derive(Clone)]
+pub struct SimNet {
+    state: Arc<Mutex<NetState>>,
+    latency: Duration,
+}
+
+impl SimNet {
+    /// A network delivering every datagram after `latency`, losing each
+    /// 1,422-byte fragment with probability `loss`. `seed` makes the losses
+    /// repeatable.
+    pub fn new(latency: Duration, loss: f64, seed: u64) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(NetState {
+                sockets: HashMap::new(),
+                down: HashSet::new(),
+                loss,
+                rng: SmallRng::seed_from_u64(seed),
+            })),
+            latency,
+        }
+    }
+
+    /// Cuts `ip` off both ways: what others see of a killed member.
+    pub fn cut(&self, ip: IpAddr) {
+        self.lock().down.insert(ip);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NetState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Wire for SimNet {
+    async fn bind(&self, addr: SocketAddr) -> io::Result<Box<dyn WireSocket>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut state = self.lock();
+        if state.sockets.contains_key(&addr) {
+            return Err(io::Error::new(io::ErrorKind::AddrInUse, addr.to_string()));
+        }
+        state.sockets.insert(addr, tx);
+        Ok(Box::new(SimSocket {
+            net: self.clone(),
+            addr,
+            rx,
+            pending: VecDeque::new(),
+        }))
+    }
+}
+
+struct SimSocket {
+    net: SimNet,
+    addr: SocketAddr,
+    rx: mpsc::UnboundedReceiver<Packet>,
+    pending: VecDeque<Packet>,
+}
+
+impl Drop for SimSocket {
+    fn drop(&mut self) {
+        self.net.lock().sockets.remove(&self.addr);
+    }
+}
+
+#[async_trait]
+impl WireSocket for SimSocket {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+
+    async fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
+        let mut state = self.net.lock();
+        if state.down.contains(&self.addr.ip()) || state.down.contains(&to.ip()) {
+            return Ok(datagram.len());
+        }
+        let fragments = datagram.len().div_ceil(FRAGMENT).max(1) as i32;
+        let lost = 1.0 - (1.0 - state.loss).powi(fragments);
+        if state.loss > 0.0 && state.rng.random::<f64>() < lost {
+            return Ok(datagram.len());
+        }
+        if let Some(tx) = state.sockets.get(&to) {
+            let _ = tx.send(Packet {
+                at: Instant::now() + self.net.latency,
+                from: self.addr,
+                bytes: datagram.to_vec(),
+            });
+        }
+        Ok(datagram.len())
+    }
+
+    async fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        loop {
+            // Cancel-safe: a packet waits in `pending` until its time comes.
+            if let Some(at) = self.pending.front().map(|p| p.at) {
+                if at <= Instant::now() {
+                    let Some(p) = self.pending.pop_front() else {
+                        continue;
+                    };
+                    let n = p.bytes.len().min(buf.len());
+                    buf[..n].copy_from_slice(&p.bytes[..n]);
+                    return Ok((n, p.from));
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    p = self.rx.recv() => match p {
+                        Some(p) => self.pending.push_back(p),
+                        None => return Err(io::ErrorKind::BrokenPipe.into()),
+                    },
+                }
+            } else {
+                match self.rx.recv().await {
+                    Some(p) => self.pending.push_back(p),
+                    None => return Err(io::ErrorKind::BrokenPipe.into()),
+                }
+            }
+        }
+    }
+}
+
+/// One simulated member.
+pub struct SimMember {
+    /// Its address (gossip and service).
+    pub ip: IpAddr,
+    /// Its chitchat node id (`bench@ip:9000`).
+    pub node: String,
+    gossip: Gossip,
+}
+
+impl SimMember {
+    /// Bytes of gossip it has sent.
+    pub fn bytes_sent(&self) -> u64 {
+        self.gossip.stats.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// The largest datagram it has sent.
+    pub fn largest_datagram(&self) -> u64 {
+        self.gossip.stats.largest_datagram.load(Ordering::Relaxed)
+    }
+
+    /// Datagrams it sent larger than the gossip MTU, and datagrams it could
+    /// not send at all (over the UDP limit).
+    pub fn oversized(&self) -> (u64, u64) {
+        let s = &self.gossip.stats;
+        (
+            s.packets_oversized.load(Ordering::Relaxed),
+            s.packets_dropped_oversized.load(Ordering::Relaxed),
+        )
+    }
+
+    /// How many members its live set holds (itself included).
+    pub async fn live_count(&self) -> usize {
+        let chitchat = self.gossip.handle.chitchat();
+        let guard = chitchat.lock().await;
+        guard.live_nodes().count()
+    }
+
+    /// Whether `node` is in its live set.
+    pub async fn sees(&self, node: &str) -> bool {
+        let chitchat = self.gossip.handle.chitchat();
+        let guard = chitchat.lock().await;
+        guard.live_nodes().any(|id| &*id.node_id == node)
+    }
+
+    /// Stops it dead (no goodbye): what SIGKILL does.
+    pub fn kill(&self, net: &SimNet) {
+        net.cut(self.ip);
+        self.gossip.handle.abort();
+    }
+}
+
+/// The simulated address of member `i`: 10.x.y.z.
+pub fn ip(i: usize) -> IpAddr {
+    let i = i + 1;
+    IpAddr::V4(Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8))
+}
+
+/// Starts member `i` with the `SHOAL_*` settings a sidecar gets from the
+/// benches (`SHOAL_SEEDS` the first member, a cluster key), plus `extra`.
+pub async fn spawn_member(
+    net: &SimNet,
+    i: usize,
+    key: &str,
+    extra: &[(String, String)],
+) -> anyhow::Result<SimMember> {
+    let ip = ip(i);
+    let mut env = Env::from_pairs([
+        ("SHOAL_SERVICE", "bench"),
+        ("SHOAL_PORT", "9000"),
+        ("SHOAL_CLUSTER_KEY", key),
+    ]);
+    env.set("SHOAL_ADVERTISE", ip.to_string());
+    env.set("SHOAL_LISTEN", ip.to_string());
+    env.set("SHOAL_SEEDS", self::ip(0).to_string());
+    env.set("SHOAL_HOSTNAME", format!("m{i}"));
+    for (k, v) in extra {
+        env.set(k, v.clone());
+    }
+    let config = NodeConfig::from_env(&env, "bench", 9000)?;
+    let gossip = Gossip::spawn(
+        &config,
+        Role::Service { routes: Vec::new() },
+        ip,
+        Arc::new(net.clone()),
+    )
+    .await?;
+    // As the sidecar does once its upstream answers.
+    gossip
+        .handle
+        .with_chitchat(|c| c.self_node_state().set(keys::HEALTH, Health::Up.as_str()))
+        .await;
+    Ok(SimMember {
+        ip,
+        node: gossip.id.node.clone(),
+        gossip,
+    })
+}
