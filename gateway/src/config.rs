@@ -48,9 +48,9 @@ pub struct ProxyConfig {
     pub response_timeout: Duration,
     /// Whole request including retries (`SHOAL_REQUEST_TIMEOUT`, 20s).
     pub request_timeout: Duration,
-    /// Upstream requests in flight in total (`SHOAL_MAX_CONNECTIONS`, 500).
+    /// Upstream requests in flight in total (`SHOAL_MAX_CONNECTIONS`, 4096).
     pub max_in_flight: usize,
-    /// Upstream requests in flight per instance (`SHOAL_MAX_CONNECTIONS_PER_INSTANCE`, 100).
+    /// Upstream requests in flight per instance (`SHOAL_MAX_CONNECTIONS_PER_INSTANCE`, 1024).
     pub max_in_flight_per_instance: u32,
     /// Idle pooled connections are closed after this (`SHOAL_POOL_IDLE_TIMEOUT`, 60s),
     /// far below the 900 s after which Swarm's IPVS silently drops them.
@@ -99,8 +99,8 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(20),
-            max_in_flight: 500,
-            max_in_flight_per_instance: 100,
+            max_in_flight: 4096,
+            max_in_flight_per_instance: 1024,
             pool_idle_timeout: Duration::from_secs(60),
             retry_body_limit: 64 * 1024,
             max_client_connections: 10_000,

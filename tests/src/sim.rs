@@ -179,6 +179,16 @@ pub struct SimMember {
 }
 
 impl SimMember {
+    /// Its chitchat id (node, generation, gossip address).
+    pub fn chitchat_id(&self) -> chitchat::ChitchatId {
+        self.gossip.handle.chitchat_id().clone()
+    }
+
+    /// Its gossip address.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.gossip.handle.chitchat_id().gossip_advertise_addr
+    }
+
     /// Bytes of gossip it has sent.
     pub fn bytes_sent(&self) -> u64 {
         self.gossip.stats.bytes_sent.load(Ordering::Relaxed)

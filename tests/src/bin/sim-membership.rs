@@ -26,8 +26,9 @@ struct Args {
     /// Joins and kills measured per N (default 8, 5 from N = 100).
     #[arg(long)]
     trials: Option<usize>,
-    /// One-way latency of the network, in microseconds.
-    #[arg(long, default_value_t = 250)]
+    /// One-way latency of the network, in microseconds (tokio's timer
+    /// rounds it up to whole milliseconds).
+    #[arg(long, default_value_t = 1000)]
     latency_us: u64,
     /// A `SHOAL_*` setting for every member, `VAR=VALUE` (repeatable).
     #[arg(long = "set", value_parser = parse_set)]

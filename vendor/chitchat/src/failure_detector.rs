@@ -97,6 +97,24 @@ impl FailureDetector {
         self.live_nodes.iter()
     }
 
+    /// shoal patch: takes `chitchat_id` as dead now, as if its phi had
+    /// crossed the threshold (its samples are forgotten: two new heartbeats
+    /// make it live again).
+    pub fn mark_dead(&mut self, chitchat_id: &ChitchatId) {
+        self.live_nodes.remove(chitchat_id);
+        self.dead_nodes
+            .entry(chitchat_id.clone())
+            .or_insert_with(Instant::now);
+        if let Some(samples) = self.node_samples.get_mut(chitchat_id) {
+            samples.reset();
+        }
+    }
+
+    /// shoal patch: the current phi of `chitchat_id`, if it has one.
+    pub fn phi_of(&self, chitchat_id: &ChitchatId) -> Option<f64> {
+        self.phi(chitchat_id)
+    }
+
     /// shoal patch: whether `chitchat_id` is live.
     pub fn is_live(&self, chitchat_id: &ChitchatId) -> bool {
         self.live_nodes.contains(chitchat_id)

@@ -106,6 +106,9 @@ pub struct Chitchat {
     /// shoal patch: a node unknown until now was heard of since the server
     /// last asked (see [`Chitchat::take_news`]).
     news: bool,
+    /// shoal patch: nodes found dead here (by phi, or by a `Dead` message
+    /// taken) since the server last asked: it passes them on.
+    newly_dead: Vec<ChitchatId>,
 }
 
 impl Chitchat {
@@ -126,6 +129,7 @@ impl Chitchat {
             live_nodes_watcher_rx,
             answered: HashMap::new(),
             news: false,
+            newly_dead: Vec::new(),
         };
 
         let self_node_state = chitchat.self_node_state();
@@ -269,6 +273,35 @@ impl Chitchat {
                 warn!("message rejected by peer: wrong cluster");
                 None
             }
+            ChitchatMessage::Dead { cluster_id, nodes } => {
+                if cluster_id != self.cluster_id() {
+                    return None;
+                }
+                // shoal patch: a peer found these dead. Taken only for a node
+                // this member has heard nothing of for a while itself (phi
+                // at least 3/4 of the threshold): a peer that merely stalled
+                // cannot take out a node others hear from.
+                let accept = self.config.failure_detector_config.phi_threshold * 0.75;
+                let mut taken = Vec::new();
+                for id in nodes {
+                    if &id == self.self_chitchat_id() || !self.failure_detector.is_live(&id) {
+                        continue;
+                    }
+                    if self
+                        .failure_detector
+                        .phi_of(&id)
+                        .is_some_and(|phi| phi >= accept)
+                    {
+                        self.failure_detector.mark_dead(&id);
+                        taken.push(id);
+                    }
+                }
+                if !taken.is_empty() {
+                    self.newly_dead.extend(taken);
+                    self.update_nodes_liveness();
+                }
+                None
+            }
             #[cfg(test)]
             ChitchatMessage::PanicForTest => {
                 panic!("panic message received");
@@ -323,7 +356,11 @@ impl Chitchat {
         self.answered.retain(|_, at| at.elapsed() < forget_after);
         for chitchat_id in self.cluster_state.nodes() {
             if chitchat_id != self.self_chitchat_id() {
+                let was_live = self.failure_detector.is_live(chitchat_id);
                 self.failure_detector.update_node_liveness(chitchat_id);
+                if was_live && !self.failure_detector.is_live(chitchat_id) {
+                    self.newly_dead.push(chitchat_id.clone());
+                }
             }
         }
         let current_live_nodes = self
@@ -535,6 +572,11 @@ impl Chitchat {
         let monotonic_property_after = node_state.monotonic_property();
 
         assert!(monotonic_property_after > monotonic_property_before);
+    }
+
+    /// shoal patch: nodes found dead here since the last call, to pass on.
+    pub(crate) fn take_newly_dead(&mut self) -> Vec<ChitchatId> {
+        std::mem::take(&mut self.newly_dead)
     }
 
     /// shoal patch: whether news came since the last call — a node unknown

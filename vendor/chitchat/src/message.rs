@@ -23,6 +23,14 @@ pub enum ChitchatMessage {
     Ack { delta: Delta },
     /// Node B rejects the SYN message because node A and B belong to different clusters.
     BadCluster,
+    /// (shoal patch, protocol V2) The sender's failure detector just found
+    /// these nodes dead. A receiver that has itself heard nothing of one for
+    /// a while (phi at least 3/4 of the threshold) takes it as dead at once
+    /// and passes the news on; one that heard from it lately ignores it.
+    Dead {
+        cluster_id: String,
+        nodes: Vec<crate::ChitchatId>,
+    },
     /// A message used by tests to trigger a panic
     #[cfg(test)]
     PanicForTest,

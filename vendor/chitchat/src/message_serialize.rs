@@ -27,6 +27,7 @@ enum MessageType {
     SynAck = 1u8,
     Ack = 2u8,
     BadCluster = 3u8,
+    Dead = 4u8,
     #[cfg(test)]
     PanicForTest = 255u8,
 }
@@ -38,6 +39,7 @@ impl MessageType {
             1 => Some(Self::SynAck),
             2 => Some(Self::Ack),
             3 => Some(Self::BadCluster),
+            4 => Some(Self::Dead),
             #[cfg(test)]
             255 => Some(Self::PanicForTest),
             _ => None,
@@ -79,6 +81,14 @@ impl ChitchatEnvelope {
             ChitchatMessage::BadCluster => {
                 buf.push(MessageType::BadCluster.to_code());
             }
+            ChitchatMessage::Dead { cluster_id, nodes } => {
+                buf.push(MessageType::Dead.to_code());
+                cluster_id.serialize(buf);
+                (nodes.len() as u16).serialize(buf);
+                for node in nodes {
+                    node.serialize(buf);
+                }
+            }
             #[cfg(test)]
             ChitchatMessage::PanicForTest => {
                 buf.push(MessageType::PanicForTest.to_code());
@@ -106,6 +116,11 @@ impl ChitchatEnvelope {
                 }
                 ChitchatMessage::Ack { delta } => delta.serialized_len(),
                 ChitchatMessage::BadCluster => 0,
+                ChitchatMessage::Dead { cluster_id, nodes } => {
+                    cluster_id.serialized_len()
+                        + 2
+                        + nodes.iter().map(|n| n.serialized_len()).sum::<usize>()
+                }
                 #[cfg(test)]
                 ChitchatMessage::PanicForTest => 0,
             }
@@ -150,6 +165,15 @@ impl ChitchatEnvelope {
                 ChitchatMessage::Ack { delta }
             }
             MessageType::BadCluster => ChitchatMessage::BadCluster,
+            MessageType::Dead => {
+                let cluster_id = String::deserialize(buf)?;
+                let len = u16::deserialize(buf)?;
+                let mut nodes = Vec::new();
+                for _ in 0..len {
+                    nodes.push(crate::ChitchatId::deserialize(buf)?);
+                }
+                ChitchatMessage::Dead { cluster_id, nodes }
+            }
             #[cfg(test)]
             MessageType::PanicForTest => ChitchatMessage::PanicForTest,
         };

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio::time;
 use tracing::{debug, warn};
 
-use crate::message::ChitchatEnvelope;
+use crate::message::{ChitchatEnvelope, ChitchatMessage};
 use crate::transport::{RecvOutcome, Socket, Transport};
 use crate::{Chitchat, ChitchatConfig, ChitchatId};
 
@@ -309,6 +309,8 @@ impl Server {
         for peer in spread_to {
             self.gossip(peer).await?;
         }
+        let dead = self.chitchat.lock().await.take_newly_dead();
+        self.spread_dead(dead, Some(from_addr)).await;
         Ok(())
     }
 
@@ -372,6 +374,45 @@ impl Server {
         // Update nodes liveness.
         let mut chitchat_guard = self.chitchat.lock().await;
         chitchat_guard.update_nodes_liveness();
+        let dead = chitchat_guard.take_newly_dead();
+        drop(chitchat_guard);
+        self.spread_dead(dead, None).await;
+    }
+
+    /// shoal patch: tells `RUMOR_FANOUT` live peers (not `except`) that
+    /// `nodes` were found dead here (protocol V2 on; see
+    /// `ChitchatMessage::Dead`).
+    async fn spread_dead(&mut self, nodes: Vec<ChitchatId>, except: Option<SocketAddr>) {
+        if nodes.is_empty() {
+            return;
+        }
+        let (version, cluster_id, peers) = {
+            let chitchat = self.chitchat.lock().await;
+            let version = chitchat.config.protocol_version;
+            if version < crate::message::ProtocolVersion::V2 {
+                return;
+            }
+            let me = chitchat.self_chitchat_id().gossip_advertise_addr;
+            let peers: Vec<SocketAddr> = chitchat
+                .live_nodes()
+                .map(|id| id.gossip_advertise_addr)
+                .filter(|addr| *addr != me && Some(*addr) != except)
+                .sample(&mut self.rng, RUMOR_FANOUT);
+            (version, chitchat.cluster_id().to_string(), peers)
+        };
+        for peer in peers {
+            let message = ChitchatMessage::Dead {
+                cluster_id: cluster_id.clone(),
+                nodes: nodes.clone(),
+            };
+            if let Err(error) = self
+                .transport
+                .send(peer, ChitchatEnvelope { version, message })
+                .await
+            {
+                debug!(%error, %peer, "failed to pass on dead nodes");
+            }
+        }
     }
 
     /// Gossips with another peer.

@@ -1,0 +1,196 @@
+//! Gossip behaviour checked in the membership simulator (`shoal_tests::sim`):
+//! real members' gossip (config, records, chitchat, sealed transport) over
+//! an in-memory network on tokio's paused clock. Fast (simulated seconds),
+//! and deterministic enough for budgets: the figures are simulated time,
+//! whatever the load of the machine.
+
+use std::time::Duration;
+
+use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
+use shoal_node::key::{ClusterKey, KeyRing};
+use shoal_node::transport::{Sealer, Wire};
+use shoal_tests::sim::{SimMember, SimNet, ip, spawn_member};
+use tokio::time::Instant;
+
+/// `SHOAL_CLUSTER`'s default.
+const CLUSTER: &str = "shoal";
+
+async fn cluster(
+    net: &SimNet,
+    key: &str,
+    n: usize,
+    settings: impl Fn(usize) -> Vec<(String, String)>,
+) -> Vec<SimMember> {
+    let mut members = Vec::new();
+    for i in 0..n {
+        members.push(spawn_member(net, i, key, &settings(i)).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let t0 = Instant::now();
+    loop {
+        let mut all = true;
+        for m in &members {
+            all &= m.live_count().await == n;
+        }
+        if all {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{n} members did not converge in 30 simulated seconds"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    members
+}
+
+/// Simulated seconds until every member of `members` says `pred`.
+async fn until_all(
+    members: &[SimMember],
+    limit: Duration,
+    pred: impl AsyncFn(&SimMember) -> bool,
+) -> f64 {
+    let t0 = Instant::now();
+    loop {
+        let mut all = true;
+        for m in members {
+            all &= pred(m).await;
+        }
+        if all {
+            return t0.elapsed().as_secs_f64();
+        }
+        assert!(t0.elapsed() < limit, "not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn key() -> String {
+    ClusterKey::generate().to_base64()
+}
+
+#[tokio::test(start_paused = true)]
+async fn forty_members_join_and_detect_within_the_budgets() {
+    let net = SimNet::new(Duration::from_millis(1), 0.0, 7);
+    let key = key();
+    let mut members = cluster(&net, &key, 40, |_| Vec::new()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Idle cost per member (the default settings' budget at N = 50 is 20 KB/s).
+    let before: Vec<u64> = members.iter().map(SimMember::bytes_sent).collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let sent: u64 = members
+        .iter()
+        .zip(&before)
+        .map(|(m, b)| m.bytes_sent() - b)
+        .sum();
+    let per_member = sent as f64 / 40.0 / 5.0 / 1000.0;
+    assert!(per_member < 20.0, "{per_member:.1} KB/s per member");
+
+    for trial in 0..4 {
+        let newcomer = spawn_member(&net, 100 + trial, &key, &[]).await.unwrap();
+        let node = newcomer.node.clone();
+        let join = until_all(&members, Duration::from_secs(5), async |m| {
+            m.sees(&node).await
+        })
+        .await;
+        assert!(join < 0.5, "trial {trial}: join took {join:.2} s");
+        members.push(newcomer);
+
+        let dead = members.remove(3 + trial * 5);
+        dead.kill(&net);
+        let gone = until_all(&members, Duration::from_secs(5), async |m| {
+            !m.sees(&dead.node).await
+        })
+        .await;
+        assert!(gone < 1.0, "trial {trial}: detection took {gone:.2} s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A `Dead` message naming a member others hear from is ignored: a peer
+/// that stalled (or lies, with the key) cannot take out a live member.
+#[tokio::test(start_paused = true)]
+async fn news_of_the_death_of_a_live_member_is_ignored() {
+    let net = SimNet::new(Duration::from_millis(1), 0.0, 8);
+    let key = key();
+    let members = cluster(&net, &key, 12, |_| Vec::new()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let victim = &members[5];
+    let id = victim.chitchat_id();
+    let ring = KeyRing::new(vec![key.parse::<ClusterKey>().unwrap()]).unwrap();
+    let sealer = Sealer::new(&ring, CLUSTER);
+    let liar = Wire::bind(&net, std::net::SocketAddr::new(ip(999), 7950))
+        .await
+        .unwrap();
+    let datagram = sealer.seal(
+        &ChitchatEnvelope {
+            version: ProtocolVersion::V2,
+            message: ChitchatMessage::Dead {
+                cluster_id: CLUSTER.to_string(),
+                nodes: vec![id],
+            },
+        }
+        .serialize_to_vec(),
+    );
+    for round in 0..10 {
+        for m in &members {
+            liar.send_to(&datagram, m.gossip_addr()).await.unwrap();
+        }
+        // Delivered after 1 ms; checked before a gossip round could bring
+        // the victim back.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        for m in &members {
+            assert!(
+                m.sees(&victim.node).await,
+                "round {round}: {} dropped {} on a forged death notice",
+                m.node,
+                victim.node
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Members on protocol V1 (an older release) and V2 still form one
+/// cluster: the V1 members' exchanges carry both ways.
+#[tokio::test(start_paused = true)]
+async fn v1_and_v2_members_form_one_cluster() {
+    let net = SimNet::new(Duration::from_millis(1), 0.0, 9);
+    let key = key();
+    let members = cluster(&net, &key, 16, |i| {
+        let protocol = if i % 2 == 0 { "v1" } else { "v2" };
+        vec![("SHOAL_GOSSIP_PROTOCOL".to_string(), protocol.to_string())]
+    })
+    .await;
+    let dead = &members[7];
+    dead.kill(&net);
+    let others: Vec<&SimMember> = members.iter().filter(|m| m.node != dead.node).collect();
+    let t0 = Instant::now();
+    for m in others {
+        while m.sees(&dead.node).await {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "{} still sees {}",
+                m.node,
+                dead.node
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// With 5 % of the fragments lost, members still join and leave every view.
+#[tokio::test(start_paused = true)]
+async fn members_converge_and_detect_under_packet_loss() {
+    let net = SimNet::new(Duration::from_millis(1), 0.05, 10);
+    let key = key();
+    let mut members = cluster(&net, &key, 24, |_| Vec::new()).await;
+    let dead = members.remove(9);
+    dead.kill(&net);
+    let gone = until_all(&members, Duration::from_secs(5), async |m| {
+        !m.sees(&dead.node).await
+    })
+    .await;
+    assert!(gone < 1.5, "detection took {gone:.2} s at 5 % loss");
+}
