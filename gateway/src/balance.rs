@@ -34,8 +34,6 @@ const TIE_ABSOLUTE: f64 = 0.005;
 pub struct Endpoint {
     /// The member behind it.
     pub member: Arc<Member>,
-    /// `ip:port` as a URI authority.
-    pub authority: http::uri::Authority,
     /// `ip:port` as the `Host` header sent to it.
     pub host: http::HeaderValue,
     in_flight: AtomicU32,
@@ -62,16 +60,10 @@ struct EndpointState {
 impl Endpoint {
     /// A fresh endpoint for `member`.
     pub fn new(member: Arc<Member>) -> Self {
-        let authority = member
-            .addr
-            .to_string()
-            .parse()
-            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"));
-        let host = http::HeaderValue::from_str(authority.as_str())
+        let host = http::HeaderValue::from_str(&member.addr.to_string())
             .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
         Self {
             member,
-            authority,
             host,
             in_flight: AtomicU32::new(0),
             state: Mutex::new(EndpointState {

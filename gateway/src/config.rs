@@ -269,7 +269,7 @@ mod tests {
         assert_eq!(c.proxy.request_timeout, Duration::from_secs(20));
         assert_eq!(
             (c.proxy.max_in_flight, c.proxy.max_in_flight_per_instance),
-            (500, 100)
+            (4096, 1024)
         );
         assert_eq!(c.resilience.breaker_min_requests, 20);
         assert_eq!(c.stats_every, Some(Duration::from_secs(1)));

@@ -75,7 +75,7 @@ struct Outgoing {
 impl Outgoing {
     /// The request of one attempt to `endpoint`.
     fn to(&self, endpoint: &Endpoint, body: ProxyBody) -> Option<Request<ProxyBody>> {
-        let uri = upstream_uri(endpoint, self.path_and_query.clone())?;
+        let uri = upstream_uri(self.path_and_query.clone())?;
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
@@ -93,11 +93,11 @@ pub fn upstream_path_and_query(upstream_path: String) -> Option<PathAndQuery> {
     PathAndQuery::from_maybe_shared(Bytes::from(upstream_path)).ok()
 }
 
-/// `http://{instance}{path?query}`, from parts (no parsing, no copy of the path).
-pub fn upstream_uri(endpoint: &Endpoint, path_and_query: PathAndQuery) -> Option<Uri> {
+/// The origin-form URI sent to an instance (`{path?query}`: the connection
+/// says which instance, `Host` says its name), from parts (no parsing, no
+/// copy of the path).
+pub fn upstream_uri(path_and_query: PathAndQuery) -> Option<Uri> {
     let mut p = http::uri::Parts::default();
-    p.scheme = Some(http::uri::Scheme::HTTP);
-    p.authority = Some(endpoint.authority.clone());
     p.path_and_query = Some(path_and_query);
     Uri::from_parts(p).ok()
 }
@@ -206,7 +206,7 @@ pub async fn forward(
         // it dead): no point waiting for the response timeout.
         let result = tokio::select! {
             biased;
-            r = tokio::time::timeout(wait, gw.client.request(upstream_req)) => Some(r),
+            r = tokio::time::timeout(wait, gw.pool.request(endpoint.addr(), upstream_req)) => Some(r),
             () = endpoint.gone() => None,
         };
         let now = Instant::now();

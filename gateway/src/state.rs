@@ -3,18 +3,13 @@
 //! this worker thread's upstream connection pool.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use shoal_http::Drain;
 use tokio::sync::Semaphore;
 
-use crate::body::ProxyBody;
 use crate::config::GatewayConfig;
-use crate::connect::Connector;
 use crate::metrics::Metrics;
+use crate::pool::Pool;
 use crate::upstreams::Upstreams;
 
 /// Everything a request needs. One per worker thread: the routing table,
@@ -33,7 +28,7 @@ pub struct Gateway {
     /// `SHOAL_MAX_CONNECTIONS` (shared).
     pub in_flight: Arc<Semaphore>,
     /// Pooled keep-alive connections to instances (this worker's own).
-    pub client: Client<Connector, ProxyBody>,
+    pub pool: Pool,
     /// Client connections open, bounded by `SHOAL_MAX_CLIENT_CONNECTIONS` (shared).
     pub connections: Arc<Semaphore>,
 }
@@ -46,7 +41,7 @@ impl Gateway {
             metrics: Arc::new(Metrics::default()),
             in_flight: Arc::new(Semaphore::new(config.proxy.max_in_flight)),
             connections: Arc::new(Semaphore::new(config.proxy.max_client_connections)),
-            client: client(&config),
+            pool: pool(&config),
             drain,
             config: Arc::new(config),
         }
@@ -62,19 +57,15 @@ impl Gateway {
             drain: self.drain.clone(),
             in_flight: self.in_flight.clone(),
             connections: self.connections.clone(),
-            client: client(&self.config),
+            pool: pool(&self.config),
         }
     }
 }
 
-fn client(config: &GatewayConfig) -> Client<Connector, ProxyBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.proxy.connect_timeout));
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(30)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.proxy.pool_idle_timeout)
-        .pool_max_idle_per_host(config.proxy.max_in_flight_per_instance as usize)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(Connector(connector))
+fn pool(config: &GatewayConfig) -> Pool {
+    Pool::new(
+        config.proxy.connect_timeout,
+        config.proxy.pool_idle_timeout,
+        config.proxy.max_in_flight_per_instance as usize,
+    )
 }

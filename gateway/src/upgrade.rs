@@ -84,7 +84,7 @@ pub async fn forward(
             Verdict::None,
         );
     };
-    let Some(uri) = upstream_uri(&endpoint, path_and_query) else {
+    let Some(uri) = upstream_uri(path_and_query) else {
         return (
             error_response(StatusCode::BAD_GATEWAY, "invalid upstream address", path),
             Verdict::None,
@@ -114,40 +114,41 @@ pub async fn forward(
     let guard = endpoint.start();
     let wait = gw.config.proxy.response_timeout;
     let sent_at = Instant::now();
-    let mut response = match tokio::time::timeout(wait, gw.client.request(upstream_req)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(err)) => {
-            note_failure(&gw.config.resilience, service, &endpoint, Instant::now());
-            return (
-                error_response(
-                    StatusCode::BAD_GATEWAY,
-                    &format!(
-                        "{name} at {} failed: {}",
-                        endpoint.addr(),
-                        error_chain(&err)
+    let mut response =
+        match tokio::time::timeout(wait, gw.pool.request(endpoint.addr(), upstream_req)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => {
+                note_failure(&gw.config.resilience, service, &endpoint, Instant::now());
+                return (
+                    error_response(
+                        StatusCode::BAD_GATEWAY,
+                        &format!(
+                            "{name} at {} failed: {}",
+                            endpoint.addr(),
+                            error_chain(&err)
+                        ),
+                        path,
                     ),
-                    path,
-                ),
-                Verdict::Failure,
-            );
-        }
-        Err(_) => {
-            let now = Instant::now();
-            endpoint.observe(now - sent_at, now);
-            note_failure(&gw.config.resilience, service, &endpoint, now);
-            return (
-                error_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!(
-                        "{name} at {} did not answer the upgrade within {wait:?}",
-                        endpoint.addr()
+                    Verdict::Failure,
+                );
+            }
+            Err(_) => {
+                let now = Instant::now();
+                endpoint.observe(now - sent_at, now);
+                note_failure(&gw.config.resilience, service, &endpoint, now);
+                return (
+                    error_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!(
+                            "{name} at {} did not answer the upgrade within {wait:?}",
+                            endpoint.addr()
+                        ),
+                        path,
                     ),
-                    path,
-                ),
-                Verdict::Failure,
-            );
-        }
-    };
+                    Verdict::Failure,
+                );
+            }
+        };
     let now = Instant::now();
     endpoint.observe(now - sent_at, now);
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
