@@ -23,9 +23,12 @@ struct Args {
     /// Probability that a 1,422-byte fragment is lost (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
-    /// Joins and kills measured per N (default 8, 5 from N = 100).
+    /// Joins and kills measured per N (default 8, 5 from N = 100, 3 from N = 500).
     #[arg(long)]
     trials: Option<usize>,
+    /// Seconds of idle cluster the bytes are averaged over (default 10, 4 from N = 500).
+    #[arg(long)]
+    window: Option<u64>,
     /// One-way latency of the network, in microseconds (tokio's timer
     /// rounds it up to whole milliseconds).
     #[arg(long, default_value_t = 1000)]
@@ -121,7 +124,7 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before: Vec<u64> = members.iter().map(SimMember::bytes_sent).collect();
-    let window = Duration::from_secs(10);
+    let window = Duration::from_secs(args.window.unwrap_or(if n >= 500 { 4 } else { 10 }));
     tokio::time::sleep(window).await;
     let sent: u64 = members
         .iter()
@@ -130,13 +133,15 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
         .sum();
     let kb_per_s = sent as f64 / n as f64 / window.as_secs_f64() / 1000.0;
 
-    let trials = args.trials.unwrap_or(if n >= 100 { 5 } else { 8 });
+    let trials = args.trials.unwrap_or(match n {
+        500.. => 3,
+        100.. => 5,
+        _ => 8,
+    });
     let (mut joins, mut kills, mut failed) = (vec![], vec![], 0);
-    let mut next = n;
     for t in 0..trials {
         let t0 = Instant::now();
-        let newcomer = spawn_member(&net, next, &key, &args.set).await?;
-        next += 1;
+        let newcomer = spawn_member(&net, n + t, &key, &args.set).await?;
         let node = newcomer.node.clone();
         match until_all(&members, t0, Duration::from_secs(30), async |m| {
             m.sees(&node).await

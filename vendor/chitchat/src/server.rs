@@ -221,6 +221,8 @@ struct Server {
     chitchat: Arc<Mutex<Chitchat>>,
     transport: Box<dyn Socket>,
     rng: SmallRng,
+    /// shoal patch: when news last updated liveness (see `handle_envelope`).
+    news_liveness_at: Option<time::Instant>,
 }
 
 impl Server {
@@ -235,6 +237,7 @@ impl Server {
             command_rx,
             transport,
             rng,
+            news_liveness_at: None,
         }
     }
 
@@ -286,7 +289,18 @@ impl Server {
             // not us): a branching rumor that reaches every member in a few
             // network round trips.
             let spread_to = if chitchat.take_news() {
-                chitchat.update_nodes_liveness();
+                // Liveness (and the live set's watchers) at once, but at
+                // most every fifth of a round: a burst of joins brings news
+                // in most messages, and each update walks every node.
+                let now = time::Instant::now();
+                let every = chitchat.config.gossip_interval / 5;
+                if self
+                    .news_liveness_at
+                    .is_none_or(|at| now.duration_since(at) >= every)
+                {
+                    self.news_liveness_at = Some(now);
+                    chitchat.update_nodes_liveness();
+                }
                 let me = chitchat.self_chitchat_id().gossip_advertise_addr;
                 chitchat
                     .live_nodes()
