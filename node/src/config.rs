@@ -268,13 +268,13 @@ pub enum GossipProtocol {
 /// Gossip and failure-detection timings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Timings {
-    /// Time between two gossip rounds (`SHOAL_GOSSIP_INTERVAL`, default 50ms).
+    /// Time between two gossip rounds (`SHOAL_GOSSIP_INTERVAL`, default 100ms).
     pub gossip_interval: Duration,
     /// Phi-accrual threshold above which a silent member is dead
     /// (`SHOAL_PHI_THRESHOLD`, default 8).
     pub phi_threshold: f64,
     /// How many members each gossip round contacts (`SHOAL_GOSSIP_FANOUT`,
-    /// default 1). Gossip traffic grows with it, detection time shrinks.
+    /// default 3). Gossip traffic grows with it, detection time shrinks.
     pub gossip_fanout: usize,
     /// How long a dead member is remembered before it is forgotten
     /// (`SHOAL_DEAD_MEMBER_GC`, default 2m).
@@ -290,9 +290,9 @@ pub struct Timings {
 impl Default for Timings {
     fn default() -> Self {
         Self {
-            gossip_interval: Duration::from_millis(50),
+            gossip_interval: Duration::from_millis(100),
             phi_threshold: 8.0,
-            gossip_fanout: 1,
+            gossip_fanout: 3,
             dead_member_gc: Duration::from_secs(120),
             drain_timeout: Duration::from_secs(10),
             drain_announce: Duration::from_secs(1),

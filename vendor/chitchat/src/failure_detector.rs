@@ -54,10 +54,16 @@ impl FailureDetector {
     }
 
     /// Marks the node as dead or alive based on the current phi value.
+    #[cfg(test)]
     pub fn update_node_liveness(&mut self, chitchat_id: &ChitchatId) {
+        self.update_node_liveness_with(chitchat_id, self.config.phi_threshold);
+    }
+
+    /// shoal patch: as [`Self::update_node_liveness`], with the threshold given.
+    pub fn update_node_liveness_with(&mut self, chitchat_id: &ChitchatId, phi_threshold: f64) {
         let phi_opt = self.phi(chitchat_id);
         let is_alive = phi_opt
-            .map(|phi| phi <= self.config.phi_threshold)
+            .map(|phi| phi <= phi_threshold)
             .unwrap_or(false);
         debug!(node_id=%chitchat_id.node_id, phi=?phi_opt, is_alive=is_alive, "computing node liveness");
         if is_alive {

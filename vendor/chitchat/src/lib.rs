@@ -109,6 +109,10 @@ pub struct Chitchat {
     /// shoal patch: nodes found dead here (by phi, or by a `Dead` message
     /// taken) since the server last asked: it passes them on.
     newly_dead: Vec<ChitchatId>,
+    /// shoal patch: when liveness was last checked, and whether this member
+    /// had been stalled before that check (see `update_nodes_liveness`).
+    last_liveness_check: Option<tokio::time::Instant>,
+    stalled: bool,
 }
 
 impl Chitchat {
@@ -130,6 +134,8 @@ impl Chitchat {
             answered: HashMap::new(),
             news: false,
             newly_dead: Vec::new(),
+            last_liveness_check: None,
+            stalled: false,
         };
 
         let self_node_state = chitchat.self_node_state();
@@ -281,6 +287,9 @@ impl Chitchat {
                 // this member has heard nothing of for a while itself (phi
                 // at least 3/4 of the threshold): a peer that merely stalled
                 // cannot take out a node others hear from.
+                if self.stalled {
+                    return None;
+                }
                 let accept = self.config.failure_detector_config.phi_threshold * 0.75;
                 let mut taken = Vec::new();
                 for id in nodes {
@@ -354,10 +363,23 @@ impl Chitchat {
         // shoal patch: forget answers of peers long silent (bounded map).
         let forget_after = self.config.failure_detector_config.max_interval * 30;
         self.answered.retain(|_, at| at.elapsed() < forget_after);
+        // shoal patch (local health, after Lifeguard): a member that was
+        // itself stalled — starved of CPU, paused — has heard nothing from
+        // anyone meanwhile, through no fault of theirs; until it is on time
+        // again, it takes a node as dead only at twice the threshold, and
+        // takes no death notice from others.
+        let now = tokio::time::Instant::now();
+        let threshold = self.config.failure_detector_config.phi_threshold;
+        self.stalled = self
+            .last_liveness_check
+            .is_some_and(|at| now.duration_since(at) > self.config.gossip_interval * 3);
+        self.last_liveness_check = Some(now);
+        let threshold = if self.stalled { threshold * 2.0 } else { threshold };
         for chitchat_id in self.cluster_state.nodes() {
             if chitchat_id != self.self_chitchat_id() {
                 let was_live = self.failure_detector.is_live(chitchat_id);
-                self.failure_detector.update_node_liveness(chitchat_id);
+                self.failure_detector
+                    .update_node_liveness_with(chitchat_id, threshold);
                 if was_live && !self.failure_detector.is_live(chitchat_id) {
                     self.newly_dead.push(chitchat_id.clone());
                 }

@@ -289,9 +289,8 @@ impl Server {
             // not us): a branching rumor that reaches every member in a few
             // network round trips.
             let spread_to = if chitchat.take_news() {
-                // Liveness (and the live set's watchers) at once, but at
-                // most every fifth of a round: a burst of joins brings news
-                // in most messages, and each update walks every node.
+                // At most every fifth of a round: a burst of joins brings
+                // news in most messages, and each update walks every node.
                 let now = time::Instant::now();
                 let every = chitchat.config.gossip_interval / 5;
                 if self
@@ -300,13 +299,15 @@ impl Server {
                 {
                     self.news_liveness_at = Some(now);
                     chitchat.update_nodes_liveness();
+                    let me = chitchat.self_chitchat_id().gossip_advertise_addr;
+                    chitchat
+                        .live_nodes()
+                        .map(|id| id.gossip_advertise_addr)
+                        .filter(|addr| *addr != me && *addr != from_addr)
+                        .sample(&mut self.rng, RUMOR_FANOUT)
+                } else {
+                    Vec::new()
                 }
-                let me = chitchat.self_chitchat_id().gossip_advertise_addr;
-                chitchat
-                    .live_nodes()
-                    .map(|id| id.gossip_advertise_addr)
-                    .filter(|addr| *addr != me && *addr != from_addr)
-                    .sample(&mut self.rng, RUMOR_FANOUT)
             } else {
                 Vec::new()
             };
