@@ -29,6 +29,7 @@ use crate::body::ProxyBody;
 use crate::error::{error_chain, error_response};
 use crate::headers::{forwarded_prefix, strip_hop_by_hop, upstream_headers};
 use crate::outcome::{Budget, note_failure};
+use crate::pool::PoolError;
 use crate::proxy::Call;
 use crate::replay::Replay;
 use crate::state::Gateway;
@@ -272,15 +273,7 @@ pub async fn forward(
                 (Failure::NotSent, None)
             }
             Ok(Err(err)) => {
-                last_error = Some(error_response(
-                    StatusCode::BAD_GATEWAY,
-                    &format!(
-                        "{name} at {} failed: {}",
-                        endpoint.addr(),
-                        error_chain(&err)
-                    ),
-                    path,
-                ));
+                last_error = Some(exchange_failed(name, &endpoint, &err, path));
                 (Failure::Broken, None)
             }
             Err(_) => {
@@ -309,6 +302,20 @@ pub async fn forward(
             None => give_up(last_error, StatusCode::BAD_GATEWAY, "upstream failed"),
         };
     }
+}
+
+/// The 502 for an exchange with an instance that failed once connected.
+pub fn exchange_failed(
+    name: &str,
+    endpoint: &Endpoint,
+    err: &PoolError,
+    path: &str,
+) -> Response<ProxyBody> {
+    error_response(
+        StatusCode::BAD_GATEWAY,
+        &format!("{name} at {} failed: {}", endpoint.addr(), error_chain(err)),
+        path,
+    )
 }
 
 /// Whether one more attempt may go: attempts left, another instance to try,

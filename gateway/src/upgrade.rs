@@ -17,11 +17,11 @@ use tracing::{debug, warn};
 use crate::admission::Verdict;
 use crate::balance;
 use crate::body::ProxyBody;
-use crate::error::{error_chain, error_response};
+use crate::error::error_response;
 use crate::headers::{forwarded_prefix, strip_hop_by_hop, upstream_headers};
 use crate::outcome::note_failure;
 use crate::proxy::Call;
-use crate::retry::{upstream_path_and_query, upstream_uri};
+use crate::retry::{exchange_failed, upstream_path_and_query, upstream_uri};
 use crate::state::Gateway;
 use crate::upstreams::ServiceState;
 
@@ -120,15 +120,7 @@ pub async fn forward(
             Ok(Err(err)) => {
                 note_failure(&gw.config.resilience, service, &endpoint, Instant::now());
                 return (
-                    error_response(
-                        StatusCode::BAD_GATEWAY,
-                        &format!(
-                            "{name} at {} failed: {}",
-                            endpoint.addr(),
-                            error_chain(&err)
-                        ),
-                        path,
-                    ),
+                    exchange_failed(name, &endpoint, &err, path),
                     Verdict::Failure,
                 );
             }

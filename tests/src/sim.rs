@@ -276,3 +276,30 @@ pub async fn spawn_member(
         gossip,
     })
 }
+
+/// Polls every 5 ms (simulated) until every member of `observers` satisfies
+/// `pred`; returns the simulated time the last one did, from `since`.
+pub async fn until_all<'a>(
+    observers: &'a [SimMember],
+    since: Instant,
+    timeout: Duration,
+    pred: impl AsyncFn(&'a SimMember) -> bool,
+) -> Option<f64> {
+    let mut pending: Vec<&SimMember> = observers.iter().collect();
+    loop {
+        let mut still = Vec::with_capacity(pending.len());
+        for m in pending {
+            if !pred(m).await {
+                still.push(m);
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            return Some(since.elapsed().as_secs_f64());
+        }
+        if since.elapsed() > timeout {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

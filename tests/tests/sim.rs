@@ -9,7 +9,7 @@ use std::time::Duration;
 use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 use shoal_node::key::{ClusterKey, KeyRing};
 use shoal_node::transport::{Sealer, Wire};
-use shoal_tests::sim::{SimMember, SimNet, ip, spawn_member};
+use shoal_tests::sim::{SimMember, SimNet, ip, spawn_member, until_all};
 use tokio::time::Instant;
 
 /// `SHOAL_CLUSTER`'s default.
@@ -26,42 +26,26 @@ async fn cluster(
         members.push(spawn_member(net, i, key, &settings(i)).await.unwrap());
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let t0 = Instant::now();
-    loop {
-        let mut all = true;
-        for m in &members {
-            all &= m.live_count().await == n;
-        }
-        if all {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "{n} members did not converge in 30 simulated seconds"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_all(
+        &members,
+        Instant::now(),
+        Duration::from_secs(30),
+        async |m| m.live_count().await == n,
+    )
+    .await
+    .unwrap_or_else(|| panic!("{n} members did not converge in 30 simulated seconds"));
     members
 }
 
-/// Simulated seconds until every member of `members` says `pred`.
-async fn until_all(
+/// Simulated seconds until every member of `members` says `pred`, at most `limit`.
+async fn within(
     members: &[SimMember],
     limit: Duration,
     pred: impl AsyncFn(&SimMember) -> bool,
 ) -> f64 {
-    let t0 = Instant::now();
-    loop {
-        let mut all = true;
-        for m in members {
-            all &= pred(m).await;
-        }
-        if all {
-            return t0.elapsed().as_secs_f64();
-        }
-        assert!(t0.elapsed() < limit, "not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_all(members, Instant::now(), limit, pred)
+        .await
+        .unwrap_or_else(|| panic!("not within {limit:?}"))
 }
 
 fn key() -> String {
@@ -90,7 +74,7 @@ async fn forty_members_join_and_detect_within_the_budgets() {
     for trial in 0..4 {
         let newcomer = spawn_member(&net, 100 + trial, &key, &[]).await.unwrap();
         let node = newcomer.node.clone();
-        let join = until_all(&members, Duration::from_secs(5), async |m| {
+        let join = within(&members, Duration::from_secs(5), async |m| {
             m.sees(&node).await
         })
         .await;
@@ -99,7 +83,7 @@ async fn forty_members_join_and_detect_within_the_budgets() {
 
         let dead = members.remove(3 + trial * 5);
         dead.kill(&net);
-        let gone = until_all(&members, Duration::from_secs(5), async |m| {
+        let gone = within(&members, Duration::from_secs(5), async |m| {
             !m.sees(&dead.node).await
         })
         .await;
@@ -189,7 +173,7 @@ async fn members_converge_and_detect_under_packet_loss() {
     let mut members = cluster(&net, &key, 24, |_| Vec::new()).await;
     let dead = members.remove(9);
     dead.kill(&net);
-    let gone = until_all(&members, Duration::from_secs(5), async |m| {
+    let gone = within(&members, Duration::from_secs(5), async |m| {
         !m.sees(&dead.node).await
     })
     .await;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use shoal_node::key::ClusterKey;
-use shoal_tests::sim::{SimMember, SimNet, spawn_member};
+use shoal_tests::sim::{SimMember, SimNet, spawn_member, until_all};
 use tokio::time::Instant;
 
 #[derive(Parser)]
@@ -61,33 +61,6 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// Polls every 5 ms (simulated) until every member of `observers` satisfies
-/// `pred`; returns the simulated time the last one did, from `since`.
-async fn until_all<'a>(
-    observers: &'a [SimMember],
-    since: Instant,
-    timeout: Duration,
-    pred: impl AsyncFn(&'a SimMember) -> bool,
-) -> Option<f64> {
-    let mut pending: Vec<&SimMember> = observers.iter().collect();
-    loop {
-        let mut still = Vec::with_capacity(pending.len());
-        for m in pending {
-            if !pred(m).await {
-                still.push(m);
-            }
-        }
-        pending = still;
-        if pending.is_empty() {
-            return Some(since.elapsed().as_secs_f64());
-        }
-        if since.elapsed() > timeout {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 struct Row {

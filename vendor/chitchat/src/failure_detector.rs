@@ -116,11 +116,6 @@ impl FailureDetector {
         }
     }
 
-    /// shoal patch: the current phi of `chitchat_id`, if it has one.
-    pub fn phi_of(&self, chitchat_id: &ChitchatId) -> Option<f64> {
-        self.phi(chitchat_id)
-    }
-
     /// shoal patch: whether `chitchat_id` is live.
     pub fn is_live(&self, chitchat_id: &ChitchatId) -> bool {
         self.live_nodes.contains(chitchat_id)
@@ -151,7 +146,8 @@ impl FailureDetector {
     /// Returns the current phi value of a node.
     ///
     /// If we have received less than 2 heartbeat, `phi()` returns `None`.
-    fn phi(&self, chitchat_id: &ChitchatId) -> Option<f64> {
+    /// (shoal patch: crate-visible, for `Dead` messages.)
+    pub(crate) fn phi(&self, chitchat_id: &ChitchatId) -> Option<f64> {
         self.node_samples.get(chitchat_id)?.phi()
     }
 

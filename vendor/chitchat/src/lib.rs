@@ -103,8 +103,9 @@ pub struct Chitchat {
     /// shoal patch: when each peer last answered us (a SYN-ACK to our SYN,
     /// an ACK to our SYN-ACK): proof that it receives.
     answered: HashMap<SocketAddr, tokio::time::Instant>,
-    /// shoal patch: a node unknown until now was heard of since the server
-    /// last asked (see [`Chitchat::take_news`]).
+    /// shoal patch: news (a node unknown until now, or a sign of life of a
+    /// node not live) came since the server last asked (see
+    /// [`Chitchat::take_news`]).
     news: bool,
     /// shoal patch: nodes found dead here (by phi, or by a `Dead` message
     /// taken) since the server last asked: it passes them on.
@@ -298,7 +299,7 @@ impl Chitchat {
                     }
                     if self
                         .failure_detector
-                        .phi_of(&id)
+                        .phi(&id)
                         .is_some_and(|phi| phi >= accept)
                     {
                         self.failure_detector.mark_dead(&id);

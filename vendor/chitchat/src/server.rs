@@ -17,8 +17,6 @@ use crate::message::{ChitchatEnvelope, ChitchatMessage};
 use crate::transport::{RecvOutcome, Socket, Transport};
 use crate::{Chitchat, ChitchatConfig, ChitchatId};
 
-/// Number of nodes picked for random gossip.
-
 /// UDP Chitchat server handler.
 ///
 /// It is necessary to hold (and not drop) the handler
@@ -212,7 +210,8 @@ impl ChitchatHandle {
     }
 }
 
-/// shoal patch: how many peers news of a new node goes on to at once.
+/// shoal patch: how many peers news (a new node, a node back, a death) goes
+/// on to at once.
 const RUMOR_FANOUT: usize = 2;
 
 /// UDP server for Chitchat communication.
@@ -299,12 +298,7 @@ impl Server {
                 {
                     self.news_liveness_at = Some(now);
                     chitchat.update_nodes_liveness();
-                    let me = chitchat.self_chitchat_id().gossip_advertise_addr;
-                    chitchat
-                        .live_nodes()
-                        .map(|id| id.gossip_advertise_addr)
-                        .filter(|addr| *addr != me && *addr != from_addr)
-                        .sample(&mut self.rng, RUMOR_FANOUT)
+                    rumor_peers(&chitchat, &mut self.rng, Some(from_addr))
                 } else {
                     Vec::new()
                 }
@@ -407,12 +401,7 @@ impl Server {
             if version < crate::message::ProtocolVersion::V2 {
                 return;
             }
-            let me = chitchat.self_chitchat_id().gossip_advertise_addr;
-            let peers: Vec<SocketAddr> = chitchat
-                .live_nodes()
-                .map(|id| id.gossip_advertise_addr)
-                .filter(|addr| *addr != me && Some(*addr) != except)
-                .sample(&mut self.rng, RUMOR_FANOUT);
+            let peers = rumor_peers(&chitchat, &mut self.rng, except);
             (version, chitchat.cluster_id().to_string(), peers)
         };
         for peer in peers {
@@ -442,6 +431,21 @@ impl Server {
         self.transport.send(addr, syn).await?;
         Ok(())
     }
+}
+
+/// shoal patch: `RUMOR_FANOUT` live peers to pass news on to, at random,
+/// neither this node nor `except` (the peer the news came from).
+fn rumor_peers(
+    chitchat: &Chitchat,
+    rng: &mut SmallRng,
+    except: Option<SocketAddr>,
+) -> Vec<SocketAddr> {
+    let me = chitchat.self_chitchat_id().gossip_advertise_addr;
+    chitchat
+        .live_nodes()
+        .map(|id| id.gossip_advertise_addr)
+        .filter(|addr| *addr != me && Some(*addr) != except)
+        .sample(rng, RUMOR_FANOUT)
 }
 
 #[derive(Debug)]
