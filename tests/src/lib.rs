@@ -555,6 +555,31 @@ pub async fn gateway_metric(client: &reqwest::Client, gateway: SocketAddr, name:
         .sum()
 }
 
+/// Sends 300 sequential GETs to `url` (which answers with the replica's
+/// name) and asserts that `replicas` replicas share them evenly: each gets
+/// 70–130. The balancer is latency-aware by design (peak EWMA): on a loaded
+/// machine one slow answer rightly keeps a replica out for a few seconds, so
+/// an uneven window is measured again, up to three windows; a balancer that
+/// is really uneven fails all three.
+pub async fn assert_even_spread(client: &reqwest::Client, url: &str, replicas: usize) {
+    let mut windows = Vec::new();
+    for _ in 0..3 {
+        let mut hosts: HashMap<String, usize> = HashMap::new();
+        for _ in 0..300 {
+            let r = client.get(url).send().await.expect("request");
+            assert_eq!(r.status(), 200, "{url}");
+            *hosts.entry(r.text().await.unwrap_or_default()).or_default() += 1;
+        }
+        eprintln!("spread over replicas: {hosts:?}");
+        let even = hosts.len() == replicas && hosts.values().all(|n| (70..=130).contains(n));
+        if even {
+            return;
+        }
+        windows.push(hosts);
+    }
+    panic!("uneven in three windows of 300 requests: {windows:?}");
+}
+
 /// Starts `shoal local` (the README's first command) with `args` and waits
 /// until it says everything is up and routable.
 pub fn start_local(net: &Net, args: &[&str]) -> Proc {
