@@ -258,11 +258,14 @@ pub enum GossipProtocol {
     V0,
     /// Compressed digests.
     V1,
-    /// Compressed digests; a reply's digest lists only what the asker lacks
-    /// (default). Members on V2 and V1 understand each other only through
-    /// V1 messages: set `v1` everywhere while upgrading from a release that
-    /// spoke V1.
+    /// Compressed digests; a reply's digest lists only what the asker lacks.
     V2,
+    /// V2, and digests go by position in the member set when both sides
+    /// know the same members, naming none (default). A member answers in
+    /// the version it was asked in, and speaks to a peer the older version
+    /// it last heard from it: members of releases speaking V1 or V2 and V3
+    /// form one cluster during a rolling upgrade.
+    V3,
 }
 
 /// Gossip and failure-detection timings.
@@ -321,7 +324,7 @@ pub struct NodeConfig {
     /// Keys that seal the gossip (`SHOAL_CLUSTER_KEY` / `SHOAL_CLUSTER_KEY_FILE`);
     /// `None` only when `SHOAL_INSECURE=true`.
     pub keys: Option<KeyRing>,
-    /// Wire format of the gossip (`SHOAL_GOSSIP_PROTOCOL`, v0, v1 or v2).
+    /// Wire format of the gossip (`SHOAL_GOSSIP_PROTOCOL`, v0, v1, v2 or v3).
     pub protocol: GossipProtocol,
     /// Size of the datagrams gossip messages are filled up to, seal
     /// included (`SHOAL_GOSSIP_MTU`, default [`DEFAULT_GOSSIP_MTU`]).
@@ -381,10 +384,11 @@ impl NodeConfig {
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
-            None | Some("v2") => GossipProtocol::V2,
+            None | Some("v3") => GossipProtocol::V3,
+            Some("v2") => GossipProtocol::V2,
             Some("v1") => GossipProtocol::V1,
             Some("v0") => GossipProtocol::V0,
-            Some(other) => return Err(invalid("SHOAL_GOSSIP_PROTOCOL", other, "v0, v1 or v2")),
+            Some(other) => return Err(invalid("SHOAL_GOSSIP_PROTOCOL", other, "v0, v1, v2 or v3")),
         };
         let hostname = match env.get("SHOAL_HOSTNAME") {
             Some(h) => h.to_string(),

@@ -78,6 +78,47 @@ pub struct GossipStats {
     pub packets_oversized: AtomicU64,
     /// Datagrams not sent because they exceed the UDP limit even alone.
     pub packets_dropped_oversized: AtomicU64,
+    /// Bytes sent (sealed) by message kind, indexed by [`MessageKind`]:
+    /// where the gossip bytes go.
+    pub bytes_sent_by_kind: [AtomicU64; MessageKind::ALL.len()],
+}
+
+/// The kinds of gossip message, for [`GossipStats::bytes_sent_by_kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// A round's opening: the sender's digest.
+    Syn,
+    /// The answer: a digest (a diff from V2 on) and a delta.
+    SynAck,
+    /// The closing delta.
+    Ack,
+    /// Death notices (V2), resync requests (V3) and wrong-cluster refusals.
+    Other,
+}
+
+impl MessageKind {
+    /// Every kind, in index order.
+    pub const ALL: [MessageKind; 4] = [Self::Syn, Self::SynAck, Self::Ack, Self::Other];
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Syn => "syn",
+            Self::SynAck => "syn-ack",
+            Self::Ack => "ack",
+            Self::Other => "other",
+        }
+    }
+
+    fn of(message: &chitchat::ChitchatMessage) -> Self {
+        use chitchat::ChitchatMessage as M;
+        match message {
+            M::Syn { .. } | M::SynCompact { .. } => Self::Syn,
+            M::SynAck { .. } | M::SynAckCompact { .. } => Self::SynAck,
+            M::Ack { .. } => Self::Ack,
+            _ => Self::Other,
+        }
+    }
 }
 
 impl GossipStats {
@@ -329,6 +370,7 @@ impl Socket for SealedSocket {
     ) -> anyhow::Result<SendOutcome> {
         self.plain.clear();
         envelope.serialize(&mut self.plain);
+        let kind = MessageKind::of(&envelope.message);
         let sealed;
         let datagram: &[u8] = match &self.sealer {
             Some(sealer) => {
@@ -354,6 +396,7 @@ impl Socket for SealedSocket {
                     .fetch_max(n as u64, Ordering::Relaxed);
                 GossipStats::add(&self.stats.packets_sent, 1);
                 GossipStats::add(&self.stats.bytes_sent, n);
+                GossipStats::add(&self.stats.bytes_sent_by_kind[kind as usize], n);
                 Ok(SendOutcome { num_bytes_sent: n })
             }
             // A peer that went away, or a full buffer: gossip is lossy by design.

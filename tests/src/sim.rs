@@ -194,6 +194,16 @@ impl SimMember {
         self.gossip.stats.bytes_sent.load(Ordering::Relaxed)
     }
 
+    /// Bytes of gossip it has sent, by message kind
+    /// ([`shoal_node::transport::MessageKind::ALL`] order).
+    pub fn bytes_sent_by_kind(&self) -> Vec<u64> {
+        let s = &self.gossip.stats;
+        s.bytes_sent_by_kind
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// The largest datagram it has sent.
     pub fn largest_datagram(&self) -> u64 {
         self.gossip.stats.largest_datagram.load(Ordering::Relaxed)

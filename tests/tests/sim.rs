@@ -59,8 +59,10 @@ async fn forty_members_join_and_detect_within_the_budgets() {
     let mut members = cluster(&net, &key, 40, |_| Vec::new()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // Idle cost per member (measured at N = 40: ~22 KB/s; 43 before V2 and
-    // millisecond generations).
+    // Idle cost per member (measured at N = 40: ~9 KB/s; 22 with V2's
+    // named digests, 43 before V2 and millisecond generations). Positional
+    // digests that fell back to named ones (a resync every round) would
+    // be over the budget.
     let before: Vec<u64> = members.iter().map(SimMember::bytes_sent).collect();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let sent: u64 = members
@@ -69,7 +71,8 @@ async fn forty_members_join_and_detect_within_the_budgets() {
         .map(|(m, b)| m.bytes_sent() - b)
         .sum();
     let per_member = sent as f64 / 40.0 / 5.0 / 1000.0;
-    assert!(per_member < 30.0, "{per_member:.1} KB/s per member");
+    eprintln!("idle gossip at N = 40: {per_member:.1} KB/s per member");
+    assert!(per_member < 15.0, "{per_member:.1} KB/s per member");
 
     for trial in 0..4 {
         let newcomer = spawn_member(&net, 100 + trial, &key, &[]).await.unwrap();
@@ -137,14 +140,15 @@ async fn news_of_the_death_of_a_live_member_is_ignored() {
     }
 }
 
-/// Members on protocol V1 (an older release) and V2 still form one
-/// cluster: the V1 members' exchanges carry both ways.
+/// Members on protocols V1 and V2 (older releases) and V3 still form one
+/// cluster: each answers in the version it was asked, and speaks to a peer
+/// the older version it heard from it.
 #[tokio::test(start_paused = true)]
-async fn v1_and_v2_members_form_one_cluster() {
+async fn v1_v2_and_v3_members_form_one_cluster() {
     let net = SimNet::new(Duration::from_millis(1), 0.0, 9);
     let key = key();
-    let members = cluster(&net, &key, 16, |i| {
-        let protocol = if i % 2 == 0 { "v1" } else { "v2" };
+    let members = cluster(&net, &key, 18, |i| {
+        let protocol = ["v1", "v2", "v3"][i % 3];
         vec![("SHOAL_GOSSIP_PROTOCOL".to_string(), protocol.to_string())]
     })
     .await;

@@ -21,7 +21,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.gossip_port, DEFAULT_GOSSIP_PORT);
     assert_eq!(c.advertise, AdvertiseSpec::Auto);
     assert_eq!(c.cluster, "shoal");
-    assert_eq!(c.protocol, GossipProtocol::V2);
+    assert_eq!(c.protocol, GossipProtocol::V3);
     assert_eq!(c.timings, Timings::default());
     assert_eq!(
         (c.timings.gossip_interval, c.timings.gossip_fanout),
@@ -81,7 +81,7 @@ fn every_bad_value_names_variable_value_and_what_is_accepted() {
         ("SHOAL_GOSSIP_INTERVAL", "fast", "duration"),
         ("SHOAL_GOSSIP_INTERVAL", "1ms", "between 10ms and 10s"),
         ("SHOAL_PHI_THRESHOLD", "0.5", "between 1 and 32"),
-        ("SHOAL_GOSSIP_PROTOCOL", "v9", "v0, v1 or v2"),
+        ("SHOAL_GOSSIP_PROTOCOL", "v9", "v0, v1, v2 or v3"),
         ("SHOAL_GOSSIP_FANOUT", "0", "between 1 and 16"),
         ("SHOAL_GOSSIP_FANOUT", "three", "between 1 and 16"),
         ("SHOAL_INSECURE", "maybe", "true or false"),

@@ -4,7 +4,8 @@
 //! - join: a new member in every view (p50/p99 over trials),
 //! - SIGKILL → gone: a killed member out of every other view (p50/p99),
 //! - gossip sent per member (KB/s over 10 s of an idle cluster), the
-//!   largest datagram, and datagrams over the MTU.
+//!   largest datagram, and datagrams over the MTU (and, on stderr, the
+//!   share of each message kind in those bytes).
 //!
 //! Usage: `sim-membership [--loss P] [--trials K] [--set VAR=VALUE]... N...`
 //! (`--set` passes a `SHOAL_*` setting to every member, e.g.
@@ -15,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use shoal_node::key::ClusterKey;
+use shoal_node::transport::MessageKind;
 use shoal_tests::sim::{SimMember, SimNet, spawn_member, until_all};
 use tokio::time::Instant;
 
@@ -73,6 +75,8 @@ struct Row {
     oversized: u64,
     dropped: u64,
     failed_trials: usize,
+    /// Bytes sent in the idle window, by message kind.
+    by_kind: Vec<u64>,
 }
 
 async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
@@ -97,6 +101,7 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before: Vec<u64> = members.iter().map(SimMember::bytes_sent).collect();
+    let kinds_before = bytes_by_kind(&members);
     let window = Duration::from_secs(args.window.unwrap_or(if n >= 500 { 4 } else { 10 }));
     tokio::time::sleep(window).await;
     let sent: u64 = members
@@ -105,6 +110,11 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
         .map(|(m, b)| m.bytes_sent() - b)
         .sum();
     let kb_per_s = sent as f64 / n as f64 / window.as_secs_f64() / 1000.0;
+    let by_kind: Vec<u64> = bytes_by_kind(&members)
+        .iter()
+        .zip(&kinds_before)
+        .map(|(a, b)| a - b)
+        .collect();
 
     let trials = args.trials.unwrap_or(match n {
         500.. => 3,
@@ -159,7 +169,19 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
         oversized,
         dropped,
         failed_trials: failed,
+        by_kind,
     })
+}
+
+/// Bytes sent by all `members`, by message kind.
+fn bytes_by_kind(members: &[SimMember]) -> Vec<u64> {
+    let mut total = vec![0; MessageKind::ALL.len()];
+    for m in members {
+        for (t, b) in total.iter_mut().zip(m.bytes_sent_by_kind()) {
+            *t += b;
+        }
+    }
+    total
 }
 
 fn main() -> anyhow::Result<()> {
@@ -210,8 +232,15 @@ fn main() -> anyhow::Result<()> {
             row.converged_s,
             row.failed_trials,
         );
+        let total: u64 = row.by_kind.iter().sum::<u64>().max(1);
+        let shares: Vec<String> = MessageKind::ALL
+            .iter()
+            .zip(&row.by_kind)
+            .map(|(k, b)| format!("{} {:.0} %", k.name(), *b as f64 * 100.0 / total as f64))
+            .collect();
         eprintln!(
-            "N={n}: joins {:?} kills {:?} ({:.0} s of real time)",
+            "N={n}: bytes by kind: {}; joins {:?} kills {:?} ({:.0} s of real time)",
+            shares.join(", "),
             row.joins
                 .iter()
                 .map(|s| (s * 1000.0).round() / 1000.0)

@@ -118,7 +118,7 @@ impl Digest {
     pub(crate) fn serialize(&self, protocol_version: ProtocolVersion, buf: &mut Vec<u8>) {
         match protocol_version {
             ProtocolVersion::V0 => self.serialize_v0(buf),
-            ProtocolVersion::V1 | ProtocolVersion::V2 => self.serialize_v1(buf),
+            ProtocolVersion::V1 | ProtocolVersion::V2 | ProtocolVersion::V3 => self.serialize_v1(buf),
         }
     }
 
@@ -132,7 +132,7 @@ impl Digest {
                 }
                 len
             }
-            ProtocolVersion::V1 | ProtocolVersion::V2 => {
+            ProtocolVersion::V1 | ProtocolVersion::V2 | ProtocolVersion::V3 => {
                 let mut buf = Vec::new();
                 self.serialize_v1(&mut buf);
                 buf.len()
@@ -146,7 +146,7 @@ impl Digest {
     ) -> anyhow::Result<Self> {
         match protocol_version {
             ProtocolVersion::V0 => Self::deserialize_v0(buf),
-            ProtocolVersion::V1 | ProtocolVersion::V2 => Self::deserialize_v1(buf),
+            ProtocolVersion::V1 | ProtocolVersion::V2 | ProtocolVersion::V3 => Self::deserialize_v1(buf),
         }
     }
 

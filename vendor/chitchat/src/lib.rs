@@ -1,6 +1,7 @@
 #![allow(clippy::type_complexity)]
 #![allow(clippy::derive_partial_eq_without_eq)]
 
+mod compact;
 mod configuration;
 mod delta;
 mod digest;
@@ -151,13 +152,100 @@ impl Chitchat {
         chitchat
     }
 
-    pub(crate) fn create_syn_message(&self) -> ChitchatMessage {
+    /// The SYN with the full digest (named nodes), whatever the version.
+    pub(crate) fn create_full_syn_message(&self) -> ChitchatMessage {
         let scheduled_for_deletion: HashSet<_> = self.scheduled_for_deletion_nodes().collect();
         let digest = self.compute_digest(&scheduled_for_deletion);
         ChitchatMessage::Syn {
             cluster_id: self.config.cluster_id.clone(),
             digest,
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn create_syn_message(&self) -> ChitchatMessage {
+        self.create_syn_message_for(self.config.protocol_version)
+    }
+
+    /// The SYN to send, in `version`'s form: from V3 on, by position.
+    pub(crate) fn create_syn_message_for(&self, version: ProtocolVersion) -> ChitchatMessage {
+        if version < ProtocolVersion::V3 {
+            return self.create_full_syn_message();
+        }
+        let scheduled_for_deletion: HashSet<_> = self.scheduled_for_deletion_nodes().collect();
+        ChitchatMessage::SynCompact {
+            cluster_id: self.config.cluster_id.clone(),
+            digest: self.compute_digest(&scheduled_for_deletion).to_compact(),
+        }
+    }
+
+    fn bad_cluster(&self, their_cluster_id: &str) -> ChitchatMessage {
+        warn!(
+            our_cluster_id=%self.cluster_id(),
+            their_cluster_id=%their_cluster_id,
+            "received SYN message addressed to a different cluster"
+        );
+        ChitchatMessage::BadCluster
+    }
+
+    /// Takes in a SYN's digest; returns the SYN-ACK's digest and delta.
+    fn answer_syn(
+        &mut self,
+        digest: &Digest,
+        from: Option<SocketAddr>,
+        now: tokio::time::Instant,
+        version: ProtocolVersion,
+    ) -> (Digest, Delta) {
+        let proof_window = self.config.failure_detector_config.initial_interval * 10;
+        let sender_answered = from.is_some_and(|from| {
+            self.answered
+                .get(&from)
+                .is_some_and(|at| now.duration_since(*at) <= proof_window)
+        });
+        for (chitchat_id, node_digest) in &digest.node_digests {
+            let is_sender = from == Some(chitchat_id.gossip_advertise_addr);
+            let known = self.cluster_state.node_state(chitchat_id).is_some();
+            if is_sender && known && !sender_answered {
+                continue;
+            }
+            self.report_heartbeat(chitchat_id, node_digest.heartbeat);
+        }
+        let scheduled_for_deletion: HashSet<_> = self.scheduled_for_deletion_nodes().collect();
+        let mut self_digest = self.compute_digest(&scheduled_for_deletion);
+        // shoal patch: from V2 on, only what the initiator needs.
+        if version >= ProtocolVersion::V2 {
+            self_digest = self_digest.diff_against(digest);
+        }
+        let delta = self.cluster_state.compute_partial_delta_respecting_mtu(
+            digest,
+            delta_mtu(
+                self.config.max_message_len,
+                self_digest.serialized_len(version),
+            ),
+            &scheduled_for_deletion,
+        );
+        (self_digest, delta)
+    }
+
+    /// Takes in a SYN-ACK; returns the ACK.
+    fn answer_syn_ack(
+        &mut self,
+        digest: &Digest,
+        delta: Delta,
+        version: ProtocolVersion,
+    ) -> ChitchatMessage {
+        self.report_heartbeats_in_digest(digest);
+        self.process_delta(delta);
+        let scheduled_for_deletion = self.scheduled_for_deletion_nodes().collect::<HashSet<_>>();
+        // shoal patch: a V2 digest leaves out what the peer has as up to
+        // date as we do.
+        let delta = self.cluster_state.compute_delta_for(
+            digest,
+            delta_mtu(self.config.max_message_len, 0),
+            &scheduled_for_deletion,
+            version >= ProtocolVersion::V2,
+        );
+        ChitchatMessage::Ack { delta }
     }
 
     /// Digest contains important information about the list of members in
@@ -216,62 +304,48 @@ impl Chitchat {
         match msg {
             ChitchatMessage::Syn { cluster_id, digest } => {
                 if cluster_id != self.cluster_id() {
-                    warn!(
-                        our_cluster_id=%self.cluster_id(),
-                        their_cluster_id=%cluster_id,
-                        "received SYN message addressed to a different cluster"
-                    );
-                    return Some(ChitchatMessage::BadCluster);
+                    return Some(self.bad_cluster(&cluster_id));
                 }
-                let proof_window = self.config.failure_detector_config.initial_interval * 10;
-                let sender_answered = from.is_some_and(|from| {
-                    self.answered
-                        .get(&from)
-                        .is_some_and(|at| now.duration_since(*at) <= proof_window)
-                });
-                for (chitchat_id, node_digest) in &digest.node_digests {
-                    let is_sender = from == Some(chitchat_id.gossip_advertise_addr);
-                    let known = self.cluster_state.node_state(chitchat_id).is_some();
-                    if is_sender && known && !sender_answered {
-                        continue;
-                    }
-                    self.report_heartbeat(chitchat_id, node_digest.heartbeat);
+                let (digest, delta) = self.answer_syn(&digest, from, now, version);
+                Some(ChitchatMessage::SynAck { digest, delta })
+            }
+            // shoal patch (V3): a digest by position in the node set.
+            ChitchatMessage::SynCompact { cluster_id, digest } => {
+                if cluster_id != self.cluster_id() {
+                    return Some(self.bad_cluster(&cluster_id));
                 }
                 let scheduled_for_deletion: HashSet<_> =
                     self.scheduled_for_deletion_nodes().collect();
-                let mut self_digest = self.compute_digest(&scheduled_for_deletion);
-                // shoal patch: from V2 on, only what the initiator needs.
-                if version >= ProtocolVersion::V2 {
-                    self_digest = self_digest.diff_against(&digest);
-                }
-                let delta = self.cluster_state.compute_partial_delta_respecting_mtu(
-                    &digest,
-                    delta_mtu(
-                        self.config.max_message_len,
-                        self_digest.serialized_len(version),
-                    ),
-                    &scheduled_for_deletion,
-                );
-                Some(ChitchatMessage::SynAck {
-                    digest: self_digest,
+                let set = self.compute_digest(&scheduled_for_deletion);
+                let Some(digest) = digest.resolve(&set) else {
+                    // Our sets differ (a join or a death on its way): the
+                    // initiator sends its full digest.
+                    return Some(ChitchatMessage::Resync);
+                };
+                let (diff, delta) = self.answer_syn(&digest, from, now, version);
+                Some(ChitchatMessage::SynAckCompact {
+                    digest: diff.to_compact_within(&set),
                     delta,
                 })
             }
             ChitchatMessage::SynAck { digest, delta } => {
-                self.report_heartbeats_in_digest(&digest);
-                self.process_delta(delta);
-                let scheduled_for_deletion =
-                    self.scheduled_for_deletion_nodes().collect::<HashSet<_>>();
-                // shoal patch: a V2 digest leaves out what the peer has as
-                // up to date as we do.
-                let delta = self.cluster_state.compute_delta_for(
-                    &digest,
-                    delta_mtu(self.config.max_message_len, 0),
-                    &scheduled_for_deletion,
-                    version >= ProtocolVersion::V2,
-                );
-                Some(ChitchatMessage::Ack { delta })
+                Some(self.answer_syn_ack(&digest, delta, version))
             }
+            ChitchatMessage::SynAckCompact { digest, delta } => {
+                let scheduled_for_deletion: HashSet<_> =
+                    self.scheduled_for_deletion_nodes().collect();
+                let set = self.compute_digest(&scheduled_for_deletion);
+                match digest.resolve(&set) {
+                    Some(digest) => Some(self.answer_syn_ack(&digest, delta, version)),
+                    // Our set changed since the SYN: the delta still holds,
+                    // the positions no longer do.
+                    None => {
+                        self.process_delta(delta);
+                        None
+                    }
+                }
+            }
+            ChitchatMessage::Resync => Some(self.create_full_syn_message()),
             ChitchatMessage::Ack { delta } => {
                 self.process_delta(delta);
                 None
@@ -882,6 +956,55 @@ mod tests {
         }
         run_chitchat_handshake(&mut node1, &mut node2);
         assert_nodes_sync(&[&node1, &node2]);
+    }
+
+    /// shoal patch (V3): members that know different sets resync with a
+    /// full digest; then digests go by position and still carry updates.
+    #[test]
+    fn test_chitchat_handshake_v3_positional() {
+        let empty_seeds = watch::channel(Default::default()).1;
+        let mut config1 = ChitchatConfig::for_test(10_001);
+        config1.protocol_version = ProtocolVersion::V3;
+        let mut config2 = ChitchatConfig::for_test(10_002);
+        config2.protocol_version = ProtocolVersion::V3;
+        let mut node1 = Chitchat::with_chitchat_id_and_seeds(
+            config1,
+            empty_seeds.clone(),
+            vec![("key1a".to_string(), "1".to_string())],
+        );
+        let mut node2 = Chitchat::with_chitchat_id_and_seeds(
+            config2,
+            empty_seeds,
+            vec![("key1b".to_string(), "1".to_string())],
+        );
+        // Each knows only itself: the positional SYN cannot be read.
+        let syn = node1.create_syn_message();
+        assert!(matches!(syn, ChitchatMessage::SynCompact { .. }));
+        let resync = node2.process_message(syn).unwrap();
+        assert_eq!(resync, ChitchatMessage::Resync);
+        let full_syn = node1.process_message(resync).unwrap();
+        assert!(matches!(full_syn, ChitchatMessage::Syn { .. }));
+        let syn_ack = node2.process_message(full_syn).unwrap();
+        let ack = node1.process_message(syn_ack).unwrap();
+        assert!(node2.process_message(ack).is_none());
+        assert_nodes_sync(&[&node1, &node2]);
+
+        // Same set now: by position, both ways, and a change still travels.
+        node1.self_node_state().set("key1a", "2");
+        node2.self_node_state().set("key2b", "3");
+        let syn = node1.create_syn_message();
+        assert!(matches!(syn, ChitchatMessage::SynCompact { .. }));
+        let syn_ack = node2.process_message(syn).unwrap();
+        assert!(matches!(syn_ack, ChitchatMessage::SynAckCompact { .. }));
+        let ack = node1.process_message(syn_ack).unwrap();
+        assert!(node2.process_message(ack).is_none());
+        assert_nodes_sync(&[&node1, &node2]);
+        assert_eq!(
+            node2
+                .node_state(node1.self_chitchat_id())
+                .and_then(|s| s.get("key1a")),
+            Some("2")
+        );
     }
 
     #[test]

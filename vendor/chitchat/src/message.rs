@@ -31,6 +31,21 @@ pub enum ChitchatMessage {
         cluster_id: String,
         nodes: Vec<crate::ChitchatId>,
     },
+    /// (shoal patch, protocol V3) A SYN whose digest names no node: entries
+    /// by position in the node set both sides share (see `compact`).
+    SynCompact {
+        cluster_id: String,
+        digest: crate::compact::CompactDigest,
+    },
+    /// (shoal patch, protocol V3) The SYN-ACK to a [`Self::SynCompact`]:
+    /// what the initiator needs (a V2 diff), by position.
+    SynAckCompact {
+        digest: crate::compact::CompactDigest,
+        delta: Delta,
+    },
+    /// (shoal patch, protocol V3) The answer to a [`Self::SynCompact`] from a
+    /// member whose node set differs: "send your full digest".
+    Resync,
     /// A message used by tests to trigger a panic
     #[cfg(test)]
     PanicForTest,
@@ -107,6 +122,9 @@ pub enum ProtocolVersion {
     /// what the responder knows newer than the SYN's digest, or lacks: a
     /// node it leaves out, the initiator takes as up to date on its end.
     V2 = 2,
+    /// (shoal patch) V2, and a SYN's and a SYN-ACK's digest go by position
+    /// in the node set when both sides know the same nodes (see `compact`).
+    V3 = 3,
 }
 
 impl ProtocolVersion {
@@ -115,6 +133,7 @@ impl ProtocolVersion {
             0 => Some(Self::V0),
             1 => Some(Self::V1),
             2 => Some(Self::V2),
+            3 => Some(Self::V3),
             _ => None,
         }
     }

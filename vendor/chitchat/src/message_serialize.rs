@@ -28,6 +28,9 @@ enum MessageType {
     Ack = 2u8,
     BadCluster = 3u8,
     Dead = 4u8,
+    SynCompact = 5u8,
+    SynAckCompact = 6u8,
+    Resync = 7u8,
     #[cfg(test)]
     PanicForTest = 255u8,
 }
@@ -40,6 +43,9 @@ impl MessageType {
             2 => Some(Self::Ack),
             3 => Some(Self::BadCluster),
             4 => Some(Self::Dead),
+            5 => Some(Self::SynCompact),
+            6 => Some(Self::SynAckCompact),
+            7 => Some(Self::Resync),
             #[cfg(test)]
             255 => Some(Self::PanicForTest),
             _ => None,
@@ -89,6 +95,19 @@ impl ChitchatEnvelope {
                     node.serialize(buf);
                 }
             }
+            ChitchatMessage::SynCompact { cluster_id, digest } => {
+                buf.push(MessageType::SynCompact.to_code());
+                digest.serialize(false, buf);
+                cluster_id.serialize(buf);
+            }
+            ChitchatMessage::SynAckCompact { digest, delta } => {
+                buf.push(MessageType::SynAckCompact.to_code());
+                digest.serialize(true, buf);
+                delta.serialize(buf);
+            }
+            ChitchatMessage::Resync => {
+                buf.push(MessageType::Resync.to_code());
+            }
             #[cfg(test)]
             ChitchatMessage::PanicForTest => {
                 buf.push(MessageType::PanicForTest.to_code());
@@ -121,6 +140,10 @@ impl ChitchatEnvelope {
                         + 2
                         + nodes.iter().map(|n| n.serialized_len()).sum::<usize>()
                 }
+                ChitchatMessage::SynCompact { .. } | ChitchatMessage::SynAckCompact { .. } => {
+                    self.serialize_to_vec().len() - Self::HEADER_LEN
+                }
+                ChitchatMessage::Resync => 0,
                 #[cfg(test)]
                 ChitchatMessage::PanicForTest => 0,
             }
@@ -174,6 +197,17 @@ impl ChitchatEnvelope {
                 }
                 ChitchatMessage::Dead { cluster_id, nodes }
             }
+            MessageType::SynCompact => {
+                let digest = crate::compact::CompactDigest::deserialize(false, buf)?;
+                let cluster_id = String::deserialize(buf)?;
+                ChitchatMessage::SynCompact { cluster_id, digest }
+            }
+            MessageType::SynAckCompact => {
+                let digest = crate::compact::CompactDigest::deserialize(true, buf)?;
+                let delta = Delta::deserialize(buf)?;
+                ChitchatMessage::SynAckCompact { digest, delta }
+            }
+            MessageType::Resync => ChitchatMessage::Resync,
             #[cfg(test)]
             MessageType::PanicForTest => ChitchatMessage::PanicForTest,
         };

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio::time;
 use tracing::{debug, warn};
 
-use crate::message::{ChitchatEnvelope, ChitchatMessage};
+use crate::message::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 use crate::transport::{RecvOutcome, Socket, Transport};
 use crate::{Chitchat, ChitchatConfig, ChitchatId};
 
@@ -222,7 +222,17 @@ struct Server {
     rng: SmallRng,
     /// shoal patch: when news last updated liveness (see `handle_envelope`).
     news_liveness_at: Option<time::Instant>,
+    /// shoal patch: peers last heard speaking an older protocol version than
+    /// ours (a rolling upgrade): we speak theirs to them, so that they can
+    /// read us.
+    older_peers: std::collections::HashMap<SocketAddr, ProtocolVersion>,
+    /// The version we speak (the configuration's).
+    version: ProtocolVersion,
 }
+
+/// shoal patch: at most this many peers remembered as speaking an older
+/// version (forgotten all at once beyond: they tell us again).
+const MAX_OLDER_PEERS: usize = 4096;
 
 impl Server {
     async fn new(
@@ -231,12 +241,15 @@ impl Server {
         transport: Box<dyn Socket>,
     ) -> Self {
         let rng = SmallRng::from_rng(&mut rng());
+        let version = chitchat.lock().await.config.protocol_version;
         Self {
+            version,
             chitchat,
             command_rx,
             transport,
             rng,
             news_liveness_at: None,
+            older_peers: Default::default(),
         }
     }
 
@@ -278,6 +291,7 @@ impl Server {
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<()> {
         let version = envelope.version;
+        self.note_version(from_addr, version);
         // Handle gossip message from other servers.
         // shoal patch: the sender's address goes along (see `process_message_from`).
         let (response, spread_to) = {
@@ -395,16 +409,19 @@ impl Server {
         if nodes.is_empty() {
             return;
         }
-        let (version, cluster_id, peers) = {
+        if self.version < ProtocolVersion::V2 {
+            return;
+        }
+        let (cluster_id, peers) = {
             let chitchat = self.chitchat.lock().await;
-            let version = chitchat.config.protocol_version;
-            if version < crate::message::ProtocolVersion::V2 {
-                return;
-            }
             let peers = rumor_peers(&chitchat, &mut self.rng, except);
-            (version, chitchat.cluster_id().to_string(), peers)
+            (chitchat.cluster_id().to_string(), peers)
         };
         for peer in peers {
+            let version = self.version_for(peer);
+            if version < ProtocolVersion::V2 {
+                continue;
+            }
             let message = ChitchatMessage::Dead {
                 cluster_id: cluster_id.clone(),
                 nodes: nodes.clone(),
@@ -419,13 +436,32 @@ impl Server {
         }
     }
 
+    /// shoal patch: remembers whether `peer` speaks an older version.
+    fn note_version(&mut self, peer: SocketAddr, version: ProtocolVersion) {
+        if version < self.version {
+            if self.older_peers.len() >= MAX_OLDER_PEERS {
+                self.older_peers.clear();
+            }
+            self.older_peers.insert(peer, version);
+        } else {
+            self.older_peers.remove(&peer);
+        }
+    }
+
+    /// shoal patch: the version to speak to `peer`: ours, or the older one
+    /// it was last heard speaking.
+    fn version_for(&self, peer: SocketAddr) -> ProtocolVersion {
+        self.older_peers.get(&peer).copied().unwrap_or(self.version)
+    }
+
     /// Gossips with another peer.
     async fn gossip(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
         let syn = {
             let chitchat = self.chitchat.lock().await;
+            let version = self.version_for(addr);
             ChitchatEnvelope {
-                version: chitchat.config.protocol_version,
-                message: chitchat.create_syn_message(),
+                version,
+                message: chitchat.create_syn_message_for(version),
             }
         };
         self.transport.send(addr, syn).await?;
