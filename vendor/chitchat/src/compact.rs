@@ -125,6 +125,13 @@ impl CompactDigest {
         buf.extend_from_slice(&stream.finish());
     }
 
+    /// The length of the wire form.
+    pub(crate) fn serialized_len(&self, positions: bool) -> usize {
+        let mut buf = Vec::new();
+        self.serialize(positions, &mut buf);
+        buf.len()
+    }
+
     /// Reads the wire form written by [`Self::serialize`] with the same
     /// `positions`.
     pub(crate) fn deserialize(positions: bool, buf: &mut &[u8]) -> anyhow::Result<Self> {

@@ -189,12 +189,15 @@ impl Chitchat {
     }
 
     /// Takes in a SYN's digest; returns the SYN-ACK's digest and delta.
+    /// `compact_within`: the node set the SYN-ACK's digest goes by position
+    /// in (V3), so that the delta gets the room that form leaves.
     fn answer_syn(
         &mut self,
         digest: &Digest,
         from: Option<SocketAddr>,
         now: tokio::time::Instant,
         version: ProtocolVersion,
+        compact_within: Option<&Digest>,
     ) -> (Digest, Delta) {
         let proof_window = self.config.failure_detector_config.initial_interval * 10;
         let sender_answered = from.is_some_and(|from| {
@@ -216,12 +219,13 @@ impl Chitchat {
         if version >= ProtocolVersion::V2 {
             self_digest = self_digest.diff_against(digest);
         }
+        let digest_len = match compact_within {
+            Some(set) => self_digest.to_compact_within(set).serialized_len(true),
+            None => self_digest.serialized_len(version),
+        };
         let delta = self.cluster_state.compute_partial_delta_respecting_mtu(
             digest,
-            delta_mtu(
-                self.config.max_message_len,
-                self_digest.serialized_len(version),
-            ),
+            delta_mtu(self.config.max_message_len, digest_len),
             &scheduled_for_deletion,
         );
         (self_digest, delta)
@@ -306,7 +310,7 @@ impl Chitchat {
                 if cluster_id != self.cluster_id() {
                     return Some(self.bad_cluster(&cluster_id));
                 }
-                let (digest, delta) = self.answer_syn(&digest, from, now, version);
+                let (digest, delta) = self.answer_syn(&digest, from, now, version, None);
                 Some(ChitchatMessage::SynAck { digest, delta })
             }
             // shoal patch (V3): a digest by position in the node set.
@@ -322,7 +326,7 @@ impl Chitchat {
                     // initiator sends its full digest.
                     return Some(ChitchatMessage::Resync);
                 };
-                let (diff, delta) = self.answer_syn(&digest, from, now, version);
+                let (diff, delta) = self.answer_syn(&digest, from, now, version, Some(&set));
                 Some(ChitchatMessage::SynAckCompact {
                     digest: diff.to_compact_within(&set),
                     delta,

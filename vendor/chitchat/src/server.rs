@@ -329,8 +329,10 @@ impl Server {
                 .send(from_addr, ChitchatEnvelope { version, message })
                 .await?;
         }
+        // News means the sets of members differ: a positional digest would
+        // only earn a `Resync`, so the rumor carries the named one.
         for peer in spread_to {
-            self.gossip(peer).await?;
+            self.gossip_with(peer, true).await?;
         }
         let dead = self.chitchat.lock().await.take_newly_dead();
         self.spread_dead(dead, Some(from_addr)).await;
@@ -456,13 +458,21 @@ impl Server {
 
     /// Gossips with another peer.
     async fn gossip(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        self.gossip_with(addr, false).await
+    }
+
+    /// Gossips with another peer; `named`: with the full digest, whatever
+    /// the version.
+    async fn gossip_with(&mut self, addr: SocketAddr, named: bool) -> anyhow::Result<()> {
         let syn = {
             let chitchat = self.chitchat.lock().await;
             let version = self.version_for(addr);
-            ChitchatEnvelope {
-                version,
-                message: chitchat.create_syn_message_for(version),
-            }
+            let message = if named {
+                chitchat.create_full_syn_message()
+            } else {
+                chitchat.create_syn_message_for(version)
+            };
+            ChitchatEnvelope { version, message }
         };
         self.transport.send(addr, syn).await?;
         Ok(())
