@@ -20,9 +20,9 @@
 
 use anyhow::{Context, bail};
 
+use crate::Heartbeat;
 use crate::digest::{Digest, NodeDigest};
 use crate::serialize::{CompressedStreamWriter, Deserializable, Serializable, deserialize_stream};
-use crate::{ChitchatId, Heartbeat};
 
 /// Block size of the compressed stream.
 const BLOCK_THRESHOLD: u16 = 16_384;
@@ -51,10 +51,11 @@ impl Digest {
         hash.0
     }
 
-    /// Every entry of the digest, by position.
-    pub(crate) fn to_compact(&self) -> CompactDigest {
+    /// Every entry of the digest, by position; `set_hash` is its
+    /// [`Self::set_hash`].
+    pub(crate) fn to_compact(&self, set_hash: u64) -> CompactDigest {
         CompactDigest {
-            set_hash: self.set_hash(),
+            set_hash,
             entries: self
                 .node_digests
                 .values()
@@ -65,34 +66,39 @@ impl Digest {
     }
 
     /// The entries of `self` (a subset of `set`'s nodes: a diff against
-    /// `set`), by their position in `set`.
-    pub(crate) fn to_compact_within(&self, set: &Digest) -> CompactDigest {
+    /// `set`), by their position in `set`, whose hash is `set_hash`.
+    pub(crate) fn to_compact_within(&self, set: &Digest, set_hash: u64) -> CompactDigest {
         let entries = set
             .node_digests
             .keys()
             .enumerate()
             .filter_map(|(i, id)| Some((i as u32, *self.node_digests.get(id)?)))
             .collect();
-        CompactDigest {
-            set_hash: set.set_hash(),
-            entries,
-        }
+        CompactDigest { set_hash, entries }
     }
 }
 
 impl CompactDigest {
     /// The full digest it stands for, with the ids of `set` (the receiver's
-    /// own digest); `None` if `set` is not the sender's node set.
-    pub(crate) fn resolve(&self, set: &Digest) -> Option<Digest> {
-        if set.set_hash() != self.set_hash {
+    /// own digest, whose hash is `set_hash`); `None` if `set` is not the
+    /// sender's node set.
+    pub(crate) fn resolve(&self, set: &Digest, set_hash: u64) -> Option<Digest> {
+        if set_hash != self.set_hash || set.node_digests.len() < self.entries.len() {
             return None;
         }
-        let ids: Vec<&ChitchatId> = set.node_digests.keys().collect();
-        let mut node_digests = std::collections::BTreeMap::new();
-        for (position, entry) in &self.entries {
-            let id = ids.get(*position as usize)?;
-            node_digests.insert((*id).clone(), *entry);
-        }
+        // Positions increase: one walk down the set's ids, and a map built
+        // from sorted entries.
+        let mut ids = set.node_digests.keys();
+        let mut next = 0u32;
+        let node_digests = self
+            .entries
+            .iter()
+            .map(|(position, entry)| {
+                let id = ids.nth(position.checked_sub(next)? as usize)?;
+                next = position + 1;
+                Some((id.clone(), *entry))
+            })
+            .collect::<Option<std::collections::BTreeMap<_, _>>>()?;
         Some(Digest { node_digests })
     }
 
@@ -238,6 +244,7 @@ impl Fnv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ChitchatId;
 
     fn digest(n: u16, heartbeat_base: u64) -> Digest {
         let mut d = Digest::default();
@@ -273,17 +280,18 @@ mod tests {
     #[test]
     fn a_syn_digest_round_trips_and_resolves_against_the_same_set() {
         let ours = digest(200, 30_000);
-        let compact = ours.to_compact();
+        let compact = ours.to_compact(ours.set_hash());
         let mut buf = Vec::new();
         compact.serialize(false, &mut buf);
         let back = CompactDigest::deserialize(false, &mut &buf[..]).unwrap();
         assert_eq!(back, compact);
         // The receiver's heartbeats differ, its set does not.
         let theirs = digest(200, 29_000);
-        assert_eq!(back.resolve(&theirs), Some(ours));
+        assert_eq!(back.resolve(&theirs, theirs.set_hash()), Some(ours));
         // A set with one node more or less resolves nothing.
-        assert_eq!(back.resolve(&digest(199, 30_000)), None);
-        assert_eq!(back.resolve(&digest(201, 30_000)), None);
+        for other in [digest(199, 30_000), digest(201, 30_000)] {
+            assert_eq!(back.resolve(&other, other.set_hash()), None);
+        }
     }
 
     #[test]
@@ -294,11 +302,11 @@ mod tests {
         diff.node_digests
             .retain(|id, _| id.node_id.ends_with("7:8080"));
         assert!(!diff.node_digests.is_empty());
-        let compact = diff.to_compact_within(&set);
+        let compact = diff.to_compact_within(&set, set.set_hash());
         let mut buf = Vec::new();
         compact.serialize(true, &mut buf);
         let back = CompactDigest::deserialize(true, &mut &buf[..]).unwrap();
-        assert_eq!(back.resolve(&set), Some(diff));
+        assert_eq!(back.resolve(&set, set.set_hash()), Some(diff));
     }
 
     #[test]
@@ -306,7 +314,7 @@ mod tests {
         for n in [50u16, 200, 1000] {
             let d = digest(n, 30_000);
             let mut compact = Vec::new();
-            d.to_compact().serialize(false, &mut compact);
+            d.to_compact(d.set_hash()).serialize(false, &mut compact);
             let mut full = Vec::new();
             d.serialize(crate::ProtocolVersion::V2, &mut full);
             eprintln!(
@@ -335,7 +343,8 @@ mod tests {
         assert!(CompactDigest::deserialize(false, &mut &buf[..]).is_err());
         // Truncated.
         let mut ok = Vec::new();
-        digest(10, 5).to_compact().serialize(true, &mut ok);
+        let d = digest(10, 5);
+        d.to_compact(d.set_hash()).serialize(true, &mut ok);
         assert!(CompactDigest::deserialize(true, &mut &ok[..ok.len() - 3]).is_err());
     }
 }

@@ -115,6 +115,16 @@ pub struct Chitchat {
     /// had been stalled before that check (see `update_nodes_liveness`).
     last_liveness_check: Option<tokio::time::Instant>,
     stalled: bool,
+    /// shoal patch (V3): the last set hash computed, and what it holds for.
+    set_hash_cache: std::cell::RefCell<Option<SetHashCache>>,
+}
+
+/// shoal patch (V3): a set hash, valid while the node set is at `epoch` and
+/// the same nodes are scheduled for deletion (left out of the digest).
+struct SetHashCache {
+    epoch: u64,
+    scheduled: Vec<ChitchatId>,
+    hash: u64,
 }
 
 impl Chitchat {
@@ -138,6 +148,7 @@ impl Chitchat {
             newly_dead: Vec::new(),
             last_liveness_check: None,
             stalled: false,
+            set_hash_cache: Default::default(),
         };
 
         let self_node_state = chitchat.self_node_state();
@@ -173,10 +184,34 @@ impl Chitchat {
             return self.create_full_syn_message();
         }
         let scheduled_for_deletion: HashSet<_> = self.scheduled_for_deletion_nodes().collect();
+        let digest = self.compute_digest(&scheduled_for_deletion);
+        let set_hash = self.set_hash(&digest, &scheduled_for_deletion);
         ChitchatMessage::SynCompact {
             cluster_id: self.config.cluster_id.clone(),
-            digest: self.compute_digest(&scheduled_for_deletion).to_compact(),
+            digest: digest.to_compact(set_hash),
         }
+    }
+
+    /// shoal patch (V3): the set hash of `digest`, our digest without
+    /// `scheduled_for_deletion`; cached, as it changes only with the set
+    /// of nodes (hashing every id of a large cluster on every message was
+    /// most of the work of a V3 exchange).
+    fn set_hash(&self, digest: &Digest, scheduled_for_deletion: &HashSet<&ChitchatId>) -> u64 {
+        let epoch = self.cluster_state.set_epoch();
+        let mut scheduled: Vec<&ChitchatId> = scheduled_for_deletion.iter().copied().collect();
+        scheduled.sort();
+        if let Some(cached) = self.set_hash_cache.borrow().as_ref() {
+            if cached.epoch == epoch && cached.scheduled.iter().eq(scheduled.iter().copied()) {
+                return cached.hash;
+            }
+        }
+        let hash = digest.set_hash();
+        *self.set_hash_cache.borrow_mut() = Some(SetHashCache {
+            epoch,
+            scheduled: scheduled.into_iter().cloned().collect(),
+            hash,
+        });
+        hash
     }
 
     fn bad_cluster(&self, their_cluster_id: &str) -> ChitchatMessage {
@@ -197,7 +232,7 @@ impl Chitchat {
         from: Option<SocketAddr>,
         now: tokio::time::Instant,
         version: ProtocolVersion,
-        compact_within: Option<&Digest>,
+        compact_within: Option<(&Digest, u64)>,
     ) -> (Digest, Delta) {
         let proof_window = self.config.failure_detector_config.initial_interval * 10;
         let sender_answered = from.is_some_and(|from| {
@@ -220,7 +255,9 @@ impl Chitchat {
             self_digest = self_digest.diff_against(digest);
         }
         let digest_len = match compact_within {
-            Some(set) => self_digest.to_compact_within(set).serialized_len(true),
+            Some((set, set_hash)) => self_digest
+                .to_compact_within(set, set_hash)
+                .serialized_len(true),
             None => self_digest.serialized_len(version),
         };
         let delta = self.cluster_state.compute_partial_delta_respecting_mtu(
@@ -321,14 +358,16 @@ impl Chitchat {
                 let scheduled_for_deletion: HashSet<_> =
                     self.scheduled_for_deletion_nodes().collect();
                 let set = self.compute_digest(&scheduled_for_deletion);
-                let Some(digest) = digest.resolve(&set) else {
+                let set_hash = self.set_hash(&set, &scheduled_for_deletion);
+                let Some(digest) = digest.resolve(&set, set_hash) else {
                     // Our sets differ (a join or a death on its way): the
                     // initiator sends its full digest.
                     return Some(ChitchatMessage::Resync);
                 };
-                let (diff, delta) = self.answer_syn(&digest, from, now, version, Some(&set));
+                let (diff, delta) =
+                    self.answer_syn(&digest, from, now, version, Some((&set, set_hash)));
                 Some(ChitchatMessage::SynAckCompact {
-                    digest: diff.to_compact_within(&set),
+                    digest: diff.to_compact_within(&set, set_hash),
                     delta,
                 })
             }
@@ -339,7 +378,8 @@ impl Chitchat {
                 let scheduled_for_deletion: HashSet<_> =
                     self.scheduled_for_deletion_nodes().collect();
                 let set = self.compute_digest(&scheduled_for_deletion);
-                match digest.resolve(&set) {
+                let set_hash = self.set_hash(&set, &scheduled_for_deletion);
+                match digest.resolve(&set, set_hash) {
                     Some(digest) => Some(self.answer_syn_ack(&digest, delta, version)),
                     // Our set changed since the SYN: the delta still holds,
                     // the positions no longer do.
@@ -453,7 +493,11 @@ impl Chitchat {
             .last_liveness_check
             .is_some_and(|at| now.duration_since(at) > self.config.gossip_interval * 3);
         self.last_liveness_check = Some(now);
-        let threshold = if self.stalled { threshold * 2.0 } else { threshold };
+        let threshold = if self.stalled {
+            threshold * 2.0
+        } else {
+            threshold
+        };
         for chitchat_id in self.cluster_state.nodes() {
             if chitchat_id != self.self_chitchat_id() {
                 let was_live = self.failure_detector.is_live(chitchat_id);

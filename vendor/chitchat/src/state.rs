@@ -510,6 +510,9 @@ pub(crate) struct ClusterState {
     // Memory of the recently garbage collected nodes to avoid recreating them
     // if some other node is still sharing them.
     garbage_collected_nodes: LruCache<ChitchatId, Heartbeat>,
+    /// shoal patch: bumped whenever a node is added or removed, so that what
+    /// depends on the set of nodes alone (the V3 set hash) can be cached.
+    set_epoch: u64,
 }
 
 impl Debug for ClusterState {
@@ -530,6 +533,7 @@ impl Default for ClusterState {
             seed_addrs: seed_addrs_rx,
             listeners: Default::default(),
             garbage_collected_nodes: LruCache::new(GARBAGE_COLLECTED_NODE_HISTORY_SIZE),
+            set_epoch: 0,
         }
     }
 }
@@ -541,7 +545,13 @@ impl ClusterState {
             node_states: BTreeMap::new(),
             listeners: Default::default(),
             garbage_collected_nodes: LruCache::new(GARBAGE_COLLECTED_NODE_HISTORY_SIZE),
+            set_epoch: 0,
         }
+    }
+
+    /// shoal patch: changes whenever the set of nodes does.
+    pub(crate) fn set_epoch(&self) -> u64 {
+        self.set_epoch
     }
 
     pub(crate) fn node_states(&self) -> &BTreeMap<ChitchatId, NodeState> {
@@ -558,6 +568,7 @@ impl ClusterState {
         match entry {
             Entry::Occupied(value) => value.into_mut(),
             Entry::Vacant(vacant) => {
+                self.set_epoch += 1;
                 self.garbage_collected_nodes.pop(chitchat_id);
                 let new_node_state = NodeState::new(chitchat_id.clone(), self.listeners.clone());
                 vacant.insert(new_node_state)
@@ -585,6 +596,7 @@ impl ClusterState {
     pub(crate) fn remove_node(&mut self, chitchat_id: &ChitchatId) {
         let node_state = self.node_states.remove(chitchat_id);
         if let Some(node_state) = node_state {
+            self.set_epoch += 1;
             self.garbage_collected_nodes
                 .push(chitchat_id.clone(), node_state.heartbeat);
         }
@@ -651,17 +663,17 @@ impl ClusterState {
     ) -> Delta {
         let mut stale_nodes = SortedStaleNodes::default();
 
-        for (chitchat_id, node_state) in &self.node_states {
+        for (chitchat_id, node_state, their) in
+            crate::digest::merge_join(self.node_states.iter(), &digest.node_digests)
+        {
+            if absent_is_up_to_date && their.is_none() {
+                continue;
+            }
             if scheduled_for_deletion.contains(chitchat_id) {
                 continue;
             }
-            if absent_is_up_to_date && !digest.node_digests.contains_key(chitchat_id) {
-                continue;
-            }
 
-            let (digest_last_gc_version, digest_max_version) = digest
-                .node_digests
-                .get(chitchat_id)
+            let (digest_last_gc_version, digest_max_version) = their
                 .map(|node_digest| (node_digest.last_gc_version, node_digest.max_version))
                 .unwrap_or((0u64, 0u64));
 
