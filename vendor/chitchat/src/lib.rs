@@ -223,17 +223,17 @@ impl Chitchat {
         ChitchatMessage::BadCluster
     }
 
-    /// Takes in a SYN's digest; returns the SYN-ACK's digest and delta.
-    /// `compact_within`: the node set the SYN-ACK's digest goes by position
-    /// in (V3), so that the delta gets the room that form leaves.
-    fn answer_syn(
+    /// Takes in a SYN's digest; returns the SYN-ACK's digest, in the form
+    /// `form` gives it (with its length on the wire, so that the delta gets
+    /// the room that form leaves), and delta.
+    fn answer_syn<D>(
         &mut self,
         digest: &Digest,
         from: Option<SocketAddr>,
         now: tokio::time::Instant,
         version: ProtocolVersion,
-        compact_within: Option<(&Digest, u64)>,
-    ) -> (Digest, Delta) {
+        form: impl FnOnce(Digest) -> (D, usize),
+    ) -> (D, Delta) {
         let proof_window = self.config.failure_detector_config.initial_interval * 10;
         let sender_answered = from.is_some_and(|from| {
             self.answered
@@ -254,18 +254,13 @@ impl Chitchat {
         if version >= ProtocolVersion::V2 {
             self_digest = self_digest.diff_against(digest);
         }
-        let digest_len = match compact_within {
-            Some((set, set_hash)) => self_digest
-                .to_compact_within(set, set_hash)
-                .serialized_len(true),
-            None => self_digest.serialized_len(version),
-        };
+        let (reply_digest, digest_len) = form(self_digest);
         let delta = self.cluster_state.compute_partial_delta_respecting_mtu(
             digest,
             delta_mtu(self.config.max_message_len, digest_len),
             &scheduled_for_deletion,
         );
-        (self_digest, delta)
+        (reply_digest, delta)
     }
 
     /// Takes in a SYN-ACK; returns the ACK.
@@ -347,7 +342,10 @@ impl Chitchat {
                 if cluster_id != self.cluster_id() {
                     return Some(self.bad_cluster(&cluster_id));
                 }
-                let (digest, delta) = self.answer_syn(&digest, from, now, version, None);
+                let (digest, delta) = self.answer_syn(&digest, from, now, version, |diff| {
+                    let len = diff.serialized_len(version);
+                    (diff, len)
+                });
                 Some(ChitchatMessage::SynAck { digest, delta })
             }
             // shoal patch (V3): a digest by position in the node set.
@@ -364,12 +362,12 @@ impl Chitchat {
                     // initiator sends its full digest.
                     return Some(ChitchatMessage::Resync);
                 };
-                let (diff, delta) =
-                    self.answer_syn(&digest, from, now, version, Some((&set, set_hash)));
-                Some(ChitchatMessage::SynAckCompact {
-                    digest: diff.to_compact_within(&set, set_hash),
-                    delta,
-                })
+                let (digest, delta) = self.answer_syn(&digest, from, now, version, |diff| {
+                    let compact = diff.to_compact_within(&set, set_hash);
+                    let len = compact.serialized_len(true);
+                    (compact, len)
+                });
+                Some(ChitchatMessage::SynAckCompact { digest, delta })
             }
             ChitchatMessage::SynAck { digest, delta } => {
                 Some(self.answer_syn_ack(&digest, delta, version))
