@@ -555,6 +555,22 @@ pub async fn gateway_metric(client: &reqwest::Client, gateway: SocketAddr, name:
         .sum()
 }
 
+/// Sends `n` sequential GETs to `url` (which answers with the replica's
+/// name, each 200) and counts the answers by replica.
+pub async fn replica_counts(
+    client: &reqwest::Client,
+    url: &str,
+    n: usize,
+) -> HashMap<String, usize> {
+    let mut hosts = HashMap::new();
+    for _ in 0..n {
+        let r = client.get(url).send().await.expect("request");
+        assert_eq!(r.status(), 200, "{url}");
+        *hosts.entry(r.text().await.unwrap_or_default()).or_default() += 1;
+    }
+    hosts
+}
+
 /// Sends 300 sequential GETs to `url` (which answers with the replica's
 /// name) and asserts that `replicas` replicas share them evenly: each gets
 /// 70–130. The balancer is latency-aware by design (peak EWMA): on a loaded
@@ -564,12 +580,7 @@ pub async fn gateway_metric(client: &reqwest::Client, gateway: SocketAddr, name:
 pub async fn assert_even_spread(client: &reqwest::Client, url: &str, replicas: usize) {
     let mut windows = Vec::new();
     for _ in 0..3 {
-        let mut hosts: HashMap<String, usize> = HashMap::new();
-        for _ in 0..300 {
-            let r = client.get(url).send().await.expect("request");
-            assert_eq!(r.status(), 200, "{url}");
-            *hosts.entry(r.text().await.unwrap_or_default()).or_default() += 1;
-        }
+        let hosts = replica_counts(client, url, 300).await;
         eprintln!("spread over replicas: {hosts:?}");
         let even = hosts.len() == replicas && hosts.values().all(|n| (70..=130).contains(n));
         if even {

@@ -43,17 +43,7 @@ async fn setup<'a>(
 }
 
 async fn host_counts(client: &reqwest::Client, gw: SocketAddr, n: usize) -> HashMap<String, usize> {
-    let mut hosts = HashMap::new();
-    for _ in 0..n {
-        let r = client
-            .get(format!("http://{gw}/api/echo/host"))
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(r.status(), 200);
-        *hosts.entry(r.text().await.unwrap_or_default()).or_insert(0) += 1;
-    }
-    hosts
+    shoal_tests::replica_counts(client, &format!("http://{gw}/api/echo/host"), n).await
 }
 
 async fn metric(client: &reqwest::Client, gw: SocketAddr, name: &str) -> f64 {
