@@ -124,6 +124,7 @@ fn view() -> &'static ClusterView {
             started_ms: 0,
             gossip_addr: SocketAddr::from(([10, 0, 9, i], 7950)),
             lease: None,
+            policy: Default::default(),
         };
         ClusterView::from_members([
             member("a", "story-service", 1, &["/story"]),

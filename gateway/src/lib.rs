@@ -30,6 +30,7 @@ pub mod config;
 mod error;
 pub mod eureka;
 pub mod headers;
+mod limit;
 mod metrics;
 mod outcome;
 mod pool;
@@ -87,6 +88,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         })
     };
 
+    limit::spawn_sync(gw.upstreams.clone(), gw.metrics.clone(), cluster.clone());
     if let Some(every) = gw.config.stats_every {
         stats::spawn_publisher(gw.upstreams.clone(), cluster.clone(), every);
     }

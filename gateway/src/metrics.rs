@@ -39,6 +39,54 @@ pub struct HealthLabels {
     pub health: String,
 }
 
+/// `service` and `scope` (service, client) labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabels {
+    /// Service name.
+    pub service: String,
+    /// `service` (its limit in total) or `client` (its per-client limit).
+    pub scope: String,
+}
+
+/// `service` and `outcome` labels of sticky sessions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StickyLabels {
+    /// Service name.
+    pub service: String,
+    /// `kept` (the cookie's instance served), `pinned` (a new client got a
+    /// cookie), `repinned` (its instance was gone: moved, cookie re-issued).
+    pub outcome: String,
+}
+
+/// One instance's weight.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    /// Service name.
+    pub service: String,
+    /// `ip:port`.
+    pub instance: String,
+    /// Its version label (empty when none).
+    pub version_label: String,
+    /// What it announces (`100`, `10%`).
+    pub weight: String,
+}
+
+/// `protocol` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    /// `http/1.1` or `h2`, and whether over TLS.
+    pub protocol: String,
+    /// `tls` or `plain`.
+    pub transport: String,
+}
+
+/// `result` label of certificate reloads.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok` or `failed`.
+    pub result: String,
+}
+
 /// Every metric of the gateway.
 pub struct Metrics {
     registry: Registry,
@@ -63,6 +111,18 @@ pub struct Metrics {
     gossip_sent: Counter,
     gossip_received: Counter,
     gossip_rejected: Counter,
+    rate_limited: Family<ScopeLabels, Counter>,
+    /// This gateway's share of each service's rate limit (req/s).
+    pub rate_limit_share: Family<ServiceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    sticky: Family<StickyLabels, Counter>,
+    /// Each instance's expected share of its service's traffic (0-1).
+    pub instance_share: Family<InstanceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Requests by client protocol.
+    pub protocols: Family<ProtocolLabels, Counter>,
+    /// TLS certificate (re)loads by result.
+    pub tls_loads: Family<ResultLabel, Counter>,
+    /// Failed TLS handshakes.
+    pub tls_handshake_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -79,6 +139,48 @@ impl Default for Metrics {
         let ejections = Family::<ServiceLabel, Counter>::default();
         let breaker = Family::<ServiceLabel, Gauge>::default();
         let members = Family::<HealthLabels, Gauge>::default();
+        let rate_limited = Family::<ScopeLabels, Counter>::default();
+        let rate_limit_share = Family::default();
+        let sticky = Family::<StickyLabels, Counter>::default();
+        let instance_share = Family::default();
+        let protocols = Family::<ProtocolLabels, Counter>::default();
+        let tls_loads = Family::<ResultLabel, Counter>::default();
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "rate_limited",
+            "Requests answered 429, by service and limit (service: in total, client: per client IP)",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "rate_limit_share",
+            "This gateway's share of the service's rate limit (requests/s)",
+            rate_limit_share.clone(),
+        );
+        registry.register(
+            "sticky",
+            "Sticky-session requests: kept (the cookie's instance), pinned (new cookie), repinned (instance gone)",
+            sticky.clone(),
+        );
+        registry.register(
+            "instance_share",
+            "Each instance's share of its service's traffic by weight (0-1)",
+            instance_share.clone(),
+        );
+        registry.register(
+            "client_requests",
+            "Requests received, by client protocol",
+            protocols.clone(),
+        );
+        registry.register(
+            "tls_certificate_loads",
+            "TLS certificate and key (re)loads, by result",
+            tls_loads.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed",
+            tls_handshake_failures.clone(),
+        );
         let (gossip_sent, gossip_received, gossip_rejected) =
             (Counter::default(), Counter::default(), Counter::default());
         registry.register(
@@ -153,6 +255,13 @@ impl Default for Metrics {
             gossip_sent,
             gossip_received,
             gossip_rejected,
+            rate_limited,
+            rate_limit_share,
+            sticky,
+            instance_share,
+            protocols,
+            tls_loads,
+            tls_handshake_failures,
         }
     }
 }
@@ -176,6 +285,16 @@ pub struct ServiceMetrics {
     pub breaker: Gauge,
     /// What the dashboard and `/stats` show, shared by gossip.
     pub stats: crate::stats::Recorder,
+    /// 429s of its limit in total.
+    pub rate_limited_service: Counter,
+    /// 429s of its per-client limit.
+    pub rate_limited_client: Counter,
+    /// Sticky requests served by the cookie's instance.
+    pub sticky_kept: Counter,
+    /// Sticky requests of a new client (cookie issued).
+    pub sticky_pinned: Counter,
+    /// Sticky requests whose instance was gone (cookie re-issued).
+    pub sticky_repinned: Counter,
 }
 
 impl ServiceMetrics {
@@ -225,6 +344,22 @@ impl Metrics {
         let label = ServiceLabel {
             service: service.to_string(),
         };
+        let scope = |scope: &str| ScopeLabels {
+            service: service.to_string(),
+            scope: scope.to_string(),
+        };
+        let outcome = |outcome: &str| StickyLabels {
+            service: service.to_string(),
+            outcome: outcome.to_string(),
+        };
+        // One statement each: a family's read guard lives to the end of
+        // its statement, and a second `get_or_create` on the same family
+        // in that statement would wait for it forever.
+        let rate_limited_service = self.rate_limited.get_or_create(&scope("service")).clone();
+        let rate_limited_client = self.rate_limited.get_or_create(&scope("client")).clone();
+        let sticky_kept = self.sticky.get_or_create(&outcome("kept")).clone();
+        let sticky_pinned = self.sticky.get_or_create(&outcome("pinned")).clone();
+        let sticky_repinned = self.sticky.get_or_create(&outcome("repinned")).clone();
         ServiceMetrics {
             service: service.to_string(),
             requests: self.requests.clone(),
@@ -235,7 +370,22 @@ impl Metrics {
             ejections: self.ejections.get_or_create(&label).clone(),
             breaker: self.breaker.get_or_create(&label).clone(),
             stats: crate::stats::Recorder::default(),
+            rate_limited_service,
+            rate_limited_client,
+            sticky_kept,
+            sticky_pinned,
+            sticky_repinned,
         }
+    }
+
+    /// The counter of requests of one client protocol.
+    pub fn protocol(&self, protocol: &str, tls: bool) -> Counter {
+        self.protocols
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.to_string(),
+                transport: if tls { "tls" } else { "plain" }.to_string(),
+            })
+            .clone()
     }
 
     /// Counts a request that matched no service.

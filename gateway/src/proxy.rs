@@ -27,6 +27,7 @@ use crate::admission::admit;
 use crate::body::ProxyBody;
 use crate::error::error_response;
 use crate::headers::{TRACEPARENT, traceparent};
+use crate::limit::Limited;
 use crate::route::{self, NoRoute};
 use crate::state::Gateway;
 use crate::stats::GatewayMade;
@@ -103,6 +104,30 @@ pub async fn handle(
     response
 }
 
+/// The 429 of a request over a rate limit, with `Retry-After` in whole
+/// seconds (at least 1).
+fn rate_limited(service: &ServiceState, limited: &Limited, path: &str) -> Response<ProxyBody> {
+    let (whose, counter) = if limited.per_client {
+        ("per client", &service.metrics.rate_limited_client)
+    } else {
+        ("in total", &service.metrics.rate_limited_service)
+    };
+    counter.inc();
+    let mut response = error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!(
+            "{} allows {} requests {whose} across all gateways; retry later",
+            service.name, limited.limit
+        ),
+        path,
+    );
+    let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
 /// Route → admission → retry loop or upgrade → the breaker's verdict.
 async fn dispatch(
     gw: &Gateway,
@@ -147,6 +172,11 @@ async fn dispatch(
         return error_response(StatusCode::NOT_FOUND, "unknown service", path);
     };
     log.service = Some(service.clone());
+    if service.policy.rate_limit.is_some() || service.policy.rate_limit_per_client.is_some() {
+        if let Err(limited) = service.limiter.check(peer.ip(), Instant::now()) {
+            return rate_limited(service, &limited, path);
+        }
+    }
     let (admitted, slot) = match admit(gw, service) {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.response(route.service, path),

@@ -83,6 +83,7 @@ mod tests {
             started_ms: 0,
             gossip_addr: "127.0.0.1:2".parse().unwrap(),
             lease: None,
+            policy: Default::default(),
         };
         ClusterView::from_members([
             m("story-service", &["/story"]),

@@ -22,6 +22,10 @@ use tracing::{debug, warn};
 use crate::proxy;
 use crate::state::Gateway;
 
+/// Marks a request that came over TLS (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTls;
+
 /// The largest request head taken (nginx takes 4 × 8 KiB by default).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 

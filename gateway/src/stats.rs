@@ -512,6 +512,7 @@ mod doc_tests {
             started_ms: 0,
             gossip_addr: "10.0.0.1:7950".parse().unwrap(),
             lease: None,
+            policy: Default::default(),
         });
         let view = ClusterView::from_members(members);
         let doc = stats_doc(&ClusterStats::default(), &view);

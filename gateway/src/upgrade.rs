@@ -63,6 +63,7 @@ pub async fn forward(
         &service.endpoints,
         &[],
         gw.config.proxy.max_in_flight_per_instance,
+        None,
         now,
     ) else {
         return (

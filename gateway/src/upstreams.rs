@@ -8,12 +8,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use shoal_node::{ClusterView, MemberId};
+use shoal_node::{ClusterView, Member, MemberId, RateLimit};
 use tokio::time::Instant;
 
-use crate::balance::Endpoint;
+use crate::balance::{Endpoint, set_weights};
 use crate::config::ResilienceConfig;
-use crate::metrics::{Metrics, ServiceMetrics};
+use crate::limit::Limiter;
+use crate::metrics::{InstanceLabels, Metrics, ServiceMetrics};
 use crate::outcome::{Breaker, RetryBudget, retry_budget};
 
 /// One service in the table.
@@ -29,6 +30,40 @@ pub struct ServiceState {
     pub budget: Arc<RetryBudget>,
     /// Its metrics.
     pub metrics: Arc<ServiceMetrics>,
+    /// The policies its newest instance announces.
+    pub policy: ServicePolicy,
+    /// Its rate limits at this gateway.
+    pub limiter: Arc<Limiter>,
+}
+
+/// What a service asks of every gateway (announced by its instances; the
+/// newest up instance's word counts, so a rolling update changes it).
+#[derive(Debug, Clone, Default)]
+pub struct ServicePolicy {
+    /// The sticky-session cookie's name, when the service wants one.
+    pub sticky_cookie: Option<String>,
+    /// Its rate limit across every gateway.
+    pub rate_limit: Option<RateLimit>,
+    /// Its rate limit per client IP across every gateway.
+    pub rate_limit_per_client: Option<RateLimit>,
+}
+
+impl ServicePolicy {
+    fn of(service: &str, members: &[Arc<Member>]) -> Self {
+        let Some(newest) = members
+            .iter()
+            .filter(|m| m.is_up())
+            .max_by_key(|m| (m.started_ms, &m.id))
+        else {
+            return Self::default();
+        };
+        let p = &newest.policy;
+        Self {
+            sticky_cookie: p.sticky.then(|| format!("shoal-{service}")),
+            rate_limit: p.rate_limit,
+            rate_limit_per_client: p.rate_limit_per_client,
+        }
+    }
 }
 
 impl ServiceState {
@@ -90,23 +125,45 @@ impl Upstreams {
             .map(|e| (&e.member.id, e))
             .collect();
         let mut services = HashMap::new();
+        metrics.instance_share.clear();
         for (name, members) in view.services() {
-            let endpoints = members
+            let (endpoints, new): (Vec<_>, Vec<bool>) = members
                 .iter()
                 .filter(|m| m.is_up())
                 .map(|m| match old_endpoints.get(&m.id) {
-                    Some(e) if e.member.addr == m.addr => Arc::clone(e),
-                    _ => Arc::new(Endpoint::new(m.clone())),
+                    Some(e) if e.member.addr == m.addr => (Arc::clone(e), false),
+                    _ => (Arc::new(Endpoint::new(m.clone())), true),
                 })
-                .collect();
-            let (breaker, budget, service_metrics) = match old.services.get(name) {
-                Some(s) => (s.breaker.clone(), s.budget.clone(), s.metrics.clone()),
+                .unzip();
+            set_weights(&endpoints, &new);
+            for e in &endpoints {
+                let p = &e.member.policy;
+                metrics
+                    .instance_share
+                    .get_or_create(&InstanceLabels {
+                        service: name.to_string(),
+                        instance: e.addr().to_string(),
+                        version_label: p.label.clone().unwrap_or_default(),
+                        weight: p.weight.to_string(),
+                    })
+                    .set(e.relative_weight() / endpoints.len() as f64);
+            }
+            let (breaker, budget, service_metrics, limiter) = match old.services.get(name) {
+                Some(s) => (
+                    s.breaker.clone(),
+                    s.budget.clone(),
+                    s.metrics.clone(),
+                    s.limiter.clone(),
+                ),
                 None => (
                     Arc::new(Breaker::new(&self.resilience, now)),
                     Arc::new(retry_budget(&self.resilience)),
                     Arc::new(metrics.for_service(name)),
+                    Arc::new(Limiter::default()),
                 ),
             };
+            let policy = ServicePolicy::of(name, members);
+            limiter.set_limits(policy.rate_limit, policy.rate_limit_per_client);
             services.insert(
                 name.to_string(),
                 Arc::new(ServiceState {
@@ -115,6 +172,8 @@ impl Upstreams {
                     breaker,
                     budget,
                     metrics: service_metrics,
+                    policy,
+                    limiter,
                 }),
             );
         }

@@ -165,12 +165,19 @@ impl Cluster {
     /// ones: records of services and instances no longer in `stats` are
     /// deleted). A record whose value did not change is not sent again.
     pub async fn publish_stats(&self, stats: &GatewayStats) {
-        let kv = stats.key_values();
+        self.publish_under(stats::KEY_PREFIX, stats.key_values())
+            .await;
+    }
+
+    /// Replaces this member's keys that start with `prefix` by `kv`: keys
+    /// no longer in it are deleted, values that did not change are not
+    /// sent again.
+    pub async fn publish_under(&self, prefix: &str, kv: Vec<(String, String)>) {
         let chitchat = self.inner.handle.chitchat();
         let mut c = chitchat.lock().await;
         let state = c.self_node_state();
         let gone: Vec<String> = state
-            .iter_prefix(stats::KEY_PREFIX)
+            .iter_prefix(prefix)
             .map(|(k, _)| k)
             .filter(|k| !kv.iter().any(|(key, _)| key == k))
             .map(str::to_string)
@@ -181,6 +188,28 @@ impl Cluster {
         for (key, value) in kv {
             state.set(key, value);
         }
+    }
+
+    /// The keys starting with `prefix` of every other live member that has
+    /// not announced `left`, as `(key, value)`.
+    pub async fn read_under(&self, prefix: &str) -> Vec<(String, String)> {
+        let chitchat = self.inner.handle.chitchat();
+        let c = chitchat.lock().await;
+        let me = c.self_chitchat_id().clone();
+        let mut out = Vec::new();
+        for id in c.live_nodes().filter(|id| **id != me) {
+            if let Some(state) = c.node_state(id) {
+                if state.get(keys::HEALTH) == Some(Health::Left.as_str()) {
+                    continue;
+                }
+                out.extend(
+                    state
+                        .iter_prefix(prefix)
+                        .map(|(k, v)| (k.to_string(), v.value.clone())),
+                );
+            }
+        }
+        out
     }
 
     /// Every live gateway's figures, merged.
@@ -289,6 +318,7 @@ impl Gossip {
                     routes: routes.clone(),
                     host: config.hostname.clone(),
                     started_ms,
+                    policy: config.policy.clone(),
                 },
             ),
             Role::Observer => (
@@ -299,6 +329,7 @@ impl Gossip {
                     routes: Vec::new(),
                     host: config.hostname.clone(),
                     started_ms,
+                    policy: Default::default(),
                 },
             ),
         };

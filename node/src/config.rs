@@ -333,6 +333,8 @@ pub struct NodeConfig {
     pub hostname: String,
     /// Gossip and failure-detection timings.
     pub timings: Timings,
+    /// Traffic policies it announces (`SHOAL_WEIGHT`, `SHOAL_STICKY`, …).
+    pub policy: crate::policy::Policy,
 }
 
 impl NodeConfig {
@@ -402,6 +404,7 @@ impl NodeConfig {
         )?;
         let timings = read_timings(env)?;
         let keys = read_keys(env)?;
+        let policy = crate::policy::Policy::from_env(env)?;
         Ok(Self {
             service,
             port,
@@ -415,6 +418,7 @@ impl NodeConfig {
             gossip_mtu,
             hostname,
             timings,
+            policy,
         })
     }
 }

@@ -366,6 +366,7 @@ impl Lease {
             started_ms: self.registered_ms,
             gossip_addr,
             lease: Some(self.clone()),
+            policy: Default::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ use chitchat::{ChitchatId, NodeState};
 use serde::{Deserialize, Serialize};
 
 use crate::lease::Lease;
+use crate::policy::Policy;
 
 /// Gossip key names, in one place.
 pub mod keys {
@@ -119,6 +120,9 @@ pub struct Member {
     /// joined by itself: its registration and lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Arc<Lease>>,
+    /// The traffic policies it announces.
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 /// A record a member publishes; turned into gossip keys by [`Announce::key_values`].
@@ -134,6 +138,8 @@ pub struct Announce {
     pub host: String,
     /// Start time (ms since the epoch).
     pub started_ms: u64,
+    /// Traffic policies.
+    pub policy: Policy,
 }
 
 impl Announce {
@@ -152,6 +158,7 @@ impl Announce {
             (keys::STARTED, self.started_ms.to_string()),
         ]
         .into_iter()
+        .chain(self.policy.key_values())
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
@@ -229,6 +236,7 @@ impl Member {
                 .unwrap_or(0),
             gossip_addr,
             lease: None,
+            policy: Policy::from_keys(&get),
         }))
     }
 

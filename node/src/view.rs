@@ -262,6 +262,7 @@ mod tests {
             started_ms: 0,
             gossip_addr: "127.0.0.1:7950".parse().unwrap(),
             lease: None,
+            policy: Default::default(),
         }
     }
 

@@ -1,7 +1,12 @@
 use super::*;
+use shoal_node::Weight;
 use shoal_node::member::{Health, MemberId};
 
 fn endpoint(i: u8) -> Arc<Endpoint> {
+    weighted(i, Weight::default(), None)
+}
+
+fn weighted(i: u8, weight: Weight, label: Option<&str>) -> Arc<Endpoint> {
     Arc::new(Endpoint::new(Arc::new(Member {
         id: MemberId {
             node: format!("s{i}"),
@@ -16,6 +21,11 @@ fn endpoint(i: u8) -> Arc<Endpoint> {
         started_ms: 0,
         gossip_addr: SocketAddr::from(([127, 0, 1, i], 7950)),
         lease: None,
+        policy: shoal_node::Policy {
+            weight,
+            label: label.map(str::to_string),
+            ..Default::default()
+        },
     })))
 }
 
@@ -27,7 +37,7 @@ fn counts(
     let mut counts = vec![0; endpoints.len()];
     let mut now = Instant::now();
     for _ in 0..rounds {
-        let e = pick(endpoints, &[], 100, now).unwrap();
+        let e = pick(endpoints, &[], 100, None, now).unwrap();
         let i = endpoints.iter().position(|x| Arc::ptr_eq(x, &e)).unwrap();
         counts[i] += 1;
         let latency = latency_of(i);
@@ -74,7 +84,7 @@ fn busy_instance_costs_more() {
     }
     let _busy: Vec<_> = (0..5).map(|_| endpoints[0].start()).collect();
     for _ in 0..20 {
-        let e = pick(&endpoints, &[], 100, now).unwrap();
+        let e = pick(&endpoints, &[], 100, None, now).unwrap();
         assert_eq!(e.addr(), endpoints[1].addr());
     }
 }
@@ -88,11 +98,11 @@ fn ejected_excluded_and_saturated_instances_are_skipped() {
     let _full = endpoints[1].start();
     for _ in 0..20 {
         assert_eq!(
-            pick(&endpoints, &[], 1, now).unwrap().addr(),
+            pick(&endpoints, &[], 1, None, now).unwrap().addr(),
             endpoints[2].addr()
         );
     }
-    assert!(pick(&endpoints, &[endpoints[2].addr()], 1, now).is_none());
+    assert!(pick(&endpoints, &[endpoints[2].addr()], 1, None, now).is_none());
     // The second ejection lasts twice as long; both end.
     assert!(endpoints[0].is_ejected(now + Duration::from_secs(29)));
     assert!(!endpoints[0].is_ejected(now + Duration::from_secs(31)));
@@ -109,4 +119,61 @@ fn a_slow_replica_is_probed_again_after_its_cost_decays() {
     e.observe(Duration::from_millis(200), now);
     assert!(e.cost(now) > 0.19);
     assert!(e.cost(now + Duration::from_secs(60)) < 0.001);
+}
+
+#[test]
+fn a_canary_at_ten_percent_gets_ten_percent() {
+    let endpoints: Vec<_> = (1..=3)
+        .map(endpoint)
+        .chain([weighted(4, Weight::Share(100), Some("v2"))])
+        .collect();
+    set_weights(&endpoints, &[true; 4]);
+    let c = counts(&endpoints, 10_000, |i| {
+        Duration::from_micros(300 + 40 * i as u64)
+    });
+    assert!((900..=1100).contains(&c[3]), "canary got {c:?}");
+    for n in &c[..3] {
+        assert!((2800..=3200).contains(n), "{c:?}");
+    }
+}
+
+#[test]
+fn relative_weights_share_in_proportion() {
+    let endpoints = vec![
+        weighted(1, Weight::Relative(100), None),
+        weighted(2, Weight::Relative(300), None),
+    ];
+    set_weights(&endpoints, &[true; 2]);
+    let c = counts(&endpoints, 4_000, |_| Duration::from_micros(300));
+    assert!((900..=1100).contains(&c[0]), "{c:?}");
+}
+
+#[test]
+fn a_newcomer_is_not_flooded_while_it_catches_up() {
+    let mut endpoints: Vec<_> = (1..=3).map(endpoint).collect();
+    set_weights(&endpoints, &[true; 3]);
+    counts(&endpoints, 3_000, |_| Duration::from_micros(300));
+    endpoints.push(endpoint(4));
+    set_weights(&endpoints, &[false, false, false, true]);
+    let c = counts(&endpoints, 400, |_| Duration::from_micros(300));
+    assert!((70..=130).contains(&c[3]), "newcomer got {c:?}");
+}
+
+#[test]
+fn a_slow_canary_is_avoided_and_a_label_is_honoured() {
+    let endpoints: Vec<_> = (1..=3)
+        .map(endpoint)
+        .chain([weighted(4, Weight::Share(500), Some("v2"))])
+        .collect();
+    set_weights(&endpoints, &[true; 4]);
+    let c = counts(&endpoints, 1_000, |i| {
+        Duration::from_millis(if i == 3 { 200 } else { 1 })
+    });
+    assert!(c[3] * 20 < 1_000, "slow canary got {c:?}");
+    let now = Instant::now();
+    for _ in 0..20 {
+        let e = pick(&endpoints, &[], 100, Some("v2"), now).unwrap();
+        assert!(e.has_label("v2"));
+    }
+    assert!(pick(&endpoints, &[], 100, Some("v3"), now).is_none());
 }

@@ -20,6 +20,7 @@ fn member(service: &str, ip: &str, port: u16, health: Health) -> Member {
         started_ms: 1_700_000_000_000,
         gossip_addr: format!("{ip}:7950").parse().unwrap(),
         lease: None,
+        policy: Default::default(),
     }
 }
 

@@ -145,6 +145,7 @@ async fn gateway(instances: &[SocketAddr], extra: &[(&str, &str)]) -> (Arc<Gatew
         started_ms: 0,
         gossip_addr: *addr,
         lease: None,
+        policy: Default::default(),
     });
     gw.upstreams
         .update(Arc::new(ClusterView::from_members(members)), &gw.metrics);
@@ -351,6 +352,7 @@ async fn what_is_in_flight_to_an_instance_that_left_the_view_gives_up_at_once() 
         started_ms: 0,
         gossip_addr: good.addr,
         lease: None,
+        policy: Default::default(),
     };
     gw.upstreams.update(
         Arc::new(ClusterView::from_members([only_good])),

@@ -1,0 +1,313 @@
+//! Traffic policies a member announces in its own gossip record, so no
+//! gateway is configured per service: its weight and version label (per
+//! instance), and whether its service wants sticky sessions and rate limits
+//! (per service: gateways take them from the newest up instance).
+//!
+//! Read from `SHOAL_WEIGHT`, `SHOAL_VERSION_LABEL`, `SHOAL_STICKY`,
+//! `SHOAL_RATE_LIMIT` and `SHOAL_RATE_LIMIT_PER_CLIENT`; published only when
+//! not the default, so a member without policies gossips no extra byte.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, Env, invalid};
+
+/// Gossip keys of the policies.
+pub mod keys {
+    /// [`super::Weight`] as text: `100` or `10%`.
+    pub const WEIGHT: &str = "weight";
+    /// Version label (`v2`, `canary`).
+    pub const LABEL: &str = "label";
+    /// `1` when the service wants sticky sessions.
+    pub const STICKY: &str = "sticky";
+    /// [`super::RateLimit`] of the whole service, across gateways.
+    pub const RATE_LIMIT: &str = "rate_limit";
+    /// [`super::RateLimit`] of each client IP, across gateways.
+    pub const RATE_LIMIT_PER_CLIENT: &str = "rate_limit_client";
+}
+
+/// The largest relative weight.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// The relative weight of an instance that announces none.
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+/// How much traffic an instance asks for, among its service's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weight {
+    /// Relative to the others' (default 100): weight 50 gets half of what a
+    /// weight-100 instance gets.
+    Relative(u32),
+    /// A share of the service's traffic, in tenths of a percent (`10%` is
+    /// 100): a canary asks for a share whatever the number of other
+    /// instances.
+    Share(u32),
+}
+
+impl Default for Weight {
+    fn default() -> Self {
+        Weight::Relative(DEFAULT_WEIGHT)
+    }
+}
+
+impl fmt::Display for Weight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Weight::Relative(w) => write!(f, "{w}"),
+            Weight::Share(permille) if permille % 10 == 0 => write!(f, "{}%", permille / 10),
+            Weight::Share(permille) => write!(f, "{}.{}%", permille / 10, permille % 10),
+        }
+    }
+}
+
+impl FromStr for Weight {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let expected = || {
+            format!(
+                "a relative weight 1-{MAX_WEIGHT} (default {DEFAULT_WEIGHT}) or a share of the \
+                 service's traffic such as 10% (0.1%-99.9%)"
+            )
+        };
+        if let Some(pct) = s.strip_suffix('%') {
+            let pct: f64 = pct.trim().parse().map_err(|_| expected())?;
+            let permille = (pct * 10.0).round();
+            if !(1.0..=999.0).contains(&permille) {
+                return Err(expected());
+            }
+            return Ok(Weight::Share(permille as u32));
+        }
+        match s.parse::<u32>() {
+            Ok(w) if (1..=MAX_WEIGHT).contains(&w) => Ok(Weight::Relative(w)),
+            _ => Err(expected()),
+        }
+    }
+}
+
+/// At most `requests` per `per_secs` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Requests allowed per period.
+    pub requests: u32,
+    /// The period, in seconds (1, 60 or 3600).
+    pub per_secs: u32,
+}
+
+impl RateLimit {
+    /// Requests per second.
+    pub fn per_second(&self) -> f64 {
+        f64::from(self.requests) / f64::from(self.per_secs)
+    }
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.per_secs {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.requests)
+    }
+}
+
+impl FromStr for RateLimit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected =
+            || "requests per second, minute or hour: 300, 300/s, 1000/m or 5000/h".to_string();
+        let (n, unit) = s.trim().split_once('/').unwrap_or((s.trim(), "s"));
+        let per_secs = match unit.trim() {
+            "s" | "sec" | "second" => 1,
+            "m" | "min" | "minute" => 60,
+            "h" | "hour" => 3600,
+            _ => return Err(expected()),
+        };
+        match n.trim().parse::<u32>() {
+            Ok(requests) if requests > 0 => Ok(RateLimit { requests, per_secs }),
+            _ => Err(expected()),
+        }
+    }
+}
+
+/// What a member announces of traffic policies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Policy {
+    /// This instance's weight.
+    pub weight: Weight,
+    /// This instance's version label (shown, and asked for with the
+    /// `X-Shoal-Version` request header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Its service pins each client to an instance with a cookie.
+    #[serde(default)]
+    pub sticky: bool,
+    /// Its service's rate limit, across every gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Its service's rate limit per client IP, across every gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_client: Option<RateLimit>,
+}
+
+/// The longest version label.
+const MAX_LABEL: usize = 32;
+
+fn parse_label(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_LABEL
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "a version label of 1-{MAX_LABEL} letters, digits, '.', '-' or '_' (e.g. v2, canary)"
+        ))
+    }
+}
+
+impl Policy {
+    /// Reads the policies of this member from its environment.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        fn parsed<T: FromStr<Err = String>>(
+            env: &Env,
+            var: &'static str,
+        ) -> Result<Option<T>, ConfigError> {
+            env.get(var)
+                .map(|raw| raw.parse().map_err(|why: String| invalid(var, raw, &why)))
+                .transpose()
+        }
+        Ok(Policy {
+            weight: parsed(env, "SHOAL_WEIGHT")?.unwrap_or_default(),
+            label: env
+                .get("SHOAL_VERSION_LABEL")
+                .map(|raw| {
+                    parse_label(raw).map_err(|why| invalid("SHOAL_VERSION_LABEL", raw, &why))
+                })
+                .transpose()?,
+            sticky: env.bool_or("SHOAL_STICKY", false)?,
+            rate_limit: parsed(env, "SHOAL_RATE_LIMIT")?,
+            rate_limit_per_client: parsed(env, "SHOAL_RATE_LIMIT_PER_CLIENT")?,
+        })
+    }
+
+    /// Its gossip keys: only those that differ from the default.
+    pub fn key_values(&self) -> Vec<(&'static str, String)> {
+        let mut kv = Vec::new();
+        if self.weight != Weight::default() {
+            kv.push((keys::WEIGHT, self.weight.to_string()));
+        }
+        if let Some(label) = &self.label {
+            kv.push((keys::LABEL, label.clone()));
+        }
+        if self.sticky {
+            kv.push((keys::STICKY, "1".to_string()));
+        }
+        if let Some(limit) = self.rate_limit {
+            kv.push((keys::RATE_LIMIT, limit.to_string()));
+        }
+        if let Some(limit) = self.rate_limit_per_client {
+            kv.push((keys::RATE_LIMIT_PER_CLIENT, limit.to_string()));
+        }
+        kv
+    }
+
+    /// Reads the policies back from gossip keys. A value this version cannot
+    /// read (a newer member's, or garbage) counts as not announced: the
+    /// member still serves, with the default.
+    pub fn from_keys<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Self {
+        Policy {
+            weight: get(keys::WEIGHT)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default(),
+            label: get(keys::LABEL).and_then(|v| parse_label(v).ok()),
+            sticky: get(keys::STICKY) == Some("1"),
+            rate_limit: get(keys::RATE_LIMIT).and_then(|v| v.parse().ok()),
+            rate_limit_per_client: get(keys::RATE_LIMIT_PER_CLIENT).and_then(|v| v.parse().ok()),
+        }
+    }
+
+    /// Whether it announces anything of its service (not only of itself).
+    pub fn has_service_policy(&self) -> bool {
+        self.sticky || self.rate_limit.is_some() || self.rate_limit_per_client.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_read_relative_and_shares() {
+        assert_eq!("100".parse(), Ok(Weight::Relative(100)));
+        assert_eq!("10%".parse(), Ok(Weight::Share(100)));
+        assert_eq!(" 2.5 % ".parse(), Ok(Weight::Share(25)));
+        for bad in [
+            "0", "0%", "100%", "10001", "-3", "ten", "", "1e400%", "NaN%",
+        ] {
+            assert!(bad.parse::<Weight>().is_err(), "{bad}");
+        }
+        for w in [Weight::Relative(7), Weight::Share(100), Weight::Share(25)] {
+            assert_eq!(w.to_string().parse(), Ok(w));
+        }
+    }
+
+    #[test]
+    fn rate_limits_read_per_second_minute_hour() {
+        assert_eq!(
+            "300".parse(),
+            Ok(RateLimit {
+                requests: 300,
+                per_secs: 1
+            })
+        );
+        let m: RateLimit = "1000/m".parse().unwrap();
+        assert_eq!(m.per_secs, 60);
+        assert!((m.per_second() - 1000.0 / 60.0).abs() < 1e-9);
+        for bad in ["0", "300/d", "x/s", "-1"] {
+            assert!(bad.parse::<RateLimit>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn policies_round_trip_through_gossip_keys_and_default_costs_nothing() {
+        assert!(Policy::default().key_values().is_empty());
+        let env = Env::from_pairs([
+            ("SHOAL_WEIGHT", "10%"),
+            ("SHOAL_VERSION_LABEL", "v2"),
+            ("SHOAL_STICKY", "true"),
+            ("SHOAL_RATE_LIMIT", "300/s"),
+            ("SHOAL_RATE_LIMIT_PER_CLIENT", "20"),
+        ]);
+        let p = Policy::from_env(&env).unwrap();
+        let kv = p.key_values();
+        let back = Policy::from_keys(|k| {
+            kv.iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.as_str())
+        });
+        assert_eq!(back, p);
+        assert!(back.has_service_policy());
+    }
+
+    #[test]
+    fn bad_settings_name_the_variable() {
+        for (var, value) in [
+            ("SHOAL_WEIGHT", "0"),
+            ("SHOAL_VERSION_LABEL", "v 2"),
+            ("SHOAL_STICKY", "maybe"),
+            ("SHOAL_RATE_LIMIT", "lots"),
+            ("SHOAL_RATE_LIMIT_PER_CLIENT", "5/d"),
+        ] {
+            let err = Policy::from_env(&Env::from_pairs([(var, value)])).unwrap_err();
+            assert!(err.to_string().contains(var), "{err}");
+        }
+        // Garbage in gossip is the default, not an error.
+        let p = Policy::from_keys(|k| (k == keys::WEIGHT).then_some("lots"));
+        assert_eq!(p, Policy::default());
+    }
+}
