@@ -94,7 +94,12 @@ async fn health(State(a): State<Admin>) -> Response {
 
 async fn stats(State(a): State<Admin>) -> Response {
     let view = a.cluster.view().borrow().clone();
-    Json(stats_doc(&a.cluster.cluster_stats().await, &view)).into_response()
+    Json(stats_doc(
+        &a.cluster.cluster_stats().await,
+        &view,
+        &a.gw.upstreams.snapshot(),
+    ))
+    .into_response()
 }
 
 /// One update of the page: who answers, the figures, the latest events.
@@ -104,7 +109,7 @@ async fn update(a: &Admin, view: &ClusterView) -> String {
     let doc = serde_json::json!({
         "gateway": a.cluster.id().to_string(),
         "at_ms": now_ms(),
-        "stats": stats_doc(&a.cluster.cluster_stats().await, view),
+        "stats": stats_doc(&a.cluster.cluster_stats().await, view, &a.gw.upstreams.snapshot()),
         "events": events.iter().skip(skip).collect::<Vec<_>>(),
     });
     doc.to_string()

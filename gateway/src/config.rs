@@ -37,6 +37,79 @@ pub struct GatewayConfig {
     pub stats_every: Option<Duration>,
     /// Who may use the Eureka API (`SHOAL_EUREKA_*`).
     pub eureka: crate::eureka::Access,
+    /// TLS at the edge, when a certificate is given (`SHOAL_TLS_*`).
+    pub tls: Option<TlsConfig>,
+    /// HTTP/2 without TLS (prior knowledge) on the public port, beside
+    /// HTTP/1.1 (`SHOAL_H2C`, default false).
+    pub h2c: bool,
+}
+
+/// TLS termination at the gateway.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain (`SHOAL_TLS_CERT`, e.g. a Docker secret),
+    /// reloaded when it changes.
+    pub cert: std::path::PathBuf,
+    /// PEM private key (`SHOAL_TLS_KEY`), reloaded when it changes.
+    pub key: std::path::PathBuf,
+    /// Port of HTTPS, HTTP/2 over ALPN and HTTP/1.1 (`SHOAL_TLS_PORT`, 4443).
+    pub port: u16,
+    /// The plain port answers every request with a redirect to HTTPS
+    /// (`SHOAL_TLS_REDIRECT`, default false: it serves as before).
+    pub redirect: bool,
+    /// How often the files are checked for a change (`SHOAL_TLS_RELOAD_EVERY`, 2s).
+    pub reload_every: Duration,
+}
+
+impl TlsConfig {
+    fn from_env(env: &Env, plain_port: u16) -> Result<Option<Self>, ConfigError> {
+        let redirect = env.bool_or("SHOAL_TLS_REDIRECT", false)?;
+        let (cert, key) = match (env.get("SHOAL_TLS_CERT"), env.get("SHOAL_TLS_KEY")) {
+            (None, None) if redirect => {
+                return Err(ConfigError::Missing {
+                    var: "SHOAL_TLS_CERT",
+                    hint:
+                        "SHOAL_TLS_REDIRECT=true needs TLS: set SHOAL_TLS_CERT and SHOAL_TLS_KEY \
+                           to PEM files"
+                            .into(),
+                });
+            }
+            (None, None) => return Ok(None),
+            (Some(_), None) => {
+                return Err(ConfigError::Missing {
+                    var: "SHOAL_TLS_KEY",
+                    hint: "SHOAL_TLS_CERT is set: name the PEM private key file too".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Missing {
+                    var: "SHOAL_TLS_CERT",
+                    hint: "SHOAL_TLS_KEY is set: name the PEM certificate chain file too".into(),
+                });
+            }
+            (Some(c), Some(k)) => (c.into(), k.into()),
+        };
+        let port = env.parse_in("SHOAL_TLS_PORT", 4443, 1.., "a TCP port, 1-65535")?;
+        if port == plain_port {
+            return Err(shoal_node::config::invalid(
+                "SHOAL_TLS_PORT",
+                &port.to_string(),
+                "a port other than SHOAL_PORT (which stays plain HTTP)",
+            ));
+        }
+        Ok(Some(Self {
+            cert,
+            key,
+            port,
+            redirect,
+            reload_every: env.duration_in(
+                "SHOAL_TLS_RELOAD_EVERY",
+                Duration::from_secs(2),
+                Duration::from_millis(100)..,
+                "a duration of 100ms or more",
+            )?,
+        }))
+    }
 }
 
 /// Timeouts and limits towards upstreams.
@@ -223,6 +296,7 @@ impl GatewayConfig {
             )?,
             breaker_open_time: env.duration_or("SHOAL_BREAKER_OPEN_TIME", r.breaker_open_time)?,
         };
+        let tls = TlsConfig::from_env(env, node.port)?;
         Ok(Self {
             listen: env.parse_or("SHOAL_LISTEN", IpAddr::from([0, 0, 0, 0]), "an IP address")?,
             port: node.port,
@@ -246,6 +320,8 @@ impl GatewayConfig {
             )?)
             .filter(|d| !d.is_zero()),
             eureka: crate::eureka::Access::from_env(env)?,
+            tls,
+            h2c: env.bool_or("SHOAL_H2C", false)?,
         })
     }
 }

@@ -42,6 +42,7 @@ mod server;
 mod stall;
 mod state;
 pub mod stats;
+mod tls;
 mod upgrade;
 mod upstreams;
 mod workers;
@@ -69,7 +70,22 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let workers = config.workers;
     let gw = Gateway::new(config, shoal_http::Drain::new());
     let drain = gw.drain.clone();
-    workers::start(&gw, public_addr, workers, drain_timeout).await?;
+    let mut listeners = Vec::new();
+    let tls = match &gw.config.tls {
+        Some(t) => Some((tls::Tls::new(t)?, t.clone())),
+        None => None,
+    };
+    let plain = match &tls {
+        Some((_, t)) if t.redirect => server::Kind::Redirect { port: t.port },
+        _ => server::Kind::Plain { h2c: gw.config.h2c },
+    };
+    listeners.push((public_addr, plain, "SHOAL_PORT"));
+    if let Some((tls, t)) = &tls {
+        let addr = SocketAddr::new(gw.config.listen, t.port);
+        listeners.push((addr, server::Kind::Tls(tls.clone()), "SHOAL_TLS_PORT"));
+        tls.spawn_reloader(t.clone(), gw.metrics.clone());
+    }
+    workers::start(&gw, listeners, workers, drain_timeout).await?;
     let cluster = Cluster::join(&gw.config.node, Role::Service { routes: Vec::new() }).await?;
 
     // Every new view rebuilds the routing table.
@@ -92,6 +108,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     if let Some(every) = gw.config.stats_every {
         stats::spawn_publisher(gw.upstreams.clone(), cluster.clone(), every);
     }
+    let tls_port = gw.config.tls.as_ref().map(|t| t.port);
     let admin_app = admin::router(Arc::new(gw), cluster.clone());
     tokio::spawn(async move {
         if let Err(err) = axum::serve(admin, admin_app).await {
@@ -99,7 +116,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         }
     });
     cluster.set_health(Health::Up).await;
-    info!(%public_addr, %admin_addr, workers, "gateway ready");
+    info!(%public_addr, %admin_addr, ?tls_port, workers, "gateway ready");
 
     shoal_http::signal::terminate().await;
     shoal_http::stop_member(&cluster, &drain, drain_timeout).await;

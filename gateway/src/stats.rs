@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::outcome::BreakerState;
-use crate::upstreams::Upstreams;
+use crate::upstreams::{ServicePolicy, Table, Upstreams};
 
 /// Marks a response the gateway made itself (an error it answers, rather
 /// than an instance's answer passed on).
@@ -380,7 +380,7 @@ impl FiguresDoc {
 
 /// `/stats`: `{"gateways", "window_secs", "services": {name: {…figures,
 /// "instances": [{"addr", "member", "host", "health", …figures}]}}}`.
-pub fn stats_doc(stats: &ClusterStats, view: &ClusterView) -> serde_json::Value {
+pub fn stats_doc(stats: &ClusterStats, view: &ClusterView, table: &Table) -> serde_json::Value {
     let mut services = serde_json::Map::new();
     let names: std::collections::BTreeSet<&str> = stats
         .services
@@ -394,11 +394,17 @@ pub fn stats_doc(stats: &ClusterStats, view: &ClusterView) -> serde_json::Value 
         let members = view.service(name).unwrap_or(&[]);
         let mut list = Vec::new();
         let mut listed = std::collections::HashSet::new();
+        let routed = table.service(name);
         for m in members {
             let addr = m.addr.to_string();
             let figures = instances.get(&addr).cloned().unwrap_or_default();
             listed.insert(addr.clone());
-            list.push(instance_doc(&addr, Some(m), &figures));
+            let mut doc = instance_doc(&addr, Some(m), &figures);
+            let endpoints = routed.map_or(&[][..], |s| &s.endpoints[..]);
+            if let Some(e) = endpoints.iter().find(|e| e.member.id == m.id) {
+                doc["share"] = round(e.relative_weight() / endpoints.len() as f64, 4).into();
+            }
+            list.push(doc);
         }
         // Figures of instances this gateway no longer sees (just gone).
         for (addr, figures) in instances {
@@ -408,6 +414,22 @@ pub fn stats_doc(stats: &ClusterStats, view: &ClusterView) -> serde_json::Value 
         }
         let mut doc = serde_json::to_value(FiguresDoc::of(service)).unwrap_or_default();
         doc["instances"] = serde_json::Value::Array(list);
+        let policy = ServicePolicy::of(name, members);
+        let here = routed.map(|s| s.limiter.figures(Instant::now()));
+        doc["policy"] = serde_json::json!({
+            "sticky": policy.sticky_cookie.is_some(),
+            "sticky_cookie": policy.sticky_cookie,
+            "rate_limit": policy.rate_limit.map(|l| l.to_string()),
+            "rate_limit_per_client": policy.rate_limit_per_client.map(|l| l.to_string()),
+            "limit_here": here.filter(|_| policy.rate_limit.is_some() || policy.rate_limit_per_client.is_some()).map(|f| serde_json::json!({
+                "share_rps": f.share.map(|v| round(v, 1)),
+                "demand_rps": round(f.demand, 1),
+                "other_gateways_demand_rps": round(f.others_demand, 1),
+                "admitted": f.admitted,
+                "refused": f.refused,
+                "clients": f.clients,
+            })),
+        });
         services.insert(name.to_string(), doc);
     }
     serde_json::json!({
@@ -427,6 +449,8 @@ fn instance_doc(addr: &str, member: Option<&Arc<Member>>, figures: &Merged) -> s
         doc["started_ms"] = m.started_ms.into();
         doc["routes"] = m.routes.clone().into();
         doc["eureka"] = m.lease.is_some().into();
+        doc["weight"] = m.policy.weight.to_string().into();
+        doc["label"] = m.policy.label.clone().into();
     } else {
         doc["health"] = "gone".into();
     }
@@ -495,7 +519,11 @@ mod doc_tests {
 
     #[test]
     fn stats_doc_lists_hundreds_of_members_and_none() {
-        let empty = stats_doc(&ClusterStats::default(), &ClusterView::default());
+        let empty = stats_doc(
+            &ClusterStats::default(),
+            &ClusterView::default(),
+            &Table::default(),
+        );
         assert_eq!(empty["gateways"], 0);
         assert!(empty["services"].as_object().unwrap().is_empty());
         let members = (0..300u32).map(|i| Member {
@@ -515,7 +543,7 @@ mod doc_tests {
             policy: Default::default(),
         });
         let view = ClusterView::from_members(members);
-        let doc = stats_doc(&ClusterStats::default(), &view);
+        let doc = stats_doc(&ClusterStats::default(), &view, &Table::default());
         let services = doc["services"].as_object().unwrap();
         assert_eq!(services.len(), 30);
         let listed: usize = services

@@ -49,7 +49,8 @@ pub struct ServicePolicy {
 }
 
 impl ServicePolicy {
-    fn of(service: &str, members: &[Arc<Member>]) -> Self {
+    /// The policies of `service`, from its members.
+    pub fn of(service: &str, members: &[Arc<Member>]) -> Self {
         let Some(newest) = members
             .iter()
             .filter(|m| m.is_up())

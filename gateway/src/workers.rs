@@ -13,27 +13,31 @@ use anyhow::Context;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 
-use crate::server;
+use crate::server::{self, Kind};
 use crate::state::Gateway;
 
-/// Starts `n` workers serving `addr`. Returns once every worker listens.
+/// Starts `n` workers serving each of `addrs`. Returns once every worker
+/// listens.
 /// Each serves until the gateway's drain starts, then keeps its runtime
 /// alive until the drain is over (at most `grace`) so its connections and
 /// tunnels can finish.
 pub async fn start(
     gw: &Gateway,
-    addr: SocketAddr,
+    addrs: Vec<(SocketAddr, Kind, &'static str)>,
     n: usize,
     grace: Duration,
 ) -> anyhow::Result<()> {
     // SO_REUSEPORT would let a second gateway on this address share the port
     // silently: make sure nobody holds it first.
-    drop(
-        std::net::TcpListener::bind(addr)
-            .with_context(|| format!("cannot listen on {addr} (SHOAL_LISTEN / SHOAL_PORT)"))?,
-    );
+    for (addr, _, var) in &addrs {
+        drop(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} (SHOAL_LISTEN / {var})"))?,
+        );
+    }
     for i in 0..n {
         let gw = Arc::new(gw.for_worker());
+        let addrs = addrs.clone();
         let (bound_tx, bound_rx) = oneshot::channel::<anyhow::Result<()>>();
         std::thread::Builder::new()
             .name(format!("gateway-worker-{i}"))
@@ -49,22 +53,26 @@ pub async fn start(
                     }
                 };
                 runtime.block_on(async move {
-                    let listener = match listen(addr) {
-                        Ok(l) => l,
-                        Err(err) => {
-                            let _ = bound_tx.send(Err(err));
-                            return;
+                    let mut listeners = Vec::new();
+                    for (addr, kind, var) in addrs {
+                        match listen(addr) {
+                            Ok(l) => listeners.push((l, kind)),
+                            Err(err) => {
+                                let _ = bound_tx.send(Err(err.context(format!(
+                                    "cannot listen on {addr} (SHOAL_LISTEN / {var})"
+                                ))));
+                                return;
+                            }
                         }
-                    };
+                    }
                     let _ = bound_tx.send(Ok(()));
-                    server::serve(listener, gw, grace).await;
+                    server::serve(listeners, gw, grace).await;
                 });
             })
             .context("cannot start a worker thread")?;
         bound_rx
             .await
-            .context("a worker thread died while starting")?
-            .with_context(|| format!("cannot listen on {addr} (SHOAL_LISTEN / SHOAL_PORT)"))?;
+            .context("a worker thread died while starting")??;
     }
     Ok(())
 }

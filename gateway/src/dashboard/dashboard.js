@@ -68,6 +68,14 @@ function circuit(name, s, gateways) {
   add("retries", fmt(s.retries, 0));
   add("hosts", (s.instances || []).filter((i) => i.health === "up").length + " up");
   add("gateways", s.reported_by + " of " + gateways);
+  const p = s.policy || {};
+  if (p.sticky) add("sticky", "cookie " + p.sticky_cookie, "policy");
+  if (p.rate_limit) add("limit", p.rate_limit + " in total", "policy");
+  if (p.rate_limit_per_client) add("limit/client", p.rate_limit_per_client, "policy");
+  if (p.limit_here) {
+    if (p.limit_here.share_rps !== null) add("share here", fmt(p.limit_here.share_rps, 1) + "/s", "policy");
+    add("429 here", fmt(p.limit_here.refused, 0), p.limit_here.refused > 0 ? "h-draining" : "");
+  }
   card.append(h3, canvas, dl);
   return [card, canvas];
 }
@@ -93,7 +101,8 @@ function render(u) {
     points.push(s.rps);
     while (points.length > HISTORY) points.shift();
     history.set(name, points);
-    if (s.requests > 0) cards.push([circuit(name, s, st.gateways), points]);
+    const p = s.policy || {};
+    if (s.requests > 0 || p.sticky || p.rate_limit || p.rate_limit_per_client) cards.push([circuit(name, s, st.gateways), points]);
   }
   for (const name of [...history.keys()]) if (!st.services[name]) history.delete(name);
   circuits.replaceChildren(...cards.map(([[card]]) => card));
@@ -113,6 +122,8 @@ function render(u) {
         el("td", i.host || "–", "wrap"),
         el("td", i.addr),
         el("td", i.health + (i.eureka ? " (eureka)" : ""), "h-" + i.health),
+        el("td", i.label || "", "label"),
+        el("td", i.weight === undefined ? "" : i.weight + (i.share === undefined ? "" : " → " + fmt(100 * i.share, 1) + " %"), "weight"),
         el("td", age(i.started_ms, now)),
         el("td", (i.routes || []).join(", "), "wrap"),
         el("td", fmt(i.rps, 1), "num"),

@@ -152,7 +152,7 @@ async fn gateway(instances: &[SocketAddr], extra: &[(&str, &str)]) -> (Arc<Gatew
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(crate::server::serve(
-        listener,
+        vec![(listener, crate::server::Kind::Plain { h2c: false })],
         gw.clone(),
         Duration::from_secs(1),
     ));

@@ -4,7 +4,8 @@
 //!
 //! Env: the usual `SHOAL_*`, plus `TEST_DELAY_MS` (added to every answer),
 //! `TEST_ROUTES` (announced path prefixes), `TEST_WRITES` (file that slow
-//! writes append to), `TEST_STATUS` (status `/host` answers, default 200).
+//! writes append to), `TEST_STATUS` (status `/host` answers, default 200;
+//! `POST /answer/{code}` changes it while running).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ struct Upstream {
     host: Arc<str>,
     delay: Duration,
     writes: Arc<str>,
-    status: StatusCode,
+    status: Arc<std::sync::atomic::AtomicU16>,
 }
 
 #[tokio::main]
@@ -44,13 +45,16 @@ async fn main() -> anyhow::Result<()> {
         host: config.hostname.clone().into(),
         delay,
         writes: env.get("TEST_WRITES").unwrap_or("/dev/null").into(),
-        status: StatusCode::from_u16(env.parse_or("TEST_STATUS", 200u16, "an HTTP status")?)?,
+        status: Arc::new(std::sync::atomic::AtomicU16::new(
+            StatusCode::from_u16(env.parse_or("TEST_STATUS", 200u16, "an HTTP status")?)?.as_u16(),
+        )),
     };
     let listen: std::net::IpAddr = env.parse_or("SHOAL_LISTEN", [0, 0, 0, 0].into(), "an IP")?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(listen, config.port)).await?;
     let cluster = Cluster::join(&config, Role::Service { routes }).await?;
     let app = Router::new()
         .route("/host", get(host))
+        .route("/answer/{code}", post(set_answer))
         .route("/echo", any(echo))
         .route("/headers", any(headers))
         .route("/status/{code}", any(status))
@@ -83,7 +87,23 @@ async fn big(Path(bytes): Path<usize>) -> Vec<u8> {
 
 async fn host(State(s): State<Upstream>) -> (StatusCode, String) {
     tokio::time::sleep(s.delay).await;
-    (s.status, s.host.to_string())
+    let status = StatusCode::from_u16(s.status.load(std::sync::atomic::Ordering::Relaxed))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, s.host.to_string())
+}
+
+/// Makes `/host` answer `code` from now on.
+async fn set_answer(
+    State(s): State<Upstream>,
+    axum::extract::Path(code): axum::extract::Path<u16>,
+) -> StatusCode {
+    match StatusCode::from_u16(code) {
+        Ok(_) => {
+            s.status.store(code, std::sync::atomic::Ordering::Relaxed);
+            StatusCode::NO_CONTENT
+        }
+        Err(_) => StatusCode::BAD_REQUEST,
+    }
 }
 
 async fn echo(State(s): State<Upstream>, req: Request) -> Response {

@@ -1,0 +1,666 @@
+//! Traffic policies end to end, each announced by the service in its own
+//! gossip record (no gateway configured per service): weights and canaries,
+//! sticky sessions, rate limits across gateways; and TLS / HTTP/2 at the
+//! edge. Real `shoal-gateway` and `test-upstream` processes on 127.N.g.i.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shoal_tests::{Net, Stack, gateway_metric, http, wait_for_async, wait_routable};
+
+fn owned<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Gateways `1..=gateways` (each with `gw_env`) and echo replicas
+/// `1..=replicas` (replica `i` with `env_of(i)`), routable everywhere.
+async fn setup<'a>(
+    net: &'a Net,
+    gateways: u8,
+    replicas: u8,
+    gw_env: &[(&str, &str)],
+    env_of: impl Fn(u8) -> Vec<(&'static str, String)>,
+) -> (Stack<'a>, Vec<SocketAddr>, reqwest::Client) {
+    let mut stack = Stack::new(net);
+    let client = http();
+    let gws: Vec<SocketAddr> = (1..=gateways).map(|g| stack.gateway(g, gw_env)).collect();
+    for i in 1..=replicas {
+        stack.service("test-upstream", "echo", 2, i, &owned(&env_of(i)));
+    }
+    for gw in &gws {
+        wait_routable(&client, *gw, "echo", replicas as usize).await;
+    }
+    (stack, gws, client)
+}
+
+#[tokio::test]
+async fn a_canary_at_ten_percent_gets_ten_percent_and_is_ejected_when_it_fails() {
+    let net = Net::new(71);
+    let (_stack, gws, client) = setup(&net, 1, 4, &[], |i| {
+        if i == 4 {
+            vec![
+                ("SHOAL_WEIGHT", "10%".into()),
+                ("SHOAL_VERSION_LABEL", "v2".into()),
+            ]
+        } else {
+            vec![]
+        }
+    })
+    .await;
+    let gw = gws[0];
+    let url = format!("http://{gw}/api/echo/host");
+
+    // 10,000 requests, four clients at a time.
+    let counts: HashMap<String, usize> = {
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (client, url) = (client.clone(), url.clone());
+                tokio::spawn(async move {
+                    let mut counts: HashMap<String, usize> = HashMap::new();
+                    for _ in 0..2_500 {
+                        let r = client.get(&url).send().await.expect("request");
+                        assert_eq!(r.status(), 200);
+                        *counts.entry(r.text().await.expect("body")).or_default() += 1;
+                    }
+                    counts
+                })
+            })
+            .collect();
+        let mut all = HashMap::new();
+        for t in tasks {
+            for (host, n) in t.await.expect("task") {
+                *all.entry(host).or_default() += n;
+            }
+        }
+        all
+    };
+    let total: usize = counts.values().sum();
+    let canary = counts.get("echo-4").copied().unwrap_or(0);
+    let pct = 100.0 * canary as f64 / total as f64;
+    eprintln!("canary (10%): {canary} of {total} = {pct:.2} %; all: {counts:?}");
+    assert_eq!(total, 10_000);
+    assert!(
+        (7.0..=13.0).contains(&pct),
+        "canary got {pct:.2} %: {counts:?}"
+    );
+
+    // The dashboard's document and the metrics show the weight and label.
+    let stats: Value = client
+        .get(format!("http://{}:8761/stats", gw.ip()))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    let instances = stats["services"]["echo"]["instances"]
+        .as_array()
+        .expect("instances");
+    let c = instances
+        .iter()
+        .find(|i| i["host"] == "echo-4")
+        .expect("canary listed");
+    assert_eq!(c["weight"], "10%");
+    assert_eq!(c["label"], "v2");
+    assert!((c["share"].as_f64().unwrap() - 0.1).abs() < 0.005, "{c}");
+    assert!(gateway_metric(&client, gw, "shoal_gateway_instance_share{").await > 0.99);
+
+    // A client can ask for the canary by its label.
+    for _ in 0..20 {
+        let r = client
+            .get(&url)
+            .header("x-shoal-version", "v2")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.text().await.unwrap(), "echo-4");
+    }
+    let r = client
+        .get(&url)
+        .header("x-shoal-version", "v9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+
+    // The canary starts failing: its errors are retried elsewhere and it is
+    // ejected like any other instance.
+    let r = client
+        .post(format!("http://{gw}/api/echo/answer/500"))
+        .header("x-shoal-version", "v2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let mut canary_after = 0;
+    for i in 0..1_000 {
+        let r = client.get(&url).send().await.expect("request");
+        assert_eq!(r.status(), 200, "request {i} after the canary failed");
+        if r.text().await.unwrap() == "echo-4" {
+            canary_after += 1;
+        }
+    }
+    assert_eq!(canary_after, 0, "a failing canary answered");
+    let ejections = gateway_metric(&client, gw, "shoal_gateway_ejections_total").await;
+    assert!(ejections >= 1.0, "the failing canary was not ejected");
+}
+
+/// A client with a cookie jar of one cookie.
+#[derive(Default)]
+struct Client {
+    cookie: Option<String>,
+    hosts: Vec<String>,
+    failures: usize,
+}
+
+/// `clients` each send `n` GETs to `url`, all clients at once; each keeps
+/// the cookie it is given.
+async fn sticky_round(
+    http: &reqwest::Client,
+    url: &str,
+    clients: Vec<Client>,
+    n: usize,
+) -> Vec<Client> {
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            let (http, url) = (http.clone(), url.to_string());
+            tokio::spawn(async move {
+                c.hosts.clear();
+                for _ in 0..n {
+                    let mut req = http.get(&url);
+                    if let Some(cookie) = &c.cookie {
+                        req = req.header("cookie", cookie);
+                    }
+                    match req.send().await {
+                        Ok(r) if r.status() == 200 => {
+                            if let Some(set) = r.headers().get("set-cookie") {
+                                let set = set.to_str().unwrap();
+                                assert!(
+                                    set.contains("HttpOnly") && set.contains("Path=/"),
+                                    "{set}"
+                                );
+                                c.cookie = Some(set.split(';').next().unwrap().to_string());
+                            }
+                            c.hosts.push(r.text().await.unwrap());
+                        }
+                        _ => c.failures += 1,
+                    }
+                }
+                c
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("client"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn sticky_clients_keep_their_instance_and_move_without_an_error_when_it_dies() {
+    let net = Net::new(72);
+    let (mut stack, gws, client) =
+        setup(&net, 1, 3, &[], |_| vec![("SHOAL_STICKY", "true".into())]).await;
+    let gw = gws[0];
+    let url = format!("http://{gw}/api/echo/host");
+
+    // 100 clients × 10 requests: each keeps one instance; new clients spread.
+    let clients = sticky_round(
+        &client,
+        &url,
+        (0..100).map(|_| Client::default()).collect(),
+        10,
+    )
+    .await;
+    let mut per_host: HashMap<String, usize> = HashMap::new();
+    for (i, c) in clients.iter().enumerate() {
+        assert_eq!(c.failures, 0);
+        let distinct: HashSet<&String> = c.hosts.iter().collect();
+        assert_eq!(distinct.len(), 1, "client {i} moved: {:?}", c.hosts);
+        *per_host.entry(c.hosts[0].clone()).or_default() += 1;
+    }
+    eprintln!("clients per instance: {per_host:?}");
+    assert_eq!(per_host.len(), 3, "{per_host:?}");
+    assert!(
+        per_host.values().all(|n| *n >= 20),
+        "uneven pinning: {per_host:?}"
+    );
+    assert!(clients.iter().all(|c| {
+        c.cookie
+            .as_deref()
+            .is_some_and(|k| k.starts_with("shoal-echo="))
+    }));
+
+    // Kill the instance of the most clients.
+    let (victim, pinned) = per_host
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(h, n)| (h.clone(), *n))
+        .unwrap();
+    let before: Vec<String> = clients.iter().map(|c| c.hosts[0].clone()).collect();
+    let killed_at = Instant::now();
+    stack.proc(&victim).sigkill();
+    let clients = sticky_round(&client, &url, clients, 10).await;
+    eprintln!(
+        "killed {victim} ({pinned} clients); 1,000 requests in {:.2} s",
+        killed_at.elapsed().as_secs_f64()
+    );
+    let mut moved = 0;
+    for (i, c) in clients.iter().enumerate() {
+        assert_eq!(c.failures, 0, "client {i} saw a failed request");
+        let distinct: HashSet<&String> = c.hosts.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            1,
+            "client {i} was not re-pinned once: {:?}",
+            c.hosts
+        );
+        if before[i] == victim {
+            assert_ne!(c.hosts[0], victim);
+            moved += 1;
+        } else {
+            assert_eq!(
+                c.hosts[0], before[i],
+                "client {i} moved though its instance lives"
+            );
+        }
+    }
+    assert_eq!(moved, pinned);
+    let repinned = gateway_metric(
+        &client,
+        gw,
+        "shoal_gateway_sticky_total{service=\"echo\",outcome=\"repinned\"",
+    )
+    .await;
+    eprintln!("{moved} clients re-pinned; repinned counter {repinned}");
+    assert!(repinned >= pinned as f64, "{repinned} < {pinned}");
+}
+
+/// Offers `rps` requests/s to `url` for `secs` seconds; returns, per whole
+/// second since `t0`, (admitted, refused) counts.
+async fn offer(
+    client: reqwest::Client,
+    url: String,
+    rps: u32,
+    secs: u32,
+    t0: Instant,
+) -> Vec<(u32, u32)> {
+    let tasks = rps.div_ceil(50);
+    let per_task = rps / tasks;
+    let handles: Vec<_> = (0..tasks)
+        .map(|k| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut out = vec![(0u32, 0u32); 64];
+                let period = Duration::from_secs_f64(1.0 / f64::from(per_task));
+                // Spread the tasks' ticks over one period.
+                tokio::time::sleep(period * k / tasks).await;
+                let mut tick = tokio::time::interval(period);
+                for _ in 0..per_task * secs {
+                    tick.tick().await;
+                    let sent = t0.elapsed().as_secs() as usize;
+                    let status = match client.get(&url).send().await {
+                        Ok(r) => r.status().as_u16(),
+                        Err(_) => 0,
+                    };
+                    match status {
+                        200 => out[sent].0 += 1,
+                        429 => out[sent].1 += 1,
+                        other => panic!("unexpected answer {other}"),
+                    }
+                }
+                out
+            })
+        })
+        .collect();
+    let mut total = vec![(0u32, 0u32); 64];
+    for h in handles {
+        for (i, (a, r)) in h.await.expect("load task").into_iter().enumerate() {
+            total[i].0 += a;
+            total[i].1 += r;
+        }
+    }
+    total
+}
+
+#[tokio::test]
+async fn three_gateways_hold_a_rate_limit_together_however_traffic_is_spread() {
+    let net = Net::new(73);
+    let (_stack, gws, client) = setup(&net, 3, 2, &[], |_| {
+        vec![("SHOAL_RATE_LIMIT", "300/s".into())]
+    })
+    .await;
+    let url = |g: usize| format!("http://{}/api/echo/host", gws[g]);
+
+    // 1,000 req/s spread 600 / 300 / 100 over the three gateways, 10 s.
+    let t0 = Instant::now();
+    let phase = |rates: [u32; 3], secs: u32, t0: Instant| {
+        let loads: Vec<_> = (0..3)
+            .map(|g| tokio::spawn(offer(client.clone(), url(g), rates[g], secs, t0)))
+            .collect();
+        async move {
+            let mut per_gw = Vec::new();
+            for l in loads {
+                per_gw.push(l.await.expect("load"));
+            }
+            per_gw
+        }
+    };
+    let first = phase([600, 300, 100], 10, t0).await;
+    let admitted_in = |per_gw: &[Vec<(u32, u32)>], from: usize, to: usize| -> Vec<u32> {
+        per_gw
+            .iter()
+            .map(|s| s[from..to].iter().map(|(a, _)| a).sum())
+            .collect()
+    };
+    let steady = admitted_in(&first, 3, 10);
+    let rate = f64::from(steady.iter().sum::<u32>()) / 7.0;
+    let offered: u32 = first
+        .iter()
+        .map(|s| s[3..10].iter().map(|(a, r)| a + r).sum::<u32>())
+        .sum();
+    eprintln!(
+        "limit 300/s, offered {:.0}/s (600/300/100): admitted {rate:.1}/s over seconds 3-10, per gateway {:?}",
+        f64::from(offered) / 7.0,
+        steady
+            .iter()
+            .map(|a| f64::from(*a) / 7.0)
+            .collect::<Vec<_>>()
+    );
+    assert!((270.0..=330.0).contains(&rate), "admitted {rate:.1}/s");
+    assert!(
+        f64::from(offered) / 7.0 > 900.0,
+        "the load fell short: {offered}"
+    );
+
+    // A refusal: 429, Retry-After, the Spring error JSON.
+    let refused = loop {
+        let r = client.get(url(0)).send().await.unwrap();
+        if r.status() == 429 {
+            break r;
+        }
+    };
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["status"], 429);
+    assert_eq!(body["error"], "Too Many Requests");
+    assert_eq!(body["path"], "/api/echo/host");
+    assert!(
+        body["message"].as_str().unwrap().contains("300/s"),
+        "{body}"
+    );
+
+    // Traffic shifts to the other end: 100 / 300 / 600.
+    let t1 = Instant::now();
+    let second = phase([100, 300, 600], 8, t1).await;
+    let by_second: Vec<u32> = (0..8)
+        .map(|s| second.iter().map(|g| g[s].0).sum())
+        .collect();
+    let settled = f64::from(admitted_in(&second, 3, 8).iter().sum::<u32>()) / 5.0;
+    eprintln!("after the shift, admitted per second: {by_second:?}; seconds 3-8: {settled:.1}/s");
+    assert!(
+        (270.0..=330.0).contains(&settled),
+        "after the shift: {settled:.1}/s"
+    );
+    assert!(
+        by_second.iter().all(|n| *n <= 450),
+        "over 1.5 × the limit after the shift: {by_second:?}"
+    );
+
+    // Every gateway shows its share and refusals.
+    let mut shares = 0.0;
+    for gw in &gws {
+        shares += gateway_metric(&client, *gw, "shoal_gateway_rate_limit_share{").await;
+        assert!(gateway_metric(&client, *gw, "shoal_gateway_rate_limited_total{").await > 0.0);
+    }
+    eprintln!("shares add up to {shares:.1}/s");
+    let stats: Value = client
+        .get(format!("http://{}:8761/stats", gws[0].ip()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["services"]["echo"]["policy"]["rate_limit"], "300/s");
+    assert!(
+        stats["services"]["echo"]["policy"]["limit_here"]["refused"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+}
+
+fn openssl_cert(dir: &Path, name: &str, ips: &[std::net::IpAddr]) -> (String, String) {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let san = ips
+        .iter()
+        .map(|ip| format!("IP:{ip}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args([
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            &format!("subjectAltName={san}"),
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert.display().to_string(), key.display().to_string())
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .args(args)
+        .output()
+        .expect("curl (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The subject CN of the certificate `addr` presents.
+fn served_cn(addr: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {addr} </dev/null 2>/dev/null | openssl x509 -noout -subject"
+        ))
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn tls_with_http2_over_alpn_h2c_redirect_and_a_certificate_reloaded_in_place() {
+    let net = Net::new(74);
+    let ips = [net.ip(1, 1), net.ip(1, 2)];
+    let (cert, key) = openssl_cert(net.dir(), "shoal-test-1", &ips);
+    let (cert2, key2) = openssl_cert(net.dir(), "shoal-test-2", &ips);
+    let live = (net.dir().join("tls.crt"), net.dir().join("tls.key"));
+    std::fs::copy(&cert, &live.0).unwrap();
+    std::fs::copy(&key, &live.1).unwrap();
+    let (live_cert, live_key) = (live.0.display().to_string(), live.1.display().to_string());
+    let tls_env = [
+        ("SHOAL_TLS_CERT", live_cert.as_str()),
+        ("SHOAL_TLS_KEY", live_key.as_str()),
+        ("SHOAL_TLS_RELOAD_EVERY", "200ms"),
+    ];
+    let mut stack = Stack::new(&net);
+    let client = http();
+    let mut gw1_env = tls_env.to_vec();
+    gw1_env.push(("SHOAL_H2C", "true"));
+    let gw1 = stack.gateway(1, &gw1_env);
+    let mut gw2_env = tls_env.to_vec();
+    gw2_env.push(("SHOAL_TLS_REDIRECT", "true"));
+    let gw2 = stack.gateway(2, &gw2_env);
+    stack.service("test-upstream", "echo", 2, 1, &[]);
+    wait_routable(&client, gw1, "echo", 1).await;
+    let https1 = format!("https://{}:4443", gw1.ip());
+
+    // HTTP/2 by ALPN, HTTP/1.1 when the client asks for it; upstream is
+    // HTTP/1.1 either way.
+    let fmt = "\n%{http_version}";
+    let h2 = curl(&[
+        "--cacert",
+        &cert,
+        "-w",
+        fmt,
+        &format!("{https1}/api/echo/host"),
+    ]);
+    assert_eq!(h2, "echo-1\n2");
+    let h1 = curl(&[
+        "--cacert",
+        &cert,
+        "--http1.1",
+        "-w",
+        fmt,
+        &format!("{https1}/api/echo/host"),
+    ]);
+    assert_eq!(h1, "echo-1\n1.1");
+    // A POST body through HTTP/2.
+    let echoed = curl(&[
+        "--cacert",
+        &cert,
+        "-d",
+        "hello over h2",
+        &format!("{https1}/api/echo/echo"),
+    ]);
+    assert_eq!(echoed, "hello over h2");
+    // h2c where asked (gateway 1), and plain HTTP/1.1 still on that port.
+    let h2c = curl(&[
+        "--http2-prior-knowledge",
+        "-w",
+        fmt,
+        &format!("http://{gw1}/api/echo/host"),
+    ]);
+    assert_eq!(h2c, "echo-1\n2");
+    assert_eq!(
+        curl(&["-w", fmt, &format!("http://{gw1}/api/echo/host")]),
+        "echo-1\n1.1"
+    );
+
+    // Gateway 2 redirects plain HTTP to HTTPS, path and query kept.
+    let redirect = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        &format!("http://{gw2}/api/echo/host?x=1"),
+    ]);
+    assert_eq!(
+        redirect,
+        format!("308 https://{}:4443/api/echo/host?x=1", gw2.ip())
+    );
+    let followed = curl(&[
+        "--cacert",
+        &cert,
+        "-L",
+        &format!("http://{gw2}/api/echo/host"),
+    ]);
+    assert_eq!(followed, "echo-1");
+
+    // The certificate is replaced in place: served within the reload
+    // period, with no restart.
+    let addr = format!("{}:4443", gw1.ip());
+    assert!(
+        served_cn(&addr).contains("shoal-test-1"),
+        "{}",
+        served_cn(&addr)
+    );
+    let pid = stack.proc("gateway-1").pid();
+    std::fs::copy(&cert2, &live.0).unwrap();
+    std::fs::copy(&key2, &live.1).unwrap();
+    let swapped = Instant::now();
+    wait_for_async(
+        "the new certificate to be served",
+        Duration::from_secs(10),
+        || async { served_cn(&addr).contains("shoal-test-2").then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "new certificate served {:.2} s after the files changed",
+        swapped.elapsed().as_secs_f64()
+    );
+    assert_eq!(stack.proc("gateway-1").pid(), pid);
+    assert!(stack.proc("gateway-1").is_running());
+    assert_eq!(
+        curl(&["--cacert", &cert2, &format!("{https1}/api/echo/host")]),
+        "echo-1"
+    );
+    // A broken file is refused, and the last good certificate stays.
+    std::fs::write(&live.0, "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        curl(&["--cacert", &cert2, &format!("{https1}/api/echo/host")]),
+        "echo-1"
+    );
+    let m = |name: &'static str| gateway_metric(&client, gw1, name);
+    assert!(m("shoal_gateway_tls_certificate_loads_total{result=\"ok\"").await >= 2.0);
+    assert!(m("shoal_gateway_tls_certificate_loads_total{result=\"failed\"").await >= 1.0);
+    assert!(
+        m("shoal_gateway_client_requests_total{protocol=\"h2\",transport=\"tls\"").await >= 2.0
+    );
+    assert!(
+        m("shoal_gateway_client_requests_total{protocol=\"h2\",transport=\"plain\"").await >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_half_configured_tls_names_the_missing_setting() {
+    let net = Net::new(75);
+    let mut stack = Stack::new(&net);
+    stack.gateway(1, &[("SHOAL_TLS_CERT", "/nonexistent.crt")]);
+    let status = stack.proc("gateway-1").wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| !s.success()));
+    let log = stack.proc("gateway-1").log();
+    assert!(log.contains("SHOAL_TLS_KEY"), "{log}");
+    stack.gateway(
+        2,
+        &[
+            ("SHOAL_TLS_CERT", "/nonexistent.crt"),
+            ("SHOAL_TLS_KEY", "/nonexistent.key"),
+        ],
+    );
+    let status = stack.proc("gateway-2").wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| !s.success()));
+    let log = stack.proc("gateway-2").log();
+    assert!(log.contains("SHOAL_TLS_CERT=/nonexistent.crt"), "{log}");
+}
