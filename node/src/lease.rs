@@ -366,7 +366,13 @@ impl Lease {
             started_ms: self.registered_ms,
             gossip_addr,
             lease: Some(self.clone()),
-            policy: Default::default(),
+            // Spring Cloud's weighted balancer reads `metadata.weight`;
+            // `metadata.version` is the usual version tag.
+            policy: crate::policy::Policy::from_keys(|k| match k {
+                crate::policy::keys::WEIGHT => r.metadata.get("weight").map(String::as_str),
+                crate::policy::keys::LABEL => r.metadata.get("version").map(String::as_str),
+                _ => None,
+            }),
         }
     }
 }
@@ -492,6 +498,24 @@ mod tests {
         assert_eq!(member.service, "orders");
         assert_eq!(member.addr, "10.0.9.5:8080".parse().unwrap());
         assert_eq!(member.id.node, "eureka:i");
+    }
+
+    #[test]
+    fn a_registrations_weight_and_version_metadata_are_its_policy() {
+        let lease = Lease::apply(
+            Some(&registered(0)),
+            "ORDERS",
+            "i",
+            LeaseOp::Metadata(BTreeMap::from([
+                ("weight".into(), "10%".into()),
+                ("version".into(), "v2".into()),
+            ])),
+            1,
+        )
+        .unwrap();
+        let m = std::sync::Arc::new(lease).member("127.0.0.1:1".parse().unwrap());
+        assert_eq!(m.policy.weight, crate::policy::Weight::Share(100));
+        assert_eq!(m.policy.label.as_deref(), Some("v2"));
     }
 
     #[test]

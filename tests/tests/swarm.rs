@@ -19,6 +19,7 @@ use shoal_tests::wait_for_async;
 const STACK: &str = "shoaltest";
 /// Published gateway port of the test stack (not 4000: see the module doc).
 const PORT: u16 = 14000;
+const TLS_PORT: u16 = 14443;
 
 fn base() -> String {
     format!("http://127.0.0.1:{PORT}")
@@ -45,6 +46,7 @@ fn deploy_env(secret: &str) -> Vec<(&'static str, String)> {
         ("STACK", STACK.into()),
         ("SKIP_BUILD", "1".into()),
         ("PUBLISHED_PORT", PORT.to_string()),
+        ("PUBLISHED_TLS_PORT", TLS_PORT.to_string()),
         ("SHOAL_KEY_SECRET", secret.into()),
         ("DB_IMAGE", "shoal/mariadb:latest".into()),
     ]
@@ -264,6 +266,16 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
     let hosts = hosts_through_gateway(&client, 300).await;
     eprintln!("SWARM spread over tasks: {hosts:?}");
     assert_eq!(hosts.len(), 3, "{hosts:?}");
+    // HTTPS and HTTP/2 on the published TLS port, the certificate from the
+    // stack's secrets.
+    let out = Command::new("curl")
+        .args(["-sSk", "--max-time", "5", "-w", "\n%{http_version}"])
+        .arg(format!("https://127.0.0.1:{TLS_PORT}/api/story-service/story/service/host"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("SWARM over HTTPS: {text:?}");
+    assert!(out.status.success() && text.ends_with("\n2"), "{text} {}", String::from_utf8_lossy(&out.stderr));
 
     // 2. Every member advertises its own msa-network address.
     let mut task_ips: HashMap<String, String> = HashMap::new();
