@@ -270,12 +270,18 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
     // stack's secrets.
     let out = Command::new("curl")
         .args(["-sSk", "--max-time", "5", "-w", "\n%{http_version}"])
-        .arg(format!("https://127.0.0.1:{TLS_PORT}/api/story-service/story/service/host"))
+        .arg(format!(
+            "https://127.0.0.1:{TLS_PORT}/api/story-service/story/service/host"
+        ))
         .output()
         .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout);
     eprintln!("SWARM over HTTPS: {text:?}");
-    assert!(out.status.success() && text.ends_with("\n2"), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && text.ends_with("\n2"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // 2. Every member advertises its own msa-network address.
     let mut task_ips: HashMap<String, String> = HashMap::new();
