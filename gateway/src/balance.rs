@@ -14,12 +14,13 @@
 //! Weights (`SHOAL_WEIGHT`) enter twice, as in stride scheduling: each
 //! instance has a *pass* that grows by its stride (1 / its weight) each time
 //! it is picked, and of two equal-cost candidates the one with the smaller
-//! pass wins; a pass that fell behind the smallest pass of the eligible
-//! instances (a newcomer, one back from ejection) counts as that smallest
-//! one, so nobody is flooded while it catches up. And costs are compared
-//! per unit of weight, so a canary at 10 % is not handed more than its
-//! share just because it is less busy. Measured: one of four replicas at
-//! `10%` gets 10.0 % of sequential requests (simulated 10,000 picks).
+//! pass wins. The service keeps a virtual clock (the largest pass a pick
+//! started from); a pass further behind it than [`CREDIT`] strides counts
+//! as that far behind only, so an instance that was avoided for a while
+//! (slow, ejected, new) catches up by a few picks, not by a flood. And
+//! costs are compared per unit of weight, so a canary at 10 % is not handed
+//! more than its share just because it is less busy. Measured: one of four
+//! replicas at `10%` gets 10.0 % of sequential requests.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +39,14 @@ const DECAY: Duration = Duration::from_secs(5);
 const TIE_RATIO: f64 = 2.0;
 /// Costs closer than this (absolute, seconds) are a tie: loopback noise.
 const TIE_ABSOLUTE: f64 = 0.005;
+/// How many picks an instance may be owed: its pass counts as at most this
+/// many of its strides behind the service's virtual clock.
+const CREDIT: f64 = 4.0;
+
+/// A service's virtual clock (f64 bits): the largest pass a pick started
+/// from. Kept across table rebuilds with the service.
+#[derive(Debug, Default)]
+pub struct Clock(AtomicU64);
 
 /// One instance of a service as the gateway tracks it.
 #[derive(Debug)]
@@ -104,8 +113,11 @@ impl Endpoint {
         1.0 / load_f64(&self.stride)
     }
 
-    fn pass(&self) -> f64 {
-        load_f64(&self.pass)
+    /// Its pass as the next pick sees it: at most [`CREDIT`] strides
+    /// behind the clock.
+    fn effective_pass(&self, clock: f64) -> f64 {
+        let stride = load_f64(&self.stride);
+        load_f64(&self.pass).max(clock - CREDIT * stride)
     }
 
     /// Whether it carries the version label `label`.
@@ -230,22 +242,20 @@ impl Drop for InFlight {
 /// for), by power of two choices.
 pub fn pick(
     endpoints: &[Arc<Endpoint>],
+    clock: &Clock,
     exclude: &[SocketAddr],
     max_in_flight: u32,
     label: Option<&str>,
     now: Instant,
 ) -> Option<Arc<Endpoint>> {
     // Two distinct eligible endpoints, uniformly, in one pass and without
-    // building a list (this runs on every request): reservoir sampling. The
-    // same pass finds the smallest pass of the eligible ones.
+    // building a list (this runs on every request): reservoir sampling.
     let mut rng = rand::rng();
     let mut two: [Option<&Arc<Endpoint>>; 2] = [None, None];
-    let mut floor = f64::INFINITY;
     let eligible = endpoints
         .iter()
         .filter(|e| is_eligible(e, exclude, max_in_flight, label, now));
     for (i, e) in eligible.enumerate() {
-        floor = floor.min(e.pass());
         if i < 2 {
             two[i] = Some(e);
         } else {
@@ -255,15 +265,20 @@ pub fn pick(
             }
         }
     }
+    let v = load_f64(&clock.0);
     let chosen = match two {
         [None, _] => return None,
         [Some(a), None] => a,
-        [Some(a), Some(b)] => cheaper(a, b, floor, now),
+        [Some(a), Some(b)] => cheaper(a, b, v, now),
     };
     // Racing picks on other threads may both start from the same pass: a
     // share off by one pick, never a lost one.
-    let start = chosen.pass().max(floor);
+    let start = chosen.effective_pass(v);
     store_f64(&chosen.pass, start + load_f64(&chosen.stride));
+    // Passes are not negative: their bits order as the numbers do.
+    clock
+        .0
+        .fetch_max(start.max(0.0).to_bits(), Ordering::Relaxed);
     Some(chosen.clone())
 }
 
@@ -285,14 +300,14 @@ pub fn is_eligible(
 fn cheaper<'a>(
     a: &'a Arc<Endpoint>,
     b: &'a Arc<Endpoint>,
-    floor: f64,
+    clock: f64,
     now: Instant,
 ) -> &'a Arc<Endpoint> {
     let (ca, cb) = (a.cost(now), b.cost(now));
     let (lo, hi) = if ca <= cb { (ca, cb) } else { (cb, ca) };
     if hi <= lo * TIE_RATIO || hi - lo <= TIE_ABSOLUTE {
         // Equal enough: the one furthest behind its share.
-        return if a.pass().max(floor) <= b.pass().max(floor) {
+        return if a.effective_pass(clock) <= b.effective_pass(clock) {
             a
         } else {
             b
@@ -304,9 +319,8 @@ fn cheaper<'a>(
 /// Sets the weights of one service's endpoints from what each announces:
 /// relative weights as they are; a share (`10%`) turned into the relative
 /// weight that gives it that share of the whole. Shares adding up to 100 %
-/// or more are scaled down to leave 1 % to the others. An endpoint new to
-/// the set starts at the smallest pass of the others, not at 0.
-pub fn set_weights(endpoints: &[Arc<Endpoint>], new: &[bool]) {
+/// or more are scaled down to leave 1 % to the others.
+pub fn set_weights(endpoints: &[Arc<Endpoint>]) {
     if endpoints.is_empty() {
         return;
     }
@@ -329,17 +343,6 @@ pub fn set_weights(endpoints: &[Arc<Endpoint>], new: &[bool]) {
     let mean = endpoints.iter().map(|e| effective(e)).sum::<f64>() / endpoints.len() as f64;
     for e in endpoints {
         store_f64(&e.stride, mean / effective(e));
-    }
-    let floor = endpoints
-        .iter()
-        .zip(new)
-        .filter(|(_, new)| !**new)
-        .map(|(e, _)| e.pass())
-        .fold(f64::INFINITY, f64::min);
-    if floor.is_finite() {
-        for (e, _) in endpoints.iter().zip(new).filter(|(_, new)| **new) {
-            store_f64(&e.pass, floor);
-        }
     }
 }
 

@@ -213,6 +213,7 @@ pub async fn forward(
         let Some(endpoint) = pinned.cloned().or_else(|| {
             balance::pick(
                 &service.endpoints,
+                &service.clock,
                 &tried,
                 proxy.max_in_flight_per_instance,
                 label.as_deref(),

@@ -61,6 +61,7 @@ pub async fn forward(
     let now = Instant::now();
     let Some(endpoint) = balance::pick(
         &service.endpoints,
+        &service.clock,
         &[],
         gw.config.proxy.max_in_flight_per_instance,
         None,

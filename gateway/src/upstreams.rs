@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use shoal_node::{ClusterView, Member, MemberId, RateLimit};
 use tokio::time::Instant;
 
-use crate::balance::{Endpoint, set_weights};
+use crate::balance::{Clock, Endpoint, set_weights};
 use crate::config::ResilienceConfig;
 use crate::limit::Limiter;
 use crate::metrics::{InstanceLabels, Metrics, ServiceMetrics};
@@ -34,6 +34,8 @@ pub struct ServiceState {
     pub policy: ServicePolicy,
     /// Its rate limits at this gateway.
     pub limiter: Arc<Limiter>,
+    /// Its balancer's virtual clock.
+    pub clock: Arc<Clock>,
 }
 
 /// What a service asks of every gateway (announced by its instances; the
@@ -128,15 +130,15 @@ impl Upstreams {
         let mut services = HashMap::new();
         metrics.instance_share.clear();
         for (name, members) in view.services() {
-            let (endpoints, new): (Vec<_>, Vec<bool>) = members
+            let endpoints: Vec<_> = members
                 .iter()
                 .filter(|m| m.is_up())
                 .map(|m| match old_endpoints.get(&m.id) {
-                    Some(e) if e.member.addr == m.addr => (Arc::clone(e), false),
-                    _ => (Arc::new(Endpoint::new(m.clone())), true),
+                    Some(e) if e.member.addr == m.addr => Arc::clone(e),
+                    _ => Arc::new(Endpoint::new(m.clone())),
                 })
-                .unzip();
-            set_weights(&endpoints, &new);
+                .collect();
+            set_weights(&endpoints);
             for e in &endpoints {
                 let p = &e.member.policy;
                 metrics
@@ -149,18 +151,20 @@ impl Upstreams {
                     })
                     .set(e.relative_weight() / endpoints.len() as f64);
             }
-            let (breaker, budget, service_metrics, limiter) = match old.services.get(name) {
+            let (breaker, budget, service_metrics, limiter, clock) = match old.services.get(name) {
                 Some(s) => (
                     s.breaker.clone(),
                     s.budget.clone(),
                     s.metrics.clone(),
                     s.limiter.clone(),
+                    s.clock.clone(),
                 ),
                 None => (
                     Arc::new(Breaker::new(&self.resilience, now)),
                     Arc::new(retry_budget(&self.resilience)),
                     Arc::new(metrics.for_service(name)),
                     Arc::new(Limiter::default()),
+                    Arc::new(Clock::default()),
                 ),
             };
             let policy = ServicePolicy::of(name, members);
@@ -175,6 +179,7 @@ impl Upstreams {
                     metrics: service_metrics,
                     policy,
                     limiter,
+                    clock,
                 }),
             );
         }

@@ -36,8 +36,9 @@ fn counts(
 ) -> Vec<usize> {
     let mut counts = vec![0; endpoints.len()];
     let mut now = Instant::now();
+    let clock = Clock::default();
     for _ in 0..rounds {
-        let e = pick(endpoints, &[], 100, None, now).unwrap();
+        let e = pick(endpoints, &clock, &[], 100, None, now).unwrap();
         let i = endpoints.iter().position(|x| Arc::ptr_eq(x, &e)).unwrap();
         counts[i] += 1;
         let latency = latency_of(i);
@@ -84,7 +85,7 @@ fn busy_instance_costs_more() {
     }
     let _busy: Vec<_> = (0..5).map(|_| endpoints[0].start()).collect();
     for _ in 0..20 {
-        let e = pick(&endpoints, &[], 100, None, now).unwrap();
+        let e = pick(&endpoints, &Clock::default(), &[], 100, None, now).unwrap();
         assert_eq!(e.addr(), endpoints[1].addr());
     }
 }
@@ -98,11 +99,23 @@ fn ejected_excluded_and_saturated_instances_are_skipped() {
     let _full = endpoints[1].start();
     for _ in 0..20 {
         assert_eq!(
-            pick(&endpoints, &[], 1, None, now).unwrap().addr(),
+            pick(&endpoints, &Clock::default(), &[], 1, None, now)
+                .unwrap()
+                .addr(),
             endpoints[2].addr()
         );
     }
-    assert!(pick(&endpoints, &[endpoints[2].addr()], 1, None, now).is_none());
+    assert!(
+        pick(
+            &endpoints,
+            &Clock::default(),
+            &[endpoints[2].addr()],
+            1,
+            None,
+            now
+        )
+        .is_none()
+    );
     // The second ejection lasts twice as long; both end.
     assert!(endpoints[0].is_ejected(now + Duration::from_secs(29)));
     assert!(!endpoints[0].is_ejected(now + Duration::from_secs(31)));
@@ -127,7 +140,7 @@ fn a_canary_at_ten_percent_gets_ten_percent() {
         .map(endpoint)
         .chain([weighted(4, Weight::Share(100), Some("v2"))])
         .collect();
-    set_weights(&endpoints, &[true; 4]);
+    set_weights(&endpoints);
     let c = counts(&endpoints, 10_000, |i| {
         Duration::from_micros(300 + 40 * i as u64)
     });
@@ -143,7 +156,7 @@ fn relative_weights_share_in_proportion() {
         weighted(1, Weight::Relative(100), None),
         weighted(2, Weight::Relative(300), None),
     ];
-    set_weights(&endpoints, &[true; 2]);
+    set_weights(&endpoints);
     let c = counts(&endpoints, 4_000, |_| Duration::from_micros(300));
     assert!((900..=1100).contains(&c[0]), "{c:?}");
 }
@@ -151,10 +164,10 @@ fn relative_weights_share_in_proportion() {
 #[test]
 fn a_newcomer_is_not_flooded_while_it_catches_up() {
     let mut endpoints: Vec<_> = (1..=3).map(endpoint).collect();
-    set_weights(&endpoints, &[true; 3]);
+    set_weights(&endpoints);
     counts(&endpoints, 3_000, |_| Duration::from_micros(300));
     endpoints.push(endpoint(4));
-    set_weights(&endpoints, &[false, false, false, true]);
+    set_weights(&endpoints);
     let c = counts(&endpoints, 400, |_| Duration::from_micros(300));
     assert!((70..=130).contains(&c[3]), "newcomer got {c:?}");
 }
@@ -165,15 +178,45 @@ fn a_slow_canary_is_avoided_and_a_label_is_honoured() {
         .map(endpoint)
         .chain([weighted(4, Weight::Share(500), Some("v2"))])
         .collect();
-    set_weights(&endpoints, &[true; 4]);
+    set_weights(&endpoints);
     let c = counts(&endpoints, 1_000, |i| {
         Duration::from_millis(if i == 3 { 200 } else { 1 })
     });
     assert!(c[3] * 20 < 1_000, "slow canary got {c:?}");
     let now = Instant::now();
     for _ in 0..20 {
-        let e = pick(&endpoints, &[], 100, Some("v2"), now).unwrap();
+        let e = pick(&endpoints, &Clock::default(), &[], 100, Some("v2"), now).unwrap();
         assert!(e.has_label("v2"));
     }
-    assert!(pick(&endpoints, &[], 100, Some("v3"), now).is_none());
+    assert!(pick(&endpoints, &Clock::default(), &[], 100, Some("v3"), now).is_none());
+}
+
+#[test]
+fn a_replica_back_from_slowness_is_not_flooded() {
+    let endpoints: Vec<_> = (1..=3).map(endpoint).collect();
+    set_weights(&endpoints);
+    let clock = Clock::default();
+    let mut now = Instant::now();
+    let mut run = |n: usize, slow: bool, pause: Duration| {
+        now += pause;
+        let mut c = [0usize; 3];
+        for _ in 0..n {
+            let e = pick(&endpoints, &clock, &[], 100, None, now).unwrap();
+            let i = endpoints.iter().position(|x| Arc::ptr_eq(x, &e)).unwrap();
+            c[i] += 1;
+            let latency = Duration::from_micros(if slow && i == 0 { 200_000 } else { 300 });
+            now += latency;
+            e.observe(latency, now);
+        }
+        c
+    };
+    let avoided = run(600, true, Duration::ZERO);
+    assert!(avoided[0] < 60, "{avoided:?}");
+    // Its latency average decays; then it gets its share again, plus a few
+    // picks of credit, not the hundreds it missed.
+    let after = run(300, false, Duration::from_secs(60));
+    assert!(
+        (80..=125).contains(&after[0]),
+        "back from slowness: {after:?}"
+    );
 }
