@@ -102,6 +102,20 @@ async fn stats(State(a): State<Admin>) -> Response {
     .into_response()
 }
 
+/// What this gateway serves at the edge: ports, TLS, HTTP/2.
+fn edge_doc(gw: &Gateway) -> serde_json::Value {
+    let c = &gw.config;
+    let m = &gw.metrics;
+    serde_json::json!({
+        "port": c.port,
+        "h2c": c.h2c,
+        "tls_port": c.tls.as_ref().map(|t| t.port),
+        "redirect": c.tls.as_ref().is_some_and(|t| t.redirect),
+        "h2_requests": m.protocol("h2", true).get() + m.protocol("h2", false).get(),
+        "certificate_loads": m.tls_loads.get_or_create(&crate::metrics::ResultLabel { result: "ok".into() }).get(),
+    })
+}
+
 /// One update of the page: who answers, the figures, the latest events.
 async fn update(a: &Admin, view: &ClusterView) -> String {
     let events = a.events.borrow().clone();
@@ -110,6 +124,7 @@ async fn update(a: &Admin, view: &ClusterView) -> String {
         "gateway": a.cluster.id().to_string(),
         "at_ms": now_ms(),
         "stats": stats_doc(&a.cluster.cluster_stats().await, view, &a.gw.upstreams.snapshot()),
+        "edge": edge_doc(&a.gw),
         "events": events.iter().skip(skip).collect::<Vec<_>>(),
     });
     doc.to_string()

@@ -30,6 +30,22 @@ pub struct ClientTls;
 /// The largest request head taken (nginx takes 4 × 8 KiB by default).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// Drives a hyper connection; when the drain starts, asks it to finish its
+/// in-flight request and close, and waits for that.
+macro_rules! until_drained {
+    ($conn:expr, $watch:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = $watch.draining() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+
 /// What a listener serves.
 #[derive(Clone)]
 pub enum Kind {
@@ -164,36 +180,24 @@ async fn connection<I>(
         async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer).await) }
     });
     let io = TokioIo::new(io);
-    let result = match proto {
-        Proto::Http1 => {
-            let conn = http1::Builder::new()
+    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match proto {
+        Proto::Http1 => until_drained!(
+            http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 // Headers (request line included) up to 64 KiB; larger
                 // ones are answered 431.
                 .max_header_size(MAX_HEADER_BYTES)
                 .serve_connection(io, service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = watch.draining() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-        }
-        Proto::Http2 => {
-            let conn = http2_builder(header_timeout).serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = watch.draining() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-        }
+                .with_upgrades(),
+            watch
+        )
+        .map_err(Into::into),
+        Proto::Http2 => until_drained!(
+            http2_builder(header_timeout).serve_connection(io, service),
+            watch
+        )
+        .map_err(Into::into),
         Proto::Auto => {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
@@ -206,19 +210,7 @@ async fn connection<I>(
                 .timer(TokioTimer::new())
                 .max_header_list_size(MAX_HEADER_BYTES as u32)
                 .keep_alive_interval(Some(Duration::from_secs(30)));
-            let conn = builder.serve_connection_with_upgrades(io, service);
-            tokio::pin!(conn);
-            let r = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = watch.draining() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(err) = r {
-                debug!(%peer, error = %err, "connection ended with an error");
-            }
-            return;
+            until_drained!(builder.serve_connection_with_upgrades(io, service), watch)
         }
     };
     if let Err(err) = result {
@@ -248,19 +240,14 @@ where
             Ok::<_, Infallible>(redirect_response(&req, port))
         },
     );
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(gw.config.proxy.header_timeout)
-        .max_header_size(MAX_HEADER_BYTES)
-        .serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    let _ = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = watch.draining() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
+    let _ = until_drained!(
+        http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(gw.config.proxy.header_timeout)
+            .max_header_size(MAX_HEADER_BYTES)
+            .serve_connection(TokioIo::new(io), service),
+        watch
+    );
 }
 
 /// The redirect of `req` to HTTPS on `port`.

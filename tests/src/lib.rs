@@ -537,6 +537,18 @@ pub async fn members_doc(
         .ok()
 }
 
+/// `GET url` read as JSON (panics, naming the URL, on any failure).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+}
+
 /// The sum of the samples of metric `name` (a prefix of the line) on the
 /// gateway's `/metrics`.
 pub async fn gateway_metric(client: &reqwest::Client, gateway: SocketAddr, name: &str) -> f64 {

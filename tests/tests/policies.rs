@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shoal_tests::{Net, Stack, gateway_metric, http, wait_for_async, wait_routable};
+use shoal_tests::{Net, Stack, gateway_metric, get_json, http, wait_for_async, wait_routable};
 
 fn owned<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     env.iter().map(|(k, v)| (*k, v.as_str())).collect()
@@ -89,14 +89,7 @@ async fn a_canary_at_ten_percent_gets_ten_percent_and_is_ejected_when_it_fails()
     );
 
     // The dashboard's document and the metrics show the weight and label.
-    let stats: Value = client
-        .get(format!("http://{}:8761/stats", gw.ip()))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("json");
+    let stats = get_json(&client, &format!("http://{}:8761/stats", gw.ip())).await;
     let instances = stats["services"]["echo"]["instances"]
         .as_array()
         .expect("instances");
@@ -439,14 +432,7 @@ async fn three_gateways_hold_a_rate_limit_together_however_traffic_is_spread() {
         assert!(gateway_metric(&client, *gw, "shoal_gateway_rate_limited_total{").await > 0.0);
     }
     eprintln!("shares add up to {shares:.1}/s");
-    let stats: Value = client
-        .get(format!("http://{}:8761/stats", gws[0].ip()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = get_json(&client, &format!("http://{}:8761/stats", gws[0].ip())).await;
     assert_eq!(stats["services"]["echo"]["policy"]["rate_limit"], "300/s");
     assert!(
         stats["services"]["echo"]["policy"]["limit_here"]["refused"]

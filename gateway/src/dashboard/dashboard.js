@@ -87,6 +87,10 @@ function render(u) {
   $("gateways").textContent = st.gateways;
   $("window").textContent = st.window_secs;
   $("self").textContent = u.gateway;
+  const e = u.edge || {};
+  $("edge").textContent = "this gateway: HTTP/1.1" + (e.h2c ? " + h2c" : "") + " :" + e.port +
+    (e.redirect ? " → HTTPS" : "") + (e.tls_port ? " · HTTPS (h2, http/1.1) :" + e.tls_port +
+    " · " + fmt(e.h2_requests, 0) + " HTTP/2 requests · certificate loaded " + fmt(e.certificate_loads, 0) + "×" : "");
   let members = 0, rps = 0, errors = 0;
   for (const [, s] of services) { members += (s.instances || []).filter((i) => i.member).length; rps += s.rps; errors += s.errors; }
   $("members").textContent = members;
