@@ -283,31 +283,45 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // 2. Every member advertises its own msa-network address.
-    let mut task_ips: HashMap<String, String> = HashMap::new();
-    for service in [
-        "gateway",
-        "story-service",
-        "notice-service",
-        "board-service",
-    ] {
-        for c in containers(STACK, service) {
-            let host = docker(&["inspect", "-f", "{{.Config.Hostname}}", &c]);
-            let ip = docker(&[
-                "inspect",
-                "-f",
-                "{{(index .NetworkSettings.Networks \"msa-network\").IPAddress}}",
-                &c,
-            ]);
-            task_ips.insert(host, ip);
+    // 2. Every member advertises its own msa-network address. Routable
+    // means one replica of each service is up; the others may still be
+    // starting: wait (up to a minute) until the view holds every task.
+    let view_deadline = Instant::now() + Duration::from_secs(60);
+    let (task_ips, members) = loop {
+        let mut task_ips: HashMap<String, String> = HashMap::new();
+        for service in [
+            "gateway",
+            "story-service",
+            "notice-service",
+            "board-service",
+        ] {
+            for c in containers(STACK, service) {
+                let host = docker(&["inspect", "-f", "{{.Config.Hostname}}", &c]);
+                let ip = docker(&[
+                    "inspect",
+                    "-f",
+                    "{{(index .NetworkSettings.Networks \"msa-network\").IPAddress}}",
+                    &c,
+                ]);
+                task_ips.insert(host, ip);
+            }
         }
-    }
-    let members: shoal_node::MembersDoc = serde_json::from_str(
-        chaos::gateway_admin(STACK, "/members")
-            .first()
-            .expect("a gateway task"),
-    )
-    .expect("members JSON");
+        let members: shoal_node::MembersDoc = serde_json::from_str(
+            chaos::gateway_admin(STACK, "/members")
+                .first()
+                .expect("a gateway task"),
+        )
+        .expect("members JSON");
+        let in_view: usize = members.services.values().map(|l| l.len()).sum();
+        if in_view >= task_ips.len() || Instant::now() > view_deadline {
+            eprintln!(
+                "SWARM every task in the gateway's view {:.1} s after the deploy began",
+                deployed.elapsed().as_secs_f64()
+            );
+            break (task_ips, members);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let mut checked = 0;
     for list in members.services.values() {
         for m in list {
