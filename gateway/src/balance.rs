@@ -282,6 +282,31 @@ pub fn pick(
     Some(chosen.clone())
 }
 
+/// Picks the eligible endpoint furthest behind its weighted share,
+/// whatever its latency now: for pinning a new sticky-session client, whose
+/// pin lasts the session and so should follow the long-run shares, not a
+/// moment's load (failing instances are still out: ejection, `exclude`).
+pub fn pick_fair(
+    endpoints: &[Arc<Endpoint>],
+    clock: &Clock,
+    exclude: &[SocketAddr],
+    max_in_flight: u32,
+    label: Option<&str>,
+    now: Instant,
+) -> Option<Arc<Endpoint>> {
+    let v = load_f64(&clock.0);
+    let chosen = endpoints
+        .iter()
+        .filter(|e| is_eligible(e, exclude, max_in_flight, label, now))
+        .min_by(|a, b| a.effective_pass(v).total_cmp(&b.effective_pass(v)))?;
+    let start = chosen.effective_pass(v);
+    store_f64(&chosen.pass, start + load_f64(&chosen.stride));
+    clock
+        .0
+        .fetch_max(start.max(0.0).to_bits(), Ordering::Relaxed);
+    Some(chosen.clone())
+}
+
 /// Whether `e` may take the next attempt.
 pub fn is_eligible(
     e: &Endpoint,

@@ -210,8 +210,15 @@ pub async fn forward(
             }),
             _ => None,
         };
+        // A sticky client without a live pin is pinned by share, not by
+        // the moment's latency; retries and other services go by cost.
+        let choose = if sticky.is_some() && tried.is_empty() {
+            balance::pick_fair
+        } else {
+            balance::pick
+        };
         let Some(endpoint) = pinned.cloned().or_else(|| {
-            balance::pick(
+            choose(
                 &service.endpoints,
                 &service.clock,
                 &tried,

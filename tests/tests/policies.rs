@@ -234,8 +234,10 @@ async fn sticky_clients_keep_their_instance_and_move_without_an_error_when_it_di
     }
     eprintln!("clients per instance: {per_host:?}");
     assert_eq!(per_host.len(), 3, "{per_host:?}");
+    // New clients are pinned by share (33 each), whatever the moment's
+    // latencies on a loaded machine.
     assert!(
-        per_host.values().all(|n| *n >= 20),
+        per_host.values().all(|n| *n >= 25),
         "uneven pinning: {per_host:?}"
     );
     assert!(clients.iter().all(|c| {

@@ -220,3 +220,22 @@ fn a_replica_back_from_slowness_is_not_flooded() {
         "back from slowness: {after:?}"
     );
 }
+
+#[test]
+fn sticky_pins_follow_shares_whatever_the_moments_latency() {
+    let endpoints: Vec<_> = (1..=3).map(endpoint).collect();
+    set_weights(&endpoints);
+    let clock = Clock::default();
+    let now = Instant::now();
+    // One replica is slow right now: P2C would avoid it; pins do not.
+    endpoints[0].observe(Duration::from_millis(500), now);
+    let mut c = [0usize; 3];
+    for _ in 0..99 {
+        let e = pick_fair(&endpoints, &clock, &[], 100, None, now).unwrap();
+        c[endpoints.iter().position(|x| Arc::ptr_eq(x, &e)).unwrap()] += 1;
+    }
+    assert_eq!(c, [33, 33, 33]);
+    // Excluded (tried, ejected) ones are still skipped.
+    let e = pick_fair(&endpoints, &clock, &[endpoints[0].addr()], 100, None, now).unwrap();
+    assert!(!Arc::ptr_eq(&e, &endpoints[0]));
+}
