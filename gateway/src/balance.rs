@@ -271,15 +271,20 @@ pub fn pick(
         [Some(a), None] => a,
         [Some(a), Some(b)] => cheaper(a, b, v, now),
     };
-    // Racing picks on other threads may both start from the same pass: a
-    // share off by one pick, never a lost one.
+    Some(picked(chosen, clock, v))
+}
+
+/// Counts a pick of `chosen`: its pass moves on by its stride, the clock
+/// to where its pass started. Racing picks on other threads may both start
+/// from the same pass: a share off by one pick, never a lost one.
+fn picked(chosen: &Arc<Endpoint>, clock: &Clock, v: f64) -> Arc<Endpoint> {
     let start = chosen.effective_pass(v);
     store_f64(&chosen.pass, start + load_f64(&chosen.stride));
     // Passes are not negative: their bits order as the numbers do.
     clock
         .0
         .fetch_max(start.max(0.0).to_bits(), Ordering::Relaxed);
-    Some(chosen.clone())
+    chosen.clone()
 }
 
 /// Picks the eligible endpoint furthest behind its weighted share,
@@ -299,12 +304,7 @@ pub fn pick_fair(
         .iter()
         .filter(|e| is_eligible(e, exclude, max_in_flight, label, now))
         .min_by(|a, b| a.effective_pass(v).total_cmp(&b.effective_pass(v)))?;
-    let start = chosen.effective_pass(v);
-    store_f64(&chosen.pass, start + load_f64(&chosen.stride));
-    clock
-        .0
-        .fetch_max(start.max(0.0).to_bits(), Ordering::Relaxed);
-    Some(chosen.clone())
+    Some(picked(chosen, clock, v))
 }
 
 /// Whether `e` may take the next attempt.
