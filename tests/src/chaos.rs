@@ -63,8 +63,13 @@ pub struct Report {
     pub max_ms: f64,
     /// The kills.
     pub kills: Vec<Kill>,
-    /// Acknowledged (201) writes missing from the table.
+    /// Acknowledged (201) writes missing from the table (read back as `[]`).
     pub lost: u64,
+    /// The ids of those, to look for them elsewhere.
+    pub lost_ids: Vec<String>,
+    /// Writes whose read-back never got a 200 with a list (10 s of tries),
+    /// by the last status (0: no answer): not known lost, not known kept.
+    pub unverified: HashMap<u16, u64>,
     /// Writes present more than once.
     pub duplicated: u64,
 }
@@ -75,10 +80,15 @@ impl Report {
         self.get_failures.values().sum()
     }
 
+    /// Writes whose read-back never answered.
+    pub fn unread(&self) -> u64 {
+        self.unverified.values().sum()
+    }
+
     /// A human report.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "requests: {} GETs, {} failed {:?}; GET latency p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms\nPOSTs by status: {:?}; acknowledged writes lost: {}, duplicated: {}\n",
+            "requests: {} GETs, {} failed {:?}; GET latency p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms\nPOSTs by status: {:?}; acknowledged writes lost: {}, duplicated: {}, not read back: {:?}\n",
             self.gets,
             self.failed_gets(),
             self.get_failures,
@@ -87,7 +97,8 @@ impl Report {
             self.max_ms,
             self.posts,
             self.lost,
-            self.duplicated
+            self.duplicated,
+            self.unverified
         );
         if !self.kills.is_empty() {
             out.push_str("kills:\n");
@@ -168,6 +179,52 @@ pub async fn get_until_answered(
         outcome = client.get(url).send().await;
     }
     outcome
+}
+
+/// Where writes read back as missing through the gateway are: each id
+/// asked of every instance directly (`bases`: `http://ip:port`), a line per
+/// id naming how many rows each one lists (`-` for no list). One instance
+/// listing it means a stale read path; none means the write is gone.
+pub async fn locate(client: &reqwest::Client, ids: &[String], bases: &[String]) -> String {
+    let mut out = String::new();
+    for id in ids.iter().take(10) {
+        out.push_str(&format!("  {id}:"));
+        for base in bases {
+            let rows = read_back(client, &format!("{base}/story/{id}")).await;
+            let rows = rows.map_or("-".to_string(), |n| n.to_string());
+            out.push_str(&format!(" {base} {rows};"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The number of rows a read of `url` lists, tried for up to 10 s until it
+/// answers 200 with a list; else the last status (0: no answer).
+async fn read_back(client: &reqwest::Client, url: &str) -> Result<usize, u16> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let last = match client.get(url).send().await {
+            Ok(r) if r.status() == 200 => {
+                match r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .as_ref()
+                    .and_then(|v| v.as_array())
+                {
+                    Some(rows) => return Ok(rows.len()),
+                    None => 200,
+                }
+            }
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        };
+        if Instant::now() >= until {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -334,21 +391,14 @@ impl Load {
         for (id, status) in &posts {
             *report.posts.entry(*status).or_default() += 1;
             let url = format!("{}/api/story-service/story/{id}", self.base);
-            let rows = get_until_answered(&self.client, &url).await.ok();
-            let n = match rows {
-                Some(r) => r
-                    .json::<serde_json::Value>()
-                    .await
-                    .ok()
-                    .and_then(|v| v.as_array().map(Vec::len))
-                    .unwrap_or(0),
-                None => 0,
-            };
-            if *status == 201 && n == 0 {
-                report.lost += 1;
-            }
-            if n > 1 {
-                report.duplicated += 1;
+            match read_back(&self.client, &url).await {
+                Ok(0) if *status == 201 => {
+                    report.lost += 1;
+                    report.lost_ids.push(id.clone());
+                }
+                Ok(n) if n > 1 => report.duplicated += 1,
+                Ok(_) => {}
+                Err(last) => *report.unverified.entry(last).or_default() += 1,
             }
         }
         report

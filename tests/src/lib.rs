@@ -167,6 +167,8 @@ pub struct Proc {
     pub name: String,
     child: Child,
     lines: Arc<Mutex<Vec<(Instant, String)>>>,
+    /// The thread that reads stdout: done once the last line is in `lines`.
+    reader: Option<std::thread::JoinHandle<()>>,
     log: PathBuf,
 }
 
@@ -192,7 +194,7 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let lines = Arc::new(Mutex::new(Vec::new()));
-        if let Some(stdout) = child.stdout.take() {
+        let reader = child.stdout.take().map(|stdout| {
             let lines = lines.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -201,12 +203,13 @@ impl Proc {
                         .unwrap_or_else(|p| p.into_inner())
                         .push((Instant::now(), line));
                 }
-            });
-        }
+            })
+        });
         Proc {
             name: name.to_string(),
             child,
             lines,
+            reader,
             log,
         }
     }
@@ -227,11 +230,22 @@ impl Proc {
         let _ = self.child.wait();
     }
 
-    /// Waits for the process to exit.
+    /// Waits for the process to exit, and for what it printed last to be
+    /// read (the reader thread lags the exit: `lines` right after an exit
+    /// could miss the final lines).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                // EOF comes once every holder of the pipe is gone; a child
+                // of the process that outlives it would hold it open, so
+                // the wait is bounded.
+                let read_until = Instant::now() + Duration::from_secs(5);
+                while self.reader.as_ref().is_some_and(|r| !r.is_finished())
+                    && Instant::now() < read_until
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return Some(status);
             }
             if Instant::now() >= deadline {

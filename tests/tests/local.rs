@@ -246,10 +246,22 @@ fn local_cluster_survives_kills_and_chaos() {
     note_pids(&mut seen_pids);
     let report = rt.block_on(load.finish());
     eprintln!("load through gateway-1:\n{}", report.render());
+    if report.lost > 0 {
+        let replicas: Vec<String> = (1..=3)
+            .map(|i| format!("http://127.52.11.{i}:8768"))
+            .collect();
+        let found = rt.block_on(shoal_tests::chaos::locate(
+            &client,
+            &report.lost_ids,
+            &replicas,
+        ));
+        eprintln!("writes missing through the gateway, asked of each replica:\n{found}");
+    }
     assert_eq!(report.failed_gets(), 0, "{}", report.render());
     assert!(report.gets > 500, "{}", report.render());
     assert_eq!(report.lost, 0, "{}", report.render());
     assert_eq!(report.duplicated, 0, "{}", report.render());
+    assert_eq!(report.unread(), 0, "{}", report.render());
     assert!(
         report.posts.get(&201).copied().unwrap_or(0) > 100,
         "{}",

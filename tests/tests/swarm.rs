@@ -460,6 +460,7 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
     assert_eq!(report.failed_gets(), 0, "failed GETs");
     assert_eq!(report.lost, 0, "acknowledged writes lost");
     assert_eq!(report.duplicated, 0, "writes duplicated");
+    assert_eq!(report.unread(), 0, "writes not read back");
     assert!(report.kills.len() >= 10, "kills: {}", report.kills.len());
     wait_converged("story-service", 3, Duration::from_secs(60));
     wait_converged("gateway", gateways, Duration::from_secs(60));
@@ -667,6 +668,7 @@ async fn partitions(gateways: usize) {
         assert_eq!(report.failed_gets(), 0, "{direction:?}: failed GETs");
         assert_eq!(report.lost, 0, "{direction:?}: acknowledged writes lost");
         assert_eq!(report.duplicated, 0, "{direction:?}: writes duplicated");
+        assert_eq!(report.unread(), 0, "{direction:?}: writes not read back");
         // Inbound only, the task still gossips out: its own SYNs are no
         // proof it can be reached (vendor/chitchat, change 5), so it leaves
         // the views all the same.
@@ -793,7 +795,7 @@ async fn partitions(gateways: usize) {
     );
     assert_eq!(report.failed_gets(), 0, "flapping: failed GETs");
     assert_eq!(
-        report.lost + report.duplicated,
+        report.lost + report.duplicated + report.unread(),
         0,
         "flapping: writes lost or duplicated"
     );

@@ -60,7 +60,7 @@ async fn main() {
     );
     let report = run(&plan).await;
     print!("{}", report.render());
-    if report.failed_gets() > 0 || report.lost > 0 || report.duplicated > 0 {
+    if report.failed_gets() > 0 || report.lost > 0 || report.duplicated > 0 || report.unread() > 0 {
         std::process::exit(1);
     }
 }

@@ -166,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
     let ok = report.failed_gets() == 0
         && report.lost == 0
         && report.duplicated == 0
+        && report.unread() == 0
         && worst <= a.max_growth_mib
         && status.success();
     if !ok {
