@@ -298,6 +298,33 @@ mod tests {
         assert!(Db::new("oracle://h").unwrap_err().contains("sqlite://"));
     }
 
+    /// SQLite before 3.51.3 has the WAL-reset race (sqlite.org/wal.html,
+    /// "WAL-reset bug"): with several connections writing and checkpointing
+    /// one file — three replicas of `shoal local` on one database — a
+    /// checkpoint can skip frames and committed writes are lost. The bundled
+    /// library must stay at a fixed version.
+    #[test]
+    fn the_bundled_sqlite_has_the_wal_reset_fix() {
+        sqlx::any::install_default_drivers();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let version: String = rt.block_on(async {
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect("sqlite::memory:")
+                .await
+                .unwrap();
+            sqlx::query_scalar("SELECT sqlite_version()")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        });
+        let parts: Vec<u32> = version.split('.').filter_map(|p| p.parse().ok()).collect();
+        assert!(parts >= vec![3, 51, 3], "SQLite {version}");
+    }
+
     #[test]
     fn placeholders_become_numbered_for_postgres() {
         let pg = Db::new("postgres://u@localhost/db").unwrap();
