@@ -24,6 +24,7 @@
 
 mod admin;
 mod admission;
+mod affinity;
 mod balance;
 mod body;
 pub mod config;

@@ -17,14 +17,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::admission::Verdict;
-use crate::balance::{self, Endpoint};
+use crate::affinity::Affinity;
+use crate::balance::Endpoint;
 use crate::body::ProxyBody;
 use crate::error::{error_chain, error_response};
 use crate::headers::{forwarded_prefix, strip_hop_by_hop, upstream_headers};
@@ -141,30 +142,16 @@ pub async fn forward(
             );
         }
     };
-    let label = version_label(&parts.headers);
-    if let Some(label) = &label {
-        if !service.endpoints.iter().any(|e| e.has_label(label)) {
+    let secure = parts.extensions.get::<crate::server::ClientTls>().is_some();
+    let affinity = match Affinity::of(service, &parts.headers, secure) {
+        Ok(affinity) => affinity,
+        Err(why) => {
             return (
-                error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!(
-                        "no instance of {name} is up with version label {label} (X-Shoal-Version)"
-                    ),
-                    path,
-                ),
+                error_response(StatusCode::SERVICE_UNAVAILABLE, &why, path),
                 Verdict::None,
             );
         }
-    }
-    let sticky = service
-        .policy
-        .sticky_cookie
-        .as_deref()
-        .map(|cookie| Sticky {
-            cookie,
-            token: cookie_value(&parts.headers, cookie),
-            secure: parts.extensions.get::<crate::server::ClientTls>().is_some(),
-        });
+    };
     let prefix = forwarded_prefix(path, path_and_query.path());
     let outgoing = Outgoing {
         headers: upstream_headers(parts.headers, peer, prefix, traceparent),
@@ -192,41 +179,9 @@ pub async fn forward(
                 Verdict::Failure,
             );
         }
-        let pinned = match (&sticky, tried.is_empty()) {
-            (
-                Some(Sticky {
-                    token: Some(token), ..
-                }),
-                true,
-            ) => service.endpoints.iter().find(|e| {
-                e.sticky_token == *token
-                    && balance::is_eligible(
-                        e,
-                        &[],
-                        proxy.max_in_flight_per_instance,
-                        label.as_deref(),
-                        now,
-                    )
-            }),
-            _ => None,
-        };
-        // A sticky client without a live pin is pinned by share, not by
-        // the moment's latency; retries and other services go by cost.
-        let choose = if sticky.is_some() && tried.is_empty() {
-            balance::pick_fair
-        } else {
-            balance::pick
-        };
-        let Some(endpoint) = pinned.cloned().or_else(|| {
-            choose(
-                &service.endpoints,
-                &service.clock,
-                &tried,
-                proxy.max_in_flight_per_instance,
-                label.as_deref(),
-                now,
-            )
-        }) else {
+        let Some(endpoint) =
+            affinity.choose(service, &tried, proxy.max_in_flight_per_instance, now)
+        else {
             // The gateway's own refusal says nothing of the service's
             // health, unless an attempt failed before.
             return give_up(
@@ -297,9 +252,7 @@ pub async fn forward(
                 strip_hop_by_hop(response.headers_mut());
                 if !response.status().is_server_error() {
                     endpoint.record_success();
-                    if let Some(sticky) = &sticky {
-                        sticky.answer(service, &endpoint, response.headers_mut());
-                    }
+                    affinity.answer(service, &endpoint, response.headers_mut());
                     return (
                         response.map(|b| ProxyBody::Stream(b, Some(guard))),
                         Verdict::Success,
@@ -359,69 +312,6 @@ pub async fn forward(
         };
     }
 }
-
-/// A sticky-session service's cookie on this request.
-struct Sticky<'a> {
-    /// The cookie's name (`shoal-{service}`).
-    cookie: &'a str,
-    /// Its value in the request: the token of the client's instance.
-    token: Option<String>,
-    /// The client came over TLS: the cookie is `Secure`.
-    secure: bool,
-}
-
-impl Sticky<'_> {
-    /// Pins the client to `endpoint` when it is not pinned to it already,
-    /// and counts what happened.
-    fn answer(&self, service: &ServiceState, endpoint: &Endpoint, headers: &mut HeaderMap) {
-        let m = &service.metrics;
-        match &self.token {
-            Some(token) if *token == endpoint.sticky_token => {
-                m.sticky_kept.inc();
-                return;
-            }
-            Some(_) => {
-                m.sticky_repinned.inc();
-            }
-            None => {
-                m.sticky_pinned.inc();
-            }
-        }
-        let secure = if self.secure { "; Secure" } else { "" };
-        let cookie = format!(
-            "{}={}; Path=/; HttpOnly; SameSite=Lax{secure}",
-            self.cookie, endpoint.sticky_token
-        );
-        if let Ok(value) = HeaderValue::from_str(&cookie) {
-            headers.append(header::SET_COOKIE, value);
-        }
-    }
-}
-
-/// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"').to_string())
-}
-
-/// The version label a client asks for (`X-Shoal-Version: v2`).
-fn version_label(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(VERSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
-}
-
-/// The request header that asks for instances of one version label.
-pub const VERSION_HEADER: &str = "x-shoal-version";
 
 /// The 502 for an exchange with an instance that failed once connected.
 pub fn exchange_failed(

@@ -1,5 +1,6 @@
 //! HTTP/1.1 Upgrade (WebSocket): the handshake goes to one instance (never
-//! retried: the client's connection is handed over once), and once both
+//! retried: the client's connection is handed over once), chosen as for any
+//! request (version label, sticky pin: [`crate::affinity`]), and once both
 //! sides have switched protocols, bytes are copied both ways until either
 //! side closes.
 //!
@@ -15,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::admission::Verdict;
-use crate::balance;
+use crate::affinity::Affinity;
 use crate::body::ProxyBody;
 use crate::error::error_response;
 use crate::headers::{forwarded_prefix, strip_hop_by_hop, upstream_headers};
@@ -59,12 +60,20 @@ pub async fn forward(
     let name = &*service.name;
     let client_upgrade = hyper::upgrade::on(&mut req);
     let now = Instant::now();
-    let Some(endpoint) = balance::pick(
-        &service.endpoints,
-        &service.clock,
+    let secure = req.extensions().get::<crate::server::ClientTls>().is_some();
+    let affinity = match Affinity::of(service, req.headers(), secure) {
+        Ok(affinity) => affinity,
+        Err(why) => {
+            return (
+                error_response(StatusCode::SERVICE_UNAVAILABLE, &why, path),
+                Verdict::None,
+            );
+        }
+    };
+    let Some(endpoint) = affinity.choose(
+        service,
         &[],
         gw.config.proxy.max_in_flight_per_instance,
-        None,
         now,
     ) else {
         return (
@@ -152,12 +161,14 @@ pub async fn forward(
             Verdict::Failure
         } else {
             endpoint.record_success();
+            affinity.answer(service, &endpoint, response.headers_mut());
             Verdict::Success
         };
         strip_hop_by_hop(response.headers_mut());
         return (response.map(|b| ProxyBody::Stream(b, Some(guard))), verdict);
     }
     endpoint.record_success();
+    affinity.answer(service, &endpoint, response.headers_mut());
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     let tunnel = gw.drain.watch(shoal_http::Work::Tunnel);
     tokio::spawn(async move {

@@ -88,6 +88,26 @@ async fn a_canary_at_ten_percent_gets_ten_percent_and_is_ejected_when_it_fails()
         "canary got {pct:.2} %: {counts:?}"
     );
 
+    // A WebSocket handshake asks for a version like any request.
+    for _ in 0..5 {
+        let (host, _) = ws_host(gw, &[("x-shoal-version", "v2")]).await;
+        assert_eq!(host, "echo-4");
+    }
+    let refused = tokio_tungstenite::connect_async({
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{gw}/api/echo/ws")
+            .into_client_request()
+            .expect("request");
+        req.headers_mut()
+            .insert("x-shoal-version", "v9".parse().expect("value"));
+        req
+    })
+    .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("a WebSocket to a version nobody runs: {other:?}"),
+    }
+
     // The dashboard's document and the metrics show the weight and label.
     let stats = get_json(&client, &format!("http://{}:8761/stats", gw.ip())).await;
     let instances = stats["services"]["echo"]["instances"]
@@ -162,6 +182,37 @@ struct Client {
     cookie: Option<String>,
     hosts: Vec<String>,
     failures: usize,
+}
+
+/// A WebSocket to `/api/echo/ws` through `gw` with `headers` on the
+/// handshake: the instance that holds it, and the handshake's `Set-Cookie`.
+async fn ws_host(gw: SocketAddr, headers: &[(&str, &str)]) -> (String, Option<String>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let mut req = format!("ws://{gw}/api/echo/ws")
+        .into_client_request()
+        .expect("request");
+    for (k, v) in headers {
+        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+            .expect("header name");
+        req.headers_mut()
+            .insert(name, v.parse().expect("header value"));
+    }
+    let (mut ws, response) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().expect("cookie").to_string());
+    ws.send(Message::text("host")).await.expect("send");
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("a reply")
+        .expect("open")
+        .expect("a message");
+    let _ = ws.close(None).await;
+    (reply.into_text().expect("text").to_string(), cookie)
 }
 
 /// `clients` each send `n` GETs to `url`, all clients at once; each keeps
@@ -245,6 +296,31 @@ async fn sticky_clients_keep_their_instance_and_move_without_an_error_when_it_di
             .as_deref()
             .is_some_and(|k| k.starts_with("shoal-echo="))
     }));
+
+    // A pinned client's WebSocket reaches its instance (socket.io's polling
+    // requests and its upgrade must meet); an unpinned one is pinned by the
+    // handshake's answer, and its next requests follow its socket.
+    for c in clients.iter().take(10) {
+        let cookie = c.cookie.as_deref().expect("pinned");
+        let (host, set) = ws_host(gw, &[("cookie", cookie)]).await;
+        assert_eq!(host, c.hosts[0], "the WebSocket left the client's instance");
+        assert_eq!(set, None, "a kept pin is not re-issued");
+    }
+    for _ in 0..5 {
+        let (host, set) = ws_host(gw, &[]).await;
+        let set = set.expect("the handshake pins a new client");
+        let cookie = set.split(';').next().expect("cookie").to_string();
+        assert!(cookie.starts_with("shoal-echo="), "{set}");
+        for _ in 0..3 {
+            let r = client
+                .get(&url)
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(r.text().await.expect("body"), host);
+        }
+    }
 
     // Kill the instance of the most clients.
     let (victim, pinned) = per_host

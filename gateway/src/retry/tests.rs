@@ -377,18 +377,3 @@ async fn what_is_in_flight_to_an_instance_that_left_the_view_gives_up_at_once() 
         assert_eq!(count[id], 1, "{id} sent twice");
     }
 }
-
-#[test]
-fn the_sticky_cookie_is_found_among_others() {
-    let mut h = HeaderMap::new();
-    h.append(
-        header::COOKIE,
-        HeaderValue::from_static("a=1; shoal-svc=\"0123abcd\""),
-    );
-    h.append(header::COOKIE, HeaderValue::from_static("shoal-svc-2=zz"));
-    assert_eq!(cookie_value(&h, "shoal-svc").as_deref(), Some("0123abcd"));
-    assert_eq!(cookie_value(&h, "shoal-svc-2").as_deref(), Some("zz"));
-    assert_eq!(cookie_value(&h, "shoal"), None);
-    h.insert(header::COOKIE, HeaderValue::from_static(";;=;garbage"));
-    assert_eq!(cookie_value(&h, "shoal-svc"), None);
-}

@@ -151,10 +151,15 @@ async fn slow_write(State(s): State<Upstream>, Path(id): Path<String>) -> Status
     }
 }
 
-async fn ws(upgrade: WebSocketUpgrade) -> Response {
+/// Echoes text (`echo: …`) and binary; the text `host` is answered with
+/// this instance's host name.
+async fn ws(State(s): State<Upstream>, upgrade: WebSocketUpgrade) -> Response {
     upgrade.on_upgrade(|mut socket| async move {
         while let Some(Ok(msg)) = socket.recv().await {
             let reply = match msg {
+                Message::Text(t) if t.as_str() == "host" => {
+                    Message::Text(s.host.to_string().into())
+                }
                 Message::Text(t) => Message::Text(format!("echo: {t}").into()),
                 Message::Binary(b) => Message::Binary(b),
                 Message::Close(_) => break,
