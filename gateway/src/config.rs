@@ -141,6 +141,10 @@ pub struct ProxyConfig {
     /// A client that reads nothing of its answer for this long is
     /// disconnected (`SHOAL_CLIENT_WRITE_TIMEOUT`, 30s).
     pub client_write_timeout: Duration,
+    /// Proxies in front of the gateway whose `X-Forwarded-For` names the
+    /// client (`SHOAL_TRUSTED_PROXIES`: addresses and CIDR blocks; default
+    /// none — the TCP peer is the client).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Knobs of retries, outlier ejection and the circuit breaker.
@@ -179,6 +183,7 @@ impl Default for ProxyConfig {
             max_client_connections: 10_000,
             header_timeout: Duration::from_secs(10),
             client_write_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -197,6 +202,31 @@ impl Default for ResilienceConfig {
             breaker_open_time: Duration::from_secs(5),
         }
     }
+}
+
+/// `SHOAL_TRUSTED_PROXIES`: addresses (`192.168.1.5`) and CIDR blocks
+/// (`10.0.0.0/8`), separated by commas.
+fn trusted_proxies(env: &Env) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let Some(value) = env.get("SHOAL_TRUSTED_PROXIES") else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| ConfigError::Invalid {
+                    var: "SHOAL_TRUSTED_PROXIES",
+                    value: value.to_string(),
+                    expected: format!(
+                        "IP addresses or CIDR blocks separated by commas, e.g. \
+                         10.0.0.0/8,192.168.1.5 (`{item}` is neither)"
+                    ),
+                })
+        })
+        .collect()
 }
 
 impl GatewayConfig {
@@ -250,6 +280,7 @@ impl GatewayConfig {
                 p.retry_body_limit,
                 "a size in bytes",
             )?,
+            trusted_proxies: trusted_proxies(env)?,
         };
         let resilience = ResilienceConfig {
             retry_ratio: env.parse_in(
@@ -356,6 +387,22 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_are_addresses_and_blocks() {
+        let c = GatewayConfig::from_env(&env(&[(
+            "SHOAL_TRUSTED_PROXIES",
+            "10.0.0.0/8, 192.168.1.5,,2001:db8::/32",
+        )]))
+        .unwrap();
+        let shown: Vec<String> = c
+            .proxy
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.168.1.5/32", "2001:db8::/32"]);
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         for (var, value, expected) in [
             ("SHOAL_POOL_IDLE_TIMEOUT", "20m", "below 900s"),
@@ -364,6 +411,11 @@ mod tests {
             ("SHOAL_MAX_CONNECTIONS", "many", "1-1000000"),
             ("SHOAL_RETRY_BUDGET_MIN", "4000000000", "0-100000"),
             ("SHOAL_MAX_ATTEMPTS", "0", "1-10"),
+            (
+                "SHOAL_TRUSTED_PROXIES",
+                "10.0.0.0/8, 10.0.0.0/33",
+                "`10.0.0.0/33` is neither",
+            ),
             ("SHOAL_WORKERS", "0", "1-1024"),
             ("SHOAL_EJECT_AFTER", "0", "above 0"),
             ("SHOAL_BREAKER_ERROR_PERCENT", "150", "percentage"),

@@ -4,10 +4,11 @@
 //! names are constants and values are rewritten in place: this runs on
 //! every request, so it allocates as little as it can.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
 use rand::RngCore;
 
 /// `/api/story-service` for `/api/story-service/story` sent as `/story`.
@@ -47,6 +48,42 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP.iter().chain(named.iter()) {
         headers.remove(name);
     }
+}
+
+/// The client's address: the TCP peer, unless the peer is a trusted proxy
+/// (`SHOAL_TRUSTED_PROXIES`); then the right-most address of
+/// `X-Forwarded-For` that is not itself a trusted proxy (as nginx's
+/// `real_ip_recursive`): the entries left of it were written by whoever
+/// sent the request, so a client cannot pick its own address by sending
+/// the header. An entry that is no address ends the walk.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let hop = hop.trim();
+        // `1.2.3.4`, `2001:db8::1`, or with a port: `1.2.3.4:5678`, `[2001:db8::1]:5678`.
+        let Some(ip) = hop
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
 }
 
 /// The headers sent upstream: end-to-end headers (Authorization included),
@@ -159,6 +196,47 @@ mod tests {
         assert_eq!(out["x-forwarded-proto"], "http");
         assert_eq!(out["x-forwarded-prefix"], "/api/story-service");
         assert_eq!(out["traceparent"], tp);
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_trusted_proxy_names_it() {
+        let trusted: Vec<IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "192.168.1.5/32".parse().unwrap(),
+        ];
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let with = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        // No trust configured, or an untrusted peer: the header is ignored.
+        assert_eq!(client_ip(&with(&["1.2.3.4"]), peer, &[]), peer);
+        assert_eq!(
+            client_ip(&with(&["1.2.3.4"]), ip("8.8.8.8"), &trusted),
+            ip("8.8.8.8")
+        );
+        // A trusted peer: the right-most untrusted entry, past trusted hops;
+        // what the client wrote on the left does not count.
+        let h = with(&["6.6.6.6, 1.2.3.4, 192.168.1.5"]);
+        assert_eq!(client_ip(&h, peer, &trusted), ip("1.2.3.4"));
+        let h = with(&["6.6.6.6", "1.2.3.4:5678", "10.9.9.9"]);
+        assert_eq!(client_ip(&h, peer, &trusted), ip("1.2.3.4"));
+        let h = with(&["[2001:db8::1]:443"]);
+        assert_eq!(client_ip(&h, peer, &trusted), ip("2001:db8::1"));
+        // Nothing, garbage, or only trusted hops: the last address seen.
+        assert_eq!(client_ip(&HeaderMap::new(), peer, &trusted), peer);
+        assert_eq!(
+            client_ip(&with(&["1.2.3.4, unknown"]), peer, &trusted),
+            peer
+        );
+        assert_eq!(
+            client_ip(&with(&["10.1.1.1"]), peer, &trusted),
+            ip("10.1.1.1")
+        );
     }
 
     #[test]

@@ -84,10 +84,13 @@ struct Flow {
 }
 
 impl Flow {
-    fn new(now: Instant) -> Self {
+    /// A flow seen for the first time starts as one idle for long: its
+    /// bucket full (`tokens`), so a new client may send its limit's burst
+    /// at once, as one that comes back after a pause may.
+    fn new(now: Instant, tokens: f64) -> Self {
         Self {
             demand: Rate::new(now),
-            tokens: 1.0,
+            tokens: tokens.max(1.0),
             refilled: now,
             others: 0.0,
         }
@@ -199,7 +202,10 @@ impl Limiter {
             if s.clients.len() >= MAX_CLIENTS && !s.clients.contains_key(&client) {
                 prune(&mut s.clients, now);
             }
-            let flow = s.clients.entry(client).or_insert_with(|| Flow::new(now));
+            let flow = s
+                .clients
+                .entry(client)
+                .or_insert_with(|| Flow::new(now, rate * CLIENT_BURST_SECS));
             if let Err(wait) = flow.take(rate, CLIENT_BURST_SECS, now) {
                 s.refused += 1;
                 return Err(Limited {
@@ -211,7 +217,9 @@ impl Limiter {
         }
         if let Some(limit) = s.total_limit {
             let rate = limit.per_second();
-            let flow = s.total.get_or_insert_with(|| Flow::new(now));
+            let flow = s
+                .total
+                .get_or_insert_with(|| Flow::new(now, rate * SERVICE_BURST_SECS));
             if let Err(wait) = flow.take(rate, SERVICE_BURST_SECS, now) {
                 s.refused += 1;
                 return Err(Limited {
@@ -463,6 +471,17 @@ mod tests {
         let later = now + Duration::from_secs(30);
         l.published(later);
         assert_eq!(l.figures(later).clients, 0);
+    }
+
+    #[test]
+    fn a_new_client_may_send_its_burst_at_once() {
+        let l = Limiter::default();
+        l.set_limits(None, limit(5));
+        let now = Instant::now();
+        for n in 0..5 {
+            assert!(l.check(IP, now).is_ok(), "request {n} of a new client");
+        }
+        assert!(l.check(IP, now).unwrap_err().per_client);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! This file holds the entry ([`handle`]): the trace context, the access
 //! log line and the request metrics around those steps.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::header::HeaderValue;
@@ -26,7 +26,7 @@ use tracing::info;
 use crate::admission::admit;
 use crate::body::ProxyBody;
 use crate::error::error_response;
-use crate::headers::{TRACEPARENT, traceparent};
+use crate::headers::{TRACEPARENT, client_ip, traceparent};
 use crate::limit::Limited;
 use crate::route::{self, NoRoute};
 use crate::state::Gateway;
@@ -71,12 +71,13 @@ pub async fn handle(
     let uri = req.uri().clone();
     let path = uri.path();
     let traceparent = traceparent(req.headers());
+    let client = client_ip(req.headers(), peer.ip(), &gw.config.proxy.trusted_proxies);
     let mut log = Log {
         service: None,
         upstream: None,
         attempts: 0,
     };
-    let mut response = dispatch(&gw, req, path, peer, &traceparent, &mut log).await;
+    let mut response = dispatch(&gw, req, path, peer, client, &traceparent, &mut log).await;
     let status = response.status();
     match &log.service {
         Some(service) => {
@@ -90,6 +91,7 @@ pub async fn handle(
     if gw.config.access_log {
         info!(
             service = log.service.as_ref().map_or("-", |s| &s.name),
+            client = %client,
             method = %method,
             path = %path,
             status = status.as_u16(),
@@ -129,11 +131,13 @@ fn rate_limited(service: &ServiceState, limited: &Limited, path: &str) -> Respon
 }
 
 /// Route → admission → retry loop or upgrade → the breaker's verdict.
+/// `client`: the client's address (the peer, or as a trusted proxy names it).
 async fn dispatch(
     gw: &Gateway,
     req: Request<Incoming>,
     path: &str,
     peer: SocketAddr,
+    client: IpAddr,
     traceparent: &HeaderValue,
     log: &mut Log,
 ) -> Response<ProxyBody> {
@@ -173,7 +177,7 @@ async fn dispatch(
     };
     log.service = Some(service.clone());
     if service.policy.rate_limit.is_some() || service.policy.rate_limit_per_client.is_some() {
-        if let Err(limited) = service.limiter.check(peer.ip(), Instant::now()) {
+        if let Err(limited) = service.limiter.check(client, Instant::now()) {
             return rate_limited(service, &limited, path);
         }
     }

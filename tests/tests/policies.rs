@@ -520,6 +520,61 @@ async fn three_gateways_hold_a_rate_limit_together_however_traffic_is_spread() {
     );
 }
 
+/// Behind a load balancer every request comes from the balancer's address;
+/// with `SHOAL_TRUSTED_PROXIES` naming it, per-client limits (and the access
+/// log) key on the client its `X-Forwarded-For` names, and what a client
+/// writes into the header itself does not count.
+#[tokio::test]
+async fn per_client_limits_key_on_the_client_a_trusted_proxy_names() {
+    let net = Net::new(76);
+    let (mut stack, gws, client) = setup(
+        &net,
+        1,
+        1,
+        &[
+            ("SHOAL_TRUSTED_PROXIES", "127.0.0.0/8"),
+            ("SHOAL_ACCESS_LOG", "true"),
+        ],
+        |_| vec![("SHOAL_RATE_LIMIT_PER_CLIENT", "5/s".into())],
+    )
+    .await;
+    let url = format!("http://{}/api/echo/host", gws[0]);
+    let burst = |forwarded_for: &'static str, n: usize| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let mut refused = 0;
+            for _ in 0..n {
+                let r = client
+                    .get(&url)
+                    .header("x-forwarded-for", forwarded_for)
+                    .send()
+                    .await
+                    .expect("request");
+                match r.status().as_u16() {
+                    200 => {}
+                    429 => refused += 1,
+                    other => panic!("status {other}"),
+                }
+            }
+            refused
+        }
+    };
+    // One client over its limit; another one, a moment later, is not.
+    let heavy = burst("1.1.1.1", 20).await;
+    let light = burst("2.2.2.2", 3).await;
+    // The heavy client writing another address on the left is still itself.
+    let spoofed = burst("2.2.2.2, 1.1.1.1", 3).await;
+    eprintln!("refused: 1.1.1.1 {heavy} of 20, 2.2.2.2 {light} of 3, spoofing {spoofed} of 3");
+    assert!(heavy >= 10, "the heavy client was refused {heavy} of 20");
+    assert_eq!(light, 0, "a client within its limit was refused");
+    assert!(
+        spoofed >= 2,
+        "a spoofed header escaped the limit: {spoofed} of 3 refused"
+    );
+    let log = stack.proc("gateway-1").log();
+    assert!(log.contains("client=1.1.1.1"), "access log: {log}");
+}
+
 fn openssl_cert(dir: &Path, name: &str, ips: &[std::net::IpAddr]) -> (String, String) {
     let cert = dir.join(format!("{name}.crt"));
     let key = dir.join(format!("{name}.key"));
