@@ -87,7 +87,18 @@ fn dashboard_in_a_browser_shows_the_cluster_live() {
         assert_eq!(gateways, "3", "every gateway's figures are merged");
 
         // Traffic through gateways 1 and 2 appears summed on gateway 3's page.
-        let before = shown_requests(&mut page, "story-service").await;
+        // `shoal local`'s readiness check sent a request through gateway-1
+        // whose figures may still be on their way (published every second):
+        // the count to add to is the one that holds still for 2.5 s.
+        let mut before = shown_requests(&mut page, "story-service").await;
+        let mut still_since = Instant::now();
+        while still_since.elapsed() < Duration::from_millis(2500) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = shown_requests(&mut page, "story-service").await;
+            if now != before {
+                (before, still_since) = (now, Instant::now());
+            }
+        }
         let (n1, n2) = (300u64, 200u64);
         for (gw, n) in [(1, n1), (2, n2)] {
             for _ in 0..n {
@@ -103,7 +114,11 @@ fn dashboard_in_a_browser_shows_the_cluster_live() {
         let expected = before + n1 + n2;
         let deadline = Instant::now() + Duration::from_secs(10);
         while shown_requests(&mut page, "story-service").await != expected {
-            assert!(Instant::now() < deadline, "the page never showed {expected} story requests");
+            assert!(
+                Instant::now() < deadline,
+                "the page never showed {expected} story requests (before: {before}): {}",
+                shown_requests(&mut page, "story-service").await
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         eprintln!(
