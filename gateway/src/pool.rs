@@ -15,6 +15,12 @@
 //! before the request could be written on it (the instance closed an idle
 //! keep-alive connection at that moment) is retried on another, as the
 //! request was never sent.
+//!
+//! Idle connections are dropped when a checkout meets them, and by a sweep
+//! every few seconds ([`Pool::sweep_idle`], run by each worker): a burst of
+//! requests in flight leaves as many connections (one per request, HTTP/1.1
+//! carries one at a time), and without traffic no checkout would ever close
+//! them — on the gateway or on the instances.
 
 use std::collections::HashMap;
 use std::io;
@@ -147,6 +153,26 @@ impl Pool {
         }
     }
 
+    /// Drops connections idle past the idle timeout (and closed ones),
+    /// whether or not requests come.
+    pub fn sweep_idle(&self) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        self.sweep(&mut conns, Instant::now());
+    }
+
+    /// How often [`Self::sweep_idle`] should run: a connection lives at most
+    /// this much past its idle timeout.
+    pub fn sweep_period(&self) -> Duration {
+        (self.idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(10))
+    }
+
+    /// Connections held, for tests.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.values().map(Vec::len).sum()
+    }
+
     /// Drops closed and idle connections everywhere, and the lists left empty.
     fn sweep(&self, conns: &mut HashMap<SocketAddr, Vec<Conn>>, now: Instant) {
         for list in conns.values_mut() {
@@ -173,5 +199,79 @@ impl Pool {
         });
         sender.ready().await?;
         Ok(sender)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// An instance that answers every request on a connection with an empty
+    /// 200, and reports when a connection is closed by the gateway.
+    async fn instance() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let closed_tx = closed_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => {
+                                let _ = closed_tx.send(());
+                                return;
+                            }
+                            Ok(_) => {
+                                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                                if stream.write_all(answer).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, closed)
+    }
+
+    fn get(addr: SocketAddr) -> Request<ProxyBody> {
+        Request::builder()
+            .uri("/")
+            .header(http::header::HOST, addr.to_string())
+            .body(ProxyBody::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_without_traffic() {
+        let (addr, mut closed) = instance().await;
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_millis(200), 16);
+        // Three requests at once: three connections, pooled afterwards.
+        let (a, b, c) = tokio::join!(
+            pool.request(addr, get(addr)),
+            pool.request(addr, get(addr)),
+            pool.request(addr, get(addr)),
+        );
+        for r in [a, b, c] {
+            assert_eq!(r.unwrap().status(), 200);
+        }
+        assert_eq!(pool.held(), 3);
+        // Within the idle timeout a sweep keeps them; past it, it closes them.
+        pool.sweep_idle();
+        assert_eq!(pool.held(), 3);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        pool.sweep_idle();
+        assert_eq!(pool.held(), 0);
+        for _ in 0..3 {
+            tokio::time::timeout(Duration::from_secs(5), closed.recv())
+                .await
+                .expect("the instance sees the connection closed")
+                .unwrap();
+        }
     }
 }

@@ -66,6 +66,17 @@ pub async fn start(
                         }
                     }
                     let _ = bound_tx.send(Ok(()));
+                    // Idle upstream connections close on time even when no
+                    // request comes to meet them (ends with the runtime).
+                    let sweeper = gw.clone();
+                    tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(sweeper.pool.sweep_period());
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        loop {
+                            tick.tick().await;
+                            sweeper.pool.sweep_idle();
+                        }
+                    });
                     server::serve(listeners, gw, grace).await;
                 });
             })

@@ -665,7 +665,9 @@ async fn tls_with_http2_over_alpn_h2c_redirect_and_a_certificate_reloaded_in_pla
     gw2_env.push(("SHOAL_TLS_REDIRECT", "true"));
     let gw2 = stack.gateway(2, &gw2_env);
     stack.service("test-upstream", "echo", 2, 1, &[]);
-    wait_routable(&client, gw1, "echo", 1).await;
+    for gw in [gw1, gw2] {
+        wait_routable(&client, gw, "echo", 1).await;
+    }
     let https1 = format!("https://{}:4443", gw1.ip());
 
     // HTTP/2 by ALPN, HTTP/1.1 when the client asks for it; upstream is
