@@ -32,7 +32,24 @@ const SCHEMA = {
     INDEX board_by_user (id)) DEFAULT CHARSET=utf8mb4`,
 };
 
-/** SQLite through node-sqlite3; several replicas may share one file. */
+/**
+ * Whether SQLite `version` ("3.40.1") is safe in WAL mode with several
+ * processes on one file: every release from 3.7.0 to 3.51.2 has the
+ * WAL-reset race (sqlite.org/wal.html), in which a checkpoint running while
+ * another process writes can drop committed transactions. node-sqlite3
+ * uses the system's library (Debian 12: 3.40.1).
+ */
+function walIsSafe(version) {
+  const [major, minor, patch] = String(version).split('.').map((n) => parseInt(n, 10) || 0);
+  return major > 3 || (major === 3 && (minor > 51 || (minor === 51 && patch >= 3)));
+}
+
+/**
+ * SQLite through node-sqlite3; several replicas may share one file. WAL
+ * where the library is safe in it, else the rollback journal: writers take
+ * the file in turn and readers wait out a write (busy timeout), slower but
+ * never losing a committed write.
+ */
 function openSqlite(file) {
   const sqlite3 = require('sqlite3');
   if (file !== ':memory:') fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
@@ -57,7 +74,15 @@ function openSqlite(file) {
     run: (sql, params = []) => call('run', sql, params),
     ping: () => call('all', 'SELECT 1', []),
     migrate: async () => {
-      if (file !== ':memory:') await call('run', 'PRAGMA journal_mode=WAL', []);
+      if (file !== ':memory:') {
+        const wanted = walIsSafe(sqlite3.VERSION) ? 'wal' : 'delete';
+        const [row] = await call('all', `PRAGMA journal_mode=${wanted}`, []);
+        const mode = String((row && row.journal_mode) || '').toLowerCase();
+        if (mode !== wanted) {
+          // Another replica holds the file open in the old mode: it stays.
+          console.log(`${new Date().toISOString()} WARN SQLite ${sqlite3.VERSION}: journal mode ${mode}, not ${wanted} (another process has ${file} open)`);
+        }
+      }
       await call('run', SCHEMA.sqlite, []);
       await call('run', 'CREATE INDEX IF NOT EXISTS board_by_user ON board (id)', []);
     },
@@ -107,4 +132,4 @@ function open(database) {
   return database.kind === 'sqlite' ? openSqlite(database.file) : openMysql(database);
 }
 
-module.exports = { open, Unavailable };
+module.exports = { open, Unavailable, walIsSafe };

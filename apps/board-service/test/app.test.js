@@ -132,3 +132,29 @@ test('configuration errors name the variable and what is accepted, never the pas
   });
   assert.strictEqual(redact('mysql://u:p@h/d'), 'mysql://u:***@h/d');
 });
+
+test('WAL only with a SQLite that has the WAL-reset fix (3.51.3); a file of the rollback journal otherwise', async () => {
+  assert.equal(db.walIsSafe('3.40.1'), false);
+  assert.equal(db.walIsSafe('3.51.2'), false);
+  assert.equal(db.walIsSafe('3.51.3'), true);
+  assert.equal(db.walIsSafe('3.52.0'), true);
+  assert.equal(db.walIsSafe('4.0.0'), true);
+  const fs = require('fs');
+  const os = require('os');
+  const path = require('path');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'board-journal-'));
+  const file = path.join(dir, 'board.db');
+  const database = db.open({ kind: 'sqlite', file });
+  await database.migrate();
+  const [row] = await database.all('PRAGMA journal_mode', []);
+  const wanted = db.walIsSafe(require('sqlite3').VERSION) ? 'wal' : 'delete';
+  assert.equal(row.journal_mode, wanted);
+  await database.run('INSERT INTO board (id, title, content) VALUES (?, ?, ?)', ['u', 't', 'c']);
+  // A second process's connection (here: a second handle) sees the write.
+  const other = db.open({ kind: 'sqlite', file });
+  const rows = await other.all('SELECT id FROM board', []);
+  assert.deepEqual(rows.map((r) => r.id), ['u']);
+  await other.close();
+  await database.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
