@@ -11,7 +11,7 @@ use http::HeaderMap;
 use http::header::{self, HeaderValue};
 use tokio::time::Instant;
 
-use crate::balance::{self, Endpoint};
+use crate::balance::{self, Eligible, Endpoint};
 use crate::upstreams::ServiceState;
 
 /// The request header that asks for instances of one version label.
@@ -84,8 +84,13 @@ impl<'a> Affinity<'a> {
         max_in_flight: u32,
         now: Instant,
     ) -> Option<Arc<Endpoint>> {
-        let label = self.label.as_deref();
         let first = tried.is_empty();
+        let eligible = Eligible {
+            exclude: tried,
+            max_in_flight,
+            label: self.label.as_deref(),
+            now,
+        };
         if let (
             true,
             Some(Sticky {
@@ -93,9 +98,10 @@ impl<'a> Affinity<'a> {
             }),
         ) = (first, &self.sticky)
         {
-            let pinned = service.endpoints.iter().find(|e| {
-                e.sticky_token == *token && balance::is_eligible(e, &[], max_in_flight, label, now)
-            });
+            let pinned = service
+                .endpoints
+                .iter()
+                .find(|e| e.sticky_token == *token && eligible.admits(e));
             if let Some(pinned) = pinned {
                 return Some(pinned.clone());
             }
@@ -105,14 +111,7 @@ impl<'a> Affinity<'a> {
         } else {
             balance::pick
         };
-        choose(
-            &service.endpoints,
-            &service.clock,
-            tried,
-            max_in_flight,
-            label,
-            now,
-        )
+        choose(&service.endpoints, &service.clock, eligible)
     }
 
     /// On the answer `endpoint` gave: pins the client to it (a sticky

@@ -237,25 +237,44 @@ impl Drop for InFlight {
     }
 }
 
-/// Picks among `endpoints` those eligible (not ejected, under the
-/// per-instance limit, not in `exclude`, carrying `label` if one is asked
-/// for), by power of two choices.
+/// Which instances may take an attempt: not ejected, not gone, under the
+/// per-instance limit, not in `exclude` (those tried already), carrying
+/// `label` if one is asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Eligible<'a> {
+    /// Instances not to pick.
+    pub exclude: &'a [SocketAddr],
+    /// Requests in flight an instance may have (`SHOAL_MAX_CONNECTIONS_PER_INSTANCE`).
+    pub max_in_flight: u32,
+    /// The version label asked for.
+    pub label: Option<&'a str>,
+    /// The time ejections are judged at.
+    pub now: Instant,
+}
+
+impl Eligible<'_> {
+    /// Whether `e` may take the attempt.
+    pub fn admits(&self, e: &Endpoint) -> bool {
+        !self.exclude.contains(&e.addr())
+            && !e.is_ejected(self.now)
+            && e.in_flight() < self.max_in_flight
+            && !e.is_gone()
+            && self.label.is_none_or(|l| e.has_label(l))
+    }
+}
+
+/// Picks among the `eligible` of `endpoints` by power of two choices.
 pub fn pick(
     endpoints: &[Arc<Endpoint>],
     clock: &Clock,
-    exclude: &[SocketAddr],
-    max_in_flight: u32,
-    label: Option<&str>,
-    now: Instant,
+    eligible: Eligible<'_>,
 ) -> Option<Arc<Endpoint>> {
     // Two distinct eligible endpoints, uniformly, in one pass and without
     // building a list (this runs on every request): reservoir sampling.
     let mut rng = rand::rng();
     let mut two: [Option<&Arc<Endpoint>>; 2] = [None, None];
-    let eligible = endpoints
-        .iter()
-        .filter(|e| is_eligible(e, exclude, max_in_flight, label, now));
-    for (i, e) in eligible.enumerate() {
+    let candidates = endpoints.iter().filter(|e| eligible.admits(e));
+    for (i, e) in candidates.enumerate() {
         if i < 2 {
             two[i] = Some(e);
         } else {
@@ -269,7 +288,7 @@ pub fn pick(
     let chosen = match two {
         [None, _] => return None,
         [Some(a), None] => a,
-        [Some(a), Some(b)] => cheaper(a, b, v, now),
+        [Some(a), Some(b)] => cheaper(a, b, v, eligible.now),
     };
     Some(picked(chosen, clock, v))
 }
@@ -294,32 +313,14 @@ fn picked(chosen: &Arc<Endpoint>, clock: &Clock, v: f64) -> Arc<Endpoint> {
 pub fn pick_fair(
     endpoints: &[Arc<Endpoint>],
     clock: &Clock,
-    exclude: &[SocketAddr],
-    max_in_flight: u32,
-    label: Option<&str>,
-    now: Instant,
+    eligible: Eligible<'_>,
 ) -> Option<Arc<Endpoint>> {
     let v = load_f64(&clock.0);
     let chosen = endpoints
         .iter()
-        .filter(|e| is_eligible(e, exclude, max_in_flight, label, now))
+        .filter(|e| eligible.admits(e))
         .min_by(|a, b| a.effective_pass(v).total_cmp(&b.effective_pass(v)))?;
     Some(picked(chosen, clock, v))
-}
-
-/// Whether `e` may take the next attempt.
-pub fn is_eligible(
-    e: &Endpoint,
-    exclude: &[SocketAddr],
-    max_in_flight: u32,
-    label: Option<&str>,
-    now: Instant,
-) -> bool {
-    !exclude.contains(&e.addr())
-        && !e.is_ejected(now)
-        && e.in_flight() < max_in_flight
-        && !e.is_gone()
-        && label.is_none_or(|l| e.has_label(l))
 }
 
 fn cheaper<'a>(

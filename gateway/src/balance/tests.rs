@@ -2,6 +2,20 @@ use super::*;
 use shoal_node::Weight;
 use shoal_node::member::{Health, MemberId};
 
+fn eligible<'a>(
+    exclude: &'a [SocketAddr],
+    max_in_flight: u32,
+    label: Option<&'a str>,
+    now: Instant,
+) -> Eligible<'a> {
+    Eligible {
+        exclude,
+        max_in_flight,
+        label,
+        now,
+    }
+}
+
 fn endpoint(i: u8) -> Arc<Endpoint> {
     weighted(i, Weight::default(), None)
 }
@@ -38,7 +52,7 @@ fn counts(
     let mut now = Instant::now();
     let clock = Clock::default();
     for _ in 0..rounds {
-        let e = pick(endpoints, &clock, &[], 100, None, now).unwrap();
+        let e = pick(endpoints, &clock, eligible(&[], 100, None, now)).unwrap();
         let i = endpoints.iter().position(|x| Arc::ptr_eq(x, &e)).unwrap();
         counts[i] += 1;
         let latency = latency_of(i);
@@ -85,7 +99,7 @@ fn busy_instance_costs_more() {
     }
     let _busy: Vec<_> = (0..5).map(|_| endpoints[0].start()).collect();
     for _ in 0..20 {
-        let e = pick(&endpoints, &Clock::default(), &[], 100, None, now).unwrap();
+        let e = pick(&endpoints, &Clock::default(), eligible(&[], 100, None, now)).unwrap();
         assert_eq!(e.addr(), endpoints[1].addr());
     }
 }
@@ -99,7 +113,7 @@ fn ejected_excluded_and_saturated_instances_are_skipped() {
     let _full = endpoints[1].start();
     for _ in 0..20 {
         assert_eq!(
-            pick(&endpoints, &Clock::default(), &[], 1, None, now)
+            pick(&endpoints, &Clock::default(), eligible(&[], 1, None, now))
                 .unwrap()
                 .addr(),
             endpoints[2].addr()
@@ -109,10 +123,7 @@ fn ejected_excluded_and_saturated_instances_are_skipped() {
         pick(
             &endpoints,
             &Clock::default(),
-            &[endpoints[2].addr()],
-            1,
-            None,
-            now
+            eligible(&[endpoints[2].addr()], 1, None, now)
         )
         .is_none()
     );
@@ -185,10 +196,22 @@ fn a_slow_canary_is_avoided_and_a_label_is_honoured() {
     assert!(c[3] * 20 < 1_000, "slow canary got {c:?}");
     let now = Instant::now();
     for _ in 0..20 {
-        let e = pick(&endpoints, &Clock::default(), &[], 100, Some("v2"), now).unwrap();
+        let e = pick(
+            &endpoints,
+            &Clock::default(),
+            eligible(&[], 100, Some("v2"), now),
+        )
+        .unwrap();
         assert!(e.has_label("v2"));
     }
-    assert!(pick(&endpoints, &Clock::default(), &[], 100, Some("v3"), now).is_none());
+    assert!(
+        pick(
+            &endpoints,
+            &Clock::default(),
+            eligible(&[], 100, Some("v3"), now)
+        )
+        .is_none()
+    );
 }
 
 #[test]
@@ -201,7 +224,7 @@ fn a_replica_back_from_slowness_is_not_flooded() {
         now += pause;
         let mut c = [0usize; 3];
         for _ in 0..n {
-            let e = pick(&endpoints, &clock, &[], 100, None, now).unwrap();
+            let e = pick(&endpoints, &clock, eligible(&[], 100, None, now)).unwrap();
             let i = endpoints.iter().position(|x| Arc::ptr_eq(x, &e)).unwrap();
             c[i] += 1;
             let latency = Duration::from_micros(if slow && i == 0 { 200_000 } else { 300 });
@@ -231,11 +254,16 @@ fn sticky_pins_follow_shares_whatever_the_moments_latency() {
     endpoints[0].observe(Duration::from_millis(500), now);
     let mut c = [0usize; 3];
     for _ in 0..99 {
-        let e = pick_fair(&endpoints, &clock, &[], 100, None, now).unwrap();
+        let e = pick_fair(&endpoints, &clock, eligible(&[], 100, None, now)).unwrap();
         c[endpoints.iter().position(|x| Arc::ptr_eq(x, &e)).unwrap()] += 1;
     }
     assert_eq!(c, [33, 33, 33]);
     // Excluded (tried, ejected) ones are still skipped.
-    let e = pick_fair(&endpoints, &clock, &[endpoints[0].addr()], 100, None, now).unwrap();
+    let e = pick_fair(
+        &endpoints,
+        &clock,
+        eligible(&[endpoints[0].addr()], 100, None, now),
+    )
+    .unwrap();
     assert!(!Arc::ptr_eq(&e, &endpoints[0]));
 }
