@@ -26,7 +26,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -71,11 +70,7 @@ pub struct Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_per_instance: usize,
-    checkouts: AtomicU32,
 }
-
-/// Every this many checkouts, instances no longer asked for are swept.
-const SWEEP_EVERY: u32 = 4096;
 
 impl Pool {
     /// A pool that connects within `connect_timeout`, closes connections
@@ -87,7 +82,6 @@ impl Pool {
             connect_timeout,
             idle_timeout,
             max_per_instance: max_per_instance.max(1),
-            checkouts: AtomicU32::new(0),
         }
     }
 
@@ -124,9 +118,6 @@ impl Pool {
     fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<ProxyBody>> {
         let now = Instant::now();
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if self.checkouts.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            self.sweep(&mut conns, now);
-        }
         let list = conns.get_mut(&addr)?;
         // Newest first.
         let mut i = list.len();
@@ -156,8 +147,15 @@ impl Pool {
     /// Drops connections idle past the idle timeout (and closed ones),
     /// whether or not requests come.
     pub fn sweep_idle(&self) {
+        let now = Instant::now();
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        self.sweep(&mut conns, Instant::now());
+        for list in conns.values_mut() {
+            list.retain(|c| {
+                !c.sender.is_closed() && now.duration_since(c.used) <= self.idle_timeout
+            });
+        }
+        // Instances no longer asked for leave no empty list behind.
+        conns.retain(|_, list| !list.is_empty());
     }
 
     /// How often [`Self::sweep_idle`] should run: a connection lives at most
@@ -171,16 +169,6 @@ impl Pool {
     fn held(&self) -> usize {
         let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.values().map(Vec::len).sum()
-    }
-
-    /// Drops closed and idle connections everywhere, and the lists left empty.
-    fn sweep(&self, conns: &mut HashMap<SocketAddr, Vec<Conn>>, now: Instant) {
-        for list in conns.values_mut() {
-            list.retain(|c| {
-                !c.sender.is_closed() && now.duration_since(c.used) <= self.idle_timeout
-            });
-        }
-        conns.retain(|_, list| !list.is_empty());
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<ProxyBody>, PoolError> {
