@@ -13,10 +13,10 @@ use std::sync::{Arc, OnceLock};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use shoal_gateway::eureka::register;
 use shoal_gateway::headers::{forwarded_prefix, traceparent, upstream_headers};
-use shoal_gateway::route;
-use shoal_node::key::{ClusterKey, KeyRing};
-use shoal_node::stats::{ClusterStats, Figures, Histogram};
-use shoal_node::transport::{Sealer, check_datagram};
+use shoal_gateway::path as route;
+use shoal_node::testing::{Sealer, check_datagram};
+use shoal_node::{ClusterKey, KeyRing};
+use shoal_node::{ClusterStats, Figures, Histogram};
 use shoal_node::{ClusterView, Env, Health, Lease, LeaseOp, Member, MemberId};
 
 /// A fuzz target: takes any bytes, panics only on a finding.
@@ -227,7 +227,10 @@ pub fn eureka_register(data: &[u8]) {
             Some(lease.clone()),
             "lease round trip"
         );
-        let member = Arc::new(lease).member("127.0.0.1:7950".parse().expect("an address"));
+        let member = Member::from_lease(
+            &Arc::new(lease),
+            "127.0.0.1:7950".parse().expect("an address"),
+        );
         assert_eq!(member.service, "orders");
     }
 }

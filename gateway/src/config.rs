@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use shoal_node::NodeConfig;
-use shoal_node::config::{ConfigError, Env};
+use shoal_node::{ConfigError, Env};
 
 /// Everything the gateway reads at start.
 #[derive(Debug, Clone)]
@@ -91,7 +91,7 @@ impl TlsConfig {
         };
         let port = env.parse_in("SHOAL_TLS_PORT", 4443, 1.., "a TCP port, 1-65535")?;
         if port == plain_port {
-            return Err(shoal_node::config::invalid(
+            return Err(shoal_node::invalid(
                 "SHOAL_TLS_PORT",
                 &port.to_string(),
                 "a port other than SHOAL_PORT (which stays plain HTTP)",
@@ -342,7 +342,7 @@ impl GatewayConfig {
                 "a number of threads, 1-1024",
             )?,
             access_log: env.bool_or("SHOAL_ACCESS_LOG", true)?,
-            log_json: shoal_node::config::log_json(env)?,
+            log_json: shoal_node::log_json(env)?,
             stats_every: Some(env.duration_in(
                 "SHOAL_STATS_EVERY",
                 Duration::from_secs(1),

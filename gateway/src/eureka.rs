@@ -14,7 +14,7 @@
 //! - **Writes**: register (`POST apps/{APP}`, JSON or XML → 204), heartbeat
 //!   (`PUT apps/{APP}/{ID}` → 200 or 404, empty bodies), cancel, status
 //!   override, metadata. Each becomes a lease in gossip
-//!   ([`shoal_node::lease`]): every gateway routes `/api/{app}/**` to the
+//!   ([`shoal_node::Lease`]): every gateway routes `/api/{app}/**` to the
 //!   instance within a few gossip rounds, a heartbeat to any gateway renews
 //!   it, and it leaves every view on cancel or when its lease runs out.
 //!
@@ -42,7 +42,7 @@ use shoal_node::{Cluster, LeaseError, LeaseOp, Status};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::stats::now_ms;
+use shoal_node::now_ms;
 
 pub use access::Access;
 pub use changes::Snapshot;

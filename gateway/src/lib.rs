@@ -5,48 +5,35 @@
 //! `gateway`, routes `/api/{service}/**` from its own gossip view on port
 //! 4000, and serves metrics and membership on the admin port 8761.
 //!
-//! # Layout (in the order a request passes)
-//! - [`server`], [`workers`]: accept connections, one runtime per CPU.
-//! - [`proxy`]: the entry of a request: trace context, access log, metrics.
-//! - [`route`]: path → service and upstream path.
-//! - [`admission`]: an instance up, breaker closed, under the limit.
-//! - [`retry`]: attempts by the rules that never duplicate a write, with
-//!   [`replay`] (bodies kept for retries), [`balance`] (P2C over peak-EWMA)
-//!   and [`headers`] (hop-by-hop, `X-Forwarded-*`, `traceparent`).
-//! - [`upgrade`]: WebSocket handshakes and tunnels.
-//! - [`outcome`]: retry budget, circuit breaker, ejection.
-//! - [`upstreams`]: the routing table rebuilt from each new view; [`state`]:
-//!   what every request reads.
-//! - [`admin`] (with [`eureka`], Eureka's REST reads), [`metrics`],
-//!   [`error`], [`body`], [`connect`], [`config`].
+//! # Layout: layers, in the order a request meets them
+//! - [`edge`]: listeners, TLS, the protocol of each connection, slow clients.
+//! - [`route`]: the table from gossip, path → service, balance, affinity,
+//!   admission, rate limits, breaker and budget — deciding, not sending.
+//! - [`forward`]: the request's entry, retries, replay, WebSocket tunnels,
+//!   the upstream pool, headers, the gateway's own error answers.
+//! - [`report`]: the admin port, `/stats` and the dashboard, the figures
+//!   published by gossip.
+//! - [`eureka`]: Eureka's REST API over node's leases; imports nothing of
+//!   the gateway.
+//! - [`meter`]: the counters every layer adds to; [`config`]: settings.
+//!
+//! Imports go one way: edge → forward → route → meter → config → eureka,
+//! and report above them all; `tests/tests/layout.rs` fails on an import
+//! against that order or on any cycle.
 
 #![forbid(unsafe_code)]
 
-mod admin;
-mod admission;
-mod affinity;
-mod balance;
-mod body;
 pub mod config;
-mod error;
+mod edge;
 pub mod eureka;
-pub mod headers;
-mod limit;
-mod metrics;
-mod outcome;
-mod pool;
-mod proxy;
-mod replay;
-mod retry;
-pub mod route;
-mod server;
-mod stall;
-mod state;
-pub mod stats;
-mod tls;
-mod upgrade;
-mod upstreams;
-mod workers;
+mod forward;
+mod meter;
+mod report;
+mod route;
+
+/// The parsers the fuzz targets reach.
+pub use forward::headers;
+pub use route::path;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,7 +44,10 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 pub use crate::config::GatewayConfig;
-use crate::state::Gateway;
+use crate::edge::{server, tls, workers};
+use crate::forward::state::Gateway;
+use crate::report::{admin, stats};
+use crate::route::demand;
 
 /// Runs the gateway described by `config` until SIGTERM or Ctrl-C, then
 /// drains and leaves the cluster.
@@ -105,7 +95,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         })
     };
 
-    limit::spawn_sync(gw.upstreams.clone(), gw.metrics.clone(), cluster.clone());
+    demand::spawn_sync(gw.upstreams.clone(), gw.metrics.clone(), cluster.clone());
     if let Some(every) = gw.config.stats_every {
         stats::spawn_publisher(gw.upstreams.clone(), cluster.clone(), every);
     }

@@ -19,12 +19,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-
-use crate::member::{Health, Member, MemberId};
 
 /// Prefix of the gossip keys holding leases.
 pub const KEY_PREFIX: &str = "eureka:";
@@ -343,43 +341,12 @@ impl Lease {
     pub fn beats(&self, holder: &str, other: &Lease, other_holder: &str) -> bool {
         (self.version, self.renewed_ms, holder) > (other.version, other.renewed_ms, other_holder)
     }
-
-    /// The shoal member this lease stands for; `gossip_addr` is its holder's.
-    pub fn member(self: &std::sync::Arc<Self>, gossip_addr: SocketAddr) -> Member {
-        let r = &self.registration;
-        Member {
-            id: MemberId {
-                node: format!("{KEY_PREFIX}{}", r.instance_id),
-                generation: self.registered_ms,
-            },
-            service: r.service(),
-            addr: SocketAddr::new(r.ip_addr, r.port),
-            health: match r.effective_status() {
-                Status::Up => Health::Up,
-                // Out of traffic on purpose: what draining means here.
-                Status::OutOfService => Health::Draining,
-                Status::Down | Status::Starting | Status::Unknown => Health::Starting,
-            },
-            routes: Vec::new(),
-            host: r.host_name.clone(),
-            version: String::new(),
-            started_ms: self.registered_ms,
-            gossip_addr,
-            lease: Some(self.clone()),
-            // Spring Cloud's weighted balancer reads `metadata.weight`;
-            // `metadata.version` is the usual version tag.
-            policy: crate::policy::Policy::from_keys(|k| match k {
-                crate::policy::keys::WEIGHT => r.metadata.get("weight").map(String::as_str),
-                crate::policy::keys::LABEL => r.metadata.get("version").map(String::as_str),
-                _ => None,
-            }),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::member::{Health, Member};
 
     fn registration(id: &str) -> Registration {
         Registration {
@@ -478,7 +445,7 @@ mod tests {
         .unwrap();
         let arc = std::sync::Arc::new(out.clone());
         assert_eq!(
-            arc.member("127.0.0.1:1".parse().unwrap()).health,
+            Member::from_lease(&arc, "127.0.0.1:1".parse().unwrap()).health,
             Health::Draining
         );
         let again = Lease::apply(
@@ -493,7 +460,10 @@ mod tests {
         let cleared =
             Lease::apply(Some(&again), "ORDERS", "i", LeaseOp::ClearOverride(None), 3).unwrap();
         assert_eq!(cleared.registration.effective_status(), Status::Up);
-        let member = std::sync::Arc::new(cleared).member("127.0.0.1:1".parse().unwrap());
+        let member = Member::from_lease(
+            &std::sync::Arc::new(cleared),
+            "127.0.0.1:1".parse().unwrap(),
+        );
         assert_eq!(member.health, Health::Up);
         assert_eq!(member.service, "orders");
         assert_eq!(member.addr, "10.0.9.5:8080".parse().unwrap());
@@ -513,7 +483,7 @@ mod tests {
             1,
         )
         .unwrap();
-        let m = std::sync::Arc::new(lease).member("127.0.0.1:1".parse().unwrap());
+        let m = Member::from_lease(&std::sync::Arc::new(lease), "127.0.0.1:1".parse().unwrap());
         assert_eq!(m.policy.weight, crate::policy::Weight::Share(100));
         assert_eq!(m.policy.label.as_deref(), Some("v2"));
     }

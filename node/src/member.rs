@@ -12,8 +12,8 @@ use std::sync::Arc;
 use chitchat::{ChitchatId, NodeState};
 use serde::{Deserialize, Serialize};
 
-use crate::lease::Lease;
-use crate::policy::Policy;
+use crate::lease::{self, Lease, Status};
+use crate::policy::{self, Policy};
 
 /// Gossip key names, in one place.
 pub mod keys {
@@ -251,6 +251,40 @@ impl Member {
         match &self.lease {
             Some(lease) => lease.registration.instance_id.clone(),
             None => format!("{}:{}:{}", self.addr.ip(), self.service, self.addr.port()),
+        }
+    }
+}
+impl Member {
+    /// The member a lease stands for (an instance registered through
+    /// Eureka's API); `gossip_addr` is its holder's.
+    pub fn from_lease(lease: &Arc<Lease>, gossip_addr: SocketAddr) -> Member {
+        let r = &lease.registration;
+        Member {
+            id: MemberId {
+                node: lease::key(&r.instance_id),
+                generation: lease.registered_ms,
+            },
+            service: r.service(),
+            addr: SocketAddr::new(r.ip_addr, r.port),
+            health: match r.effective_status() {
+                Status::Up => Health::Up,
+                // Out of traffic on purpose: what draining means here.
+                Status::OutOfService => Health::Draining,
+                Status::Down | Status::Starting | Status::Unknown => Health::Starting,
+            },
+            routes: Vec::new(),
+            host: r.host_name.clone(),
+            version: String::new(),
+            started_ms: lease.registered_ms,
+            gossip_addr,
+            lease: Some(lease.clone()),
+            // Spring Cloud's weighted balancer reads `metadata.weight`;
+            // `metadata.version` is the usual version tag.
+            policy: Policy::from_keys(|k| match k {
+                policy::keys::WEIGHT => r.metadata.get("weight").map(String::as_str),
+                policy::keys::LABEL => r.metadata.get("version").map(String::as_str),
+                _ => None,
+            }),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, Env, invalid};
+use crate::env::{ConfigError, Env, invalid};
 
 /// Gossip keys of the policies.
 pub mod keys {

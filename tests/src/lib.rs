@@ -28,6 +28,7 @@ pub const GOSSIP_PORT: u16 = 7950;
 pub mod browser;
 pub mod chaos;
 pub mod cut;
+pub mod layout;
 pub mod sim;
 
 /// The directory holding the workspace's binaries.
@@ -54,7 +55,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A cluster key for a test run.
 pub fn new_key() -> String {
-    shoal_node::key::ClusterKey::generate().to_base64()
+    shoal_node::ClusterKey::generate().to_base64()
 }
 
 /// A test's private slice of loopback: 127.N.g.i.

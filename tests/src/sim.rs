@@ -3,7 +3,7 @@
 //! Each simulated member runs exactly what a real one runs up to its view —
 //! its `NodeConfig` read from the same `SHOAL_*` variables, its announce
 //! record, chitchat with shoal's settings and the sealed transport
-//! ([`shoal_node::cluster::Gossip`]) — but its datagrams go through
+//! ([`shoal_node::testing::Gossip`]) — but its datagrams go through
 //! [`SimNet`], an in-memory network with a fixed one-way latency and
 //! optional packet loss, and time is tokio's paused clock: nothing waits for
 //! real time, so a thousand members run on one core, and every figure
@@ -26,9 +26,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use shoal_node::cluster::{Gossip, Role};
-use shoal_node::member::{Health, keys};
-use shoal_node::transport::{Wire, WireSocket};
+use shoal_node::Health;
+use shoal_node::Role;
+use shoal_node::testing::Gossip;
+use shoal_node::testing::keys;
+use shoal_node::testing::{Wire, WireSocket};
 use shoal_node::{Env, NodeConfig};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -195,7 +197,7 @@ impl SimMember {
     }
 
     /// Bytes of gossip it has sent, by message kind
-    /// ([`shoal_node::transport::MessageKind::ALL`] order).
+    /// ([`shoal_node::MessageKind::ALL`] order).
     pub fn bytes_sent_by_kind(&self) -> Vec<u64> {
         let s = &self.gossip.stats;
         s.bytes_sent_by_kind

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
-use shoal_node::key::{ClusterKey, KeyRing};
-use shoal_node::transport::{Sealer, Wire};
+use shoal_node::testing::{Sealer, Wire};
+use shoal_node::{ClusterKey, KeyRing};
 use shoal_tests::sim::{SimMember, SimNet, ip, spawn_member, until_all};
 use tokio::time::Instant;
 

@@ -219,8 +219,8 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
     // A fresh machine is no Swarm manager yet: secrets need one.
     script("swarm-init", &[]);
     let (old, new) = (
-        shoal_node::key::ClusterKey::generate().to_base64(),
-        shoal_node::key::ClusterKey::generate().to_base64(),
+        shoal_node::ClusterKey::generate().to_base64(),
+        shoal_node::ClusterKey::generate().to_base64(),
     );
     let secret = |name: &str, value: &str| {
         let mut child = Command::new("docker")
@@ -560,7 +560,7 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
         "-e",
         &format!(
             "SHOAL_CLUSTER_KEY={}",
-            shoal_node::key::ClusterKey::generate().to_base64()
+            shoal_node::ClusterKey::generate().to_base64()
         ),
         "-e",
         "SHOAL_SEEDS=tasks.gateway:7950",

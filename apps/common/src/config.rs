@@ -4,9 +4,9 @@
 use std::net::IpAddr;
 
 use shoal_node::NodeConfig;
-use shoal_node::config::{ConfigError, Env, invalid};
+use shoal_node::{ConfigError, Env, invalid};
 
-use crate::db::Backend;
+use crate::db::{Backend, redact};
 
 /// Everything a service reads at start.
 #[derive(Debug, Clone)]
@@ -45,24 +45,10 @@ impl AppConfig {
             listen: env.parse_or("SHOAL_LISTEN", IpAddr::from([0, 0, 0, 0]), "an IP address")?,
             database_url,
             db_pool,
-            log_json: shoal_node::config::log_json(env)?,
+            log_json: shoal_node::log_json(env)?,
             access_log: env.bool_or("SHOAL_ACCESS_LOG", true)?,
             node,
         })
-    }
-}
-
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
     }
 }
 

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use shoal_node::key::ClusterKey;
+use shoal_node::ClusterKey;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 

@@ -35,7 +35,7 @@ pub struct SidecarArgs {
     #[arg(long, default_value = "")]
     pub routes: String,
     /// Time between two health checks.
-    #[arg(long, default_value = "500ms", value_parser = crate::duration_arg)]
+    #[arg(long, default_value = "500ms", value_parser = crate::args::duration_arg)]
     pub interval: Duration,
     /// Also print one JSON line per change of this member's view.
     #[arg(long)]
@@ -49,7 +49,7 @@ pub struct SidecarArgs {
 /// Runs the sidecar until SIGTERM (or the child's death).
 pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     let env = Env::from_process();
-    shoal_http::telemetry::init(shoal_node::config::log_json(&env)?);
+    shoal_http::telemetry::init(shoal_node::log_json(&env)?);
     let config = NodeConfig::from_env(&env, "sidecar", 0)?;
     anyhow::ensure!(
         config.port != 0,
@@ -74,7 +74,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     let poll = follow_health(&cluster, args.health_url.as_deref(), args.interval);
     let changes = async {
         if args.watch {
-            crate::print_changes(&cluster).await;
+            crate::members::print_changes(&cluster).await;
         }
         std::future::pending::<()>().await
     };
@@ -114,7 +114,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
 fn spawn_child(program: &str, args: &[String]) -> std::io::Result<tokio::process::Child> {
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
-    crate::die_with_parent(&mut cmd, Signal::SIGTERM);
+    crate::exit::die_with_parent(&mut cmd, Signal::SIGTERM);
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
     cmd.spawn()
@@ -127,7 +127,7 @@ async fn follow_health(cluster: &Cluster, url: Option<&str>, interval: Duration)
     loop {
         let health = match url {
             None => Health::Up,
-            Some(url) => match crate::healthcheck(url, Duration::from_secs(2)).await {
+            Some(url) => match crate::http::healthcheck(url, Duration::from_secs(2)).await {
                 Ok(()) => Health::Up,
                 Err(err) => {
                     if current == Some(Health::Up) {

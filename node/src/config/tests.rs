@@ -1,4 +1,5 @@
 use super::*;
+use crate::env::parse_duration;
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 

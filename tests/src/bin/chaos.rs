@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use shoal_node::config::parse_duration;
+use shoal_node::parse_duration;
 use shoal_tests::chaos::{Plan, run};
 
 #[derive(Parser)]

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use shoal_node::key::ClusterKey;
-use shoal_node::transport::MessageKind;
+use shoal_node::ClusterKey;
+use shoal_node::MessageKind;
 use shoal_tests::sim::{SimMember, SimNet, spawn_member, until_all};
 use tokio::time::Instant;
 

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use shoal_node::config::parse_duration;
+use shoal_node::parse_duration;
 use shoal_tests::chaos::Load;
 use shoal_tests::{children, rss_and_fds};
 

@@ -27,7 +27,7 @@ pub fn parse_spec(raw: &str) -> Result<ChaosSpec, String> {
     let (service, every) = raw
         .rsplit_once(':')
         .ok_or_else(|| format!("{raw:?}: expected SERVICE:EVERY, e.g. story-service:5s"))?;
-    let every = shoal_node::config::parse_duration(every)
+    let every = shoal_node::parse_duration(every)
         .ok_or_else(|| format!("{raw:?}: {every:?} is not a duration such as 500ms, 5s or 1m"))?;
     if every < Duration::from_millis(100) {
         return Err(format!("{raw:?}: kill at most every 100ms"));

@@ -152,7 +152,7 @@ impl Replica {
             .process_group(0);
         // If `shoal local` itself is killed (-9), its replicas go with it
         // rather than live on, orphaned, holding their addresses.
-        crate::die_with_parent(&mut cmd, nix::sys::signal::Signal::SIGKILL);
+        crate::exit::die_with_parent(&mut cmd, nix::sys::signal::Signal::SIGKILL);
         tokio::process::Command::from(cmd).spawn()
     }
 }

@@ -28,7 +28,7 @@ pub struct Views {
     gateways: Vec<IpAddr>,
     admin_port: u16,
     logs: PathBuf,
-    client: crate::HttpClient,
+    client: crate::http::HttpClient,
     /// Seconds from a death to back in rotation, for every restart.
     back: Mutex<Vec<f64>>,
 }
@@ -40,7 +40,7 @@ impl Views {
             gateways,
             admin_port,
             logs,
-            client: crate::http_client(),
+            client: crate::http::http_client(),
             back: Mutex::default(),
         }
     }
@@ -53,7 +53,7 @@ impl Views {
     /// Whether a GET of `url` answers 2xx within `timeout`, on this
     /// struct's pooled connections.
     pub async fn answers(&self, url: &str, timeout: Duration) -> bool {
-        crate::http_get_with(&self.client, url, timeout)
+        crate::http::http_get_with(&self.client, url, timeout)
             .await
             .is_ok_and(|(status, _)| status.is_success())
     }
@@ -61,7 +61,7 @@ impl Views {
     /// The view of one gateway, if it answers within a second.
     pub async fn fetch(&self, gateway: IpAddr) -> Option<MembersDoc> {
         let url = format!("http://{gateway}:{}/members", self.admin_port);
-        let (status, body) = crate::http_get_with(&self.client, &url, Duration::from_secs(1))
+        let (status, body) = crate::http::http_get_with(&self.client, &url, Duration::from_secs(1))
             .await
             .ok()?;
         if !status.is_success() {

@@ -1,0 +1,304 @@
+//! The public listener: accepts connections and serves them with hyper
+//! until told to stop, then lets every connection finish what it is doing.
+//!
+//! Stopping works as in mini-redis, through the gateway's
+//! [`shoal_http::Drain`]: each connection task holds a `Watch` (counted
+//! while it lives) and races its connection against the drain. When the
+//! drain starts the accept loop ends, each connection finishes its
+//! in-flight request and closes (keep-alive connections included), and the
+//! drain knows every connection is done when the last `Watch` is dropped.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use shoal_http::Work;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::forward::headers::ClientTls;
+use crate::forward::proxy;
+use crate::forward::state::Gateway;
+
+/// The largest request head taken (nginx takes 4 × 8 KiB by default).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Drives a hyper connection; when the drain starts, asks it to finish its
+/// in-flight request and close, and waits for that.
+macro_rules! until_drained {
+    ($conn:expr, $watch:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = $watch.draining() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+
+/// What a listener serves.
+#[derive(Clone)]
+pub enum Kind {
+    /// HTTP/1.1, and HTTP/2 by prior knowledge when `h2c` is set.
+    Plain {
+        /// Also HTTP/2 without TLS.
+        h2c: bool,
+    },
+    /// TLS, then HTTP/2 or HTTP/1.1 as ALPN chose.
+    Tls(crate::edge::tls::Tls),
+    /// HTTP/1.1 answering every request with a redirect to HTTPS on `port`.
+    Redirect {
+        /// The HTTPS port.
+        port: u16,
+    },
+}
+
+/// Serves `listeners` until the gateway's drain starts, then waits for the
+/// drain to end (every connection and tunnel done, or `grace` over) so this
+/// runtime's connections can finish.
+pub async fn serve(listeners: Vec<(TcpListener, Kind)>, gw: Arc<Gateway>, grace: Duration) {
+    let drain = gw.drain.clone();
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, kind)| tokio::spawn(accept_loop(listener, kind, gw.clone())))
+        .collect();
+    for l in loops {
+        let _ = l.await;
+    }
+    drain.wait(grace).await;
+}
+
+async fn accept_loop(listener: TcpListener, kind: Kind, gw: Arc<Gateway>) {
+    let drain = gw.drain.clone();
+    // Not a `Watch`: the accept loop is not work the drain waits for.
+    let draining = drain.draining();
+    tokio::pin!(draining);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off, go on.
+                        warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let Ok(permit) = gw.connections.clone().try_acquire_owned() else {
+                    tokio::spawn(refuse(stream));
+                    continue;
+                };
+                let gw = gw.clone();
+                let watch = drain.watch(Work::Connection);
+                let stream = crate::edge::stall::Stall::new(stream, gw.config.proxy.client_write_timeout);
+                let kind = kind.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match kind {
+                        Kind::Plain { h2c } => {
+                            let proto = if h2c { Proto::Auto } else { Proto::Http1 };
+                            connection(stream, proto, false, gw, peer, watch).await;
+                        }
+                        Kind::Tls(tls) => {
+                            let handshake = tokio::time::timeout(
+                                gw.config.proxy.header_timeout,
+                                tls.acceptor.accept(stream),
+                            );
+                            let stream = match handshake.await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(err)) => {
+                                    gw.metrics.tls_handshake_failures.inc();
+                                    debug!(%peer, error = %err, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    gw.metrics.tls_handshake_failures.inc();
+                                    debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let proto = if h2 { Proto::Http2 } else { Proto::Http1 };
+                            connection(stream, proto, true, gw, peer, watch).await;
+                        }
+                        Kind::Redirect { port } => redirect(stream, port, gw, watch).await,
+                    }
+                });
+            }
+            _ = &mut draining => break,
+        }
+    }
+}
+
+/// How a connection speaks HTTP.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Http1,
+    Http2,
+    /// HTTP/2 if the client starts with its preface, else HTTP/1.1.
+    Auto,
+}
+
+/// Serves one client connection until it ends or the drain closes it.
+async fn connection<I>(
+    io: I,
+    proto: Proto,
+    tls: bool,
+    gw: Arc<Gateway>,
+    peer: std::net::SocketAddr,
+    mut watch: shoal_http::Watch,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let header_timeout = gw.config.proxy.header_timeout;
+    let (http1_count, http2_count) = (
+        gw.metrics.protocol("http/1.1", tls),
+        gw.metrics.protocol("h2", tls),
+    );
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        let gw = gw.clone();
+        if req.version() == http::Version::HTTP_2 {
+            http2_count.inc();
+        } else {
+            http1_count.inc();
+        }
+        if tls {
+            req.extensions_mut().insert(ClientTls);
+        }
+        async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer).await) }
+    });
+    let io = TokioIo::new(io);
+    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match proto {
+        Proto::Http1 => until_drained!(
+            http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                // Headers (request line included) up to 64 KiB; larger
+                // ones are answered 431.
+                .max_header_size(MAX_HEADER_BYTES)
+                .serve_connection(io, service)
+                .with_upgrades(),
+            watch
+        )
+        .map_err(Into::into),
+        Proto::Http2 => until_drained!(
+            http2_builder(header_timeout).serve_connection(io, service),
+            watch
+        )
+        .map_err(Into::into),
+        Proto::Auto => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(MAX_HEADER_BYTES.max(8192) * 2);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(MAX_HEADER_BYTES as u32)
+                .keep_alive_interval(Some(Duration::from_secs(30)));
+            until_drained!(builder.serve_connection_with_upgrades(io, service), watch)
+        }
+    };
+    if let Err(err) = result {
+        debug!(%peer, error = %err, "connection ended with an error");
+    }
+    drop(watch);
+}
+
+fn http2_builder(header_timeout: Duration) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        // A client that goes silent is noticed (and its streams freed).
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(header_timeout.max(Duration::from_secs(5)));
+    b
+}
+
+/// Answers every request of a plain connection with a permanent redirect
+/// to the same URL over HTTPS (308 keeps the method and body).
+async fn redirect<I>(io: I, port: u16, gw: Arc<Gateway>, mut watch: shoal_http::Watch)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(
+        move |req: hyper::Request<hyper::body::Incoming>| async move {
+            Ok::<_, Infallible>(redirect_response(&req, port))
+        },
+    );
+    let _ = until_drained!(
+        http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(gw.config.proxy.header_timeout)
+            .max_header_size(MAX_HEADER_BYTES)
+            .serve_connection(TokioIo::new(io), service),
+        watch
+    );
+}
+
+/// The redirect of `req` to HTTPS on `port`.
+pub fn redirect_response(
+    req: &hyper::Request<hyper::body::Incoming>,
+    port: u16,
+) -> hyper::Response<crate::forward::body::ProxyBody> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .unwrap_or("localhost");
+    // The host without its port (an IPv6 literal keeps its brackets).
+    let name = match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{name}{path}")
+    } else {
+        format!("https://{name}:{port}{path}")
+    };
+    let mut response = crate::forward::error::error_response(
+        http::StatusCode::PERMANENT_REDIRECT,
+        &format!("this gateway serves HTTPS only: {location}"),
+        req.uri().path(),
+    );
+    if let Ok(value) = http::HeaderValue::from_str(&location) {
+        response.headers_mut().insert(http::header::LOCATION, value);
+    }
+    response
+}
+
+/// Answers a connection over the limit: a 503 written at once (without
+/// reading the request) and the connection closed. Bounded by a second, so
+/// refusals cannot pile up either.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = shoal_http::spring::error_json::<()>(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "too many client connections to this gateway (SHOAL_MAX_CLIENT_CONNECTIONS)",
+        "",
+        &[],
+    );
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    })
+    .await;
+}

@@ -1,0 +1,191 @@
+//! One request through the gateway, in the order it passes the files of
+//! this crate:
+//!
+//! 1. [`crate::route::path`]: the path names a service (`/api/{service}/**`, or a
+//!    path route it announced) and the path to send on;
+//! 2. [`crate::route::admission`]: an instance is up, the breaker is closed, the
+//!    gateway is under its limit;
+//! 3. [`crate::forward::retry`] (with [`crate::forward::replay`], [`crate::route::balance`] and
+//!    [`crate::forward::headers`]): attempts on instances picked by P2C, by the rules
+//!    that never duplicate a write — or [`crate::forward::upgrade`] for a WebSocket;
+//! 4. [`crate::route::outcome`]: what the answer teaches (latency, ejection, the
+//!    breaker's verdict, the budget), read by the next pick.
+//!
+//! This file holds the entry ([`handle`]): the trace context, the access
+//! log line and the request metrics around those steps.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tracing::info;
+
+use crate::forward::body::ProxyBody;
+use crate::forward::call::{Call, Log};
+use crate::forward::error::GatewayMade;
+use crate::forward::error::error_response;
+use crate::forward::headers::{TRACEPARENT, client_ip, traceparent};
+use crate::forward::state::Gateway;
+use crate::forward::upgrade::is_upgrade;
+use crate::forward::{retry, upgrade};
+use crate::route::admission::{Refusal, admit};
+use crate::route::limit::Limited;
+use crate::route::path::{NoRoute, resolve};
+use crate::route::table::ServiceState;
+
+/// Handles one request from a client at `peer`.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    // A Uri clone shares the request's bytes: no copy of the path.
+    let uri = req.uri().clone();
+    let path = uri.path();
+    let traceparent = traceparent(req.headers());
+    let client = client_ip(req.headers(), peer.ip(), &gw.config.proxy.trusted_proxies);
+    let mut log = Log {
+        service: None,
+        upstream: None,
+        attempts: 0,
+    };
+    let mut response = dispatch(&gw, req, path, peer, client, &traceparent, &mut log).await;
+    let status = response.status();
+    match &log.service {
+        Some(service) => {
+            service.metrics.request(status.as_u16());
+            let made = response.extensions().get::<GatewayMade>().is_some();
+            let latency = (!made).then(|| start.elapsed());
+            service.metrics.stats.record(status.as_u16(), made, latency);
+        }
+        None => gw.metrics.unrouted(status.as_u16()),
+    }
+    if gw.config.access_log {
+        info!(
+            service = log.service.as_ref().map_or("-", |s| &s.name),
+            client = %client,
+            method = %method,
+            path = %path,
+            status = status.as_u16(),
+            latency_ms = format!("{:.2}", start.elapsed().as_secs_f64() * 1e3),
+            upstream = %log.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            attempts = log.attempts,
+            traceparent = %traceparent.to_str().unwrap_or(""),
+            "request"
+        );
+    }
+    response.headers_mut().insert(TRACEPARENT, traceparent);
+    response
+}
+
+/// The 429 of a request over a rate limit, with `Retry-After` in whole
+/// seconds (at least 1).
+fn rate_limited(service: &ServiceState, limited: &Limited, path: &str) -> Response<ProxyBody> {
+    let (whose, counter) = if limited.per_client {
+        ("per client", &service.metrics.rate_limited_client)
+    } else {
+        ("in total", &service.metrics.rate_limited_service)
+    };
+    counter.inc();
+    let mut response = error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!(
+            "{} allows {} requests {whose} across all gateways; retry later",
+            service.name, limited.limit
+        ),
+        path,
+    );
+    let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+/// Route → admission → retry loop or upgrade → the breaker's verdict.
+/// `client`: the client's address (the peer, or as a trusted proxy names it).
+async fn dispatch(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    path: &str,
+    peer: SocketAddr,
+    client: IpAddr,
+    traceparent: &HeaderValue,
+    log: &mut Log,
+) -> Response<ProxyBody> {
+    let table = gw.upstreams.snapshot();
+    let route = match resolve(&table.view, path, req.uri().query()) {
+        Ok(route) => route,
+        Err(NoRoute::NotApi) => {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "no route: paths start with /api/{service}",
+                path,
+            );
+        }
+        Err(NoRoute::UnknownService(name)) => {
+            // Knowing no service at all is not "no such service": this
+            // gateway is starting, or cut off from the cluster.
+            let alone = table
+                .view
+                .services()
+                .all(|(s, _)| s == gw.config.node.service.as_str());
+            if alone {
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this gateway sees no service at all: it is starting, or cut off from the cluster",
+                    path,
+                );
+            }
+            return error_response(
+                StatusCode::NOT_FOUND,
+                &format!("no service named {name} is known to this gateway"),
+                path,
+            );
+        }
+    };
+    let Some(service) = table.service(route.service) else {
+        return error_response(StatusCode::NOT_FOUND, "unknown service", path);
+    };
+    log.service = Some(service.clone());
+    if service.policy.rate_limit.is_some() || service.policy.rate_limit_per_client.is_some() {
+        if let Err(limited) = service.limiter.check(client, Instant::now()) {
+            return rate_limited(service, &limited, path);
+        }
+    }
+    let (admitted, slot) = match admit(&gw.in_flight, service) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refused(refusal, route.service, path),
+    };
+    let call = Call {
+        path,
+        upstream_path: route.upstream,
+        peer,
+        traceparent,
+        log,
+    };
+    let (response, verdict) = if is_upgrade(&req) {
+        upgrade::forward(gw, service, req, slot, call).await
+    } else {
+        let _slot = slot;
+        retry::forward(gw, service, req, call).await
+    };
+    admitted.settle(verdict);
+    response
+}
+
+/// The 503 that says why `refusal` turned a request of `service` at `path`
+/// away.
+fn refused(refusal: Refusal, service: &str, path: &str) -> Response<ProxyBody> {
+    let message = match refusal {
+        Refusal::NoInstance => format!("no instance of {service} is up"),
+        Refusal::BreakerOpen => format!("circuit breaker of {service} is open"),
+        Refusal::OverLimit => "gateway over its connection limit".to_string(),
+    };
+    error_response(StatusCode::SERVICE_UNAVAILABLE, &message, path)
+}

@@ -1,0 +1,71 @@
+//! The state every request reads: configuration, the routing table built
+//! from gossip, metrics, the gateway-wide in-flight limit, the drain, and
+//! this worker thread's upstream connection pool.
+
+use std::sync::Arc;
+
+use shoal_http::Drain;
+use tokio::sync::Semaphore;
+
+use crate::config::GatewayConfig;
+use crate::forward::pool::Pool;
+use crate::meter::metrics::Metrics;
+use crate::route::table::Upstreams;
+
+/// Everything a request needs. One per worker thread: the routing table,
+/// metrics, limits and drain are shared, the upstream connection pool is
+/// the worker's own (so a request never wakes another thread).
+pub struct Gateway {
+    /// Configuration.
+    pub config: Arc<GatewayConfig>,
+    /// Routing table from the gossip view (shared).
+    pub upstreams: Arc<Upstreams>,
+    /// Metrics (shared).
+    pub metrics: Arc<Metrics>,
+    /// The graceful stop, waited for by connections and tunnels (shared).
+    pub drain: Drain,
+    /// Requests (and tunnels) in flight through this gateway, bounded by
+    /// `SHOAL_MAX_CONNECTIONS` (shared).
+    pub in_flight: Arc<Semaphore>,
+    /// Pooled keep-alive connections to instances (this worker's own).
+    pub pool: Pool,
+    /// Client connections open, bounded by `SHOAL_MAX_CLIENT_CONNECTIONS` (shared).
+    pub connections: Arc<Semaphore>,
+}
+
+impl Gateway {
+    /// A gateway built from `config`, stopped by `drain`.
+    pub fn new(config: GatewayConfig, drain: Drain) -> Self {
+        Self {
+            upstreams: Arc::new(Upstreams::new(config.resilience.clone())),
+            metrics: Arc::new(Metrics::default()),
+            in_flight: Arc::new(Semaphore::new(config.proxy.max_in_flight)),
+            connections: Arc::new(Semaphore::new(config.proxy.max_client_connections)),
+            pool: pool(&config),
+            drain,
+            config: Arc::new(config),
+        }
+    }
+
+    /// A gateway for another worker thread: same table, metrics, limits and
+    /// drain, its own connection pool.
+    pub fn for_worker(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            upstreams: self.upstreams.clone(),
+            metrics: self.metrics.clone(),
+            drain: self.drain.clone(),
+            in_flight: self.in_flight.clone(),
+            connections: self.connections.clone(),
+            pool: pool(&self.config),
+        }
+    }
+}
+
+fn pool(config: &GatewayConfig) -> Pool {
+    Pool::new(
+        config.proxy.connect_timeout,
+        config.proxy.pool_idle_timeout,
+        config.proxy.max_in_flight_per_instance as usize,
+    )
+}

@@ -1,0 +1,88 @@
+//! The keys gateways share with each other: their traffic figures
+//! ([`crate::stats`], `stats` and `stats:…`) and their rate-limit demand
+//! ([`crate::demand`], `limit:…`). Each gateway replaces its own set whole
+//! and reads everyone else's; services only carry them.
+
+use chitchat::{Chitchat, NodeState};
+
+use crate::demand::{self, Demand};
+use crate::member::{Health, keys};
+use crate::stats::{self, ClusterStats, GatewayStats};
+
+/// Replaces this member's keys that start with `prefix` by `kv`: keys no
+/// longer in it are deleted, values that did not change are not sent again.
+fn replace_under(c: &mut Chitchat, prefix: &str, kv: Vec<(String, String)>) {
+    let state = c.self_node_state();
+    let gone: Vec<String> = state
+        .iter_prefix(prefix)
+        .map(|(k, _)| k)
+        .filter(|k| !kv.iter().any(|(key, _)| key == k))
+        .map(str::to_string)
+        .collect();
+    for key in gone {
+        state.delete(&key);
+    }
+    for (key, value) in kv {
+        state.set(key, value);
+    }
+}
+
+/// The keys under `prefix` of every live member that has not announced
+/// `left` (this one too, when `with_self`), as `(key, value)`.
+fn read_under<'a>(
+    c: &'a Chitchat,
+    prefix: &'a str,
+    with_self: bool,
+) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+    live_states(c, with_self).flat_map(move |state| {
+        state
+            .iter_prefix(prefix)
+            .map(|(k, v)| (k, v.value.as_str()))
+    })
+}
+
+/// The states of live members that have not announced `left` (this one's
+/// too, when `with_self`).
+fn live_states(c: &Chitchat, with_self: bool) -> impl Iterator<Item = &NodeState> {
+    let me = c.self_chitchat_id();
+    c.live_nodes()
+        .filter(move |id| with_self || *id != me)
+        .filter_map(|id| c.node_state(id))
+        .filter(|state| state.get(keys::HEALTH) != Some(Health::Left.as_str()))
+}
+
+/// Publishes this gateway's traffic figures, replacing its previous ones.
+pub(crate) fn publish_stats(c: &mut Chitchat, figures: &GatewayStats) {
+    // The window record (`stats`) is set with them, and never deleted.
+    replace_under(c, stats::KEY_PREFIX, figures.key_values());
+}
+
+/// Every live gateway's figures (this one's included), merged.
+pub(crate) fn cluster_stats(c: &Chitchat) -> ClusterStats {
+    let mut merged = ClusterStats::default();
+    for state in live_states(c, true) {
+        merged.add_gateway(
+            state
+                .iter_prefix(stats::WINDOW_KEY)
+                .map(|(k, v)| (k, v.value.as_str())),
+        );
+    }
+    merged
+}
+
+/// Publishes this gateway's demand per service, replacing its previous one
+/// (a service no longer limited is deleted).
+pub(crate) fn publish_demand(c: &mut Chitchat, demands: Vec<(String, Demand)>) {
+    let kv = demands
+        .into_iter()
+        .map(|(service, d)| (Demand::key(&service), d.encode()))
+        .collect();
+    replace_under(c, demand::KEY_PREFIX, kv);
+}
+
+/// The other gateways' demand, as `(service, demand)`.
+pub(crate) fn demands(c: &Chitchat) -> Vec<(String, Demand)> {
+    read_under(c, demand::KEY_PREFIX, false)
+        .filter_map(|(k, v)| Some((Demand::service_of(k)?.to_string(), Demand::decode(v))))
+        .collect()
+}
