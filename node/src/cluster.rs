@@ -173,4 +173,57 @@ impl Cluster {
         self.inner.handle.abort();
         info!(member = %self.inner.id, "left the cluster");
     }
+
+    /// chitchat itself, for the unit tests of the modules it backs.
+    #[cfg(test)]
+    pub(crate) fn chitchat(&self) -> Arc<tokio::sync::Mutex<chitchat::Chitchat>> {
+        self.inner.handle.chitchat()
+    }
+
+    /// Stops gossiping without a word, as a killed process does.
+    #[cfg(test)]
+    pub(crate) fn abort(&self) {
+        self.inner.handle.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{members, wait_for};
+
+    fn health_of(c: &Cluster, id: &MemberId) -> Option<Health> {
+        c.view()
+            .borrow()
+            .members()
+            .find(|m| &m.id == id)
+            .map(|m| m.health)
+    }
+
+    #[tokio::test]
+    async fn health_walks_up_draining_left_in_every_view() {
+        let g = members("orders", 2).await;
+        let (a, b) = (&g[0], &g[1]);
+        let id = a.id().clone();
+        assert_eq!(health_of(b, &id), Some(Health::Up));
+        assert_eq!(a.advertised().ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+        a.set_health(Health::Draining).await;
+        wait_for("draining in the other view", || {
+            let id = id.clone();
+            async move { health_of(b, &id) == Some(Health::Draining) }
+        })
+        .await;
+        a.leave().await;
+        wait_for("a member that left out of the other view", || {
+            let id = id.clone();
+            async move { health_of(b, &id).is_none() }
+        })
+        .await;
+        assert!(
+            b.stats()
+                .bytes_received
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        );
+    }
 }

@@ -193,3 +193,53 @@ pub(crate) async fn resolve_advertise(config: &NodeConfig) -> Result<IpAddr, Adv
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::env::Env;
+    use crate::transport::Udp;
+
+    fn config(pairs: &[(&str, &str)]) -> NodeConfig {
+        let mut env =
+            Env::from_pairs([("SHOAL_ADVERTISE", "127.0.0.1"), ("SHOAL_INSECURE", "true")]);
+        for (k, v) in pairs {
+            env.set(k, *v);
+        }
+        NodeConfig::from_env(&env, "orders", 8080).expect("a valid configuration")
+    }
+
+    #[tokio::test]
+    async fn an_observer_on_port_0_gossips_from_a_real_port() {
+        let c = config(&[("SHOAL_GOSSIP_PORT", "0"), ("SHOAL_SERVICE", "orders")]);
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let g = Gossip::spawn(&c, Role::Observer, ip, Arc::new(Udp))
+            .await
+            .expect("starts");
+        let addr = g.handle.chitchat_id().gossip_advertise_addr;
+        assert_ne!(addr.port(), 0);
+        assert!(g.id.node.starts_with("observer@127.0.0.1:"), "{}", g.id);
+        g.handle.abort();
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_is_an_error_that_names_the_address() {
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("binds");
+        let port = taken.local_addr().expect("addr").port().to_string();
+        let c = config(&[("SHOAL_GOSSIP_PORT", &port), ("SHOAL_SERVICE", "orders")]);
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let role = Role::Service {
+            routes: vec!["/orders".into()],
+        };
+        let err = Gossip::spawn(&c, role, ip, Arc::new(Udp))
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string().contains(&format!("127.0.0.1:{port}")),
+            "{err}"
+        );
+    }
+}

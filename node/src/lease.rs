@@ -347,29 +347,7 @@ impl Lease {
 mod tests {
     use super::*;
     use crate::member::{Health, Member};
-
-    fn registration(id: &str) -> Registration {
-        Registration {
-            instance_id: id.into(),
-            app: "ORDERS".into(),
-            host_name: "10.0.9.5".into(),
-            ip_addr: "10.0.9.5".parse().unwrap(),
-            port: 8080,
-            secure_port: None,
-            status: Status::Up,
-            overridden_status: Status::Unknown,
-            vip_address: "orders".into(),
-            secure_vip_address: "orders".into(),
-            data_center: "MyOwn".into(),
-            metadata: BTreeMap::from([("management.port".into(), "8080".into())]),
-            home_page_url: "http://10.0.9.5:8080/".into(),
-            status_page_url: "http://10.0.9.5:8080/actuator/info".into(),
-            health_check_url: "http://10.0.9.5:8080/actuator/health".into(),
-            renewal_interval_secs: 30,
-            duration_secs: 90,
-            dirty_ms: 1,
-        }
-    }
+    use crate::testkit::registration;
 
     fn registered(now: u64) -> Lease {
         Lease::apply(

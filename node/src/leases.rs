@@ -118,3 +118,149 @@ pub(crate) fn keep(c: &mut Chitchat, now_ms: u64) -> (usize, usize) {
 
 /// How long a gateway keeps its copy of a lease after it ran out.
 const LEASE_GC_MS: u64 = 5_000;
+
+#[cfg(test)]
+mod tests {
+    use chitchat::ChitchatId;
+
+    use super::*;
+    use crate::clock::now_ms;
+    use crate::testkit::{members, registration, wait_for};
+
+    fn copy(version_of: &[LeaseOp], now: u64) -> Lease {
+        let mut lease: Option<Lease> = None;
+        for op in version_of {
+            lease = Some(
+                Lease::apply(lease.as_ref(), "ORDERS", "i-1", op.clone(), now).expect("applies"),
+            );
+        }
+        lease.expect("at least one operation")
+    }
+
+    #[test]
+    fn the_newest_copy_wins_and_garbage_is_skipped() {
+        let now = 1_000_000;
+        let register = LeaseOp::Register(Box::new(registration("i-1")));
+        let old = copy(std::slice::from_ref(&register), now);
+        let new = copy(&[register, LeaseOp::Renew { status: None }], now);
+        assert!(new.version > old.version);
+        let holder =
+            |n: &str| ChitchatId::new(n.to_string(), 1, "127.0.0.1:1".parse().expect("addr"));
+        let (a, b, c) = (holder("a"), holder("b"), holder("c"));
+        let mut sa = NodeState::for_test();
+        sa.set(lease::key("i-1"), old.encode().expect("encodes"));
+        let mut sb = NodeState::for_test();
+        sb.set(lease::key("i-1"), new.encode().expect("encodes"));
+        let mut sc = NodeState::for_test();
+        sc.set(lease::key("i-2"), "not a lease");
+        let newest = newest_leases([(&a, &sa), (&b, &sb), (&c, &sc)].into_iter());
+        assert_eq!(newest.len(), 1, "the garbage copy of i-2 is no lease");
+        let (lease, by) = &newest["i-1"];
+        assert_eq!((lease.version, &*by.node_id), (new.version, "b"));
+    }
+
+    #[tokio::test]
+    async fn an_operation_starts_from_the_newest_copy_any_gateway_holds() {
+        let g = members("gateway", 2).await;
+        let (a, b) = (&g[0], &g[1]);
+        let registered = a
+            .lease(
+                "ORDERS",
+                "i-1",
+                LeaseOp::Register(Box::new(registration("i-1"))),
+            )
+            .await
+            .expect("registers");
+        // b renews a lease only a holds: it reads a's copy, one version up.
+        wait_for("the lease in b's view", || async move {
+            b.view().borrow().members().any(|m| m.lease.is_some())
+        })
+        .await;
+        let renewed = b
+            .lease("ORDERS", "i-1", LeaseOp::Renew { status: None })
+            .await
+            .expect("renews");
+        assert_eq!(renewed.version, registered.version + 1);
+        // An unknown instance cannot be renewed.
+        assert!(
+            b.lease("ORDERS", "i-9", LeaseOp::Renew { status: None })
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_first_gateway_adopts_the_leases_of_one_that_is_gone() {
+        let g = members("gateway", 3).await;
+        // The keeper is the first live gateway by node id; the holder, another.
+        let mut ids: Vec<(String, usize)> = g
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id().node.clone(), i))
+            .collect();
+        ids.sort();
+        let (keeper, other, holder) = (&g[ids[0].1], &g[ids[1].1], &g[ids[2].1]);
+        holder
+            .lease(
+                "ORDERS",
+                "i-1",
+                LeaseOp::Register(Box::new(registration("i-1"))),
+            )
+            .await
+            .expect("registers");
+        let key = lease::key("i-1");
+        let holds = |c: &crate::Cluster| {
+            let chitchat = c.chitchat();
+            let key = key.clone();
+            async move { chitchat.lock().await.self_node_state().get(&key).is_some() }
+        };
+        wait_for("the lease seen by the keeper", || async move {
+            keeper.view().borrow().members().any(|m| m.lease.is_some())
+        })
+        .await;
+        // While its holder lives, nobody else copies it.
+        assert_eq!(keep(&mut *keeper.chitchat().lock().await, now_ms()), (0, 0));
+        holder.abort();
+        wait_for("the holder out of the keeper's view", || async move {
+            keeper.view().borrow().members().count() == 2 + 1
+        })
+        .await;
+        wait_for("the holder dead to the keeper", || async move {
+            keep(&mut *keeper.chitchat().lock().await, now_ms()).0 == 1
+        })
+        .await;
+        assert!(holds(keeper).await, "the keeper holds its own copy");
+        assert_eq!(
+            keep(&mut *other.chitchat().lock().await, now_ms()).0,
+            0,
+            "only the first keeper adopts"
+        );
+        assert!(!holds(other).await);
+    }
+
+    #[tokio::test]
+    async fn a_copy_that_ran_out_is_forgotten() {
+        let g = members("gateway", 1).await;
+        let mut r = registration("i-1");
+        r.duration_secs = 1;
+        g[0].lease("ORDERS", "i-1", LeaseOp::Register(Box::new(r)))
+            .await
+            .expect("registers");
+        let chitchat = g[0].chitchat();
+        let later = now_ms() + 1_000 + LEASE_GC_MS + 1;
+        assert_eq!(
+            keep(&mut *chitchat.lock().await, now_ms()),
+            (0, 0),
+            "kept while live"
+        );
+        assert_eq!(keep(&mut *chitchat.lock().await, later), (0, 1));
+        assert!(
+            chitchat
+                .lock()
+                .await
+                .self_node_state()
+                .get(&lease::key("i-1"))
+                .is_none()
+        );
+    }
+}

@@ -47,6 +47,8 @@ mod membership;
 mod policy;
 mod shared;
 mod stats;
+#[cfg(test)]
+mod testkit;
 mod transport;
 mod view;
 

@@ -87,3 +87,67 @@ pub(crate) fn build_view(c: &Chitchat, now_ms: u64) -> (ClusterView, Option<u64>
     }
     (ClusterView::from_members(members), next_deadline)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::lease::LeaseOp;
+    use crate::member::Health;
+    use crate::testkit::{members, registration, wait_for};
+
+    #[tokio::test]
+    async fn a_lease_is_a_member_until_it_runs_out_or_is_cancelled() {
+        let g = members("gateway", 2).await;
+        let (a, b) = (&g[0], &g[1]);
+        let leased = |c: &crate::Cluster, id: &str| {
+            c.view()
+                .borrow()
+                .members()
+                .find(|m| m.lease.is_some() && m.instance_id() == id)
+                .map(|m| m.health)
+        };
+        let mut short = registration("i-short");
+        short.duration_secs = 1;
+        a.lease("ORDERS", "i-short", LeaseOp::Register(Box::new(short)))
+            .await
+            .expect("registers");
+        a.lease(
+            "ORDERS",
+            "i-long",
+            LeaseOp::Register(Box::new(registration("i-long"))),
+        )
+        .await
+        .expect("registers");
+        wait_for("both leases in the other view, up", || async move {
+            leased(b, "i-short") == Some(Health::Up) && leased(b, "i-long") == Some(Health::Up)
+        })
+        .await;
+        // Nobody renews i-short: it leaves every view at its deadline,
+        // though no gossip changes then.
+        wait_for("the lease that ran out gone", || async move {
+            leased(a, "i-short").is_none() && leased(b, "i-short").is_none()
+        })
+        .await;
+        assert!(leased(b, "i-long").is_some());
+        b.lease("ORDERS", "i-long", LeaseOp::Cancel)
+            .await
+            .expect("cancels");
+        wait_for("the cancelled lease gone", || async move {
+            leased(a, "i-long").is_none() && leased(b, "i-long").is_none()
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_lease_in_the_name_of_a_member_that_joined_itself_is_refused() {
+        let g = members("orders", 1).await;
+        let own = g[0].id().node.clone();
+        let refused = g[0]
+            .lease(
+                "ORDERS",
+                &own,
+                LeaseOp::Register(Box::new(registration(&own))),
+            )
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+    }
+}

@@ -86,3 +86,99 @@ pub(crate) fn demands(c: &Chitchat) -> Vec<(String, Demand)> {
         .filter_map(|(k, v)| Some((Demand::service_of(k)?.to_string(), Demand::decode(v))))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::stats::{Counts, Figures};
+    use crate::testkit::{members, wait_for};
+
+    fn demand(total: f64) -> Demand {
+        Demand {
+            total,
+            clients: vec![("10.0.0.9".parse().expect("an address"), total / 2.0)],
+        }
+    }
+
+    async fn seen(c: &crate::Cluster) -> Vec<(String, f64)> {
+        let mut d: Vec<(String, f64)> = c
+            .demands()
+            .await
+            .into_iter()
+            .map(|(s, d)| (s, d.total))
+            .collect();
+        d.sort_by(|a, b| a.0.cmp(&b.0));
+        d
+    }
+
+    #[tokio::test]
+    async fn a_gateways_demand_reaches_the_others_and_is_replaced_whole() {
+        let g = members("gateway", 2).await;
+        let (a, b) = (&g[0], &g[1]);
+        a.publish_demand(vec![
+            ("orders".into(), demand(4.0)),
+            ("users".into(), demand(2.0)),
+        ])
+        .await;
+        let both = vec![("orders".to_string(), 4.0), ("users".to_string(), 2.0)];
+        wait_for("both services' demand at the other gateway", || {
+            let both = both.clone();
+            async move { seen(b).await == both }
+        })
+        .await;
+        let full = b.demands().await;
+        assert!(full.iter().all(|(_, d)| d.clients.len() == 1), "{full:?}");
+        assert!(
+            seen(a).await.is_empty(),
+            "a gateway reads only the others' demand"
+        );
+
+        // A service no longer limited is deleted, not left behind.
+        a.publish_demand(vec![("orders".into(), demand(6.0))]).await;
+        wait_for("the replaced demand", || async move {
+            seen(b).await == vec![("orders".to_string(), 6.0)]
+        })
+        .await;
+
+        // A gateway that announced `left` counts no more.
+        a.set_health(Health::Left).await;
+        wait_for("a left gateway's demand gone", || async move {
+            seen(b).await.is_empty()
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn every_gateways_figures_are_merged() {
+        let g = members("gateway", 2).await;
+        let figures = |requests| {
+            let f = Figures {
+                total: Counts {
+                    requests,
+                    ..Counts::default()
+                },
+                ..Figures::default()
+            };
+            GatewayStats {
+                window_secs: 10,
+                services: BTreeMap::from([("orders".to_string(), (f, BTreeMap::new()))]),
+            }
+        };
+        g[0].publish_stats(&figures(3)).await;
+        g[1].publish_stats(&figures(4)).await;
+        for c in &g {
+            wait_for("both gateways' figures merged", || async move {
+                let merged = c.cluster_stats().await;
+                merged.gateways == 2
+                    && merged
+                        .services
+                        .get("orders")
+                        .map(|(m, _)| m.figures.total.requests)
+                        == Some(7)
+            })
+            .await;
+        }
+    }
+}
