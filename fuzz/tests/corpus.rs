@@ -9,6 +9,7 @@ fn every_corpus_file_passes_its_target() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut replayed = 0;
     for (name, target) in shoal_fuzz::TARGETS {
+        let before = replayed;
         for folder in ["corpus", "regressions"] {
             let Ok(dir) = std::fs::read_dir(root.join(folder).join(name)) else {
                 continue;
@@ -20,6 +21,10 @@ fn every_corpus_file_passes_its_target() {
                 replayed += 1;
             }
         }
+        assert!(
+            replayed > before,
+            "fuzz/corpus/{name}/ holds nothing to replay: run scripts/fuzz 60 {name}"
+        );
         // A few inputs of every target, whatever the corpus holds.
         for data in [&b""[..], b"\0", b"=\n", b"{\"instance\":{}}", &[0xff; 64]] {
             target(data);

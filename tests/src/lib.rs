@@ -552,10 +552,12 @@ pub async fn members_doc(
         .ok()
 }
 
-/// `GET url` read as JSON (panics, naming the URL, on any failure).
+/// `GET url` read as JSON, asking for JSON (Eureka's API answers XML
+/// otherwise); panics, naming the URL, on any failure.
 pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
     client
         .get(url)
+        .header("accept", "application/json")
         .send()
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
@@ -619,7 +621,7 @@ pub async fn assert_even_spread(client: &reqwest::Client, url: &str, replicas: u
 }
 
 /// Starts `shoal local` (the README's first command) with `args` and waits
-/// until it says everything is up and routable.
+/// until it says everything is up and routable; [`stop_local`] ends it.
 pub fn start_local(net: &Net, args: &[&str]) -> Proc {
     let local = Proc::spawn(net, "local", &bin("shoal"), args, &[]);
     wait_for(
@@ -634,6 +636,21 @@ pub fn start_local(net: &Net, args: &[&str]) -> Proc {
         },
     );
     local
+}
+
+/// Ctrl-C to `shoal local` (its process is `pid`: a [`Proc`] started by
+/// [`start_local`], or its parent when the test started it otherwise), as
+/// its user stops it: it must drain and exit 0 within `timeout`.
+pub fn stop_local(local: &mut Proc, timeout: Duration) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(local.pid() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT to shoal local");
+    let status = local
+        .wait_exit(timeout)
+        .unwrap_or_else(|| panic!("shoal local did not exit within {timeout:?}"));
+    assert!(status.success(), "shoal local exited {status}");
 }
 
 /// The gateway's view as `service → [(host, health)]`, from its admin port.

@@ -125,14 +125,7 @@ fn dashboard_in_a_browser_shows_the_cluster_live() {
             "{n1} requests via gateway-1 + {n2} via gateway-2 shown summed on gateway-3's page {:?} after the last",
             start.elapsed()
         );
-        let stats: Value = client
-            .get(format!("http://{NET}.10.3:8761/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats: Value = shoal_tests::get_json(&client, &format!("http://{NET}.10.3:8761/stats")).await;
         let story = &stats["services"]["story-service"];
         assert_eq!(story["requests"], expected);
         assert_eq!(story["reported_by"], 2, "two gateways carried story traffic");
@@ -264,13 +257,5 @@ fn dashboard_in_a_browser_shows_the_cluster_live() {
     });
 
     watch.sigterm();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(local.pid() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let status = local
-        .wait_exit(Duration::from_secs(30))
-        .expect("shoal local stops");
-    assert!(status.success(), "{status}");
+    shoal_tests::stop_local(&mut local, Duration::from_secs(30));
 }

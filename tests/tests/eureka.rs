@@ -56,6 +56,29 @@ async fn in_view(client: &reqwest::Client, gw: SocketAddr, node: &str) -> Option
     Some(doc.members().any(|m| m.id.node == node))
 }
 
+/// The lease's `lastRenewalTimestamp` as gateway `gw` reads it (0 when it
+/// does not answer).
+async fn renewal_ms(client: &reqwest::Client, gw: SocketAddr, id: &str) -> u64 {
+    let url = format!(
+        "http://{}:{}/eureka/apps/ORDERS/{}",
+        gw.ip(),
+        ports::ADMIN,
+        id.replace(':', "%3A")
+    );
+    let Ok(answer) = client
+        .get(&url)
+        .header("accept", "application/json")
+        .send()
+        .await
+    else {
+        return 0;
+    };
+    let doc: Value = answer.json().await.unwrap_or_default();
+    doc["instance"]["leaseInfo"]["lastRenewalTimestamp"]
+        .as_u64()
+        .unwrap_or_default()
+}
+
 /// Waits until every gateway in `gws` has (or has not) `node` in its view;
 /// gives the time it took.
 async fn until_views(
@@ -163,7 +186,8 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
     .await;
     let routable = start.elapsed();
     eprintln!("registration at gateway-1 → routable through gateway-3: {routable:?}");
-    assert!(routable < Duration::from_secs(3), "took {routable:?}");
+    // README: 0.11–0.19 s.
+    assert!(routable < Duration::from_millis(600), "took {routable:?}");
 
     // Read back on another gateway, as Spring (JSON) and Python (XML) do.
     let app: Value = wait_for_async(
@@ -254,8 +278,10 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
     until_views(&client, &gws, &format!("eureka:{billing_id}"), false).await;
     let expired = last_heartbeat.elapsed();
     eprintln!("last heartbeat → out of every view (3 s lease): {expired:?}");
+    // README: 3.02 s — at the lease's deadline, give or take the gossip
+    // and this test's polling.
     assert!(
-        expired >= Duration::from_millis(2500) && expired < Duration::from_secs(6),
+        expired >= Duration::from_millis(2900) && expired < Duration::from_millis(4500),
         "a 3 s lease ran out after {expired:?}"
     );
     let r = writer.put(&billing_url).send().await.unwrap();
@@ -267,15 +293,7 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
     assert_eq!(r.content_length(), Some(0));
 
     // The delta has the registrations and the expiry, with one hash code.
-    let delta: Value = client
-        .get(format!("{}/apps/delta", admin(0)))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let delta: Value = shoal_tests::get_json(&client, &format!("{}/apps/delta", admin(0))).await;
     let changes: Vec<(String, String)> = delta["applications"]["application"]
         .as_array()
         .unwrap()
@@ -388,15 +406,8 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
         let text = r.text().await.unwrap();
         assert!(text.contains(reason), "{status}: {text}");
     }
-    let gateways: Value = client
-        .get(format!("{}/apps/GATEWAY", admin(0)))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let gateways: Value =
+        shoal_tests::get_json(&client, &format!("{}/apps/GATEWAY", admin(0))).await;
     assert_eq!(
         gateways["application"]["instance"].as_array().map(Vec::len),
         Some(3)
@@ -407,19 +418,33 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
     // routable, renewed at gateway 2.
     let r = writer.put(orders_url(0)).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let renewed = renewal_ms(&client, gws[0], &orders_id).await;
+    for gw in &gws[1..] {
+        wait_for_async(
+            "gateway 1's renewal seen by the others",
+            Duration::from_secs(5),
+            || async { (renewal_ms(&client, *gw, &orders_id).await == renewed).then_some(()) },
+        )
+        .await;
+    }
     stack.proc("gateway-1").sigkill();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !["gateway-2", "gateway-3"]
+        .iter()
+        .any(|g| stack.proc(g).log().contains("adopting the lease"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no live gateway adopted gateway-1's lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for gw in &gws[1..] {
         let (status, body) = through(&client, *gw, "/api/orders/host").await;
         assert_eq!((status, body.as_str()), (200, "orders-1"), "via {gw}");
     }
     let r = writer.put(orders_url(1)).send().await.unwrap();
     assert_eq!(r.status(), 200, "renewed after its gateway died");
-    let adopted = ["gateway-2", "gateway-3"]
-        .iter()
-        .any(|g| stack.proc(g).log().contains("adopting the lease"));
-    assert!(adopted, "a live gateway adopted gateway-1's lease");
 
     // Cancel at gateway 3 → out of every live view.
     let start = Instant::now();
@@ -428,7 +453,8 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
     let gone = until_views(&client, &gws[1..], &format!("eureka:{orders_id}"), false).await;
     let cancel = start.elapsed().max(gone);
     eprintln!("cancel at gateway-3 → out of every view: {cancel:?}");
-    assert!(cancel < Duration::from_secs(2), "took {cancel:?}");
+    // README: ~0.19 s.
+    assert!(cancel < Duration::from_millis(600), "took {cancel:?}");
     let (status, _) = through(&client, gws[1], "/api/orders/host").await;
     assert_eq!(status, 404, "orders is known no more");
     let r = writer.delete(orders_url(1)).send().await.unwrap();

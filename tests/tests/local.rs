@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use shoal_tests::chaos::Load;
-use shoal_tests::{Net, Proc, bin, wait_for};
+use shoal_tests::{Net, Proc, bin};
 
 #[test]
 fn local_cluster_starts_answers_and_stops_cleanly() {
@@ -37,14 +37,8 @@ fn local_cluster_starts_answers_and_stops_cleanly() {
             .await
             .unwrap();
         assert_eq!(r.status(), 201);
-        let body: serde_json::Value = client
-            .get(format!("http://{gw3}/api/story/local"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: serde_json::Value =
+            shoal_tests::get_json(&client, &format!("http://{gw3}/api/story/local")).await;
         assert_eq!(body[0]["message"], "hi");
         let r = client
             .get(format!("http://{gw1}/api/notice-service/notice"))
@@ -63,14 +57,8 @@ fn local_cluster_starts_answers_and_stops_cleanly() {
                 .await
                 .unwrap();
             assert_eq!(r.status(), 201);
-            let latest: serde_json::Value = client
-                .get(format!("http://{gw3}/api/bbs/latest/"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let latest: serde_json::Value =
+                shoal_tests::get_json(&client, &format!("http://{gw3}/api/bbs/latest/")).await;
             assert_eq!(latest[0]["title"], "hi");
         }
     });
@@ -103,15 +91,7 @@ fn local_cluster_starts_answers_and_stops_cleanly() {
     assert!(!stderr.contains("INFO"), "one-shot command logs: {stderr}");
 
     // Ctrl-C: everything drains and stops, nothing keeps listening.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(local.pid() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let status = local
-        .wait_exit(Duration::from_secs(40))
-        .expect("shoal local exits");
-    assert!(status.success(), "{status}");
+    shoal_tests::stop_local(&mut local, Duration::from_secs(40));
     assert!(
         local
             .lines()
@@ -142,10 +122,8 @@ fn local_cluster_survives_kills_and_chaos() {
     let net = Net::new(52);
     let data = net.dir().join("data");
     let data = data.to_string_lossy().to_string();
-    let mut local = Proc::spawn(
+    let mut local = shoal_tests::start_local(
         &net,
-        "local",
-        &bin("shoal"),
         &[
             "local",
             "--net",
@@ -159,20 +137,9 @@ fn local_cluster_survives_kills_and_chaos() {
             "--chaos",
             "story-service:4s",
         ],
-        &[],
     );
     let printed =
         |local: &Proc| -> Vec<String> { local.lines().into_iter().map(|(_, l)| l).collect() };
-    wait_for(
-        "the local cluster to be ready",
-        Duration::from_secs(60),
-        || {
-            printed(&local)
-                .iter()
-                .any(|l| l.contains("up and routable"))
-                .then_some(())
-        },
-    );
     let parent = local.pid();
     let names = [
         "gateway-1",
@@ -281,15 +248,7 @@ fn local_cluster_survives_kills_and_chaos() {
     assert!(killed.len() >= 4, "killed from outside: {killed:?}");
 
     // Ctrl-C: a summary, the chaos report, nothing left running.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(parent as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let status = local
-        .wait_exit(Duration::from_secs(60))
-        .expect("shoal local exits");
-    assert!(status.success(), "{status}");
+    shoal_tests::stop_local(&mut local, Duration::from_secs(60));
     let lines = printed(&local);
     let back: Vec<&String> = lines
         .iter()

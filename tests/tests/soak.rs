@@ -29,7 +29,27 @@ fn a_minute_of_soak_under_kills_fails_nothing_and_leaks_nothing() {
     let report = String::from_utf8_lossy(&out.stdout);
     eprintln!("{report}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the soak failed:\n{report}");
-    assert!(report.contains("failed"), "{report}");
+    // The report says what happened, not just that the soak exited 0: load
+    // ran, nothing failed, and replicas were killed under it.
+    let requests = report
+        .lines()
+        .find_map(|l| l.strip_prefix("requests: "))
+        .expect("a requests line");
+    let mut words = requests.split([' ', ',']).filter(|w| !w.is_empty());
+    let gets: u64 = words
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a GET count");
+    assert!(gets > 1_000, "only {gets} GETs in a minute: {report}");
+    assert!(requests.contains(", 0 failed"), "{report}");
+    let kills = report
+        .lines()
+        .filter(|l| l.contains("out of every gateway view"))
+        .count();
+    assert!(
+        kills >= 3,
+        "{kills} kills in a minute (one every 10 s): {report}"
+    );
     let samples = std::fs::read_to_string(&csv).expect("samples written");
     assert!(samples.lines().count() > 30, "too few samples: {samples}");
 }

@@ -152,7 +152,7 @@ async fn under_load_on<F: std::future::Future<Output = ()>>(
     assert!(sent > 50, "{what}: too little load");
 }
 
-fn wait_converged(service: &str, replicas: usize, timeout: Duration) {
+async fn wait_converged(service: &str, replicas: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let running = docker(&[
@@ -172,7 +172,7 @@ fn wait_converged(service: &str, replicas: usize, timeout: Duration) {
             Instant::now() < deadline,
             "{service} did not converge to {replicas}: {running}"
         );
-        std::thread::sleep(Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -375,7 +375,7 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
             "-d",
             &format!("{STACK}_story-service=1"),
         ]);
-        wait_converged("story-service", 1, Duration::from_secs(60));
+        wait_converged("story-service", 1, Duration::from_secs(60)).await;
     })
     .await;
     docker_ok(&[
@@ -384,7 +384,7 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
         "-d",
         &format!("{STACK}_story-service=3"),
     ]);
-    wait_converged("story-service", 3, Duration::from_secs(60));
+    wait_converged("story-service", 3, Duration::from_secs(60)).await;
     while hosts_through_gateway(&client, 30).await.len() < 3 {}
 
     // 3b. board-service (Node.js behind its sidecar, in one task): the /bbs
@@ -396,14 +396,8 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let latest: serde_json::Value = client
-        .get(format!("{}/api/bbs/latest/", base()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let latest: serde_json::Value =
+        shoal_tests::get_json(&client, &format!("{}/api/bbs/latest/", base())).await;
     assert_eq!(latest[0]["title"], "on swarm");
     let t = Instant::now();
     docker_ok(&[
@@ -432,7 +426,7 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
                 .next()
                 .expect("a board-service task");
             docker(&["kill", &victim]);
-            wait_converged("board-service", 3, Duration::from_secs(60));
+            wait_converged("board-service", 3, Duration::from_secs(60)).await;
         },
     )
     .await;
@@ -462,8 +456,8 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
     assert_eq!(report.duplicated, 0, "writes duplicated");
     assert_eq!(report.unread(), 0, "writes not read back");
     assert!(report.kills.len() >= 10, "kills: {}", report.kills.len());
-    wait_converged("story-service", 3, Duration::from_secs(60));
-    wait_converged("gateway", gateways, Duration::from_secs(60));
+    wait_converged("story-service", 3, Duration::from_secs(60)).await;
+    wait_converged("gateway", gateways, Duration::from_secs(60)).await;
 
     // 4b. Partitions, not deaths: iptables in a task's network namespace.
     partitions(gateways).await;
@@ -695,7 +689,7 @@ async fn partitions(gateways: usize) {
     while cut_at.elapsed() < Duration::from_secs(6) {
         let (status, took) = get_in_netns(pid, "/api/story-service/story");
         answers.push((cut_at.elapsed(), status, took));
-        std::thread::sleep(Duration::from_millis(200));
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     cut.heal();
     let healed = Instant::now();
@@ -708,7 +702,7 @@ async fn partitions(gateways: usize) {
             healed.elapsed() < Duration::from_secs(30),
             "the cut gateway never recovered"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let first_503 = answers
         .iter()
@@ -732,7 +726,7 @@ async fn partitions(gateways: usize) {
             .all(|(_, s, took)| *s == 503 && *took < Duration::from_millis(500)),
         "a cut-off gateway answers 503 at once: {late:?}"
     );
-    wait_converged("gateway", gateways, Duration::from_secs(60));
+    wait_converged("gateway", gateways, Duration::from_secs(60)).await;
 
     // A flapping link: 1 s cut, 1 s healed, for 30 s, under load.
     let victim = containers(STACK, "story-service")

@@ -249,12 +249,17 @@ mod tests {
             assert_eq!(r.unwrap().status(), 200);
         }
         assert_eq!(pool.held(), 3);
-        // Within the idle timeout a sweep keeps them; past it, it closes them.
+        // Within the idle timeout a sweep keeps them; past it, it closes
+        // them. The clock is stopped and moved by hand (real sockets, so it
+        // runs again before waiting for them).
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_millis(150)).await;
         pool.sweep_idle();
         assert_eq!(pool.held(), 3);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::advance(Duration::from_millis(60)).await;
         pool.sweep_idle();
         assert_eq!(pool.held(), 0);
+        tokio::time::resume();
         for _ in 0..3 {
             tokio::time::timeout(Duration::from_secs(5), closed.recv())
                 .await
