@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use rand::RngCore;
+use rand::Rng;
 
 /// Length of a cluster key in bytes (ChaCha20-Poly1305 key).
 pub const KEY_LEN: usize = 32;

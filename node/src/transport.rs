@@ -42,7 +42,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use chitchat::ChitchatEnvelope;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
-use rand::RngCore;
+use rand::Rng;
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use shoal_node::Health;
 use shoal_node::Role;
 use shoal_node::testing::Gossip;

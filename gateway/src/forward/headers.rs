@@ -14,7 +14,7 @@ pub struct ClientTls;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
-use rand::RngCore;
+use rand::Rng;
 
 /// `/api/story-service` for `/api/story-service/story` sent as `/story`.
 pub fn forwarded_prefix<'a>(path: &'a str, upstream: &str) -> &'a str {

@@ -1,6 +1,6 @@
 use super::*;
 use base64::Engine;
-use rand::RngCore;
+use rand::Rng;
 
 use crate::key::ClusterKey;
 
