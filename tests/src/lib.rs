@@ -552,6 +552,22 @@ pub async fn members_doc(
         .ok()
 }
 
+/// The tail of `values` as a table cell: `p99` is only written over 20 or
+/// more samples; with fewer, the cell says what it is — the largest of N.
+pub fn tail_cell(values: &[f64]) -> String {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    let Some(max) = v.last() else {
+        return "—".into();
+    };
+    if v.len() >= 20 {
+        let rank = ((v.len() as f64) * 0.99).ceil() as usize;
+        format!("{:.2} s", v[rank.clamp(1, v.len()) - 1])
+    } else {
+        format!("{max:.2} s (max of {})", v.len())
+    }
+}
+
 /// `GET url` read as JSON, asking for JSON (Eureka's API answers XML
 /// otherwise); panics, naming the URL, on any failure.
 pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {

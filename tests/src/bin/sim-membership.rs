@@ -219,12 +219,12 @@ fn main() -> anyhow::Result<()> {
         let wall = std::time::Instant::now();
         let row = rt.block_on(run(&args, n))?;
         println!(
-            "| {} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.1} KB/s | {} B | {} / {} | {:.1} s | {} |",
+            "| {} | {:.2} s | {} | {:.2} s | {} | {:.1} KB/s | {} B | {} / {} | {:.1} s | {} |",
             row.n,
             percentile(&row.joins, 0.5),
-            percentile(&row.joins, 0.99),
+            shoal_tests::tail_cell(&row.joins),
             percentile(&row.kills, 0.5),
-            percentile(&row.kills, 0.99),
+            shoal_tests::tail_cell(&row.kills),
             row.kb_per_s,
             row.largest,
             row.oversized,
