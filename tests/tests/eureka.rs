@@ -56,27 +56,17 @@ async fn in_view(client: &reqwest::Client, gw: SocketAddr, node: &str) -> Option
     Some(doc.members().any(|m| m.id.node == node))
 }
 
-/// The lease's `lastRenewalTimestamp` as gateway `gw` reads it (0 when it
-/// does not answer).
-async fn renewal_ms(client: &reqwest::Client, gw: SocketAddr, id: &str) -> u64 {
-    let url = format!(
-        "http://{}:{}/eureka/apps/ORDERS/{}",
-        gw.ip(),
-        ports::ADMIN,
-        id.replace(':', "%3A")
-    );
-    let Ok(answer) = client
-        .get(&url)
-        .header("accept", "application/json")
-        .send()
-        .await
-    else {
-        return 0;
-    };
-    let doc: Value = answer.json().await.unwrap_or_default();
-    doc["instance"]["leaseInfo"]["lastRenewalTimestamp"]
-        .as_u64()
-        .unwrap_or_default()
+/// The version of ORDERS' lease in gateway `gw`'s view (every operation
+/// on a lease adds one; panics when the view has no such lease, so a wait
+/// on it cannot pass by accident).
+async fn lease_version(client: &reqwest::Client, gw: SocketAddr, node: &str) -> u64 {
+    let url = format!("http://{}:{}/members", gw.ip(), ports::ADMIN);
+    let doc = shoal_tests::get_json(client, &url).await;
+    doc["services"]["orders"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["id"]["node"] == node))
+        .and_then(|m| m["lease"]["version"].as_u64())
+        .unwrap_or_else(|| panic!("no lease {node} in {doc}"))
 }
 
 /// Waits until every gateway in `gws` has (or has not) `node` in its view;
@@ -416,14 +406,15 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
     // A heartbeat at gateway 1 makes its copy of ORDERS' lease the newest;
     // then it dies. The lease lives on: adopted by another gateway, still
     // routable, renewed at gateway 2.
+    let node = format!("eureka:{orders_id}");
+    let before = lease_version(&client, gws[0], &node).await;
     let r = writer.put(orders_url(0)).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let renewed = renewal_ms(&client, gws[0], &orders_id).await;
-    for gw in &gws[1..] {
+    for gw in &gws {
         wait_for_async(
-            "gateway 1's renewal seen by the others",
+            "gateway 1's renewal in every view",
             Duration::from_secs(5),
-            || async { (renewal_ms(&client, *gw, &orders_id).await == renewed).then_some(()) },
+            || async { (lease_version(&client, *gw, &node).await > before).then_some(()) },
         )
         .await;
     }
