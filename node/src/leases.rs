@@ -125,7 +125,7 @@ mod tests {
 
     use super::*;
     use crate::clock::now_ms;
-    use crate::testkit::{members, registration, wait_for};
+    use crate::testkit::{members, register, registration, wait_for};
 
     fn copy(version_of: &[LeaseOp], now: u64) -> Lease {
         let mut lease: Option<Lease> = None;
@@ -163,14 +163,7 @@ mod tests {
     async fn an_operation_starts_from_the_newest_copy_any_gateway_holds() {
         let g = members("gateway", 2).await;
         let (a, b) = (&g[0], &g[1]);
-        let registered = a
-            .lease(
-                "ORDERS",
-                "i-1",
-                LeaseOp::Register(Box::new(registration("i-1"))),
-            )
-            .await
-            .expect("registers");
+        let registered = register(a, "i-1").await;
         // b renews a lease only a holds: it reads a's copy, one version up.
         wait_for("the lease in b's view", || async move {
             b.view().borrow().members().any(|m| m.lease.is_some())
@@ -200,14 +193,7 @@ mod tests {
             .collect();
         ids.sort();
         let (keeper, other, holder) = (&g[ids[0].1], &g[ids[1].1], &g[ids[2].1]);
-        holder
-            .lease(
-                "ORDERS",
-                "i-1",
-                LeaseOp::Register(Box::new(registration("i-1"))),
-            )
-            .await
-            .expect("registers");
+        register(holder, "i-1").await;
         let key = lease::key("i-1");
         let holds = |c: &crate::Cluster| {
             let chitchat = c.chitchat();

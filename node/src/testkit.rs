@@ -10,7 +10,7 @@ use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::env::Env;
 use crate::gossip::Role;
-use crate::lease::{Registration, Status};
+use crate::lease::{Lease, LeaseOp, Registration, Status};
 
 /// A free UDP port on 127.0.0.1 (bound, then released).
 fn free_port() -> u16 {
@@ -72,6 +72,14 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Registers instance `id` of ORDERS through `c`, as a Spring client
+/// would at that gateway.
+pub(crate) async fn register(c: &Cluster, id: &str) -> std::sync::Arc<Lease> {
+    c.lease("ORDERS", id, LeaseOp::Register(Box::new(registration(id))))
+        .await
+        .expect("registers")
 }
 
 /// An instance's registration as a Spring client sends it.
