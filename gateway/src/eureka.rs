@@ -20,7 +20,7 @@
 //!
 //! Writes need credentials by default ([`access`]).
 //!
-//! [`record`] renders instances, [`register`] reads registration bodies,
+//! [`record`] renders instances, [`register`](mod@register) reads registration bodies,
 //! [`changes`] keeps the registry and its recent changes for deltas.
 
 mod access;

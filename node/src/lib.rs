@@ -55,7 +55,10 @@ mod view;
 pub use advertise::{AdvertiseError, AdvertiseSpec};
 pub use clock::now_ms;
 pub use cluster::Cluster;
-pub use config::{DEFAULT_GOSSIP_PORT, GossipProtocol, NodeConfig, ServiceName, Timings, log_json};
+pub use config::{
+    DEFAULT_GOSSIP_MTU, DEFAULT_GOSSIP_PORT, GossipProtocol, NodeConfig, ServiceName, Timings,
+    log_json,
+};
 pub use demand::Demand;
 pub use env::{ConfigError, Env, invalid, parse_duration};
 pub use gossip::{JoinError, Role};
