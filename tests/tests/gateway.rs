@@ -714,7 +714,8 @@ async fn requests_in_flight_to_a_frozen_replica_move_on_when_it_is_declared_dead
     );
     assert_eq!(failed, 0);
     assert!(
-        slowest < Duration::from_secs(3),
+        // README: 0.5 s (the detection time); held to 3x of it.
+        slowest < Duration::from_millis(1500),
         "a GET waited {slowest:?}: in flight to the frozen replica past its death"
     );
 }
@@ -777,7 +778,8 @@ async fn a_replica_that_can_send_but_not_receive_leaves_rotation() {
     );
     assert_eq!(failed, 0);
     assert!(
-        slowest < Duration::from_secs(5),
+        // README: 1.5 s (the detection time); held to 3x of it.
+        slowest < Duration::from_millis(4500),
         "a GET waited {slowest:?} on the cut replica"
     );
 }
