@@ -229,7 +229,8 @@ fn dashboard_in_a_browser_shows_the_cluster_live() {
             gone.len(),
             gone
         );
-        assert!(gone[gone.len() - 1] < Duration::from_secs(2), "{gone:?}");
+        // README: 0.6 s; held to 3x of it.
+        assert!(gone[gone.len() - 1] < Duration::from_millis(1800), "{gone:?}");
         let printed: String = watch
             .lines()
             .into_iter()
