@@ -13,7 +13,7 @@
 //! ignores state older than what it has (versions and heartbeats only grow).
 //!
 //! The socket is a thin wrapper: chitchat's envelope codec (public in the
-//! vendored chitchat, see `vendor/chitchat/README.md`) turns an envelope
+//! our chitchat fork, see `node/chitchat/README.md`) turns an envelope
 //! into bytes, which are sealed and sent in one datagram; a datagram
 //! received is opened, then decoded. One UDP socket per member, one
 //! `send_to`/`recv_from` per datagram.

@@ -664,7 +664,7 @@ async fn partitions(gateways: usize) {
         assert_eq!(report.duplicated, 0, "{direction:?}: writes duplicated");
         assert_eq!(report.unread(), 0, "{direction:?}: writes not read back");
         // Inbound only, the task still gossips out: its own SYNs are no
-        // proof it can be reached (vendor/chitchat, change 5), so it leaves
+        // proof it can be reached (node/chitchat, change 5), so it leaves
         // the views all the same.
         assert!(
             out.is_some(),

@@ -62,9 +62,7 @@ impl FailureDetector {
     /// shoal patch: as [`Self::update_node_liveness`], with the threshold given.
     pub fn update_node_liveness_with(&mut self, chitchat_id: &ChitchatId, phi_threshold: f64) {
         let phi_opt = self.phi(chitchat_id);
-        let is_alive = phi_opt
-            .map(|phi| phi <= phi_threshold)
-            .unwrap_or(false);
+        let is_alive = phi_opt.map(|phi| phi <= phi_threshold).unwrap_or(false);
         debug!(node_id=%chitchat_id.node_id, phi=?phi_opt, is_alive=is_alive, "computing node liveness");
         if is_alive {
             self.live_nodes.insert(chitchat_id.clone());

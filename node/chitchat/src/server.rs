@@ -172,7 +172,9 @@ impl ChitchatHandle {
 
     /// Calls a function with mutable access to the [`Chitchat`].
     pub async fn with_chitchat<F, T>(&self, mut fun: F) -> T
-    where F: FnMut(&mut Chitchat) -> T {
+    where
+        F: FnMut(&mut Chitchat) -> T,
+    {
         let mut chitchat = self.chitchat.lock().await;
         fun(&mut chitchat)
     }
@@ -296,7 +298,8 @@ impl Server {
         // shoal patch: the sender's address goes along (see `process_message_from`).
         let (response, spread_to) = {
             let mut chitchat = self.chitchat.lock().await;
-            let response = chitchat.process_message_from(envelope.message, Some(from_addr), version);
+            let response =
+                chitchat.process_message_from(envelope.message, Some(from_addr), version);
             // shoal patch: news (a new node, a sign of life of a node not
             // live) goes on at once to two more live peers (not the sender,
             // not us): a branching rumor that reaches every member in a few
