@@ -27,6 +27,16 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Joins and kills measured per N: `BENCH_TRIALS`, 30 by default (a p99
+/// needs 20 or more; with fewer the table says "max of N").
+fn trials_per_size() -> usize {
+    std::env::var("BENCH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(30)
+}
+
 fn percentile(values: &mut [f64], p: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
@@ -139,7 +149,7 @@ fn bench(n: usize, net_id: u8) -> Row {
         .unwrap_or(0);
 
     // Joins and kills, alternating so N stays about the same.
-    let trials = if n >= 100 { 5 } else { 8 };
+    let trials = trials_per_size();
     let (mut joins, mut kills) = (vec![], vec![]);
     for t in 0..trials {
         let idx = n + t;
