@@ -24,7 +24,8 @@ use crate::forward::headers::ClientTls;
 use crate::forward::proxy;
 use crate::forward::state::Gateway;
 
-/// The largest request head taken (nginx takes 4 × 8 KiB by default).
+/// The largest request head taken (nginx takes 4 × 8 KiB by default), in
+/// every protocol the edge speaks; larger ones are answered 431.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Drives a hyper connection; when the drain starts, asks it to finish its
@@ -196,17 +197,22 @@ async fn connection<I>(
         )
         .map_err(Into::into),
         Proto::Auto => {
+            // The same rules as the HTTP/1.1 and h2 builders above: hyper's
+            // auto builder has no `max_header_size`, but a head must fit its
+            // read buffer, so a buffer of exactly the limit refuses larger
+            // heads with the same 431.
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
-                .max_buf_size(MAX_HEADER_BYTES.max(8192) * 2);
+                .max_buf_size(MAX_HEADER_BYTES);
             builder
                 .http2()
                 .timer(TokioTimer::new())
                 .max_header_list_size(MAX_HEADER_BYTES as u32)
-                .keep_alive_interval(Some(Duration::from_secs(30)));
+                .keep_alive_interval(Some(H2_KEEP_ALIVE_INTERVAL))
+                .keep_alive_timeout(h2_keep_alive_timeout(header_timeout));
             until_drained!(builder.serve_connection_with_upgrades(io, service), watch)
         }
     };
@@ -220,10 +226,18 @@ fn http2_builder(header_timeout: Duration) -> http2::Builder<TokioExecutor> {
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32)
-        // A client that goes silent is noticed (and its streams freed).
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(header_timeout.max(Duration::from_secs(5)));
+        .keep_alive_interval(Some(H2_KEEP_ALIVE_INTERVAL))
+        .keep_alive_timeout(h2_keep_alive_timeout(header_timeout));
     b
+}
+
+/// HTTP/2 pings a quiet client this often, so a client that went silent is
+/// noticed and its streams freed …
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// … once it leaves a ping unanswered this long.
+fn h2_keep_alive_timeout(header_timeout: Duration) -> Duration {
+    header_timeout.max(Duration::from_secs(5))
 }
 
 /// Answers every request of a plain connection with a permanent redirect
@@ -302,3 +316,6 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests;
