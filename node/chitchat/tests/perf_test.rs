@@ -1,3 +1,7 @@
+// shoal patch: every test here runs on tokio's paused clock
+// (`start_paused`): the times measured are the protocol's, in simulated
+// time, not the machine's — upstream's real-time bounds failed on a loaded
+// machine.
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,7 +83,7 @@ async fn delay_before_detection_sample(num_nodes: usize, transport: &dyn Transpo
     time_to_death_detection
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn test_delay_before_dead_detection_10() {
     chitchat::setup_tracing_for_tests();
     let transport = ChannelTransport::with_mtu(65_507);
@@ -91,7 +95,7 @@ async fn test_delay_before_dead_detection_10() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn test_delay_before_dead_detection_20() {
     chitchat::setup_tracing_for_tests();
     let transport = ChannelTransport::with_mtu(65_507);
@@ -103,7 +107,7 @@ async fn test_delay_before_dead_detection_20() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn test_delay_before_dead_detection_40() {
     chitchat::setup_tracing_for_tests();
     let transport = ChannelTransport::with_mtu(65_507);
@@ -115,7 +119,7 @@ async fn test_delay_before_dead_detection_40() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn test_delay_before_dead_detection_100() {
     chitchat::setup_tracing_for_tests();
     let transport = ChannelTransport::with_mtu(65_507);
@@ -127,7 +131,7 @@ async fn test_delay_before_dead_detection_100() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn test_delay_before_dead_detection_100_faulty() {
     chitchat::setup_tracing_for_tests();
     let transport = ChannelTransport::with_mtu(65_507).drop_message(0.5f64);
@@ -165,26 +169,26 @@ async fn test_bandwidth_aux(num_nodes: usize) -> u64 {
     bytes_per_sec_per_node
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn test_bandwidth_10() {
     chitchat::setup_tracing_for_tests();
     assert!(test_bandwidth_aux(10).await < 15_000);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn test_bandwidth_20() {
     chitchat::setup_tracing_for_tests();
     test_bandwidth_aux(20).await;
     assert!(test_bandwidth_aux(20).await < 25_000);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn test_bandwidth_40() {
     chitchat::setup_tracing_for_tests();
     assert!(test_bandwidth_aux(40).await < 50_000);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn test_bandwidth_100() {
     chitchat::setup_tracing_for_tests();
     assert!(test_bandwidth_aux(100).await < 120_000);
@@ -207,7 +211,7 @@ async fn test_faulty_network_stability_aux(num_nodes: usize, transport: &dyn Tra
         .unwrap_err();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn test_faulty_network_stability_10() {
     chitchat::setup_tracing_for_tests();
     // 50% messages are dropped.
@@ -216,7 +220,7 @@ async fn test_faulty_network_stability_10() {
     test_faulty_network_stability_aux(10, &*transport).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn test_faulty_network_stability_100() {
     chitchat::setup_tracing_for_tests();
     // 50% messages are dropped.
