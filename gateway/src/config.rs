@@ -145,6 +145,10 @@ pub struct ProxyConfig {
     /// client (`SHOAL_TRUSTED_PROXIES`: addresses and CIDR blocks; default
     /// none — the TCP peer is the client).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Per-client rate limits key an IPv6 client by this many leading bits
+    /// of its address (`SHOAL_RATE_LIMIT_IPV6_PREFIX`, 64: one host's
+    /// usual allocation; 128 keys by the whole address).
+    pub client_v6_prefix: u8,
 }
 
 /// Knobs of retries, outlier ejection and the circuit breaker.
@@ -184,6 +188,7 @@ impl Default for ProxyConfig {
             header_timeout: Duration::from_secs(10),
             client_write_timeout: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
+            client_v6_prefix: 64,
         }
     }
 }
@@ -281,6 +286,12 @@ impl GatewayConfig {
                 "a size in bytes",
             )?,
             trusted_proxies: trusted_proxies(env)?,
+            client_v6_prefix: env.parse_in(
+                "SHOAL_RATE_LIMIT_IPV6_PREFIX",
+                p.client_v6_prefix,
+                32..=128,
+                "a prefix length from 32 to 128, e.g. 64",
+            )?,
         };
         let resilience = ResilienceConfig {
             retry_ratio: env.parse_in(
@@ -406,6 +417,8 @@ mod tests {
     fn bad_values_name_the_variable() {
         for (var, value, expected) in [
             ("SHOAL_POOL_IDLE_TIMEOUT", "20m", "below 900s"),
+            ("SHOAL_RATE_LIMIT_IPV6_PREFIX", "129", "prefix length from 32 to 128"),
+            ("SHOAL_RATE_LIMIT_IPV6_PREFIX", "/64", "prefix length"),
             ("SHOAL_RETRY_BUDGET_RATIO", "2", "between 0 and 1"),
             ("SHOAL_MAX_CONNECTIONS", "0", "1-1000000"),
             ("SHOAL_MAX_CONNECTIONS", "many", "1-1000000"),

@@ -32,7 +32,7 @@ use crate::forward::state::Gateway;
 use crate::forward::upgrade::is_upgrade;
 use crate::forward::{retry, upgrade};
 use crate::route::admission::{Refusal, admit};
-use crate::route::limit::Limited;
+use crate::route::limit::{Limited, client_key};
 use crate::route::path::{NoRoute, resolve};
 use crate::route::table::ServiceState;
 
@@ -154,7 +154,8 @@ async fn dispatch(
     };
     log.service = Some(service.clone());
     if service.policy.rate_limit.is_some() || service.policy.rate_limit_per_client.is_some() {
-        if let Err(limited) = service.limiter.check(client, Instant::now()) {
+        let key = client_key(client, gw.config.proxy.client_v6_prefix);
+        if let Err(limited) = service.limiter.check(key, Instant::now()) {
             return rate_limited(service, &limited, path);
         }
     }

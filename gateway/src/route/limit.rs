@@ -19,7 +19,7 @@
 //! README "Rate limits".
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -197,12 +197,17 @@ impl Limiter {
         let s = &mut *guard;
         if let Some(limit) = s.client_limit {
             let rate = limit.per_second();
-            if s.clients.len() >= MAX_CLIENTS && !s.clients.contains_key(&client) {
-                prune(&mut s.clients, now);
-            }
+            // Full: a new client shares one flow with every other newcomer
+            // until the sync task's prune makes room — never a prune here,
+            // on the request path.
+            let key = if s.clients.len() >= MAX_CLIENTS && !s.clients.contains_key(&client) {
+                OVERFLOW
+            } else {
+                client
+            };
             let flow = s
                 .clients
-                .entry(client)
+                .entry(key)
                 .or_insert_with(|| Flow::new(now, rate * CLIENT_BURST_SECS));
             if let Err(wait) = flow.take(rate, CLIENT_BURST_SECS, now) {
                 s.refused += 1;
@@ -295,14 +300,38 @@ impl Limiter {
 }
 
 /// Forgets clients that are idle (demand decayed away, bucket full).
+/// Run by the sync task every [`SYNC_EVERY`], never by a request.
 fn prune(clients: &mut HashMap<IpAddr, Flow>, now: Instant) {
     clients.retain(|_, f| f.demand.at(now) > 0.01 || f.others > 0.0);
     if clients.len() >= MAX_CLIENTS {
-        // Still full of active clients: drop the idlest half.
+        // Still full of active clients: drop the idlest half (the median
+        // found in linear time, not by sorting).
         let mut demands: Vec<f64> = clients.values().map(|f| f.demand.at(now)).collect();
-        demands.sort_by(f64::total_cmp);
-        let cut = demands[demands.len() / 2];
+        let middle = demands.len() / 2;
+        let (_, cut, _) = demands.select_nth_unstable_by(middle, f64::total_cmp);
+        let cut = *cut;
         clients.retain(|_, f| f.demand.at(now) > cut);
+    }
+}
+
+/// Where newcomers are counted while the client map is full.
+const OVERFLOW: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+/// The key a client is limited by: an IPv4 address as it is (an
+/// IPv4-mapped IPv6 one too); an IPv6 address by its first `v6_prefix` bits
+/// (`SHOAL_RATE_LIMIT_IPV6_PREFIX`, 64 by default: a host usually gets a
+/// whole /64, and rotating addresses inside it buys no new burst).
+pub fn client_key(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u32::from(v6_prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        },
     }
 }
 
@@ -441,5 +470,70 @@ mod tests {
         l.set_others(others.iter());
         let f = l.figures(now);
         assert!((f.others_demand - 4.5).abs() < 1e-9, "{f:?}");
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_prefix_and_v4_as_they_are() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("an address");
+        let key = |s: &str, bits| client_key(ip(s), bits);
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 64), ip("2001:db8:1:2::"));
+        assert_eq!(key("2001:db8:1:2:bbbb::9", 64), ip("2001:db8:1:2::"));
+        assert_ne!(key("2001:db8:1:3::1", 64), key("2001:db8:1:2::1", 64));
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 128), ip("2001:db8:1:2:aaaa::1"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 48), ip("2001:db8:1::"));
+        assert_eq!(key("10.1.2.3", 64), ip("10.1.2.3"));
+        assert_eq!(key("::ffff:10.1.2.3", 64), ip("10.1.2.3"));
+    }
+
+    #[test]
+    fn rotating_addresses_inside_a_64_buys_no_new_burst() {
+        let l = Limiter::default();
+        l.set_limits(None, limit(5));
+        let now = Instant::now();
+        let mut admitted = 0;
+        for host in 1..=50u16 {
+            let rotated: IpAddr = format!("2001:db8:7:7::{host:x}")
+                .parse()
+                .expect("an address");
+            if l.check(client_key(rotated, 64), now).is_ok() {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 5, "one burst for the whole /64");
+        let elsewhere: IpAddr = "2001:db8:7:8::1".parse().expect("an address");
+        assert!(
+            l.check(client_key(elsewhere, 64), now).is_ok(),
+            "another /64 has its own"
+        );
+    }
+
+    #[test]
+    fn when_the_client_map_is_full_newcomers_share_one_flow_until_the_sync_prunes() {
+        let l = Limiter::default();
+        l.set_limits(None, limit(5));
+        let t0 = Instant::now();
+        {
+            let mut s = l.state();
+            for i in 0..MAX_CLIENTS as u32 {
+                s.clients.insert(IpAddr::V4(i.into()), Flow::new(t0, 5.0));
+            }
+        }
+        // Full: newcomers are admitted from one shared burst, the map does
+        // not grow and nothing is pruned on the request path.
+        let newcomer = |i: u32| {
+            IpAddr::V6(Ipv6Addr::from(
+                0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + u128::from(i),
+            ))
+        };
+        let admitted = (0..20)
+            .filter(|i| l.check(newcomer(*i), t0).is_ok())
+            .count();
+        assert_eq!(admitted, 5);
+        assert_eq!(l.figures(t0).clients, MAX_CLIENTS + 1);
+        // The sync task's round forgets the idle ones; a newcomer is its own again.
+        let later = t0 + Duration::from_secs(30);
+        l.published(later);
+        assert!(l.figures(later).clients < 10);
+        assert!(l.check(newcomer(99), later).is_ok());
     }
 }
