@@ -417,7 +417,11 @@ mod tests {
     fn bad_values_name_the_variable() {
         for (var, value, expected) in [
             ("SHOAL_POOL_IDLE_TIMEOUT", "20m", "below 900s"),
-            ("SHOAL_RATE_LIMIT_IPV6_PREFIX", "129", "prefix length from 32 to 128"),
+            (
+                "SHOAL_RATE_LIMIT_IPV6_PREFIX",
+                "129",
+                "prefix length from 32 to 128",
+            ),
             ("SHOAL_RATE_LIMIT_IPV6_PREFIX", "/64", "prefix length"),
             ("SHOAL_RETRY_BUDGET_RATIO", "2", "between 0 and 1"),
             ("SHOAL_MAX_CONNECTIONS", "0", "1-1000000"),
