@@ -27,14 +27,13 @@ fn replace_under(c: &mut Chitchat, prefix: &str, kv: Vec<(String, String)>) {
     }
 }
 
-/// The keys under `prefix` of every live member that has not announced
-/// `left` (this one too, when `with_self`), as `(key, value)`.
+/// The keys under `prefix` of every other live member that has not
+/// announced `left`, as `(key, value)`.
 fn read_under<'a>(
     c: &'a Chitchat,
     prefix: &'a str,
-    with_self: bool,
 ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
-    live_states(c, with_self).flat_map(move |state| {
+    live_states(c, false).flat_map(move |state| {
         state
             .iter_prefix(prefix)
             .map(|(k, v)| (k, v.value.as_str()))
@@ -82,7 +81,7 @@ pub(crate) fn publish_demand(c: &mut Chitchat, demands: Vec<(String, Demand)>) {
 
 /// The other gateways' demand, as `(service, demand)`.
 pub(crate) fn demands(c: &Chitchat) -> Vec<(String, Demand)> {
-    read_under(c, demand::KEY_PREFIX, false)
+    read_under(c, demand::KEY_PREFIX)
         .filter_map(|(k, v)| Some((Demand::service_of(k)?.to_string(), Demand::decode(v))))
         .collect()
 }

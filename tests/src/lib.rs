@@ -552,19 +552,24 @@ pub async fn members_doc(
         .ok()
 }
 
+/// The `p` quantile of `values` (0 to 1; the sample at rank
+/// round((n − 1) · p)), NaN when there is none.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
 /// The tail of `values` as a table cell: `p99` is only written over 20 or
 /// more samples; with fewer, the cell says what it is — the largest of N.
 pub fn tail_cell(values: &[f64]) -> String {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    v.sort_by(f64::total_cmp);
-    let Some(max) = v.last() else {
-        return "—".into();
-    };
-    if v.len() >= 20 {
-        let rank = ((v.len() as f64) * 0.99).ceil() as usize;
-        format!("{:.2} s", v[rank.clamp(1, v.len()) - 1])
-    } else {
-        format!("{max:.2} s (max of {})", v.len())
+    match values.len() {
+        0 => "—".into(),
+        n if n >= 20 => format!("{:.2} s", percentile(values, 0.99)),
+        n => format!("{:.2} s (max of {n})", percentile(values, 1.0)),
     }
 }
 

@@ -18,6 +18,7 @@ use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use shoal_tests::percentile;
 use shoal_tests::{Net, Proc, sidecar};
 
 fn now_ms() -> u64 {
@@ -35,14 +36,6 @@ fn trials_per_size() -> usize {
         .and_then(|v| v.parse().ok())
         .filter(|n| *n > 0)
         .unwrap_or(30)
-}
-
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[((values.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// t_ms of the first view printed by `p` at or after `since_ms` that satisfies `pred`.
@@ -216,14 +209,8 @@ fn bench(n: usize, net_id: u8) -> Row {
     eprintln!("N={n}: joins {joins:?}\n      kills {kills:?}");
     Row {
         n,
-        join: (
-            percentile(&mut joins.clone(), 0.5),
-            shoal_tests::tail_cell(&joins),
-        ),
-        kill: (
-            percentile(&mut kills.clone(), 0.5),
-            shoal_tests::tail_cell(&kills),
-        ),
+        join: (percentile(&joins, 0.5), shoal_tests::tail_cell(&joins)),
+        kill: (percentile(&kills, 0.5), shoal_tests::tail_cell(&kills)),
         bytes_per_sec: bytes / k,
         cpu_percent: cpu / k,
         rss_kib: rss / k,
@@ -405,8 +392,8 @@ fn main() {
         );
     }
     match serf_detection(5) {
-        Some(mut t) if !t.is_empty() => {
-            let (p50, max) = (percentile(&mut t.clone(), 0.5), percentile(&mut t, 1.0));
+        Some(t) if !t.is_empty() => {
+            let (p50, max) = (percentile(&t, 0.5), percentile(&t, 1.0));
             println!(
                 "\nSerf agent (memberlist, LAN profile), 10 agents, same run: SIGKILL → failed in every view p50 {p50:.1} s, max {max:.1} s ({} trials)",
                 t.len()

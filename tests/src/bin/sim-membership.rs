@@ -18,6 +18,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use shoal_node::ClusterKey;
 use shoal_node::MessageKind;
+use shoal_tests::percentile;
 use shoal_tests::sim::{SimMember, SimNet, spawn_member, until_all};
 use tokio::time::Instant;
 
@@ -56,15 +57,6 @@ fn parse_set(raw: &str) -> Result<(String, String), String> {
         return Err(format!("`{k}`: only SHOAL_* settings reach the members"));
     }
     Ok((k.to_string(), v.to_string()))
-}
-
-fn percentile(values: &[f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 struct Row {
