@@ -180,12 +180,7 @@ async fn connection<I>(
     let io = TokioIo::new(io);
     let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match proto {
         Proto::Http1 => until_drained!(
-            http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                // Headers (request line included) up to 64 KiB; larger
-                // ones are answered 431.
-                .max_header_size(MAX_HEADER_BYTES)
+            http1_builder(header_timeout)
                 .serve_connection(io, service)
                 .with_upgrades(),
             watch
@@ -222,6 +217,16 @@ async fn connection<I>(
     drop(watch);
 }
 
+fn http1_builder(header_timeout: Duration) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        // Headers (request line included) up to 64 KiB; larger ones are
+        // answered 431.
+        .max_header_size(MAX_HEADER_BYTES);
+    b
+}
+
 fn http2_builder(header_timeout: Duration) -> http2::Builder<TokioExecutor> {
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
@@ -252,11 +257,7 @@ where
         },
     );
     let _ = until_drained!(
-        http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(gw.config.proxy.header_timeout)
-            .max_header_size(MAX_HEADER_BYTES)
-            .serve_connection(TokioIo::new(io), service),
+        http1_builder(gw.config.proxy.header_timeout).serve_connection(TokioIo::new(io), service),
         watch
     );
 }
