@@ -95,6 +95,10 @@ pub enum GossipProtocol {
     /// it last heard from it: members of releases speaking V1 or V2 and V3
     /// form one cluster during a rolling upgrade.
     V3,
+    /// V3's digests, sent only when two members' state hashes differ, and
+    /// liveness from pulses between ring neighbours with votes, instead of
+    /// heartbeats in every digest (ARCHITECTURE.md, "Membership at scale").
+    V4,
 }
 
 /// Gossip and failure-detection timings.
@@ -107,6 +111,7 @@ pub struct Timings {
     pub phi_threshold: f64,
     /// How many members each gossip round contacts (`SHOAL_GOSSIP_FANOUT`,
     /// default 3). Gossip traffic grows with it, detection time shrinks.
+    /// With V4, random members pulsed besides the neighbours (default 0).
     pub gossip_fanout: usize,
     /// How long a dead member is remembered before it is forgotten
     /// (`SHOAL_DEAD_MEMBER_GC`, default 2m).
@@ -219,7 +224,14 @@ impl NodeConfig {
             Some("v2") => GossipProtocol::V2,
             Some("v1") => GossipProtocol::V1,
             Some("v0") => GossipProtocol::V0,
-            Some(other) => return Err(invalid("SHOAL_GOSSIP_PROTOCOL", other, "v0, v1, v2 or v3")),
+            Some("v4") => GossipProtocol::V4,
+            Some(other) => {
+                return Err(invalid(
+                    "SHOAL_GOSSIP_PROTOCOL",
+                    other,
+                    "v0, v1, v2, v3 or v4",
+                ));
+            }
         };
         let hostname = match env.get("SHOAL_HOSTNAME") {
             Some(h) => h.to_string(),
@@ -231,7 +243,7 @@ impl NodeConfig {
             MIN_GOSSIP_MTU..=MAX_GOSSIP_MTU,
             "a datagram size in bytes, 1200-65507",
         )?;
-        let timings = read_timings(env)?;
+        let timings = read_timings(env, protocol)?;
         let keys = read_keys(env)?;
         let policy = crate::policy::Policy::from_env(env)?;
         Ok(Self {
@@ -252,8 +264,15 @@ impl NodeConfig {
     }
 }
 
-fn read_timings(env: &Env) -> Result<Timings, ConfigError> {
-    let d = Timings::default();
+fn read_timings(env: &Env, protocol: GossipProtocol) -> Result<Timings, ConfigError> {
+    let mut d = Timings::default();
+    // V4 judges liveness by pulses to neighbours: random peers are extra.
+    let least_fanout = if protocol == GossipProtocol::V4 {
+        d.gossip_fanout = 0;
+        0
+    } else {
+        1
+    };
     let gossip_interval = env.duration_in(
         "SHOAL_GOSSIP_INTERVAL",
         d.gossip_interval,
@@ -269,8 +288,12 @@ fn read_timings(env: &Env) -> Result<Timings, ConfigError> {
     let gossip_fanout = env.parse_in(
         "SHOAL_GOSSIP_FANOUT",
         d.gossip_fanout,
-        1..=16,
-        "a whole number between 1 and 16",
+        least_fanout..=16,
+        if least_fanout == 0 {
+            "a whole number between 0 and 16"
+        } else {
+            "a whole number between 1 and 16 (0 only with SHOAL_GOSSIP_PROTOCOL=v4)"
+        },
     )?;
     Ok(Timings {
         gossip_interval,

@@ -137,6 +137,7 @@ impl Gossip {
                 GossipProtocol::V1 => ProtocolVersion::V1,
                 GossipProtocol::V2 => ProtocolVersion::V2,
                 GossipProtocol::V3 => ProtocolVersion::V3,
+                GossipProtocol::V4 => ProtocolVersion::V4,
             },
             // Room for the seal: a full message, sealed, still fits the MTU.
             max_message_len: max_message_len(config.gossip_mtu, config.keys.is_some()),

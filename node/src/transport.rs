@@ -92,13 +92,17 @@ pub enum MessageKind {
     SynAck,
     /// The closing delta.
     Ack,
-    /// Death notices (V2), resync requests (V3) and wrong-cluster refusals.
+    /// V4's pulses between neighbours.
+    Pulse,
+    /// Death notices (V2), votes (V4), resync requests (V3) and
+    /// wrong-cluster refusals.
     Other,
 }
 
 impl MessageKind {
     /// Every kind, in index order.
-    pub const ALL: [MessageKind; 4] = [Self::Syn, Self::SynAck, Self::Ack, Self::Other];
+    pub const ALL: [MessageKind; 5] =
+        [Self::Syn, Self::SynAck, Self::Ack, Self::Pulse, Self::Other];
 
     /// Its name in reports.
     pub fn name(self) -> &'static str {
@@ -106,6 +110,7 @@ impl MessageKind {
             Self::Syn => "syn",
             Self::SynAck => "syn-ack",
             Self::Ack => "ack",
+            Self::Pulse => "pulse",
             Self::Other => "other",
         }
     }
@@ -116,6 +121,7 @@ impl MessageKind {
             M::Syn { .. } | M::SynCompact { .. } => Self::Syn,
             M::SynAck { .. } | M::SynAckCompact { .. } => Self::SynAck,
             M::Ack { .. } => Self::Ack,
+            M::Pulse { .. } => Self::Pulse,
             _ => Self::Other,
         }
     }

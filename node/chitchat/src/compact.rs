@@ -202,7 +202,7 @@ impl Serializable for Raw<'_> {
     }
 }
 
-fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         buf.push((value as u8) | 0x80);
         value >>= 7;
@@ -210,7 +210,7 @@ fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
     buf.push(value as u8);
 }
 
-fn get_varint(buf: &mut &[u8]) -> anyhow::Result<u64> {
+pub(crate) fn get_varint(buf: &mut &[u8]) -> anyhow::Result<u64> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         let (&byte, rest) = buf.split_first().context("compact digest: truncated")?;
@@ -224,7 +224,7 @@ fn get_varint(buf: &mut &[u8]) -> anyhow::Result<u64> {
 }
 
 /// FNV-1a, 64 bits.
-struct Fnv(u64);
+pub(crate) struct Fnv(pub(crate) u64);
 
 impl Default for Fnv {
     fn default() -> Self {
@@ -233,7 +233,7 @@ impl Default for Fnv {
 }
 
 impl Fnv {
-    fn write(&mut self, bytes: &[u8]) {
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 ^= u64::from(*b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);

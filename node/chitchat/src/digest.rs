@@ -134,9 +134,10 @@ impl Digest {
     pub(crate) fn serialize(&self, protocol_version: ProtocolVersion, buf: &mut Vec<u8>) {
         match protocol_version {
             ProtocolVersion::V0 => self.serialize_v0(buf),
-            ProtocolVersion::V1 | ProtocolVersion::V2 | ProtocolVersion::V3 => {
-                self.serialize_v1(buf)
-            }
+            ProtocolVersion::V1
+            | ProtocolVersion::V2
+            | ProtocolVersion::V3
+            | ProtocolVersion::V4 => self.serialize_v1(buf),
         }
     }
 
@@ -150,7 +151,10 @@ impl Digest {
                 }
                 len
             }
-            ProtocolVersion::V1 | ProtocolVersion::V2 | ProtocolVersion::V3 => {
+            ProtocolVersion::V1
+            | ProtocolVersion::V2
+            | ProtocolVersion::V3
+            | ProtocolVersion::V4 => {
                 let mut buf = Vec::new();
                 self.serialize_v1(&mut buf);
                 buf.len()
@@ -164,9 +168,10 @@ impl Digest {
     ) -> anyhow::Result<Self> {
         match protocol_version {
             ProtocolVersion::V0 => Self::deserialize_v0(buf),
-            ProtocolVersion::V1 | ProtocolVersion::V2 | ProtocolVersion::V3 => {
-                Self::deserialize_v1(buf)
-            }
+            ProtocolVersion::V1
+            | ProtocolVersion::V2
+            | ProtocolVersion::V3
+            | ProtocolVersion::V4 => Self::deserialize_v1(buf),
         }
     }
 

@@ -114,6 +114,15 @@ impl FailureDetector {
         }
     }
 
+    /// shoal patch (V4): takes `chitchat_id` as live, whatever its phi (a
+    /// node is live unless voted dead; see `pulse`).
+    pub fn mark_live(&mut self, chitchat_id: &ChitchatId) {
+        if !self.live_nodes.contains(chitchat_id) {
+            self.live_nodes.insert(chitchat_id.clone());
+        }
+        self.dead_nodes.remove(chitchat_id);
+    }
+
     /// shoal patch: whether `chitchat_id` is live.
     pub fn is_live(&self, chitchat_id: &ChitchatId) -> bool {
         self.live_nodes.contains(chitchat_id)

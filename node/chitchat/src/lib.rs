@@ -9,6 +9,7 @@ mod failure_detector;
 mod listener;
 mod message;
 mod message_serialize;
+mod pulse;
 pub(crate) mod serialize;
 mod server;
 mod state;
@@ -34,6 +35,7 @@ pub use self::configuration::{CatchupCallback, ChitchatConfig};
 pub use self::state::{ClusterStateSnapshot, NodeState};
 use crate::digest::Digest;
 pub use crate::message::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
+pub use crate::pulse::Death;
 pub use crate::server::{ChitchatHandle, spawn_chitchat};
 use crate::state::ClusterState;
 pub use crate::types::{ChitchatId, DeletionStatus, Heartbeat, Version, VersionedValue};
@@ -117,6 +119,11 @@ pub struct Chitchat {
     stalled: bool,
     /// shoal patch (V3): the last set hash computed, and what it holds for.
     set_hash_cache: std::cell::RefCell<Option<SetHashCache>>,
+    /// shoal patch (V4): liveness by pulses between neighbours, when on.
+    pulses: Option<pulse::Pulses>,
+    /// shoal patch (V4): messages for peers besides the reply (pulses
+    /// answered, votes, syncs), sent by the server.
+    outbox: Vec<(SocketAddr, ChitchatMessage)>,
 }
 
 /// shoal patch (V3): a set hash, valid while the node set is at `epoch` and
@@ -149,7 +156,12 @@ impl Chitchat {
             last_liveness_check: None,
             stalled: false,
             set_hash_cache: Default::default(),
+            pulses: None,
+            outbox: Vec::new(),
         };
+        if chitchat.config.protocol_version >= ProtocolVersion::V4 {
+            chitchat.pulses = Some(Default::default());
+        }
 
         let self_node_state = chitchat.self_node_state();
 
@@ -293,6 +305,9 @@ impl Chitchat {
     }
 
     fn process_delta(&mut self, delta: Delta) {
+        if let Some(p) = self.pulses.as_mut() {
+            p.touch();
+        }
         let was_reset_triggered = self.cluster_state.apply_delta(delta);
         if was_reset_triggered {
             if let Some(catchup_callback) = &self.config.catchup_callback {
@@ -396,8 +411,26 @@ impl Chitchat {
                 warn!("message rejected by peer: wrong cluster");
                 None
             }
+            // shoal patch (V4): liveness by pulses and votes.
+            ChitchatMessage::Pulse {
+                state_hash,
+                heartbeat,
+                echo,
+            } => {
+                if let Some(from) = from {
+                    self.on_pulse(from, state_hash, heartbeat, echo);
+                }
+                None
+            }
+            ChitchatMessage::Verdict { cluster_id, deaths } => {
+                if cluster_id == self.cluster_id() {
+                    self.on_verdict(deaths);
+                }
+                None
+            }
             ChitchatMessage::Dead { cluster_id, nodes } => {
-                if cluster_id != self.cluster_id() {
+                // V4 members judge by votes: a V3 peer's word is not one.
+                if cluster_id != self.cluster_id() || self.pulses_on() {
                     return None;
                 }
                 // shoal patch: a peer found these dead. Taken only for a node
@@ -438,6 +471,9 @@ impl Chitchat {
     fn gc_keys_marked_for_deletion(&mut self) {
         self.cluster_state
             .gc_keys_marked_for_deletion(self.config.marked_for_deletion_grace_period);
+        if let Some(p) = self.pulses.as_mut() {
+            p.touch();
+        }
     }
 
     /// Reports heartbeats to the failure detector for nodes in the delta for which we received an
@@ -456,6 +492,9 @@ impl Chitchat {
         let node_state = if should_init_if_absent {
             if self.cluster_state.node_state(chitchat_id).is_none() {
                 self.news = true;
+                if let Some(p) = self.pulses.as_mut() {
+                    p.touch();
+                }
             }
             self.cluster_state.node_state_mut_or_init(chitchat_id)
         } else if let Some(node_state) = self.cluster_state.node_state_mut(chitchat_id) {
@@ -464,6 +503,12 @@ impl Chitchat {
             return;
         };
 
+        // shoal patch (V4): heartbeats heard second-hand say nothing of
+        // liveness, but that a node voted dead is back.
+        if self.pulses.is_some() {
+            self.note_heartbeat(chitchat_id, heartbeat);
+            return;
+        }
         if node_state.try_set_heartbeat(heartbeat) {
             self.failure_detector.report_heartbeat(chitchat_id);
             // shoal patch: a node not (yet, or no longer) live that shows a
@@ -496,7 +541,13 @@ impl Chitchat {
         } else {
             threshold
         };
+        if self.pulses.is_some() {
+            self.update_liveness_by_pulses(threshold);
+        }
         for chitchat_id in self.cluster_state.nodes() {
+            if self.pulses.is_some() {
+                break;
+            }
             if chitchat_id != self.self_chitchat_id() {
                 let was_live = self.failure_detector.is_live(chitchat_id);
                 self.failure_detector
@@ -557,6 +608,9 @@ impl Chitchat {
     }
 
     pub fn self_node_state(&mut self) -> &mut NodeState {
+        if let Some(p) = self.pulses.as_mut() {
+            p.touch();
+        }
         self.cluster_state
             .node_state_mut_or_init(&self.config.chitchat_id)
     }
@@ -659,6 +713,9 @@ impl Chitchat {
         let node_state = if should_init_if_absent {
             if self.cluster_state.node_state(chitchat_id).is_none() {
                 self.news = true;
+                if let Some(p) = self.pulses.as_mut() {
+                    p.touch();
+                }
             }
             self.cluster_state.node_state_mut_or_init(chitchat_id)
         } else if let Some(node_state) = self.cluster_state.node_state_mut(chitchat_id) {
@@ -735,7 +792,11 @@ impl Chitchat {
     }
 
     pub(crate) fn update_self_heartbeat(&mut self) {
-        self.self_node_state().inc_heartbeat();
+        // (shoal patch: not through `self_node_state`, which would change
+        // the V4 state hash for a heartbeat it does not cover.)
+        self.cluster_state
+            .node_state_mut_or_init(&self.config.chitchat_id)
+            .inc_heartbeat();
     }
 
     pub(crate) fn cluster_state(&self) -> &ClusterState {

@@ -31,6 +31,8 @@ enum MessageType {
     SynCompact = 5u8,
     SynAckCompact = 6u8,
     Resync = 7u8,
+    Pulse = 8u8,
+    Verdict = 9u8,
     #[cfg(test)]
     PanicForTest = 255u8,
 }
@@ -46,6 +48,8 @@ impl MessageType {
             5 => Some(Self::SynCompact),
             6 => Some(Self::SynAckCompact),
             7 => Some(Self::Resync),
+            8 => Some(Self::Pulse),
+            9 => Some(Self::Verdict),
             #[cfg(test)]
             255 => Some(Self::PanicForTest),
             _ => None,
@@ -108,6 +112,26 @@ impl ChitchatEnvelope {
             ChitchatMessage::Resync => {
                 buf.push(MessageType::Resync.to_code());
             }
+            ChitchatMessage::Pulse {
+                state_hash,
+                heartbeat,
+                echo,
+            } => {
+                // Heartbeats as varints: a pulse is most of a V4 member's
+                // bytes.
+                buf.push(MessageType::Pulse.to_code());
+                state_hash.serialize(buf);
+                crate::compact::put_varint(buf, heartbeat.0);
+                crate::compact::put_varint(buf, echo.0);
+            }
+            ChitchatMessage::Verdict { cluster_id, deaths } => {
+                buf.push(MessageType::Verdict.to_code());
+                cluster_id.serialize(buf);
+                (deaths.len() as u16).serialize(buf);
+                for death in deaths {
+                    death.serialize(buf);
+                }
+            }
             #[cfg(test)]
             ChitchatMessage::PanicForTest => {
                 buf.push(MessageType::PanicForTest.to_code());
@@ -144,6 +168,9 @@ impl ChitchatEnvelope {
                     self.serialize_to_vec().len() - Self::HEADER_LEN
                 }
                 ChitchatMessage::Resync => 0,
+                ChitchatMessage::Pulse { .. } | ChitchatMessage::Verdict { .. } => {
+                    self.serialize_to_vec().len() - Self::HEADER_LEN
+                }
                 #[cfg(test)]
                 ChitchatMessage::PanicForTest => 0,
             }
@@ -208,6 +235,20 @@ impl ChitchatEnvelope {
                 ChitchatMessage::SynAckCompact { digest, delta }
             }
             MessageType::Resync => ChitchatMessage::Resync,
+            MessageType::Pulse => ChitchatMessage::Pulse {
+                state_hash: u64::deserialize(buf)?,
+                heartbeat: crate::Heartbeat(crate::compact::get_varint(buf)?),
+                echo: crate::Heartbeat(crate::compact::get_varint(buf)?),
+            },
+            MessageType::Verdict => {
+                let cluster_id = String::deserialize(buf)?;
+                let len = u16::deserialize(buf)?;
+                let mut deaths = Vec::new();
+                for _ in 0..len {
+                    deaths.push(crate::pulse::Death::deserialize(buf)?);
+                }
+                ChitchatMessage::Verdict { cluster_id, deaths }
+            }
             #[cfg(test)]
             MessageType::PanicForTest => ChitchatMessage::PanicForTest,
         };

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use crate::message::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 use crate::transport::{RecvOutcome, Socket, Transport};
-use crate::{Chitchat, ChitchatConfig, ChitchatId};
+use crate::{Chitchat, ChitchatConfig, ChitchatId, Heartbeat};
 
 /// UDP Chitchat server handler.
 ///
@@ -273,7 +273,11 @@ impl Server {
                     }
                 },
                 _ = gossip_interval.tick() => {
-                    self.gossip_multiple().await
+                    if self.version >= ProtocolVersion::V4 {
+                        self.pulse_multiple().await
+                    } else {
+                        self.gossip_multiple().await
+                    }
                 },
                 command = self.command_rx.recv() => match command {
                     Some(Command::Gossip(addr)) => {
@@ -337,9 +341,117 @@ impl Server {
         for peer in spread_to {
             self.gossip_with(peer, true).await?;
         }
+        self.send_outbox().await;
         let dead = self.chitchat.lock().await.take_newly_dead();
         self.spread_dead(dead, Some(from_addr)).await;
         Ok(())
+    }
+
+    /// shoal patch (V4): sends what chitchat queued (pulses answered,
+    /// votes, syncs).
+    async fn send_outbox(&mut self) {
+        let outbox = self.chitchat.lock().await.take_outbox();
+        for (peer, message) in outbox {
+            let version = self.version_for(peer);
+            if let Err(error) = self
+                .transport
+                .send(peer, ChitchatEnvelope { version, message })
+                .await
+            {
+                debug!(%error, %peer, "failed to send a queued message");
+            }
+        }
+    }
+
+    /// shoal patch (V4): a round — a pulse to each neighbour (see `pulse`),
+    /// a pulse to `gossip_fanout` other live members at random, and the
+    /// seeds and dead nodes contacted as upstream does, with a SYN.
+    async fn pulse_multiple(&mut self) {
+        let (pulses, extra, syns) = {
+            let mut chitchat = self.chitchat.lock().await;
+            chitchat.update_self_heartbeat();
+            chitchat.gc_keys_marked_for_deletion();
+            let pulses = chitchat.pulse_round();
+            let me = chitchat.self_chitchat_id().gossip_advertise_addr;
+            let neighbours: HashSet<SocketAddr> = pulses.iter().map(|(addr, _)| *addr).collect();
+            let live: HashSet<SocketAddr> = chitchat
+                .live_nodes()
+                .map(|id| id.gossip_advertise_addr)
+                .filter(|addr| *addr != me)
+                .collect();
+            let peers: HashSet<SocketAddr> = chitchat
+                .cluster_state()
+                .nodes()
+                .map(|id| id.gossip_advertise_addr)
+                .filter(|addr| *addr != me)
+                .collect();
+            let dead: HashSet<SocketAddr> = chitchat
+                .dead_nodes()
+                .map(|id| id.gossip_advertise_addr)
+                .collect();
+            let seeds: HashSet<SocketAddr> = chitchat
+                .seed_nodes()
+                .into_iter()
+                .filter(|addr| *addr != me)
+                .collect();
+            let others: HashSet<SocketAddr> = live.difference(&neighbours).copied().collect();
+            let fanout = chitchat.config.gossip_fanout;
+            let (extra, dead, seed) =
+                select_nodes_for_gossip(&mut self.rng, fanout, peers, others, dead, seeds);
+            let mut contacts: Vec<SocketAddr> = extra.into_iter().chain(dead).chain(seed).collect();
+            contacts.retain(|addr| !neighbours.contains(addr));
+            contacts.dedup();
+            // Until a member knows anyone live, its SYNs (to the seeds) are
+            // its way in; after that, seeds, dead nodes and random peers get
+            // a pulse: an answer from a dead node that echoes brings it back
+            // (see `pulse`), a differing hash starts an exchange.
+            let (syns, extra) = if live.is_empty() {
+                (contacts, Vec::new())
+            } else {
+                let hash = chitchat.state_hash();
+                let heartbeat = chitchat
+                    .node_state(chitchat.self_chitchat_id())
+                    .map_or(Heartbeat(0), |s| s.heartbeat());
+                let pulse = |addr| {
+                    let echo = chitchat.heard_from(addr);
+                    (
+                        addr,
+                        ChitchatMessage::Pulse {
+                            state_hash: hash,
+                            heartbeat,
+                            echo,
+                        },
+                    )
+                };
+                (
+                    Vec::new(),
+                    contacts.into_iter().map(pulse).collect::<Vec<_>>(),
+                )
+            };
+            (pulses, extra, syns)
+        };
+        for (peer, message) in pulses.into_iter().chain(extra) {
+            let version = self.version_for(peer);
+            if let Err(error) = self
+                .transport
+                .send(peer, ChitchatEnvelope { version, message })
+                .await
+            {
+                debug!(%error, %peer, "failed to pulse");
+            }
+        }
+        for peer in syns {
+            if let Err(error) = self.gossip(peer).await {
+                debug!(%error, %peer, "failed to gossip");
+            }
+        }
+        let dead = {
+            let mut chitchat = self.chitchat.lock().await;
+            chitchat.update_nodes_liveness();
+            chitchat.take_newly_dead()
+        };
+        self.send_outbox().await;
+        self.spread_dead(dead, None).await;
     }
 
     /// Gossip to multiple randomly chosen nodes.
@@ -422,14 +534,27 @@ impl Server {
             let peers = rumor_peers(&chitchat, &mut self.rng, except);
             (chitchat.cluster_id().to_string(), peers)
         };
+        // shoal patch (V4): a death goes on with its voters.
+        let deaths = if self.version >= ProtocolVersion::V4 {
+            self.chitchat.lock().await.deaths_of(&nodes)
+        } else {
+            Vec::new()
+        };
         for peer in peers {
             let version = self.version_for(peer);
             if version < ProtocolVersion::V2 {
                 continue;
             }
-            let message = ChitchatMessage::Dead {
-                cluster_id: cluster_id.clone(),
-                nodes: nodes.clone(),
+            let message = if version >= ProtocolVersion::V4 {
+                ChitchatMessage::Verdict {
+                    cluster_id: cluster_id.clone(),
+                    deaths: deaths.clone(),
+                }
+            } else {
+                ChitchatMessage::Dead {
+                    cluster_id: cluster_id.clone(),
+                    nodes: nodes.clone(),
+                }
             };
             if let Err(error) = self
                 .transport

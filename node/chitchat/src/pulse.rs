@@ -1,0 +1,791 @@
+//! shoal patch (protocol V4): liveness from pulses between neighbours.
+//!
+//! Up to V3, liveness travels in digests: every digest carries a heartbeat
+//! of every member, heartbeats change every round, so two members never
+//! agree and every exchange carries one entry per member — bytes per member
+//! grow with N, the cluster's with N².
+//!
+//! From V4 on, liveness is judged only where it is observed:
+//! - **Neighbours.** Each member hashes every id onto [`RINGS`] rings; its
+//!   neighbours are its predecessor and successor on each ring (among the
+//!   members it holds live), so each member has at most `2 × RINGS`
+//!   neighbours, and the graph they form is an expander (Rapid's K rings).
+//! - **Pulses.** Every round a member sends each neighbour a [`Pulse`]: its
+//!   heartbeat, the neighbour's heartbeat it last heard (the *echo*, proof
+//!   that it receives), and the hash of its state. A neighbour's pulse
+//!   whose echo is one of our last [`ECHO_ROUNDS`] heartbeats feeds our
+//!   failure detector for it; one that sends but cannot receive echoes
+//!   nothing recent and goes silent to us.
+//! - **Votes.** A member whose detector finds a neighbour silent votes it
+//!   dead and tells the node's other neighbours ([`Verdict`]). A node is
+//!   dead where [`QUORUM`] distinct members vote (fewer if it has fewer
+//!   neighbours): one member that loses its own packets accuses its
+//!   neighbours alone and removes nobody. A death, with its voters, is then
+//!   passed on as news, and sent to any member whose state hash differs
+//!   while it is recent, so a member that missed the rumor catches up at
+//!   its next pulse.
+//! - **Agreement in 8 bytes.** The state hash covers each live member's id
+//!   and versions, not heartbeats: members that agree exchange pulses and
+//!   nothing else; a mismatch starts a V3 exchange with that peer.
+//! - **Back from the dead.** A node taken for dead that is alive keeps
+//!   pulsing; a member answers a pulse from anyone not its neighbour with
+//!   its own, and revives the node when its pulse echoes (it receives) with
+//!   a heartbeat newer than the one it died with. The revival is news.
+//!
+//! [`Pulse`]: crate::ChitchatMessage::Pulse
+//! [`Verdict`]: crate::ChitchatMessage::Verdict
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::compact::Fnv;
+use crate::serialize::{Deserializable, Serializable};
+use crate::{Chitchat, ChitchatId, ChitchatMessage, Heartbeat, ProtocolVersion};
+
+/// Rings of the neighbour graph: up to two neighbours per ring.
+pub(crate) const RINGS: usize = 2;
+/// Distinct voters that make a node dead (all its neighbours, if fewer).
+pub(crate) const QUORUM: usize = 2;
+/// A pulse proves its sender receives if it echoes one of our heartbeats
+/// of the last that many rounds.
+const ECHO_ROUNDS: usize = 10;
+/// Most voters a death carries on the wire.
+const MAX_VOTERS: usize = 16;
+
+/// A node voted dead: its heartbeat when last heard, and who voted.
+#[derive(Debug, Clone, Eq, PartialEq)]
+pub struct Death {
+    pub node: ChitchatId,
+    pub heartbeat: Heartbeat,
+    pub voters: Vec<SocketAddr>,
+}
+
+impl Serializable for Death {
+    fn serialize(&self, buf: &mut Vec<u8>) {
+        self.node.serialize(buf);
+        self.heartbeat.serialize(buf);
+        let voters = &self.voters[..self.voters.len().min(MAX_VOTERS)];
+        (voters.len() as u8).serialize(buf);
+        for voter in voters {
+            voter.serialize(buf);
+        }
+    }
+
+    fn serialized_len(&self) -> usize {
+        self.node.serialized_len()
+            + self.heartbeat.serialized_len()
+            + 1
+            + self
+                .voters
+                .iter()
+                .take(MAX_VOTERS)
+                .map(Serializable::serialized_len)
+                .sum::<usize>()
+    }
+}
+
+impl Deserializable for Death {
+    fn deserialize(buf: &mut &[u8]) -> anyhow::Result<Self> {
+        let node = ChitchatId::deserialize(buf)?;
+        let heartbeat = Heartbeat::deserialize(buf)?;
+        let len = u8::deserialize(buf)? as usize;
+        if len > MAX_VOTERS {
+            anyhow::bail!("a death with {len} voters (at most {MAX_VOTERS})");
+        }
+        let voters = (0..len)
+            .map(|_| SocketAddr::deserialize(buf))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Death {
+            node,
+            heartbeat,
+            voters,
+        })
+    }
+}
+
+/// What a V4 member keeps to judge liveness (see the module's doc).
+#[derive(Default)]
+pub(crate) struct Pulses {
+    /// Each id's place on each ring.
+    keys: HashMap<ChitchatId, [u64; RINGS]>,
+    /// The live set the neighbours were computed for: `(set epoch, deaths
+    /// epoch)`.
+    computed_for: Option<(u64, u64)>,
+    /// The live set (self included), as of `computed_for`.
+    live: Vec<ChitchatId>,
+    neighbours: Vec<ChitchatId>,
+    /// When each neighbour became one: a neighbour never heard is judged
+    /// from then.
+    assigned: HashMap<ChitchatId, Instant>,
+    /// The newest id known at each address.
+    by_addr: HashMap<SocketAddr, ChitchatId>,
+    /// The heartbeat each peer last pulsed us (what we echo).
+    heard: HashMap<SocketAddr, Heartbeat>,
+    /// Our heartbeat at each of the last `ECHO_ROUNDS` rounds.
+    history: VecDeque<Heartbeat>,
+    /// Votes against nodes not (yet) dead here: voter → when.
+    votes: HashMap<ChitchatId, HashMap<SocketAddr, Instant>>,
+    /// When we last voted against each node.
+    voted_at: HashMap<ChitchatId, Instant>,
+    /// Nodes dead by votes, and when they died here.
+    deaths: HashMap<ChitchatId, (Death, Instant)>,
+    deaths_epoch: u64,
+    /// Nodes back from the dead, and the heartbeat they came back with:
+    /// votes from before it are stale.
+    revived: HashMap<ChitchatId, Heartbeat>,
+    /// When we last answered, synced with, or sent deaths to each peer.
+    answered_at: HashMap<SocketAddr, Instant>,
+    synced_at: HashMap<SocketAddr, Instant>,
+    deaths_sent_at: HashMap<SocketAddr, Instant>,
+    /// The state hash, until something it covers changes.
+    hash: Option<u64>,
+}
+
+/// `true` (and notes `now`) if nothing was noted for `key` within `every`.
+fn due(
+    map: &mut HashMap<SocketAddr, Instant>,
+    key: SocketAddr,
+    now: Instant,
+    every: Duration,
+) -> bool {
+    match map.get(&key) {
+        Some(at) if now.duration_since(*at) < every => false,
+        _ => {
+            map.insert(key, now);
+            true
+        }
+    }
+}
+
+fn ring_keys(id: &ChitchatId) -> [u64; RINGS] {
+    let mut wire = Vec::with_capacity(64);
+    id.serialize(&mut wire);
+    std::array::from_fn(|ring| {
+        let mut hash = Fnv::default();
+        hash.write(&[ring as u8]);
+        hash.write(&wire);
+        hash.0
+    })
+}
+
+impl Pulses {
+    /// The node's death, if it died here.
+    pub(crate) fn death(&self, id: &ChitchatId) -> Option<&Death> {
+        self.deaths.get(id).map(|(death, _)| death)
+    }
+
+    /// The state hash changes: recompute on next use.
+    pub(crate) fn touch(&mut self) {
+        self.hash = None;
+    }
+
+    fn key(&mut self, id: &ChitchatId) -> [u64; RINGS] {
+        if let Some(keys) = self.keys.get(id) {
+            return *keys;
+        }
+        let keys = ring_keys(id);
+        self.keys.insert(id.clone(), keys);
+        keys
+    }
+
+    /// `of`'s neighbours among `self.live` (it need not be live itself).
+    fn neighbours_of(&mut self, of: &ChitchatId) -> Vec<ChitchatId> {
+        let mine = self.key(of);
+        let mut out: Vec<ChitchatId> = Vec::with_capacity(RINGS * 2);
+        for (ring, &me) in mine.iter().enumerate() {
+            // Successor: the smallest key above ours, else the smallest.
+            // Predecessor: the largest below ours, else the largest.
+            let (mut succ, mut first, mut pred, mut last) = (None, None, None, None);
+            for id in &self.live {
+                if id == of {
+                    continue;
+                }
+                let k = self.keys.get(id).map_or(0, |keys| keys[ring]);
+                let better = |best: &Option<(u64, &ChitchatId)>, above: bool| {
+                    best.is_none_or(|(b, _)| if above { k < b } else { k > b })
+                };
+                if k > me && better(&succ, true) {
+                    succ = Some((k, id));
+                }
+                if k < me && better(&pred, false) {
+                    pred = Some((k, id));
+                }
+                if better(&first, true) {
+                    first = Some((k, id));
+                }
+                if better(&last, false) {
+                    last = Some((k, id));
+                }
+            }
+            for (_, id) in [succ.or(first), pred.or(last)].into_iter().flatten() {
+                if !out.contains(id) {
+                    out.push(id.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Chitchat {
+    /// The heartbeat `addr` last pulsed us (what a pulse to it echoes).
+    pub(crate) fn heard_from(&self, addr: SocketAddr) -> Heartbeat {
+        self.pulses
+            .as_ref()
+            .and_then(|p| p.heard.get(&addr).copied())
+            .unwrap_or(Heartbeat(0))
+    }
+
+    /// Recomputes the live set and the neighbours when the node set or the
+    /// deaths changed.
+    fn refresh_neighbours(&mut self) {
+        let signature = (
+            self.cluster_state.set_epoch(),
+            self.pulses.as_ref().map_or(0, |p| p.deaths_epoch),
+        );
+        let me = self.config.chitchat_id.clone();
+        let nodes: Vec<ChitchatId> = self.cluster_state.nodes().cloned().collect();
+        let Some(p) = self.pulses.as_mut() else {
+            return;
+        };
+        if p.computed_for == Some(signature) {
+            return;
+        }
+        p.computed_for = Some(signature);
+        p.by_addr.clear();
+        for id in &nodes {
+            let newest = p
+                .by_addr
+                .get(&id.gossip_advertise_addr)
+                .is_none_or(|known| known.generation_id <= id.generation_id);
+            if newest {
+                p.by_addr.insert(id.gossip_advertise_addr, id.clone());
+            }
+        }
+        let known = &p.by_addr;
+        p.heard.retain(|addr, _| known.contains_key(addr));
+        p.answered_at.retain(|addr, _| known.contains_key(addr));
+        p.synced_at.retain(|addr, _| known.contains_key(addr));
+        p.deaths_sent_at.retain(|addr, _| known.contains_key(addr));
+        p.keys.retain(|id, _| nodes.contains(id) || *id == me);
+        p.live = nodes
+            .into_iter()
+            .filter(|id| !p.deaths.contains_key(id))
+            .collect();
+        for id in p.live.clone() {
+            p.key(&id);
+        }
+        let neighbours = p.neighbours_of(&me);
+        let now = Instant::now();
+        p.assigned.retain(|id, _| neighbours.contains(id));
+        for id in &neighbours {
+            p.assigned.entry(id.clone()).or_insert(now);
+        }
+        p.neighbours = neighbours;
+        p.touch();
+    }
+
+    /// The hash of the state: each live member's id and versions (not its
+    /// heartbeat), order-free.
+    pub(crate) fn state_hash(&mut self) -> u64 {
+        self.refresh_neighbours();
+        let Some(p) = self.pulses.as_mut() else {
+            return 0;
+        };
+        if let Some(hash) = p.hash {
+            return hash;
+        }
+        let mut sum = 0u64;
+        for id in &p.live {
+            let Some(state) = self.cluster_state.node_state(id) else {
+                continue;
+            };
+            let key = p.keys.get(id).map_or(0, |keys| keys[0]);
+            let mut h = Fnv(key);
+            h.write(&state.max_version().to_le_bytes());
+            h.write(&state.last_gc_version().to_le_bytes());
+            sum = sum.wrapping_add(h.0);
+        }
+        p.hash = Some(sum);
+        sum
+    }
+
+    /// A round: our pulse to each neighbour.
+    pub(crate) fn pulse_round(&mut self) -> Vec<(SocketAddr, ChitchatMessage)> {
+        let heartbeat = self
+            .cluster_state
+            .node_state(&self.config.chitchat_id)
+            .map_or(Heartbeat(0), |s| s.heartbeat());
+        let state_hash = self.state_hash();
+        let Some(p) = self.pulses.as_mut() else {
+            return Vec::new();
+        };
+        p.history.push_back(heartbeat);
+        while p.history.len() > ECHO_ROUNDS {
+            p.history.pop_front();
+        }
+        p.neighbours
+            .iter()
+            .map(|id| {
+                let addr = id.gossip_advertise_addr;
+                let echo = p.heard.get(&addr).copied().unwrap_or(Heartbeat(0));
+                (
+                    addr,
+                    ChitchatMessage::Pulse {
+                        state_hash,
+                        heartbeat,
+                        echo,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// A pulse from `from`.
+    pub(crate) fn on_pulse(
+        &mut self,
+        from: SocketAddr,
+        their_hash: u64,
+        heartbeat: Heartbeat,
+        echo: Heartbeat,
+    ) {
+        let now = Instant::now();
+        let interval = self.config.gossip_interval;
+        let me = self.config.chitchat_id.gossip_advertise_addr;
+        let our_hash = self.state_hash();
+        let our_heartbeat = self
+            .cluster_state
+            .node_state(&self.config.chitchat_id)
+            .map_or(Heartbeat(0), |s| s.heartbeat());
+        let Some(p) = self.pulses.as_mut() else {
+            return;
+        };
+        p.heard.insert(from, heartbeat);
+        let receives = echo.0 > 0 && p.history.front().is_some_and(|oldest| echo >= *oldest);
+        let id = p.by_addr.get(&from).cloned();
+        let neighbour = id.as_ref().is_some_and(|id| p.neighbours.contains(id));
+        let mut out = Vec::new();
+        if !neighbour && due(&mut p.answered_at, from, now, interval) {
+            out.push(ChitchatMessage::Pulse {
+                state_hash: our_hash,
+                heartbeat: our_heartbeat,
+                echo: heartbeat,
+            });
+        }
+        let mut sync = false;
+        let mut deaths = Vec::new();
+        if their_hash != our_hash {
+            if (!neighbour || me < from) && due(&mut p.synced_at, from, now, interval * 2) {
+                sync = true;
+            }
+            let recent = interval * 100;
+            if p.deaths
+                .values()
+                .any(|(_, at)| now.duration_since(*at) < recent)
+                && due(&mut p.deaths_sent_at, from, now, interval * 5)
+            {
+                deaths = p
+                    .deaths
+                    .values()
+                    .filter(|(_, at)| now.duration_since(*at) < recent)
+                    .map(|(death, _)| death.clone())
+                    .collect();
+            }
+        }
+        if receives {
+            self.answered.insert(from, now);
+            if let Some(id) = &id {
+                if neighbour {
+                    self.failure_detector.report_heartbeat(id);
+                }
+                self.note_heartbeat(id, heartbeat);
+            }
+        }
+        if sync {
+            out.push(self.create_syn_message_for(ProtocolVersion::V4));
+        }
+        if !deaths.is_empty() {
+            out.push(ChitchatMessage::Verdict {
+                cluster_id: self.config.cluster_id.clone(),
+                deaths,
+            });
+        }
+        self.outbox.extend(out.into_iter().map(|m| (from, m)));
+    }
+
+    /// A heartbeat of `id` heard first- or second-hand: newer than the one it
+    /// died with, it is back.
+    pub(crate) fn note_heartbeat(&mut self, id: &ChitchatId, heartbeat: Heartbeat) {
+        let Some(state) = self.cluster_state.node_state_mut(id) else {
+            return;
+        };
+        if !state.try_set_heartbeat(heartbeat) {
+            return;
+        }
+        let Some(p) = self.pulses.as_mut() else {
+            return;
+        };
+        if p.deaths
+            .get(id)
+            .is_some_and(|(death, _)| heartbeat > death.heartbeat)
+        {
+            p.deaths.remove(id);
+            p.votes.remove(id);
+            p.revived.insert(id.clone(), heartbeat);
+            p.deaths_epoch += 1;
+            p.touch();
+            self.news = true;
+        }
+    }
+
+    /// Votes received.
+    pub(crate) fn on_verdict(&mut self, deaths: Vec<Death>) {
+        if self.stalled {
+            return;
+        }
+        let now = Instant::now();
+        for death in deaths {
+            if death.node == self.config.chitchat_id {
+                continue;
+            }
+            if self.cluster_state.node_state(&death.node).is_none() {
+                continue;
+            }
+            let Some(p) = self.pulses.as_mut() else {
+                return;
+            };
+            // Dead here already, or a vote from before it came back.
+            let stale = p
+                .revived
+                .get(&death.node)
+                .is_some_and(|back| death.heartbeat < *back);
+            if p.deaths.contains_key(&death.node) || stale {
+                continue;
+            }
+            let votes = p.votes.entry(death.node.clone()).or_default();
+            for voter in &death.voters {
+                votes.insert(*voter, now);
+            }
+            self.count_votes(&death.node, death.heartbeat);
+        }
+    }
+
+    /// Takes `node` as dead if enough fresh votes say so.
+    fn count_votes(&mut self, node: &ChitchatId, heartbeat: Heartbeat) {
+        let ttl = self.config.gossip_interval * 30;
+        let now = Instant::now();
+        let known = self
+            .cluster_state
+            .node_state(node)
+            .map_or(heartbeat, |s| s.heartbeat());
+        self.refresh_neighbours();
+        let Some(p) = self.pulses.as_mut() else {
+            return;
+        };
+        let Some(votes) = p.votes.get_mut(node) else {
+            return;
+        };
+        votes.retain(|_, at| now.duration_since(*at) < ttl);
+        let voters: Vec<SocketAddr> = votes.keys().copied().collect();
+        let need = QUORUM.min(p.neighbours_of(node).len()).max(1);
+        if voters.len() < need {
+            return;
+        }
+        let death = Death {
+            node: node.clone(),
+            heartbeat: heartbeat.max(known),
+            voters,
+        };
+        p.votes.remove(node);
+        p.deaths.insert(node.clone(), (death, now));
+        p.deaths_epoch += 1;
+        p.touch();
+        self.failure_detector.mark_dead(node);
+        self.newly_dead.push(node.clone());
+    }
+
+    /// Liveness, V4: votes against silent neighbours, deaths by quorum;
+    /// every other known node is live.
+    pub(crate) fn update_liveness_by_pulses(&mut self, threshold: f64) {
+        self.refresh_neighbours();
+        let now = Instant::now();
+        let me = self.config.chitchat_id.gossip_advertise_addr;
+        let prior = self
+            .config
+            .failure_detector_config
+            .initial_interval
+            .as_secs_f64();
+        let cluster_id = self.config.cluster_id.clone();
+        let Some(p) = self.pulses.as_ref() else {
+            return;
+        };
+        let neighbours = p.neighbours.clone();
+        for id in neighbours {
+            let silent = match self.failure_detector.phi(&id) {
+                Some(phi) => phi,
+                None => {
+                    let since = self
+                        .pulses
+                        .as_ref()
+                        .and_then(|p| p.assigned.get(&id))
+                        .copied()
+                        .unwrap_or(now);
+                    now.duration_since(since).as_secs_f64() / prior
+                }
+            };
+            if silent <= threshold {
+                continue;
+            }
+            let heartbeat = self
+                .cluster_state
+                .node_state(&id)
+                .map_or(Heartbeat(0), |s| s.heartbeat());
+            let Some(p) = self.pulses.as_mut() else {
+                return;
+            };
+            if p.voted_at
+                .get(&id)
+                .is_some_and(|at| now.duration_since(*at) < self.config.gossip_interval * 10)
+            {
+                continue;
+            }
+            p.voted_at.insert(id.clone(), now);
+            p.votes.entry(id.clone()).or_default().insert(me, now);
+            let vote = Death {
+                node: id.clone(),
+                heartbeat,
+                voters: vec![me],
+            };
+            for other in p.neighbours_of(&id) {
+                if other.gossip_advertise_addr != me {
+                    let deaths = vec![vote.clone()];
+                    let cluster_id = cluster_id.clone();
+                    self.outbox.push((
+                        other.gossip_advertise_addr,
+                        ChitchatMessage::Verdict { cluster_id, deaths },
+                    ));
+                }
+            }
+            self.count_votes(&id, heartbeat);
+        }
+        // Every known node is live but those dead by votes.
+        let Some(p) = self.pulses.as_mut() else {
+            return;
+        };
+        p.voted_at.retain(|id, at| {
+            now.duration_since(*at) < self.config.gossip_interval * 10 && !p.deaths.contains_key(id)
+        });
+        let nodes: HashSet<&ChitchatId> = self.cluster_state.nodes().collect();
+        p.deaths.retain(|id, _| nodes.contains(id));
+        p.revived.retain(|id, _| nodes.contains(id));
+        p.votes.retain(|id, _| nodes.contains(id));
+        for id in nodes {
+            if *id == self.config.chitchat_id {
+                continue;
+            }
+            if p.deaths.contains_key(id) {
+                self.failure_detector.mark_dead(id);
+            } else {
+                self.failure_detector.mark_live(id);
+            }
+        }
+    }
+
+    /// The deaths of `nodes` (those that died here by votes), to pass on.
+    pub(crate) fn deaths_of(&self, nodes: &[ChitchatId]) -> Vec<Death> {
+        let Some(p) = self.pulses.as_ref() else {
+            return Vec::new();
+        };
+        nodes.iter().filter_map(|id| p.death(id).cloned()).collect()
+    }
+
+    /// Messages V4 queued for peers (pulses answered, votes, syncs).
+    pub(crate) fn take_outbox(&mut self) -> Vec<(SocketAddr, ChitchatMessage)> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Whether the pulses are on (protocol V4).
+    pub(crate) fn pulses_on(&self) -> bool {
+        self.pulses.is_some()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn neighbours(&mut self) -> Vec<ChitchatId> {
+        self.refresh_neighbours();
+        self.pulses
+            .as_ref()
+            .map(|p| p.neighbours.clone())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::ChitchatConfig;
+
+    fn member(port: u16) -> Chitchat {
+        let mut config = ChitchatConfig::for_test(port);
+        config.protocol_version = ProtocolVersion::V4;
+        let seeds = watch::channel(HashSet::new()).1;
+        Chitchat::with_chitchat_id_and_seeds(config, seeds, Vec::new())
+    }
+
+    /// `me` knowing `others` (live, each with a first heartbeat).
+    fn knowing(port: u16, others: &[u16]) -> Chitchat {
+        let mut chitchat = member(port);
+        for &other in others {
+            let id = ChitchatId::for_local_test(other);
+            chitchat.report_heartbeat(&id, Heartbeat(5));
+        }
+        chitchat.update_nodes_liveness();
+        chitchat
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        ChitchatId::for_local_test(port).gossip_advertise_addr
+    }
+
+    fn vote(node: u16, heartbeat: u64, voters: &[u16]) -> Vec<Death> {
+        vec![Death {
+            node: ChitchatId::for_local_test(node),
+            heartbeat: Heartbeat(heartbeat),
+            voters: voters.iter().map(|&v| addr(v)).collect(),
+        }]
+    }
+
+    fn is_live(chitchat: &Chitchat, port: u16) -> bool {
+        let id = ChitchatId::for_local_test(port);
+        chitchat.live_nodes().any(|live| *live == id)
+    }
+
+    #[test]
+    fn a_death_round_trips_and_too_many_voters_are_refused() {
+        let death = vote(7, 42, &[1, 2, 3]).remove(0);
+        let mut buf = Vec::new();
+        death.serialize(&mut buf);
+        assert_eq!(buf.len(), death.serialized_len());
+        assert_eq!(Death::deserialize(&mut &buf[..]).unwrap(), death);
+
+        let mut forged = Vec::new();
+        death.node.serialize(&mut forged);
+        death.heartbeat.serialize(&mut forged);
+        (MAX_VOTERS as u8 + 1).serialize(&mut forged);
+        let err = Death::deserialize(&mut &forged[..]).unwrap_err();
+        assert!(err.to_string().contains("voters"), "{err}");
+    }
+
+    #[test]
+    fn neighbours_are_mutual_and_few() {
+        let ports: Vec<u16> = (20_000..20_060).collect();
+        let mut members: Vec<Chitchat> = ports
+            .iter()
+            .map(|&me| {
+                let others: Vec<u16> = ports.iter().copied().filter(|&p| p != me).collect();
+                knowing(me, &others)
+            })
+            .collect();
+        let neighbours: Vec<Vec<ChitchatId>> =
+            members.iter_mut().map(Chitchat::neighbours).collect();
+        for (i, of) in neighbours.iter().enumerate() {
+            assert!(
+                (2..=2 * RINGS).contains(&of.len()),
+                "{} neighbours",
+                of.len()
+            );
+            let me = ChitchatId::for_local_test(ports[i]);
+            for n in of {
+                let j = ports
+                    .iter()
+                    .position(|&p| p == n.gossip_advertise_addr.port())
+                    .unwrap();
+                assert!(
+                    neighbours[j].contains(&me),
+                    "{me:?} ∈ N({n:?}) but not back"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn one_vote_removes_nobody_two_do_and_a_newer_heartbeat_brings_it_back() {
+        let mut chitchat = knowing(30_000, &[30_001, 30_002, 30_003, 30_004]);
+        // A member that loses its own packets accuses alone: nothing happens.
+        chitchat.on_verdict(vote(30_004, 5, &[30_001]));
+        chitchat.update_nodes_liveness();
+        assert!(is_live(&chitchat, 30_004));
+        // A second voter: dead, and passed on with both voters.
+        chitchat.on_verdict(vote(30_004, 5, &[30_002]));
+        chitchat.update_nodes_liveness();
+        assert!(!is_live(&chitchat, 30_004));
+        let dead = chitchat.take_newly_dead();
+        let deaths = chitchat.deaths_of(&dead);
+        assert_eq!(deaths.len(), 1);
+        assert_eq!(deaths[0].voters.len(), 2);
+        // Its heartbeat of before does not bring it back; a newer one does.
+        let id = ChitchatId::for_local_test(30_004);
+        chitchat.report_heartbeat(&id, Heartbeat(5));
+        chitchat.update_nodes_liveness();
+        assert!(!is_live(&chitchat, 30_004));
+        chitchat.report_heartbeat(&id, Heartbeat(9));
+        chitchat.update_nodes_liveness();
+        assert!(is_live(&chitchat, 30_004));
+        assert!(chitchat.take_news());
+        // Votes from before it came back are stale.
+        chitchat.on_verdict(vote(30_004, 5, &[30_001, 30_002]));
+        chitchat.update_nodes_liveness();
+        assert!(is_live(&chitchat, 30_004));
+    }
+
+    #[test]
+    fn a_pulse_counts_only_when_it_echoes_and_a_differing_hash_starts_an_exchange() {
+        let mut a = knowing(31_000, &[31_001]);
+        let mut b = knowing(31_001, &[31_000]);
+        let a_pulse = a.pulse_round();
+        let b_pulse = b.pulse_round();
+        assert_eq!(a_pulse.len(), 1);
+        let pulse_of = |out: &[(SocketAddr, ChitchatMessage)]| match &out[0].1 {
+            ChitchatMessage::Pulse {
+                state_hash,
+                heartbeat,
+                echo,
+            } => (*state_hash, *heartbeat, *echo),
+            other => panic!("not a pulse: {other:?}"),
+        };
+        let (hash_a, hb_a, echo_a) = pulse_of(&a_pulse);
+        let (hash_b, _, _) = pulse_of(&b_pulse);
+        assert_eq!(echo_a, Heartbeat(0), "a has heard nothing of b yet");
+        // Each knows only the other and itself, with the same versions:
+        // the hashes agree, and nothing but pulses is sent.
+        assert_eq!(hash_a, hash_b);
+        b.on_pulse(addr(31_000), hash_a, hb_a, echo_a);
+        assert!(b.take_outbox().is_empty());
+        assert!(!b.answered.contains_key(&addr(31_000)), "no echo, no proof");
+        // b's next pulse echoes a's heartbeat: a takes it as a sign of life.
+        let b_pulse = b.pulse_round();
+        let (hash_b, hb_b, echo_b) = pulse_of(&b_pulse);
+        assert_eq!(echo_b, hb_a);
+        a.on_pulse(addr(31_001), hash_b, hb_b, echo_b);
+        assert!(a.answered.contains_key(&addr(31_001)));
+        // A key set on b: its hash differs, and the member with the lower
+        // address starts an exchange.
+        b.self_node_state().set("k", "v");
+        let (hash_b, hb_b, echo_b) = pulse_of(&b.pulse_round());
+        assert_ne!(hash_b, hash_a);
+        a.on_pulse(addr(31_001), hash_b, hb_b, echo_b);
+        let out = a.take_outbox();
+        assert!(
+            out.iter()
+                .any(|(to, m)| *to == addr(31_001)
+                    && matches!(m, ChitchatMessage::SynCompact { .. })),
+            "{out:?}"
+        );
+    }
+}
