@@ -107,7 +107,8 @@ pub struct Timings {
     /// Time between two gossip rounds (`SHOAL_GOSSIP_INTERVAL`, default 100ms).
     pub gossip_interval: Duration,
     /// Phi-accrual threshold above which a silent member is dead
-    /// (`SHOAL_PHI_THRESHOLD`, default 8).
+    /// (`SHOAL_PHI_THRESHOLD`, default 8; 6 with V4, where a neighbour's
+    /// pulses come every round and a silent one is only a vote).
     pub phi_threshold: f64,
     /// How many members each gossip round contacts (`SHOAL_GOSSIP_FANOUT`,
     /// default 3). Gossip traffic grows with it, detection time shrinks.
@@ -267,8 +268,10 @@ impl NodeConfig {
 fn read_timings(env: &Env, protocol: GossipProtocol) -> Result<Timings, ConfigError> {
     let mut d = Timings::default();
     // V4 judges liveness by pulses to neighbours: random peers are extra.
+    // A neighbour pulses every round: 6 silent rounds are a vote.
     let least_fanout = if protocol == GossipProtocol::V4 {
         d.gossip_fanout = 0;
+        d.phi_threshold = 6.0;
         0
     } else {
         1

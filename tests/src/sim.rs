@@ -48,6 +48,10 @@ struct Packet {
 struct NetState {
     sockets: HashMap<SocketAddr, mpsc::UnboundedSender<Packet>>,
     down: HashSet<IpAddr>,
+    /// Members that send but receive nothing (a one-way partition).
+    deaf: HashSet<IpAddr>,
+    /// Members that lose this share of what they send and receive.
+    lossy: HashMap<IpAddr, f64>,
     loss: f64,
     rng: SmallRng,
 }
@@ -68,6 +72,8 @@ impl SimNet {
             state: Arc::new(Mutex::new(NetState {
                 sockets: HashMap::new(),
                 down: HashSet::new(),
+                deaf: HashSet::new(),
+                lossy: HashMap::new(),
                 loss,
                 rng: SmallRng::seed_from_u64(seed),
             })),
@@ -78,6 +84,17 @@ impl SimNet {
     /// Cuts `ip` off both ways: what others see of a killed member.
     pub fn cut(&self, ip: IpAddr) {
         self.lock().down.insert(ip);
+    }
+
+    /// Cuts `ip` off inbound only: it sends, and receives nothing.
+    pub fn deafen(&self, ip: IpAddr) {
+        self.lock().deaf.insert(ip);
+    }
+
+    /// Makes `ip` lose `share` (0 to 1) of the datagrams it sends and of
+    /// those sent to it, besides the network's own loss.
+    pub fn make_lossy(&self, ip: IpAddr, share: f64) {
+        self.lock().lossy.insert(ip, share);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, NetState> {
@@ -124,7 +141,17 @@ impl WireSocket for SimSocket {
 
     async fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
         let mut state = self.net.lock();
-        if state.down.contains(&self.addr.ip()) || state.down.contains(&to.ip()) {
+        if state.down.contains(&self.addr.ip())
+            || state.down.contains(&to.ip())
+            || state.deaf.contains(&to.ip())
+        {
+            return Ok(datagram.len());
+        }
+        let faulty = [self.addr.ip(), to.ip()]
+            .iter()
+            .filter_map(|ip| state.lossy.get(ip).copied())
+            .fold(0.0, f64::max);
+        if faulty > 0.0 && state.rng.random::<f64>() < faulty {
             return Ok(datagram.len());
         }
         let fragments = datagram.len().div_ceil(FRAGMENT).max(1) as i32;

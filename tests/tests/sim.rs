@@ -183,3 +183,151 @@ async fn members_converge_and_detect_under_packet_loss() {
     .await;
     assert!(gone < 1.5, "detection took {gone:.2} s at 5 % loss");
 }
+
+/// Protocol V4's settings (ARCHITECTURE.md, "Membership at scale").
+fn v4(_: usize) -> Vec<(String, String)> {
+    vec![("SHOAL_GOSSIP_PROTOCOL".into(), "v4".into())]
+}
+
+/// Every member of `members` but `except` sees every other one of them;
+/// `false` (and who misses whom, on stderr) if not.
+async fn all_see_each_other(members: &[SimMember], except: &SimMember) -> bool {
+    let mut all = true;
+    for m in members.iter().filter(|m| m.ip != except.ip) {
+        for other in members.iter().filter(|o| o.ip != except.ip && o.ip != m.ip) {
+            if !m.sees(&other.node).await {
+                eprintln!("{} does not see {}", m.node, other.node);
+                all = false;
+            }
+        }
+    }
+    all
+}
+
+/// V4: an idle cluster sends pulses and nothing else (members agree by
+/// hash), and joins and deaths still travel within the budgets.
+#[tokio::test(start_paused = true)]
+async fn v4_members_agree_in_pulses_alone_and_join_and_detect_within_the_budgets() {
+    let net = SimNet::new(Duration::from_millis(1), 0.0, 11);
+    let key = key();
+    let mut members = cluster(&net, &key, 40, v4).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before: Vec<Vec<u64>> = members.iter().map(SimMember::bytes_sent_by_kind).collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut by_kind = vec![0u64; shoal_node::MessageKind::ALL.len()];
+    for (m, b) in members.iter().zip(&before) {
+        for ((t, now), then) in by_kind.iter_mut().zip(m.bytes_sent_by_kind()).zip(b) {
+            *t += now - then;
+        }
+    }
+    let total: u64 = by_kind.iter().sum();
+    let pulses = by_kind[shoal_node::MessageKind::ALL
+        .iter()
+        .position(|k| *k == shoal_node::MessageKind::Pulse)
+        .unwrap()];
+    let per_member = total as f64 / 40.0 / 5.0 / 1000.0;
+    eprintln!("V4 idle gossip at N = 40: {per_member:.2} KB/s per member, {by_kind:?}");
+    assert_eq!(
+        pulses, total,
+        "an idle V4 cluster sends only pulses: {by_kind:?}"
+    );
+    assert!(per_member < 2.5, "{per_member:.2} KB/s per member");
+
+    for trial in 0..4 {
+        let newcomer = spawn_member(&net, 100 + trial, &key, &v4(0)).await.unwrap();
+        let node = newcomer.node.clone();
+        let join = within(&members, Duration::from_secs(5), async |m| {
+            m.sees(&node).await
+        })
+        .await;
+        assert!(join < 0.5, "trial {trial}: join took {join:.2} s");
+        members.push(newcomer);
+
+        let dead = members.remove(3 + trial * 5);
+        dead.kill(&net);
+        let gone = within(&members, Duration::from_secs(5), async |m| {
+            !m.sees(&dead.node).await
+        })
+        .await;
+        // Six silent rounds make a vote (0.6 s), and a round to count them:
+        // ~0.75 s (docs/membership.md); the bound leaves a round of slack.
+        assert!(gone < 1.1, "trial {trial}: detection took {gone:.2} s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// V4: a member that sends but cannot receive, or loses 80 % of its
+/// packets, leaves every view within 2 s, and no healthy member is ever
+/// removed (its votes against its neighbours are one each: no quorum).
+#[tokio::test(start_paused = true)]
+async fn v4_a_deaf_or_lossy_member_leaves_every_view_and_removes_nobody() {
+    for (fault, seed) in [("deaf", 12), ("80 % loss", 13)] {
+        let net = SimNet::new(Duration::from_millis(1), 0.0, seed);
+        let key = key();
+        let members = cluster(&net, &key, 30, v4).await;
+        let faulty = &members[7];
+        if fault == "deaf" {
+            net.deafen(faulty.ip);
+        } else {
+            net.make_lossy(faulty.ip, 0.8);
+        }
+        let others: Vec<&SimMember> = members.iter().filter(|m| m.ip != faulty.ip).collect();
+        let start = Instant::now();
+        loop {
+            let mut out = true;
+            for m in &others {
+                out &= !m.sees(&faulty.node).await;
+            }
+            if out {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "{fault}: still in a view after 2 s"
+            );
+            assert!(
+                all_see_each_other(&members, faulty).await,
+                "{fault}: a healthy member removed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "V4, {fault}: out of every view in {:.2} s",
+            start.elapsed().as_secs_f64()
+        );
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(
+                all_see_each_other(&members, faulty).await,
+                "{fault}: a healthy member removed"
+            );
+        }
+    }
+}
+
+/// V4: a tenth of the members killed at once (a Swarm node dies) are all
+/// out of every view within 1.5 s, under 5 % loss too.
+#[tokio::test(start_paused = true)]
+async fn v4_a_tenth_killed_at_once_leave_every_view() {
+    for (loss, seed) in [(0.0, 14), (0.05, 15)] {
+        let net = SimNet::new(Duration::from_millis(1), loss, seed);
+        let key = key();
+        let mut members = cluster(&net, &key, 50, v4).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let dead: Vec<SimMember> = (0..5).map(|i| members.remove(1 + i * 9)).collect();
+        for d in &dead {
+            d.kill(&net);
+        }
+        let gone = within(&members, Duration::from_secs(5), async |m| {
+            for d in &dead {
+                if m.sees(&d.node).await {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        eprintln!("V4, loss {loss}: 5 of 50 killed, out of every view in {gone:.2} s");
+        assert!(gone < 1.5, "loss {loss}: {gone:.2} s");
+    }
+}

@@ -123,6 +123,12 @@ impl FailureDetector {
         self.dead_nodes.remove(chitchat_id);
     }
 
+    /// shoal patch (V4): forgets `chitchat_id`'s samples (it becomes a
+    /// neighbour again: the gap since its last pulse is no silence).
+    pub fn forget(&mut self, chitchat_id: &ChitchatId) {
+        self.node_samples.remove(chitchat_id);
+    }
+
     /// shoal patch: whether `chitchat_id` is live.
     pub fn is_live(&self, chitchat_id: &ChitchatId) -> bool {
         self.live_nodes.contains(chitchat_id)

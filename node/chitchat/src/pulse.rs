@@ -50,8 +50,18 @@ pub(crate) const RINGS: usize = 2;
 /// Distinct voters that make a node dead (all its neighbours, if fewer).
 pub(crate) const QUORUM: usize = 2;
 /// A pulse proves its sender receives if it echoes one of our heartbeats
-/// of the last that many rounds.
-const ECHO_ROUNDS: usize = 10;
+/// of the last that many rounds: a member that stops receiving stops
+/// counting after as many rounds, on top of the silence that makes a vote.
+const ECHO_ROUNDS: usize = 4;
+/// A node voted dead comes back on that many pulses that echo within
+/// `REVIVAL_ROUNDS` rounds: one that loses most of its packets does not
+/// flap in and out of every view.
+const REVIVAL_PULSES: usize = 8;
+const REVIVAL_ROUNDS: u32 = 10;
+/// A member that still finds a neighbour silent votes again every that
+/// many rounds (a vote is one datagram to each of the node's other
+/// neighbours, and may be lost).
+const REVOTE_ROUNDS: u32 = 3;
 /// Most voters a death carries on the wire.
 const MAX_VOTERS: usize = 16;
 
@@ -120,6 +130,10 @@ pub(crate) struct Pulses {
     /// When each neighbour became one: a neighbour never heard is judged
     /// from then.
     assigned: HashMap<ChitchatId, Instant>,
+    /// When each neighbour's last pulse that echoed came.
+    last_heard: HashMap<ChitchatId, Instant>,
+    /// Pulses that echoed from nodes voted dead (see `REVIVAL_PULSES`).
+    evidence: HashMap<ChitchatId, VecDeque<Instant>>,
     /// The newest id known at each address.
     by_addr: HashMap<SocketAddr, ChitchatId>,
     /// The heartbeat each peer last pulsed us (what we echo).
@@ -270,7 +284,8 @@ impl Chitchat {
         p.answered_at.retain(|addr, _| known.contains_key(addr));
         p.synced_at.retain(|addr, _| known.contains_key(addr));
         p.deaths_sent_at.retain(|addr, _| known.contains_key(addr));
-        p.keys.retain(|id, _| nodes.contains(id) || *id == me);
+        let known: HashSet<&ChitchatId> = nodes.iter().collect();
+        p.keys.retain(|id, _| known.contains(id) || *id == me);
         p.live = nodes
             .into_iter()
             .filter(|id| !p.deaths.contains_key(id))
@@ -281,11 +296,23 @@ impl Chitchat {
         let neighbours = p.neighbours_of(&me);
         let now = Instant::now();
         p.assigned.retain(|id, _| neighbours.contains(id));
+        p.last_heard.retain(|id, _| neighbours.contains(id));
+        let deaths = &p.deaths;
+        p.evidence.retain(|id, _| deaths.contains_key(id));
+        let mut new = Vec::new();
         for id in &neighbours {
-            p.assigned.entry(id.clone()).or_insert(now);
+            if !p.assigned.contains_key(id) {
+                p.assigned.insert(id.clone(), now);
+                new.push(id.clone());
+            }
         }
         p.neighbours = neighbours;
         p.touch();
+        // A new neighbour is judged from now: pulses heard from it when it
+        // was one before say nothing of the gap since.
+        for id in new {
+            self.failure_detector.forget(&id);
+        }
     }
 
     /// The hash of the state: each live member's id and versions (not its
@@ -368,7 +395,7 @@ impl Chitchat {
         let id = p.by_addr.get(&from).cloned();
         let neighbour = id.as_ref().is_some_and(|id| p.neighbours.contains(id));
         let mut out = Vec::new();
-        if !neighbour && due(&mut p.answered_at, from, now, interval) {
+        if !neighbour && due(&mut p.answered_at, from, now, interval / 2) {
             out.push(ChitchatMessage::Pulse {
                 state_hash: our_hash,
                 heartbeat: our_heartbeat,
@@ -395,11 +422,27 @@ impl Chitchat {
                     .collect();
             }
         }
-        if receives {
+        // A node voted dead proves it is back by pulsing steadily, not once.
+        let counts = match &id {
+            Some(id) if receives && p.deaths.contains_key(id) => {
+                let seen = p.evidence.entry(id.clone()).or_default();
+                seen.push_back(now);
+                while seen
+                    .front()
+                    .is_some_and(|at| now.duration_since(*at) > interval * REVIVAL_ROUNDS)
+                {
+                    seen.pop_front();
+                }
+                seen.len() >= REVIVAL_PULSES
+            }
+            _ => receives,
+        };
+        if counts {
             self.answered.insert(from, now);
             if let Some(id) = &id {
                 if neighbour {
                     self.failure_detector.report_heartbeat(id);
+                    p.last_heard.insert(id.clone(), now);
                 }
                 self.note_heartbeat(id, heartbeat);
             }
@@ -546,10 +589,9 @@ impl Chitchat {
             let Some(p) = self.pulses.as_mut() else {
                 return;
             };
-            if p.voted_at
-                .get(&id)
-                .is_some_and(|at| now.duration_since(*at) < self.config.gossip_interval * 10)
-            {
+            if p.voted_at.get(&id).is_some_and(|at| {
+                now.duration_since(*at) < self.config.gossip_interval * REVOTE_ROUNDS
+            }) {
                 continue;
             }
             p.voted_at.insert(id.clone(), now);
@@ -576,7 +618,8 @@ impl Chitchat {
             return;
         };
         p.voted_at.retain(|id, at| {
-            now.duration_since(*at) < self.config.gossip_interval * 10 && !p.deaths.contains_key(id)
+            now.duration_since(*at) < self.config.gossip_interval * REVOTE_ROUNDS
+                && !p.deaths.contains_key(id)
         });
         let nodes: HashSet<&ChitchatId> = self.cluster_state.nodes().collect();
         p.deaths.retain(|id, _| nodes.contains(id));
