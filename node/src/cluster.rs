@@ -41,6 +41,8 @@ struct Inner {
     stats: Arc<GossipStats>,
     gossip_interval: Duration,
     drain_announce: Duration,
+    /// What this gateway shares with the others (figures, demand).
+    shared: Arc<shared::Shared>,
 }
 
 impl Cluster {
@@ -49,6 +51,13 @@ impl Cluster {
         let advertise_ip = resolve_advertise(config).await?;
         let gossip = Gossip::spawn(config, role, advertise_ip, Arc::new(Udp)).await?;
         let view_rx = spawn_view_builder(&gossip.handle);
+        // A part of a shared set, sealed in a direct message, fits a
+        // datagram of the gossip MTU.
+        let room = config
+            .gossip_mtu
+            .saturating_sub(128 + config.cluster.len())
+            .max(256);
+        let shared = shared::Shared::start(&gossip.handle, room);
         let t = &config.timings;
         Ok(Cluster {
             inner: Arc::new(Inner {
@@ -59,6 +68,7 @@ impl Cluster {
                 stats: gossip.stats,
                 gossip_interval: t.gossip_interval,
                 drain_announce: t.drain_announce,
+                shared,
             }),
         })
     }
@@ -121,31 +131,37 @@ impl Cluster {
         });
     }
 
-    /// Publishes this gateway's traffic figures (replacing the previous
-    /// ones: records of services and instances no longer in `stats` are
-    /// deleted). A record whose value did not change is not sent again.
+    /// Publishes this gateway's traffic figures to the other gateways
+    /// (replacing the previous ones: records of services and instances no
+    /// longer in `stats` are gone). Sent to them alone: services carry
+    /// nothing of it.
     pub async fn publish_stats(&self, stats: &GatewayStats) {
-        let chitchat = self.inner.handle.chitchat();
-        shared::publish_stats(&mut *chitchat.lock().await, stats);
+        let inner = &self.inner;
+        let chitchat = inner.handle.chitchat();
+        let c = chitchat.lock().await;
+        shared::publish_stats(&c, &inner.handle, &inner.shared, stats);
     }
 
     /// Every live gateway's figures, merged.
     pub async fn cluster_stats(&self) -> ClusterStats {
         let chitchat = self.inner.handle.chitchat();
-        shared::cluster_stats(&*chitchat.lock().await)
+        shared::cluster_stats(&*chitchat.lock().await, &self.inner.shared)
     }
 
-    /// Publishes this gateway's rate-limit demand, per service (replacing
-    /// the previous one: a service no longer listed is deleted).
+    /// Publishes this gateway's rate-limit demand, per service, to the other
+    /// gateways (replacing the previous one: a service no longer listed is
+    /// gone).
     pub async fn publish_demand(&self, demands: Vec<(String, Demand)>) {
-        let chitchat = self.inner.handle.chitchat();
-        shared::publish_demand(&mut *chitchat.lock().await, demands);
+        let inner = &self.inner;
+        let chitchat = inner.handle.chitchat();
+        let c = chitchat.lock().await;
+        shared::publish_demand(&c, &inner.handle, &inner.shared, demands);
     }
 
     /// The other live gateways' rate-limit demand, as `(service, demand)`.
     pub async fn demands(&self) -> Vec<(String, Demand)> {
         let chitchat = self.inner.handle.chitchat();
-        shared::demands(&*chitchat.lock().await)
+        shared::demands(&*chitchat.lock().await, &self.inner.shared)
     }
 
     /// Publishes a new health.

@@ -94,6 +94,8 @@ pub enum MessageKind {
     Ack,
     /// V4's pulses between neighbours.
     Pulse,
+    /// What gateways send each other alone (figures, demand).
+    Direct,
     /// Death notices (V2), votes (V4), resync requests (V3) and
     /// wrong-cluster refusals.
     Other,
@@ -101,8 +103,14 @@ pub enum MessageKind {
 
 impl MessageKind {
     /// Every kind, in index order.
-    pub const ALL: [MessageKind; 5] =
-        [Self::Syn, Self::SynAck, Self::Ack, Self::Pulse, Self::Other];
+    pub const ALL: [MessageKind; 6] = [
+        Self::Syn,
+        Self::SynAck,
+        Self::Ack,
+        Self::Pulse,
+        Self::Direct,
+        Self::Other,
+    ];
 
     /// Its name in reports.
     pub fn name(self) -> &'static str {
@@ -111,6 +119,7 @@ impl MessageKind {
             Self::SynAck => "syn-ack",
             Self::Ack => "ack",
             Self::Pulse => "pulse",
+            Self::Direct => "direct",
             Self::Other => "other",
         }
     }
@@ -122,6 +131,7 @@ impl MessageKind {
             M::SynAck { .. } | M::SynAckCompact { .. } => Self::SynAck,
             M::Ack { .. } => Self::Ack,
             M::Pulse { .. } => Self::Pulse,
+            M::Direct { .. } => Self::Direct,
             _ => Self::Other,
         }
     }

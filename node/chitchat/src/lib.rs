@@ -422,6 +422,8 @@ impl Chitchat {
                 }
                 None
             }
+            // The server hands these to the application before us.
+            ChitchatMessage::Direct { .. } => None,
             ChitchatMessage::Verdict { cluster_id, deaths } => {
                 if cluster_id == self.cluster_id() {
                     self.on_verdict(deaths);

@@ -64,6 +64,13 @@ pub enum ChitchatMessage {
         cluster_id: String,
         deaths: Vec<crate::pulse::Death>,
     },
+    /// (shoal patch) Bytes for one member only, handed to its application
+    /// (see `ChitchatHandle::send_direct`): what only some members read
+    /// travels to them alone, not into every member's state.
+    Direct {
+        cluster_id: String,
+        payload: Vec<u8>,
+    },
     /// A message used by tests to trigger a panic
     #[cfg(test)]
     PanicForTest,

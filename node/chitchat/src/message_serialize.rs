@@ -33,6 +33,7 @@ enum MessageType {
     Resync = 7u8,
     Pulse = 8u8,
     Verdict = 9u8,
+    Direct = 10u8,
     #[cfg(test)]
     PanicForTest = 255u8,
 }
@@ -50,6 +51,7 @@ impl MessageType {
             7 => Some(Self::Resync),
             8 => Some(Self::Pulse),
             9 => Some(Self::Verdict),
+            10 => Some(Self::Direct),
             #[cfg(test)]
             255 => Some(Self::PanicForTest),
             _ => None,
@@ -132,6 +134,15 @@ impl ChitchatEnvelope {
                     death.serialize(buf);
                 }
             }
+            ChitchatMessage::Direct {
+                cluster_id,
+                payload,
+            } => {
+                buf.push(MessageType::Direct.to_code());
+                cluster_id.serialize(buf);
+                (payload.len() as u32).serialize(buf);
+                buf.extend_from_slice(payload);
+            }
             #[cfg(test)]
             ChitchatMessage::PanicForTest => {
                 buf.push(MessageType::PanicForTest.to_code());
@@ -168,7 +179,9 @@ impl ChitchatEnvelope {
                     self.serialize_to_vec().len() - Self::HEADER_LEN
                 }
                 ChitchatMessage::Resync => 0,
-                ChitchatMessage::Pulse { .. } | ChitchatMessage::Verdict { .. } => {
+                ChitchatMessage::Pulse { .. }
+                | ChitchatMessage::Verdict { .. }
+                | ChitchatMessage::Direct { .. } => {
                     self.serialize_to_vec().len() - Self::HEADER_LEN
                 }
                 #[cfg(test)]
@@ -248,6 +261,19 @@ impl ChitchatEnvelope {
                     deaths.push(crate::pulse::Death::deserialize(buf)?);
                 }
                 ChitchatMessage::Verdict { cluster_id, deaths }
+            }
+            MessageType::Direct => {
+                let cluster_id = String::deserialize(buf)?;
+                let len = u32::deserialize(buf)? as usize;
+                if buf.len() < len {
+                    bail!("direct message: {len} bytes announced, {} left", buf.len());
+                }
+                let payload = buf[..len].to_vec();
+                buf.consume(len);
+                ChitchatMessage::Direct {
+                    cluster_id,
+                    payload,
+                }
             }
             #[cfg(test)]
             MessageType::PanicForTest => ChitchatMessage::PanicForTest,

@@ -27,7 +27,14 @@ pub struct ChitchatHandle {
     chitchat: Arc<Mutex<Chitchat>>,
     join_handle: JoinHandle<Result<(), anyhow::Error>>,
     termination_watcher: watch::Receiver<Option<Result<(), String>>>,
+    /// shoal patch: direct messages received, until the application takes
+    /// them (see [`ChitchatHandle::take_direct_receiver`]).
+    direct_rx: std::sync::Mutex<Option<mpsc::Receiver<(SocketAddr, Vec<u8>)>>>,
 }
+
+/// shoal patch: direct messages waiting for the application; beyond, new
+/// ones are dropped (they are periodic: the next one replaces them).
+const DIRECT_QUEUE: usize = 1024;
 
 impl ChitchatHandle {
     pub fn abort(&self) {
@@ -130,6 +137,7 @@ pub async fn spawn_chitchat(
     transport: &dyn Transport,
 ) -> anyhow::Result<ChitchatHandle> {
     let (command_tx, command_rx) = mpsc::unbounded_channel();
+    let (direct_tx, direct_rx) = mpsc::channel(DIRECT_QUEUE);
 
     let seed_addrs: watch::Receiver<HashSet<SocketAddr>> =
         spawn_dns_refresh_loop(&config.seed_nodes).await;
@@ -143,7 +151,7 @@ pub async fn spawn_chitchat(
 
     let (termination_watcher_sender, termination_watcher) = watch::channel(None);
     let join_handle = tokio::spawn(async move {
-        let result = Server::new(command_rx, chitchat_arc_clone, socket)
+        let result = Server::new(command_rx, chitchat_arc_clone, socket, direct_tx)
             .await
             .run()
             .await;
@@ -158,10 +166,28 @@ pub async fn spawn_chitchat(
         chitchat: chitchat_arc,
         join_handle,
         termination_watcher,
+        direct_rx: std::sync::Mutex::new(Some(direct_rx)),
     })
 }
 
 impl ChitchatHandle {
+    /// shoal patch: sends `payload` to the member at `addr` alone, as a
+    /// [`ChitchatMessage::Direct`]; its application receives it from
+    /// [`Self::take_direct_receiver`]. Not stored, not relayed, not retried.
+    pub fn send_direct(&self, addr: SocketAddr, payload: Vec<u8>) -> Result<(), anyhow::Error> {
+        self.command_tx.send(Command::Direct(addr, payload))?;
+        Ok(())
+    }
+
+    /// shoal patch: the direct messages this member receives, as `(sender's
+    /// gossip address, payload)`; `None` once taken.
+    pub fn take_direct_receiver(&self) -> Option<mpsc::Receiver<(SocketAddr, Vec<u8>)>> {
+        self.direct_rx
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
     pub fn chitchat_id(&self) -> &ChitchatId {
         &self.chitchat_id
     }
@@ -230,6 +256,10 @@ struct Server {
     older_peers: std::collections::HashMap<SocketAddr, ProtocolVersion>,
     /// The version we speak (the configuration's).
     version: ProtocolVersion,
+    /// shoal patch: where direct messages go, and the cluster they must be
+    /// addressed to.
+    direct_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    cluster_id: String,
 }
 
 /// shoal patch: at most this many peers remembered as speaking an older
@@ -241,11 +271,20 @@ impl Server {
         command_rx: UnboundedReceiver<Command>,
         chitchat: Arc<Mutex<Chitchat>>,
         transport: Box<dyn Socket>,
+        direct_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     ) -> Self {
         let rng = SmallRng::from_rng(&mut rng());
-        let version = chitchat.lock().await.config.protocol_version;
+        let (version, cluster_id) = {
+            let chitchat = chitchat.lock().await;
+            (
+                chitchat.config.protocol_version,
+                chitchat.cluster_id().to_string(),
+            )
+        };
         Self {
             version,
+            direct_tx,
+            cluster_id,
             chitchat,
             command_rx,
             transport,
@@ -283,6 +322,20 @@ impl Server {
                     Some(Command::Gossip(addr)) => {
                         let _ = self.gossip(addr).await;
                     },
+                    Some(Command::Direct(addr, payload)) => {
+                        let message = ChitchatMessage::Direct {
+                            cluster_id: self.cluster_id.clone(),
+                            payload,
+                        };
+                        let version = self.version_for(addr);
+                        if let Err(error) = self
+                            .transport
+                            .send(addr, ChitchatEnvelope { version, message })
+                            .await
+                        {
+                            debug!(%error, peer = %addr, "failed to send a direct message");
+                        }
+                    },
                     Some(Command::Shutdown) | None => break,
                 }
             }
@@ -298,6 +351,17 @@ impl Server {
     ) -> anyhow::Result<()> {
         let version = envelope.version;
         self.note_version(from_addr, version);
+        // shoal patch: a direct message goes to the application as it is.
+        if let ChitchatMessage::Direct {
+            cluster_id,
+            payload,
+        } = envelope.message
+        {
+            if cluster_id == self.cluster_id {
+                let _ = self.direct_tx.try_send((from_addr, payload));
+            }
+            return Ok(());
+        }
         // Handle gossip message from other servers.
         // shoal patch: the sender's address goes along (see `process_message_from`).
         let (response, spread_to) = {
@@ -625,6 +689,8 @@ fn rumor_peers(
 #[derive(Debug)]
 enum Command {
     Gossip(SocketAddr),
+    /// shoal patch: a direct message to send.
+    Direct(SocketAddr, Vec<u8>),
     Shutdown,
 }
 

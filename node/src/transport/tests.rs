@@ -252,3 +252,10 @@ async fn state_transfer(mtu: usize, keys: usize) {
         "MTU {mtu}: the state took more than one datagram"
     );
 }
+
+#[test]
+fn every_message_kind_has_its_own_counter() {
+    for (i, kind) in MessageKind::ALL.iter().enumerate() {
+        assert_eq!(*kind as usize, i, "{} out of place in ALL", kind.name());
+    }
+}
