@@ -213,6 +213,11 @@ impl SimMember {
         self.gossip.handle.chitchat_id().clone()
     }
 
+    /// Its chitchat, to look into.
+    pub fn chitchat(&self) -> Arc<tokio::sync::Mutex<chitchat::Chitchat>> {
+        self.gossip.handle.chitchat()
+    }
+
     /// Its gossip address.
     pub fn gossip_addr(&self) -> SocketAddr {
         self.gossip.handle.chitchat_id().gossip_advertise_addr

@@ -55,7 +55,7 @@ impl Deserializable for (ChitchatId, NodeDigest) {
 ///
 /// It is equivalent to a map
 /// peer -> (heartbeat, max version).
-#[derive(Debug, Default, Eq, PartialEq)]
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
 pub struct Digest {
     pub(crate) node_digests: BTreeMap<ChitchatId, NodeDigest>,
 }
@@ -115,12 +115,19 @@ impl Digest {
     /// `theirs` needs — nodes it does not list, nodes whose heartbeat is
     /// newer here, and nodes of which it has newer versions (so that it sends
     /// them). Everything left out is as up to date there as here.
+    #[cfg(test)]
     pub(crate) fn diff_against(&self, theirs: &Digest) -> Digest {
+        self.diff_against_with(theirs, true)
+    }
+
+    /// `diff_against`; `heartbeats` false (shoal patch, V4, where liveness
+    /// is not in digests): a newer heartbeat alone is no difference.
+    pub(crate) fn diff_against_with(&self, theirs: &Digest, heartbeats: bool) -> Digest {
         let node_digests = merge_join(self.node_digests.iter(), &theirs.node_digests)
             .filter(|(_, ours, their)| match their {
                 None => true,
                 Some(their) => {
-                    ours.heartbeat > their.heartbeat
+                    (heartbeats && ours.heartbeat > their.heartbeat)
                         || ours.max_version < their.max_version
                         || ours.last_gc_version != their.last_gc_version
                 }

@@ -246,6 +246,20 @@ impl Chitchat {
         version: ProtocolVersion,
         form: impl FnOnce(Digest) -> (D, usize),
     ) -> (D, Delta) {
+        self.answer_syn_in(digest, from, now, version, None, form)
+    }
+
+    /// `answer_syn`, over the nodes of the buckets in `scope` only (shoal
+    /// patch, V4's `SynScoped`), or all.
+    fn answer_syn_in<D>(
+        &mut self,
+        digest: &Digest,
+        from: Option<SocketAddr>,
+        now: tokio::time::Instant,
+        version: ProtocolVersion,
+        scope: Option<u64>,
+        form: impl FnOnce(Digest) -> (D, usize),
+    ) -> (D, Delta) {
         let proof_window = self.config.failure_detector_config.initial_interval * 10;
         let sender_answered = from.is_some_and(|from| {
             self.answered
@@ -261,16 +275,26 @@ impl Chitchat {
             self.report_heartbeat(chitchat_id, node_digest.heartbeat);
         }
         let scheduled_for_deletion: HashSet<_> = self.scheduled_for_deletion_nodes().collect();
+        // shoal patch (V4): nodes out of scope are left out of both the
+        // digest and the delta.
+        let scope = scope.unwrap_or(u64::MAX);
         let mut self_digest = self.compute_digest(&scheduled_for_deletion);
+        if scope != u64::MAX {
+            self_digest
+                .node_digests
+                .retain(|id, _| pulse::in_scope(id, scope));
+        }
         // shoal patch: from V2 on, only what the initiator needs.
         if version >= ProtocolVersion::V2 {
-            self_digest = self_digest.diff_against(digest);
+            self_digest = self_digest.diff_against_with(digest, version < ProtocolVersion::V4);
         }
         let (reply_digest, digest_len) = form(self_digest);
-        let delta = self.cluster_state.compute_partial_delta_respecting_mtu(
+        let delta = self.cluster_state.compute_delta_within(
             digest,
             delta_mtu(self.config.max_message_len, digest_len),
             &scheduled_for_deletion,
+            false,
+            |id| pulse::in_scope(id, scope),
         );
         (reply_digest, delta)
     }
@@ -424,6 +448,28 @@ impl Chitchat {
             }
             // The server hands these to the application before us.
             ChitchatMessage::Direct { .. } => None,
+            // shoal patch (V4): state compared bucket by bucket.
+            ChitchatMessage::Buckets { hashes } => {
+                if let Some(from) = from {
+                    self.on_buckets(from, &hashes);
+                }
+                None
+            }
+            ChitchatMessage::SynScoped {
+                cluster_id,
+                scope,
+                digest,
+            } => {
+                if cluster_id != self.cluster_id() {
+                    return Some(self.bad_cluster(&cluster_id));
+                }
+                let (digest, delta) =
+                    self.answer_syn_in(&digest, from, now, version, Some(scope), |diff| {
+                        let len = diff.serialized_len(version);
+                        (diff, len)
+                    });
+                Some(ChitchatMessage::SynAck { digest, delta })
+            }
             ChitchatMessage::Verdict { cluster_id, deaths } => {
                 if cluster_id == self.cluster_id() {
                     self.on_verdict(deaths);
@@ -496,6 +542,7 @@ impl Chitchat {
                 self.news = true;
                 if let Some(p) = self.pulses.as_mut() {
                     p.touch();
+                    p.note_news(chitchat_id);
                 }
             }
             self.cluster_state.node_state_mut_or_init(chitchat_id)
@@ -717,6 +764,7 @@ impl Chitchat {
                 self.news = true;
                 if let Some(p) = self.pulses.as_mut() {
                     p.touch();
+                    p.note_news(chitchat_id);
                 }
             }
             self.cluster_state.node_state_mut_or_init(chitchat_id)

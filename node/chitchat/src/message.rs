@@ -64,6 +64,19 @@ pub enum ChitchatMessage {
         cluster_id: String,
         deaths: Vec<crate::pulse::Death>,
     },
+    /// (shoal patch, protocol V4) The sender's state hash by bucket of
+    /// nodes (see `pulse::BUCKETS`), sent when whole-state hashes differ:
+    /// the receiver answers with a [`Self::SynScoped`] over the buckets
+    /// that differ.
+    Buckets { hashes: Vec<u64> },
+    /// (shoal patch, protocol V4) A SYN over the nodes of some buckets only
+    /// (`scope`, a bit per bucket): the digest lists those, and the answer
+    /// (a V2 SYN-ACK) and its ACK carry those alone.
+    SynScoped {
+        cluster_id: String,
+        scope: u64,
+        digest: Digest,
+    },
     /// (shoal patch) Bytes for one member only, handed to its application
     /// (see `ChitchatHandle::send_direct`): what only some members read
     /// travels to them alone, not into every member's state.

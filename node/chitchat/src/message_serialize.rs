@@ -34,6 +34,8 @@ enum MessageType {
     Pulse = 8u8,
     Verdict = 9u8,
     Direct = 10u8,
+    Buckets = 11u8,
+    SynScoped = 12u8,
     #[cfg(test)]
     PanicForTest = 255u8,
 }
@@ -52,6 +54,8 @@ impl MessageType {
             8 => Some(Self::Pulse),
             9 => Some(Self::Verdict),
             10 => Some(Self::Direct),
+            11 => Some(Self::Buckets),
+            12 => Some(Self::SynScoped),
             #[cfg(test)]
             255 => Some(Self::PanicForTest),
             _ => None,
@@ -134,6 +138,23 @@ impl ChitchatEnvelope {
                     death.serialize(buf);
                 }
             }
+            ChitchatMessage::Buckets { hashes } => {
+                buf.push(MessageType::Buckets.to_code());
+                (hashes.len() as u16).serialize(buf);
+                for hash in hashes {
+                    hash.serialize(buf);
+                }
+            }
+            ChitchatMessage::SynScoped {
+                cluster_id,
+                scope,
+                digest,
+            } => {
+                buf.push(MessageType::SynScoped.to_code());
+                scope.serialize(buf);
+                digest.serialize(self.version, buf);
+                cluster_id.serialize(buf);
+            }
             ChitchatMessage::Direct {
                 cluster_id,
                 payload,
@@ -181,7 +202,9 @@ impl ChitchatEnvelope {
                 ChitchatMessage::Resync => 0,
                 ChitchatMessage::Pulse { .. }
                 | ChitchatMessage::Verdict { .. }
-                | ChitchatMessage::Direct { .. } => {
+                | ChitchatMessage::Direct { .. }
+                | ChitchatMessage::Buckets { .. }
+                | ChitchatMessage::SynScoped { .. } => {
                     self.serialize_to_vec().len() - Self::HEADER_LEN
                 }
                 #[cfg(test)]
@@ -261,6 +284,26 @@ impl ChitchatEnvelope {
                     deaths.push(crate::pulse::Death::deserialize(buf)?);
                 }
                 ChitchatMessage::Verdict { cluster_id, deaths }
+            }
+            MessageType::Buckets => {
+                let len = u16::deserialize(buf)?;
+                if usize::from(len) > crate::pulse::BUCKETS {
+                    bail!("{len} buckets (at most {})", crate::pulse::BUCKETS);
+                }
+                let hashes = (0..len)
+                    .map(|_| u64::deserialize(buf))
+                    .collect::<anyhow::Result<_>>()?;
+                ChitchatMessage::Buckets { hashes }
+            }
+            MessageType::SynScoped => {
+                let scope = u64::deserialize(buf)?;
+                let digest = Digest::deserialize(version, buf)?;
+                let cluster_id = String::deserialize(buf)?;
+                ChitchatMessage::SynScoped {
+                    cluster_id,
+                    scope,
+                    digest,
+                }
             }
             MessageType::Direct => {
                 let cluster_id = String::deserialize(buf)?;

@@ -43,8 +43,15 @@ use tokio::time::Instant;
 
 use crate::compact::Fnv;
 use crate::serialize::{Deserializable, Serializable};
-use crate::{Chitchat, ChitchatId, ChitchatMessage, Heartbeat, ProtocolVersion};
+use crate::{Chitchat, ChitchatId, ChitchatMessage, Heartbeat};
 
+/// Buckets of nodes (by the id's place on the first ring) whose hashes two
+/// members compare when their whole-state hashes differ: an exchange then
+/// carries the nodes of the buckets that differ, not every node.
+pub(crate) const BUCKETS: usize = 64;
+/// Most buckets one scoped exchange covers, so that its digest fits a
+/// datagram; the others wait for the next exchange.
+const SCOPE_BUCKETS: usize = 8;
 /// Rings of the neighbour graph: up to two neighbours per ring.
 pub(crate) const RINGS: usize = 2;
 /// Distinct voters that make a node dead (all its neighbours, if fewer).
@@ -154,8 +161,25 @@ pub(crate) struct Pulses {
     answered_at: HashMap<SocketAddr, Instant>,
     synced_at: HashMap<SocketAddr, Instant>,
     deaths_sent_at: HashMap<SocketAddr, Instant>,
-    /// The state hash, until something it covers changes.
-    hash: Option<u64>,
+    /// The state hash and its buckets', until something they cover changes.
+    hash: Option<(u64, Vec<u64>)>,
+    /// The buckets of the nodes that were news since the server last asked.
+    news_scope: u64,
+    /// Where the next scoped exchange starts among the buckets that differ.
+    scope_cursor: usize,
+    /// The `(set epoch, deaths epoch)` the failure detector's live and
+    /// dead sets were last marked for.
+    marked_for: Option<(u64, u64)>,
+}
+
+/// The bucket of a node whose ring keys are `keys`.
+fn bucket_of(keys: &[u64; RINGS]) -> usize {
+    (keys[0] >> (64 - BUCKETS.trailing_zeros())) as usize
+}
+
+/// Whether `id`'s bucket is in `scope` (a bit per bucket).
+pub(crate) fn in_scope(id: &ChitchatId, scope: u64) -> bool {
+    scope == u64::MAX || scope & (1 << bucket_of(&[ring_key(id, 0), 0])) != 0
 }
 
 /// `true` (and notes `now`) if nothing was noted for `key` within `every`.
@@ -174,15 +198,23 @@ fn due(
     }
 }
 
+/// `id`'s place on each ring: FNV-1a over the ring's number and the id's
+/// fields (no allocation: this runs for every node of every scope check).
 fn ring_keys(id: &ChitchatId) -> [u64; RINGS] {
-    let mut wire = Vec::with_capacity(64);
-    id.serialize(&mut wire);
-    std::array::from_fn(|ring| {
-        let mut hash = Fnv::default();
-        hash.write(&[ring as u8]);
-        hash.write(&wire);
-        hash.0
-    })
+    std::array::from_fn(|ring| ring_key(id, ring))
+}
+
+fn ring_key(id: &ChitchatId, ring: usize) -> u64 {
+    let mut hash = Fnv::default();
+    hash.write(&[ring as u8]);
+    hash.write(id.node_id.as_bytes());
+    hash.write(&id.generation_id.to_le_bytes());
+    match id.gossip_advertise_addr.ip() {
+        std::net::IpAddr::V4(ip) => hash.write(&ip.octets()),
+        std::net::IpAddr::V6(ip) => hash.write(&ip.octets()),
+    }
+    hash.write(&id.gossip_advertise_addr.port().to_le_bytes());
+    hash.0
 }
 
 impl Pulses {
@@ -194,6 +226,12 @@ impl Pulses {
     /// The state hash changes: recompute on next use.
     pub(crate) fn touch(&mut self) {
         self.hash = None;
+    }
+
+    /// `id` is news (new here, or back): its bucket goes in the rumor.
+    pub(crate) fn note_news(&mut self, id: &ChitchatId) {
+        let keys = self.key(id);
+        self.news_scope |= 1 << bucket_of(&keys);
     }
 
     fn key(&mut self, id: &ChitchatId) -> [u64; RINGS] {
@@ -316,28 +354,97 @@ impl Chitchat {
     }
 
     /// The hash of the state: each live member's id and versions (not its
-    /// heartbeat), order-free.
-    pub(crate) fn state_hash(&mut self) -> u64 {
+    /// heartbeat), order-free; and the same by bucket (they sum to it).
+    fn hashes(&mut self) -> (u64, Vec<u64>) {
         self.refresh_neighbours();
         let Some(p) = self.pulses.as_mut() else {
-            return 0;
+            return (0, Vec::new());
         };
-        if let Some(hash) = p.hash {
-            return hash;
+        if let Some(hashes) = &p.hash {
+            return hashes.clone();
         }
-        let mut sum = 0u64;
+        let mut buckets = vec![0u64; BUCKETS];
         for id in &p.live {
             let Some(state) = self.cluster_state.node_state(id) else {
                 continue;
             };
-            let key = p.keys.get(id).map_or(0, |keys| keys[0]);
-            let mut h = Fnv(key);
+            let keys = p.keys.get(id).copied().unwrap_or_else(|| ring_keys(id));
+            let mut h = Fnv(keys[0]);
             h.write(&state.max_version().to_le_bytes());
             h.write(&state.last_gc_version().to_le_bytes());
-            sum = sum.wrapping_add(h.0);
+            let bucket = &mut buckets[bucket_of(&keys)];
+            *bucket = bucket.wrapping_add(h.0);
         }
-        p.hash = Some(sum);
-        sum
+        let sum = buckets.iter().fold(0u64, |a, b| a.wrapping_add(*b));
+        p.hash = Some((sum, buckets.clone()));
+        (sum, buckets)
+    }
+
+    /// The hash of the state (see [`Self::hashes`]).
+    pub fn state_hash(&mut self) -> u64 {
+        if let Some((hash, _)) = self.pulses.as_ref().and_then(|p| p.hash.as_ref()) {
+            if self.pulses.as_ref().and_then(|p| p.computed_for)
+                == Some((
+                    self.cluster_state.set_epoch(),
+                    self.pulses.as_ref().map_or(0, |p| p.deaths_epoch),
+                ))
+            {
+                return *hash;
+            }
+        }
+        self.hashes().0
+    }
+
+    /// Bucket hashes from `from`, whose state hash differs from ours: a SYN
+    /// over the buckets that differ.
+    pub(crate) fn on_buckets(&mut self, from: SocketAddr, theirs: &[u64]) {
+        let (_, ours) = self.hashes();
+        let differ: Vec<usize> = ours
+            .iter()
+            .zip(theirs)
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, _)| i)
+            .collect();
+        // At most `SCOPE_BUCKETS` of them, from a point that moves, so that
+        // every bucket gets its turn.
+        let start = self.pulses.as_mut().map_or(0, |p| {
+            p.scope_cursor = p.scope_cursor.wrapping_add(SCOPE_BUCKETS);
+            p.scope_cursor
+        });
+        let scope = (0..differ.len().min(SCOPE_BUCKETS))
+            .map(|i| differ[(start + i) % differ.len()])
+            .fold(0u64, |scope, bucket| scope | 1 << bucket);
+        if scope != 0 {
+            let syn = self.scoped_syn(scope);
+            self.outbox.push((from, syn));
+        }
+    }
+
+    /// A SYN over the nodes of the buckets in `scope`.
+    pub(crate) fn scoped_syn(&mut self, scope: u64) -> ChitchatMessage {
+        let out: HashSet<&ChitchatId> = self.scheduled_for_deletion_nodes().collect();
+        let node_digests = self
+            .cluster_state
+            .node_states()
+            .iter()
+            .filter(|(id, _)| in_scope(id, scope) && !out.contains(id))
+            .map(|(id, state)| (id.clone(), state.digest()))
+            .collect();
+        ChitchatMessage::SynScoped {
+            cluster_id: self.config.cluster_id.clone(),
+            scope,
+            digest: crate::digest::Digest { node_digests },
+        }
+    }
+
+    /// The buckets of the news since the last call (all, if the news named
+    /// no node).
+    pub(crate) fn take_news_scope(&mut self) -> u64 {
+        match self.pulses.as_mut() {
+            Some(p) if p.news_scope != 0 => std::mem::take(&mut p.news_scope),
+            _ => u64::MAX,
+        }
     }
 
     /// A round: our pulse to each neighbour.
@@ -448,7 +555,8 @@ impl Chitchat {
             }
         }
         if sync {
-            out.push(self.create_syn_message_for(ProtocolVersion::V4));
+            let hashes = self.hashes().1;
+            out.push(ChitchatMessage::Buckets { hashes });
         }
         if !deaths.is_empty() {
             out.push(ChitchatMessage::Verdict {
@@ -478,6 +586,7 @@ impl Chitchat {
             p.deaths.remove(id);
             p.votes.remove(id);
             p.revived.insert(id.clone(), heartbeat);
+            p.note_news(id);
             p.deaths_epoch += 1;
             p.touch();
             self.news = true;
@@ -621,6 +730,13 @@ impl Chitchat {
             now.duration_since(*at) < self.config.gossip_interval * REVOTE_ROUNDS
                 && !p.deaths.contains_key(id)
         });
+        // Live and dead as the votes say: only when the node set or the
+        // deaths changed (this runs every round).
+        let marks = (self.cluster_state.set_epoch(), p.deaths_epoch);
+        if p.marked_for == Some(marks) {
+            return;
+        }
+        p.marked_for = Some(marks);
         let nodes: HashSet<&ChitchatId> = self.cluster_state.nodes().collect();
         p.deaths.retain(|id, _| nodes.contains(id));
         p.revived.retain(|id, _| nodes.contains(id));
@@ -672,7 +788,7 @@ mod tests {
     use tokio::sync::watch;
 
     use super::*;
-    use crate::ChitchatConfig;
+    use crate::{ChitchatConfig, ProtocolVersion};
 
     fn member(port: u16) -> Chitchat {
         let mut config = ChitchatConfig::for_test(port);
@@ -818,17 +934,135 @@ mod tests {
         a.on_pulse(addr(31_001), hash_b, hb_b, echo_b);
         assert!(a.answered.contains_key(&addr(31_001)));
         // A key set on b: its hash differs, and the member with the lower
-        // address starts an exchange.
+        // address sends its hashes by bucket; b answers with a SYN over the
+        // one bucket that differs (its own node's), naming b alone.
         b.self_node_state().set("k", "v");
         let (hash_b, hb_b, echo_b) = pulse_of(&b.pulse_round());
         assert_ne!(hash_b, hash_a);
         a.on_pulse(addr(31_001), hash_b, hb_b, echo_b);
         let out = a.take_outbox();
+        let hashes = out
+            .iter()
+            .find_map(|(to, m)| match m {
+                ChitchatMessage::Buckets { hashes } if *to == addr(31_001) => Some(hashes.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no bucket hashes to b: {out:?}"));
+        assert_eq!(hashes.len(), BUCKETS);
+        b.on_buckets(addr(31_000), &hashes);
+        let out = b.take_outbox();
+        match &out[..] {
+            [(to, ChitchatMessage::SynScoped { scope, digest, .. })] => {
+                assert_eq!(*to, addr(31_000));
+                assert_eq!(scope.count_ones(), 1, "{scope:b}");
+                let named: Vec<u16> = digest
+                    .node_digests
+                    .keys()
+                    .map(|id| id.gossip_advertise_addr.port())
+                    .collect();
+                assert!(named.contains(&31_001), "{named:?}");
+            }
+            other => panic!("not one scoped SYN: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn buckets_then_a_scoped_exchange_bring_a_stale_member_up_to_date() {
+        let others: Vec<u16> = (34_001..34_100).collect();
+        let mut a = knowing(34_000, &others);
+        let mut b = knowing(35_000, &others);
+        // Both have node X at 1 key; a has 3 more of them.
+        let x = ChitchatId::for_local_test(34_050);
+        for (c, n) in [(&mut a, 4), (&mut b, 1)] {
+            let state = c.cluster_state.node_state_mut(&x).expect("x");
+            for k in 0..n {
+                state.set(format!("k{k}"), "v");
+            }
+            c.pulses.as_mut().expect("V4").touch();
+        }
+        for round in 0..3 {
+            let theirs = a.hashes().1;
+            b.on_buckets(addr(34_000), &theirs);
+            let Some((_, syn)) = b.take_outbox().pop() else {
+                break;
+            };
+            let reply = a.process_message_from(syn, Some(addr(35_000)), ProtocolVersion::V4);
+            let ack = b.process_message_from(
+                reply.expect("a SYN-ACK"),
+                Some(addr(34_000)),
+                ProtocolVersion::V4,
+            );
+            if let Some(ack) = ack {
+                a.process_message_from(ack, Some(addr(35_000)), ProtocolVersion::V4);
+            }
+            eprintln!(
+                "round {round}: b has x at {:?}",
+                b.node_state(&x).map(|s| s.max_version())
+            );
+        }
+        assert_eq!(
+            b.node_state(&x).map(|s| s.max_version()),
+            a.node_state(&x).map(|s| s.max_version())
+        );
+    }
+
+    #[test]
+    fn a_scoped_exchange_carries_the_buckets_that_differ_and_nothing_else() {
+        let others: Vec<u16> = (32_001..32_200).collect();
+        let mut a = knowing(32_000, &others);
+        let mut b = knowing(32_000 + 1_000, &others);
+        // Both know the same 199 others; b also knows a newcomer with a key.
+        b.take_news_scope();
+        let newcomer = ChitchatId::for_local_test(32_500);
+        b.report_heartbeat(&newcomer, Heartbeat(3));
+        b.cluster_state
+            .node_state_mut(&newcomer)
+            .expect("the newcomer's state")
+            .set("service", "orders");
+        let scope = b.take_news_scope();
+        assert_eq!(scope.count_ones(), 1, "{scope:b}");
+        let ChitchatMessage::SynScoped { digest, .. } = b.scoped_syn(scope) else {
+            panic!("not a scoped SYN");
+        };
         assert!(
-            out.iter()
-                .any(|(to, m)| *to == addr(31_001)
-                    && matches!(m, ChitchatMessage::SynCompact { .. })),
-            "{out:?}"
+            digest.node_digests.len() < 30,
+            "{} of 201 nodes named",
+            digest.node_digests.len()
+        );
+        // a answers it as a SYN: it asks for the newcomer, and sends nothing
+        // of the nodes out of scope.
+        let reply = a.process_message_from(
+            ChitchatMessage::SynScoped {
+                cluster_id: a.cluster_id().to_string(),
+                scope,
+                digest,
+            },
+            Some(addr(33_000)),
+            ProtocolVersion::V4,
+        );
+        let Some(ChitchatMessage::SynAck { digest, delta }) = reply else {
+            panic!("not a SYN-ACK: {reply:?}");
+        };
+        assert!(
+            digest.node_digests.keys().all(|id| in_scope(id, scope)),
+            "a SYN-ACK naming nodes out of scope"
+        );
+        let ack = b.process_message_from(
+            ChitchatMessage::SynAck { digest, delta },
+            Some(addr(32_000)),
+            ProtocolVersion::V4,
+        );
+        let Some(ChitchatMessage::Ack { delta }) = ack else {
+            panic!("not an ACK: {ack:?}");
+        };
+        a.process_message_from(
+            ChitchatMessage::Ack { delta },
+            Some(addr(33_000)),
+            ProtocolVersion::V4,
+        );
+        assert_eq!(
+            a.node_state(&newcomer).and_then(|s| s.get("service")),
+            Some("orders")
         );
     }
 }

@@ -364,6 +364,7 @@ impl Server {
         }
         // Handle gossip message from other servers.
         // shoal patch: the sender's address goes along (see `process_message_from`).
+        let mut rumor = None;
         let (response, spread_to) = {
             let mut chitchat = self.chitchat.lock().await;
             let response =
@@ -383,7 +384,13 @@ impl Server {
                 {
                     self.news_liveness_at = Some(now);
                     chitchat.update_nodes_liveness();
-                    rumor_peers(&chitchat, &mut self.rng, Some(from_addr))
+                    let peers = rumor_peers(&chitchat, &mut self.rng, Some(from_addr));
+                    // V4: the rumor is a SYN over the news' buckets alone.
+                    if self.version >= ProtocolVersion::V4 && !peers.is_empty() {
+                        let scope = chitchat.take_news_scope();
+                        rumor = Some(chitchat.scoped_syn(scope));
+                    }
+                    peers
                 } else {
                     Vec::new()
                 }
@@ -403,7 +410,24 @@ impl Server {
         // News means the sets of members differ: a positional digest would
         // only earn a `Resync`, so the rumor carries the named one.
         for peer in spread_to {
-            self.gossip_with(peer, true).await?;
+            match &rumor {
+                Some(ChitchatMessage::SynScoped {
+                    cluster_id,
+                    scope,
+                    digest,
+                }) => {
+                    let message = ChitchatMessage::SynScoped {
+                        cluster_id: cluster_id.clone(),
+                        scope: *scope,
+                        digest: digest.clone(),
+                    };
+                    let version = self.version_for(peer);
+                    self.transport
+                        .send(peer, ChitchatEnvelope { version, message })
+                        .await?;
+                }
+                _ => self.gossip_with(peer, true).await?,
+            }
         }
         self.send_outbox().await;
         let dead = self.chitchat.lock().await.take_newly_dead();

@@ -383,7 +383,7 @@ impl NodeState {
         }
     }
 
-    fn digest(&self) -> NodeDigest {
+    pub(crate) fn digest(&self) -> NodeDigest {
         NodeDigest {
             heartbeat: self.heartbeat,
             last_gc_version: self.last_gc_version,
@@ -642,6 +642,9 @@ impl ClusterState {
     /// Implements the Scuttlebutt reconciliation with the scuttle-depth ordering.
     ///
     /// Nodes that are scheduled for deletion (as passed by argument) are not shared.
+    /// (shoal patch: the server uses `compute_delta_within` since V4; kept
+    /// for the tests.)
+    #[cfg(test)]
     pub fn compute_partial_delta_respecting_mtu(
         &self,
         digest: &Digest,
@@ -661,12 +664,34 @@ impl ClusterState {
         scheduled_for_deletion: &HashSet<&ChitchatId>,
         absent_is_up_to_date: bool,
     ) -> Delta {
+        self.compute_delta_within(
+            digest,
+            mtu,
+            scheduled_for_deletion,
+            absent_is_up_to_date,
+            |_| true,
+        )
+    }
+
+    /// shoal patch (V4): as [`Self::compute_delta_for`], over the nodes
+    /// `keep` says only (a scoped SYN's buckets).
+    pub(crate) fn compute_delta_within(
+        &self,
+        digest: &Digest,
+        mtu: usize,
+        scheduled_for_deletion: &HashSet<&ChitchatId>,
+        absent_is_up_to_date: bool,
+        keep: impl Fn(&ChitchatId) -> bool,
+    ) -> Delta {
         let mut stale_nodes = SortedStaleNodes::default();
 
         for (chitchat_id, node_state, their) in
             crate::digest::merge_join(self.node_states.iter(), &digest.node_digests)
         {
             if absent_is_up_to_date && their.is_none() {
+                continue;
+            }
+            if !keep(chitchat_id) {
                 continue;
             }
             if scheduled_for_deletion.contains(chitchat_id) {

@@ -94,6 +94,16 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
     .with_context(|| format!("N = {n}: no convergence in 300 simulated seconds"))?;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // With V4, members that agree share one state hash: how many distinct
+    // ones there are when the idle window starts (1 = all agree).
+    let mut hashes = std::collections::HashSet::new();
+    for m in &members {
+        hashes.insert(m.chitchat().lock().await.state_hash());
+    }
+    eprintln!(
+        "N={n}: {} distinct state hashes at the idle window",
+        hashes.len()
+    );
     let before: Vec<u64> = members.iter().map(SimMember::bytes_sent).collect();
     let kinds_before = bytes_by_kind(&members);
     let window = Duration::from_secs(args.window.unwrap_or(if n >= 500 { 4 } else { 10 }));
