@@ -555,7 +555,7 @@ impl Chitchat {
         // shoal patch (V4): heartbeats heard second-hand say nothing of
         // liveness, but that a node voted dead is back.
         if self.pulses.is_some() {
-            self.note_heartbeat(chitchat_id, heartbeat);
+            self.note_heartbeat(chitchat_id, heartbeat, false);
             return;
         }
         if node_state.try_set_heartbeat(heartbeat) {
@@ -708,8 +708,15 @@ impl Chitchat {
     }
 
     /// Returns the set of nodes considered dead by the failure detector.
-    pub fn scheduled_for_deletion_nodes(&self) -> impl Iterator<Item = &ChitchatId> {
-        self.failure_detector.scheduled_for_deletion_nodes()
+    ///
+    /// (shoal patch, V4: every node voted dead, at once — it is not passed
+    /// on, so a member that joins never takes a dead node for live.)
+    pub fn scheduled_for_deletion_nodes(&self) -> Box<dyn Iterator<Item = &ChitchatId> + '_> {
+        if self.pulses.is_some() {
+            Box::new(self.failure_detector.dead_nodes())
+        } else {
+            Box::new(self.failure_detector.scheduled_for_deletion_nodes())
+        }
     }
 
     /// Returns the set of seed nodes.

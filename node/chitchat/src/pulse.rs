@@ -40,6 +40,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::debug;
 
 use crate::compact::Fnv;
 use crate::serialize::{Deserializable, Serializable};
@@ -69,6 +70,9 @@ const REVIVAL_ROUNDS: u32 = 10;
 /// many rounds (a vote is one datagram to each of the node's other
 /// neighbours, and may be lost).
 const REVOTE_ROUNDS: u32 = 3;
+/// What a member voted dead adds to its heartbeat when it hears of it: a
+/// heartbeat second-hand brings a dead node back only if that much newer.
+pub(crate) const REFUTE: u64 = 1 << 20;
 /// Most voters a death carries on the wire.
 const MAX_VOTERS: usize = 16;
 
@@ -551,7 +555,7 @@ impl Chitchat {
                     self.failure_detector.report_heartbeat(id);
                     p.last_heard.insert(id.clone(), now);
                 }
-                self.note_heartbeat(id, heartbeat);
+                self.note_heartbeat(id, heartbeat, true);
             }
         }
         if sync {
@@ -569,7 +573,12 @@ impl Chitchat {
 
     /// A heartbeat of `id` heard first- or second-hand: newer than the one it
     /// died with, it is back.
-    pub(crate) fn note_heartbeat(&mut self, id: &ChitchatId, heartbeat: Heartbeat) {
+    ///
+    /// `direct`: from the node's own pulses (that echoed, steadily): any
+    /// heartbeat newer than its death's. Second-hand (a digest): only one
+    /// the node raised by [`REFUTE`] on hearing of its death — a heartbeat
+    /// a little newer than the voters last saw may be from before it died.
+    pub(crate) fn note_heartbeat(&mut self, id: &ChitchatId, heartbeat: Heartbeat, direct: bool) {
         let Some(state) = self.cluster_state.node_state_mut(id) else {
             return;
         };
@@ -579,10 +588,14 @@ impl Chitchat {
         let Some(p) = self.pulses.as_mut() else {
             return;
         };
-        if p.deaths
-            .get(id)
-            .is_some_and(|(death, _)| heartbeat > death.heartbeat)
-        {
+        let back = |death: &Death| {
+            if direct {
+                heartbeat > death.heartbeat
+            } else {
+                heartbeat.0 >= death.heartbeat.0.saturating_add(REFUTE)
+            }
+        };
+        if p.deaths.get(id).is_some_and(|(death, _)| back(death)) {
             p.deaths.remove(id);
             p.votes.remove(id);
             p.revived.insert(id.clone(), heartbeat);
@@ -595,6 +608,22 @@ impl Chitchat {
 
     /// Votes received.
     pub(crate) fn on_verdict(&mut self, deaths: Vec<Death>) {
+        // Voted dead ourselves (we stalled, or our packets were lost): we
+        // refute it, stalled or not, with a heartbeat raised by `REFUTE`,
+        // which brings us back in every view it reaches.
+        let me = self.config.chitchat_id.clone();
+        if let Some(death) = deaths.iter().find(|d| d.node == me) {
+            let state = self.cluster_state.node_state_mut_or_init(&me);
+            let raised = state
+                .heartbeat()
+                .0
+                .max(death.heartbeat.0)
+                .saturating_add(REFUTE);
+            if state.heartbeat().0 < death.heartbeat.0.saturating_add(REFUTE) {
+                state.try_set_heartbeat(Heartbeat(raised));
+                debug!(heartbeat = raised, "voted dead: refuted");
+            }
+        }
         if self.stalled {
             return;
         }
@@ -646,6 +675,7 @@ impl Chitchat {
         if voters.len() < need {
             return;
         }
+        debug!(node = %node.node_id, voters = voters.len(), need, "dead by votes");
         let death = Death {
             node: node.clone(),
             heartbeat: heartbeat.max(known),
@@ -703,6 +733,7 @@ impl Chitchat {
             }) {
                 continue;
             }
+            debug!(node = %id.node_id, silent, "vote");
             p.voted_at.insert(id.clone(), now);
             p.votes.entry(id.clone()).or_default().insert(me, now);
             let vote = Death {
@@ -759,6 +790,17 @@ impl Chitchat {
             return Vec::new();
         };
         nodes.iter().filter_map(|id| p.death(id).cloned()).collect()
+    }
+
+    /// The addresses of this member's neighbours (none before V4).
+    pub(crate) fn neighbour_addrs(&mut self) -> Vec<SocketAddr> {
+        self.refresh_neighbours();
+        self.pulses.as_ref().map_or_else(Vec::new, |p| {
+            p.neighbours
+                .iter()
+                .map(|id| id.gossip_advertise_addr)
+                .collect()
+        })
     }
 
     /// Messages V4 queued for peers (pulses answered, votes, syncs).
@@ -826,6 +868,18 @@ mod tests {
     }
 
     #[test]
+    fn a_member_that_hears_it_was_voted_dead_refutes_it() {
+        let mut chitchat = knowing(36_000, &[36_001, 36_002]);
+        let before = chitchat.self_node_state().heartbeat().0;
+        chitchat.on_verdict(vote(36_000, before, &[36_001, 36_002]));
+        let after = chitchat.self_node_state().heartbeat().0;
+        assert!(after >= before + REFUTE, "{before} → {after}");
+        // Once: the same verdict again raises nothing more.
+        chitchat.on_verdict(vote(36_000, before, &[36_001, 36_002]));
+        assert_eq!(chitchat.self_node_state().heartbeat().0, after);
+    }
+
+    #[test]
     fn a_death_round_trips_and_too_many_voters_are_refused() {
         let death = vote(7, 42, &[1, 2, 3]).remove(0);
         let mut buf = Vec::new();
@@ -888,12 +942,17 @@ mod tests {
         let deaths = chitchat.deaths_of(&dead);
         assert_eq!(deaths.len(), 1);
         assert_eq!(deaths[0].voters.len(), 2);
-        // Its heartbeat of before does not bring it back; a newer one does.
+        // Second-hand, its heartbeat of before does not bring it back, nor
+        // one a little newer (it may be from just before it died); one it
+        // raised on hearing of its death does.
         let id = ChitchatId::for_local_test(30_004);
-        chitchat.report_heartbeat(&id, Heartbeat(5));
-        chitchat.update_nodes_liveness();
-        assert!(!is_live(&chitchat, 30_004));
-        chitchat.report_heartbeat(&id, Heartbeat(9));
+        chitchat.take_news();
+        for stale in [5, 9] {
+            chitchat.report_heartbeat(&id, Heartbeat(stale));
+            chitchat.update_nodes_liveness();
+            assert!(!is_live(&chitchat, 30_004), "back on {stale}");
+        }
+        chitchat.report_heartbeat(&id, Heartbeat(5 + REFUTE));
         chitchat.update_nodes_liveness();
         assert!(is_live(&chitchat, 30_004));
         assert!(chitchat.take_news());

@@ -618,8 +618,16 @@ impl Server {
             return;
         }
         let (cluster_id, peers) = {
-            let chitchat = self.chitchat.lock().await;
-            let peers = rumor_peers(&chitchat, &mut self.rng, except);
+            let mut chitchat = self.chitchat.lock().await;
+            let mut peers = rumor_peers(&chitchat, &mut self.rng, except);
+            // V4: and to every neighbour, so that the death walks the
+            // neighbour graph too, which reaches everyone (random peers
+            // alone leave about a fifth to the next exchanges).
+            for addr in chitchat.neighbour_addrs() {
+                if Some(addr) != except && !peers.contains(&addr) {
+                    peers.push(addr);
+                }
+            }
             (chitchat.cluster_id().to_string(), peers)
         };
         // shoal patch (V4): a death goes on with its voters.

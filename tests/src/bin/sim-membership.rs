@@ -140,6 +140,7 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
         let victim = 1 + (t * 7919 + 13 + args.seed as usize) % (members.len() - 2);
         let dead = members.remove(victim);
         let t0 = Instant::now();
+        tracing::info!(node = %dead.node, "killed");
         dead.kill(&net);
         match until_all(&members, t0, Duration::from_secs(30), async |m| {
             !m.sees(&dead.node).await
@@ -184,6 +185,19 @@ fn bytes_by_kind(members: &[SimMember]) -> Vec<u64> {
     total
 }
 
+/// Log timestamps in simulated seconds since the start.
+struct SimTime(Instant);
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(
+            w,
+            "{:9.3}",
+            Instant::now().duration_since(self.0).as_secs_f64()
+        )
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !(0.0..1.0).contains(&args.loss) {
@@ -196,6 +210,15 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .start_paused(true)
         .build()?;
+    // RUST_LOG=chitchat=debug (for instance): the members' logs, stamped
+    // with simulated time.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_timer(SimTime(Instant::now()))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let settings: Vec<String> = args.set.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!(
         "simulated: loss {:.0} %, latency {} µs, {}",
