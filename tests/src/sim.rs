@@ -267,6 +267,20 @@ impl SimMember {
         guard.live_nodes().any(|id| &*id.node_id == node)
     }
 
+    /// Whether `node` is in its live set with its record up (its health
+    /// key says `up`): what a gateway needs to route to it.
+    pub async fn sees_up(&self, node: &str) -> bool {
+        let chitchat = self.gossip.handle.chitchat();
+        let guard = chitchat.lock().await;
+        guard.live_nodes().any(|id| {
+            &*id.node_id == node
+                && guard
+                    .node_state(id)
+                    .and_then(|s| s.get(keys::HEALTH))
+                    .is_some_and(|h| h == Health::Up.as_str())
+        })
+    }
+
     /// Stops it dead (no goodbye): what SIGKILL does.
     pub fn kill(&self, net: &SimNet) {
         net.cut(self.ip);

@@ -237,7 +237,7 @@ async fn v4_members_agree_in_pulses_alone_and_join_and_detect_within_the_budgets
         let newcomer = spawn_member(&net, 100 + trial, &key, &v4(0)).await.unwrap();
         let node = newcomer.node.clone();
         let join = within(&members, Duration::from_secs(5), async |m| {
-            m.sees(&node).await
+            m.sees_up(&node).await
         })
         .await;
         assert!(join < 0.5, "trial {trial}: join took {join:.2} s");

@@ -35,7 +35,7 @@ pub use self::configuration::{CatchupCallback, ChitchatConfig};
 pub use self::state::{ClusterStateSnapshot, NodeState};
 use crate::digest::Digest;
 pub use crate::message::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
-pub use crate::pulse::Death;
+pub use crate::pulse::{Death, Scope};
 pub use crate::server::{ChitchatHandle, spawn_chitchat};
 use crate::state::ClusterState;
 pub use crate::types::{ChitchatId, DeletionStatus, Heartbeat, Version, VersionedValue};
@@ -119,6 +119,9 @@ pub struct Chitchat {
     stalled: bool,
     /// shoal patch (V3): the last set hash computed, and what it holds for.
     set_hash_cache: std::cell::RefCell<Option<SetHashCache>>,
+    /// shoal patch: live-set changes not sent to the watcher (nobody
+    /// watched); sent when one asks.
+    watcher_stale: std::cell::Cell<bool>,
     /// shoal patch (V4): liveness by pulses between neighbours, when on.
     pulses: Option<pulse::Pulses>,
     /// shoal patch (V4): messages for peers besides the reply (pulses
@@ -158,6 +161,7 @@ impl Chitchat {
             set_hash_cache: Default::default(),
             pulses: None,
             outbox: Vec::new(),
+            watcher_stale: Default::default(),
         };
         if chitchat.config.protocol_version >= ProtocolVersion::V4 {
             chitchat.pulses = Some(Default::default());
@@ -257,7 +261,7 @@ impl Chitchat {
         from: Option<SocketAddr>,
         now: tokio::time::Instant,
         version: ProtocolVersion,
-        scope: Option<u64>,
+        scope: Option<pulse::Scope>,
         form: impl FnOnce(Digest) -> (D, usize),
     ) -> (D, Delta) {
         let proof_window = self.config.failure_detector_config.initial_interval * 10;
@@ -277,12 +281,12 @@ impl Chitchat {
         let scheduled_for_deletion: HashSet<_> = self.scheduled_for_deletion_nodes().collect();
         // shoal patch (V4): nodes out of scope are left out of both the
         // digest and the delta.
-        let scope = scope.unwrap_or(u64::MAX);
+        let scope = scope.unwrap_or(pulse::Scope::ALL);
         let mut self_digest = self.compute_digest(&scheduled_for_deletion);
-        if scope != u64::MAX {
+        if scope != pulse::Scope::ALL {
             self_digest
                 .node_digests
-                .retain(|id, _| pulse::in_scope(id, scope));
+                .retain(|id, _| pulse::in_scope(id, &scope));
         }
         // shoal patch: from V2 on, only what the initiator needs.
         if version >= ProtocolVersion::V2 {
@@ -294,7 +298,7 @@ impl Chitchat {
             delta_mtu(self.config.max_message_len, digest_len),
             &scheduled_for_deletion,
             false,
-            |id| pulse::in_scope(id, scope),
+            |id| pulse::in_scope(id, &scope),
         );
         (reply_digest, delta)
     }
@@ -329,10 +333,39 @@ impl Chitchat {
     }
 
     fn process_delta(&mut self, delta: Delta) {
+        // shoal patch (V4): newer versions of a node are news (pushed to
+        // the neighbours and two peers at once, see `server.rs`), as a new
+        // node is: a state change reaches every member in a few network
+        // round trips, not a hop per round.
+        let before: Vec<(ChitchatId, Version)> = if self.pulses.is_some() {
+            delta
+                .node_deltas
+                .iter()
+                .map(|d| {
+                    let max = self
+                        .cluster_state
+                        .node_state(&d.chitchat_id)
+                        .map_or(0, |s| s.max_version());
+                    (d.chitchat_id.clone(), max)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         if let Some(p) = self.pulses.as_mut() {
             p.touch();
         }
         let was_reset_triggered = self.cluster_state.apply_delta(delta);
+        for (id, max) in before {
+            let newer = self
+                .cluster_state
+                .node_state(&id)
+                .is_some_and(|s| s.max_version() > max);
+            if let (true, Some(p)) = (newer, self.pulses.as_mut()) {
+                p.note_news(&id);
+                self.news = true;
+            }
+        }
         if was_reset_triggered {
             if let Some(catchup_callback) = &self.config.catchup_callback {
                 info!("executing catch-up callback");
@@ -618,23 +651,19 @@ impl Chitchat {
             .collect::<HashMap<_, _>>();
 
         if self.previous_live_nodes != current_live_nodes {
-            let live_nodes = current_live_nodes
-                .keys()
-                .cloned()
-                .flat_map(|chitchat_id| {
-                    let node_state = self.node_state(&chitchat_id)?;
-                    if let Some(liveness_extra_predicate) = &self.config.extra_liveness_predicate {
-                        if !liveness_extra_predicate(node_state) {
-                            return None;
-                        }
-                    }
-                    Some((chitchat_id, node_state.clone()))
-                })
-                .collect::<BTreeMap<_, _>>();
             self.previous_live_nodes = current_live_nodes;
-
-            if self.live_nodes_watcher_tx.send(live_nodes).is_err() {
-                error!(current_node = ?self.self_chitchat_id(), "error while reporting membership change event.")
+            // shoal patch: the snapshot clones every live node's state; with
+            // nobody watching (only our own receiver), it is made when
+            // someone asks (`live_nodes_watcher`) — in the simulator,
+            // thousands of members joining cloned it N² times.
+            if self.live_nodes_watcher_tx.receiver_count() > 1 {
+                let live_nodes = self.live_nodes_snapshot();
+                if self.live_nodes_watcher_tx.send(live_nodes).is_err() {
+                    error!(current_node = ?self.self_chitchat_id(), "error while reporting membership change event.")
+                }
+                self.watcher_stale.set(false);
+            } else {
+                self.watcher_stale.set(true);
             }
         }
         // Perform garbage collection.
@@ -695,11 +724,32 @@ impl Chitchat {
     ///
     /// Heartbeats are not notified.
     pub fn live_nodes_watch_stream(&self) -> WatchStream<BTreeMap<ChitchatId, NodeState>> {
-        WatchStream::new(self.live_nodes_watcher_rx.clone())
+        WatchStream::new(self.live_nodes_watcher())
     }
 
     pub fn live_nodes_watcher(&self) -> watch::Receiver<BTreeMap<ChitchatId, NodeState>> {
+        // shoal patch: brought up to date if changes went unsent.
+        if self.watcher_stale.replace(false) {
+            self.live_nodes_watcher_tx
+                .send_replace(self.live_nodes_snapshot());
+        }
         self.live_nodes_watcher_rx.clone()
+    }
+
+    /// The live nodes' states, as the watcher sends them.
+    fn live_nodes_snapshot(&self) -> BTreeMap<ChitchatId, NodeState> {
+        self.previous_live_nodes
+            .keys()
+            .filter_map(|chitchat_id| {
+                let node_state = self.node_state(chitchat_id)?;
+                if let Some(liveness_extra_predicate) = &self.config.extra_liveness_predicate {
+                    if !liveness_extra_predicate(node_state) {
+                        return None;
+                    }
+                }
+                Some((chitchat_id.clone(), node_state.clone()))
+            })
+            .collect()
     }
 
     /// Returns the set of nodes considered dead by the failure detector.

@@ -68,13 +68,13 @@ pub enum ChitchatMessage {
     /// nodes (see `pulse::BUCKETS`), sent when whole-state hashes differ:
     /// the receiver answers with a [`Self::SynScoped`] over the buckets
     /// that differ.
-    Buckets { hashes: Vec<u64> },
+    Buckets { hashes: Vec<u32> },
     /// (shoal patch, protocol V4) A SYN over the nodes of some buckets only
-    /// (`scope`, a bit per bucket): the digest lists those, and the answer
+    /// (`scope`): the digest lists those, and the answer
     /// (a V2 SYN-ACK) and its ACK carry those alone.
     SynScoped {
         cluster_id: String,
-        scope: u64,
+        scope: crate::pulse::Scope,
         digest: Digest,
     },
     /// (shoal patch) Bytes for one member only, handed to its application

@@ -291,12 +291,12 @@ impl ChitchatEnvelope {
                     bail!("{len} buckets (at most {})", crate::pulse::BUCKETS);
                 }
                 let hashes = (0..len)
-                    .map(|_| u64::deserialize(buf))
+                    .map(|_| u32::deserialize(buf))
                     .collect::<anyhow::Result<_>>()?;
                 ChitchatMessage::Buckets { hashes }
             }
             MessageType::SynScoped => {
-                let scope = u64::deserialize(buf)?;
+                let scope = crate::pulse::Scope::deserialize(buf)?;
                 let digest = Digest::deserialize(version, buf)?;
                 let cluster_id = String::deserialize(buf)?;
                 ChitchatMessage::SynScoped {

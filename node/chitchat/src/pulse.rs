@@ -49,10 +49,10 @@ use crate::{Chitchat, ChitchatId, ChitchatMessage, Heartbeat};
 /// Buckets of nodes (by the id's place on the first ring) whose hashes two
 /// members compare when their whole-state hashes differ: an exchange then
 /// carries the nodes of the buckets that differ, not every node.
-pub(crate) const BUCKETS: usize = 64;
-/// Most buckets one scoped exchange covers, so that its digest fits a
-/// datagram; the others wait for the next exchange.
-const SCOPE_BUCKETS: usize = 8;
+pub(crate) const BUCKETS: usize = 256;
+/// Most nodes one scoped exchange names (whole buckets, one at least), so
+/// that its digest fits a datagram; the other buckets wait for the next.
+const SCOPE_NODES: u32 = 24;
 /// Rings of the neighbour graph: up to two neighbours per ring.
 pub(crate) const RINGS: usize = 2;
 /// Distinct voters that make a node dead (all its neighbours, if fewer).
@@ -165,10 +165,11 @@ pub(crate) struct Pulses {
     answered_at: HashMap<SocketAddr, Instant>,
     synced_at: HashMap<SocketAddr, Instant>,
     deaths_sent_at: HashMap<SocketAddr, Instant>,
-    /// The state hash and its buckets', until something they cover changes.
-    hash: Option<(u64, Vec<u64>)>,
+    /// The state hash, its buckets' and their sizes, until something they
+    /// cover changes.
+    hash: Option<(u64, Vec<u64>, Vec<u32>)>,
     /// The buckets of the nodes that were news since the server last asked.
-    news_scope: u64,
+    news_scope: Scope,
     /// Where the next scoped exchange starts among the buckets that differ.
     scope_cursor: usize,
     /// The `(set epoch, deaths epoch)` the failure detector's live and
@@ -181,9 +182,58 @@ fn bucket_of(keys: &[u64; RINGS]) -> usize {
     (keys[0] >> (64 - BUCKETS.trailing_zeros())) as usize
 }
 
-/// Whether `id`'s bucket is in `scope` (a bit per bucket).
-pub(crate) fn in_scope(id: &ChitchatId, scope: u64) -> bool {
-    scope == u64::MAX || scope & (1 << bucket_of(&[ring_key(id, 0), 0])) != 0
+/// A set of buckets, a bit each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scope(pub [u64; BUCKETS / 64]);
+
+impl Scope {
+    /// Every bucket.
+    pub(crate) const ALL: Scope = Scope([u64::MAX; BUCKETS / 64]);
+
+    pub(crate) fn insert(&mut self, bucket: usize) {
+        self.0[bucket / 64] |= 1 << (bucket % 64);
+    }
+
+    pub(crate) fn contains(&self, bucket: usize) -> bool {
+        self.0[bucket / 64] & (1 << (bucket % 64)) != 0
+    }
+
+    /// No bucket.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    /// How many buckets.
+    pub fn len(&self) -> u32 {
+        self.0.iter().map(|w| w.count_ones()).sum()
+    }
+}
+
+impl Serializable for Scope {
+    fn serialize(&self, buf: &mut Vec<u8>) {
+        for word in self.0 {
+            word.serialize(buf);
+        }
+    }
+
+    fn serialized_len(&self) -> usize {
+        8 * self.0.len()
+    }
+}
+
+impl Deserializable for Scope {
+    fn deserialize(buf: &mut &[u8]) -> anyhow::Result<Self> {
+        let mut scope = Scope::default();
+        for word in &mut scope.0 {
+            *word = u64::deserialize(buf)?;
+        }
+        Ok(scope)
+    }
+}
+
+/// Whether `id`'s bucket is in `scope`.
+pub(crate) fn in_scope(id: &ChitchatId, scope: &Scope) -> bool {
+    *scope == Scope::ALL || scope.contains(bucket_of(&[ring_key(id, 0), 0]))
 }
 
 /// `true` (and notes `now`) if nothing was noted for `key` within `every`.
@@ -235,7 +285,7 @@ impl Pulses {
     /// `id` is news (new here, or back): its bucket goes in the rumor.
     pub(crate) fn note_news(&mut self, id: &ChitchatId) {
         let keys = self.key(id);
-        self.news_scope |= 1 << bucket_of(&keys);
+        self.news_scope.insert(bucket_of(&keys));
     }
 
     fn key(&mut self, id: &ChitchatId) -> [u64; RINGS] {
@@ -360,14 +410,21 @@ impl Chitchat {
     /// The hash of the state: each live member's id and versions (not its
     /// heartbeat), order-free; and the same by bucket (they sum to it).
     fn hashes(&mut self) -> (u64, Vec<u64>) {
+        let (hash, buckets, _) = self.hashes_and_counts();
+        (hash, buckets)
+    }
+
+    /// [`Self::hashes`], and how many nodes each bucket holds.
+    fn hashes_and_counts(&mut self) -> (u64, Vec<u64>, Vec<u32>) {
         self.refresh_neighbours();
         let Some(p) = self.pulses.as_mut() else {
-            return (0, Vec::new());
+            return (0, Vec::new(), Vec::new());
         };
-        if let Some(hashes) = &p.hash {
-            return hashes.clone();
+        if let Some((hash, buckets, counts)) = &p.hash {
+            return (*hash, buckets.clone(), counts.clone());
         }
         let mut buckets = vec![0u64; BUCKETS];
+        let mut counts = vec![0u32; BUCKETS];
         for id in &p.live {
             let Some(state) = self.cluster_state.node_state(id) else {
                 continue;
@@ -376,17 +433,18 @@ impl Chitchat {
             let mut h = Fnv(keys[0]);
             h.write(&state.max_version().to_le_bytes());
             h.write(&state.last_gc_version().to_le_bytes());
-            let bucket = &mut buckets[bucket_of(&keys)];
-            *bucket = bucket.wrapping_add(h.0);
+            let b = bucket_of(&keys);
+            buckets[b] = buckets[b].wrapping_add(h.0);
+            counts[b] += 1;
         }
         let sum = buckets.iter().fold(0u64, |a, b| a.wrapping_add(*b));
-        p.hash = Some((sum, buckets.clone()));
-        (sum, buckets)
+        p.hash = Some((sum, buckets.clone(), counts.clone()));
+        (sum, buckets, counts)
     }
 
     /// The hash of the state (see [`Self::hashes`]).
     pub fn state_hash(&mut self) -> u64 {
-        if let Some((hash, _)) = self.pulses.as_ref().and_then(|p| p.hash.as_ref()) {
+        if let Some((hash, _, _)) = self.pulses.as_ref().and_then(|p| p.hash.as_ref()) {
             if self.pulses.as_ref().and_then(|p| p.computed_for)
                 == Some((
                     self.cluster_state.set_epoch(),
@@ -399,40 +457,53 @@ impl Chitchat {
         self.hashes().0
     }
 
+    /// Our bucket hashes, as a [`ChitchatMessage::Buckets`] carries them
+    /// (32 bits each: a bucket is a few nodes).
+    pub(crate) fn bucket_hashes(&mut self) -> Vec<u32> {
+        self.hashes().1.iter().map(|h| *h as u32).collect()
+    }
+
     /// Bucket hashes from `from`, whose state hash differs from ours: a SYN
-    /// over the buckets that differ.
-    pub(crate) fn on_buckets(&mut self, from: SocketAddr, theirs: &[u64]) {
-        let (_, ours) = self.hashes();
+    /// over buckets that differ, as many as fit [`SCOPE_NODES`].
+    pub(crate) fn on_buckets(&mut self, from: SocketAddr, theirs: &[u32]) {
+        let (_, ours, counts) = self.hashes_and_counts();
         let differ: Vec<usize> = ours
             .iter()
             .zip(theirs)
             .enumerate()
-            .filter(|(_, (a, b))| a != b)
+            .filter(|(_, (a, b))| **a as u32 != **b)
             .map(|(i, _)| i)
             .collect();
-        // At most `SCOPE_BUCKETS` of them, from a point that moves, so that
-        // every bucket gets its turn.
+        if differ.is_empty() {
+            return;
+        }
+        // From a point that moves, so that every bucket gets its turn.
         let start = self.pulses.as_mut().map_or(0, |p| {
-            p.scope_cursor = p.scope_cursor.wrapping_add(SCOPE_BUCKETS);
+            p.scope_cursor = p.scope_cursor.wrapping_add(1);
             p.scope_cursor
         });
-        let scope = (0..differ.len().min(SCOPE_BUCKETS))
-            .map(|i| differ[(start + i) % differ.len()])
-            .fold(0u64, |scope, bucket| scope | 1 << bucket);
-        if scope != 0 {
-            let syn = self.scoped_syn(scope);
-            self.outbox.push((from, syn));
+        let mut scope = Scope::default();
+        let mut named = 0;
+        for i in 0..differ.len() {
+            let bucket = differ[(start + i) % differ.len()];
+            if !scope.is_empty() && named + counts[bucket] > SCOPE_NODES {
+                break;
+            }
+            named += counts[bucket];
+            scope.insert(bucket);
         }
+        let syn = self.scoped_syn(scope);
+        self.outbox.push((from, syn));
     }
 
     /// A SYN over the nodes of the buckets in `scope`.
-    pub(crate) fn scoped_syn(&mut self, scope: u64) -> ChitchatMessage {
+    pub(crate) fn scoped_syn(&mut self, scope: Scope) -> ChitchatMessage {
         let out: HashSet<&ChitchatId> = self.scheduled_for_deletion_nodes().collect();
         let node_digests = self
             .cluster_state
             .node_states()
             .iter()
-            .filter(|(id, _)| in_scope(id, scope) && !out.contains(id))
+            .filter(|(id, _)| in_scope(id, &scope) && !out.contains(id))
             .map(|(id, state)| (id.clone(), state.digest()))
             .collect();
         ChitchatMessage::SynScoped {
@@ -444,10 +515,10 @@ impl Chitchat {
 
     /// The buckets of the news since the last call (all, if the news named
     /// no node).
-    pub(crate) fn take_news_scope(&mut self) -> u64 {
+    pub(crate) fn take_news_scope(&mut self) -> Scope {
         match self.pulses.as_mut() {
-            Some(p) if p.news_scope != 0 => std::mem::take(&mut p.news_scope),
-            _ => u64::MAX,
+            Some(p) if !p.news_scope.is_empty() => std::mem::take(&mut p.news_scope),
+            _ => Scope::ALL,
         }
     }
 
@@ -559,7 +630,7 @@ impl Chitchat {
             }
         }
         if sync {
-            let hashes = self.hashes().1;
+            let hashes = self.bucket_hashes();
             out.push(ChitchatMessage::Buckets { hashes });
         }
         if !deaths.is_empty() {
@@ -1013,7 +1084,7 @@ mod tests {
         match &out[..] {
             [(to, ChitchatMessage::SynScoped { scope, digest, .. })] => {
                 assert_eq!(*to, addr(31_000));
-                assert_eq!(scope.count_ones(), 1, "{scope:b}");
+                assert_eq!(scope.len(), 1, "{scope:?}");
                 let named: Vec<u16> = digest
                     .node_digests
                     .keys()
@@ -1040,7 +1111,7 @@ mod tests {
             c.pulses.as_mut().expect("V4").touch();
         }
         for round in 0..3 {
-            let theirs = a.hashes().1;
+            let theirs = a.bucket_hashes();
             b.on_buckets(addr(34_000), &theirs);
             let Some((_, syn)) = b.take_outbox().pop() else {
                 break;
@@ -1079,7 +1150,7 @@ mod tests {
             .expect("the newcomer's state")
             .set("service", "orders");
         let scope = b.take_news_scope();
-        assert_eq!(scope.count_ones(), 1, "{scope:b}");
+        assert_eq!(scope.len(), 1, "{scope:?}");
         let ChitchatMessage::SynScoped { digest, .. } = b.scoped_syn(scope) else {
             panic!("not a scoped SYN");
         };
@@ -1103,7 +1174,7 @@ mod tests {
             panic!("not a SYN-ACK: {reply:?}");
         };
         assert!(
-            digest.node_digests.keys().all(|id| in_scope(id, scope)),
+            digest.node_digests.keys().all(|id| in_scope(id, &scope)),
             "a SYN-ACK naming nodes out of scope"
         );
         let ack = b.process_message_from(

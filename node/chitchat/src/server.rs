@@ -384,8 +384,16 @@ impl Server {
                 {
                     self.news_liveness_at = Some(now);
                     chitchat.update_nodes_liveness();
-                    let peers = rumor_peers(&chitchat, &mut self.rng, Some(from_addr));
-                    // V4: the rumor is a SYN over the news' buckets alone.
+                    let mut peers = rumor_peers(&chitchat, &mut self.rng, Some(from_addr));
+                    // V4: the rumor is a SYN over the news' buckets alone,
+                    // and walks the neighbour graph too (see `spread_dead`).
+                    if self.version >= ProtocolVersion::V4 {
+                        for addr in chitchat.neighbour_addrs() {
+                            if addr != from_addr && !peers.contains(&addr) {
+                                peers.push(addr);
+                            }
+                        }
+                    }
                     if self.version >= ProtocolVersion::V4 && !peers.is_empty() {
                         let scope = chitchat.take_news_scope();
                         rumor = Some(chitchat.scoped_syn(scope));

@@ -1,7 +1,7 @@
 //! Membership simulator (not a test): N members in one process over an
 //! in-memory network on tokio's paused clock (`shoal_tests::sim`), measured
 //! as `bench-membership` measures real processes:
-//! - join: a new member in every view (p50/p99 over 30 trials; a trial
+//! - join: a new member in every view, its record up (p50/p99 over 30 trials; a trial
 //!   that never ends within 30 s is counted as failed and shown),
 //! - SIGKILL → gone: a killed member out of every other view (p50/p99),
 //! - gossip sent per member (KB/s over 10 s of an idle cluster), the
@@ -127,7 +127,7 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
         let newcomer = spawn_member(&net, n + t, &key, &args.set).await?;
         let node = newcomer.node.clone();
         match until_all(&members, t0, Duration::from_secs(30), async |m| {
-            m.sees(&node).await
+            m.sees_up(&node).await
         })
         .await
         {
