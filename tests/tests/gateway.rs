@@ -799,12 +799,23 @@ fn timed_load(
                 while !stop.load(Ordering::Relaxed) {
                     sent += 1;
                     let t = Instant::now();
-                    let ok = client
+                    match client
                         .get(format!("http://{gw}/api/echo/host"))
                         .send()
                         .await
-                        .is_ok_and(|r| r.status() == 200);
-                    failed += usize::from(!ok);
+                    {
+                        Ok(r) if r.status() == 200 => {}
+                        Ok(r) => {
+                            failed += 1;
+                            let status = r.status();
+                            let body = r.text().await.unwrap_or_default();
+                            eprintln!("failed after {:?}: {status} {body}", t.elapsed());
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            eprintln!("failed after {:?}: {e:?}", t.elapsed());
+                        }
+                    }
                     slowest = slowest.max(t.elapsed());
                 }
                 (sent, failed, slowest)

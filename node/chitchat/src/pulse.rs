@@ -741,7 +741,19 @@ impl Chitchat {
             return;
         };
         votes.retain(|_, at| now.duration_since(*at) < ttl);
-        let voters: Vec<SocketAddr> = votes.keys().copied().collect();
+        // Only live members' votes count: one taken for dead (that may have
+        // been paused, and hears no one) judges no one here.
+        let me = self.config.chitchat_id.gossip_advertise_addr;
+        let voters: Vec<SocketAddr> = votes
+            .keys()
+            .copied()
+            .filter(|voter| {
+                *voter == me
+                    || p.by_addr
+                        .get(voter)
+                        .is_some_and(|id| !p.deaths.contains_key(id))
+            })
+            .collect();
         let need = QUORUM.min(p.neighbours_of(node).len()).max(1);
         if voters.len() < need {
             return;
@@ -775,7 +787,14 @@ impl Chitchat {
         let Some(p) = self.pulses.as_ref() else {
             return;
         };
-        let neighbours = p.neighbours.clone();
+        // A member whose own round came late (paused, starved) heard
+        // nothing meanwhile through no fault of its neighbours: it votes
+        // against none until it is on time again.
+        let neighbours = if self.stalled {
+            Vec::new()
+        } else {
+            p.neighbours.clone()
+        };
         for id in neighbours {
             let silent = match self.failure_detector.phi(&id) {
                 Some(phi) => phi,
