@@ -74,23 +74,45 @@ async fn forty_members_join_and_detect_within_the_budgets() {
     eprintln!("idle gossip at N = 40: {per_member:.1} KB/s per member");
     assert!(per_member < 15.0, "{per_member:.1} KB/s per member");
 
+    join_and_kill(&net, &key, &mut members, &[], false, 0.5, 1.0).await;
+}
+
+/// Four trials: a new member joins, in every view within `join_limit`
+/// seconds (its record `up` there too, if `record_up`); then an older one
+/// is killed, out of every view within `gone_limit` seconds.
+async fn join_and_kill(
+    net: &SimNet,
+    key: &str,
+    members: &mut Vec<SimMember>,
+    settings: &[(String, String)],
+    record_up: bool,
+    join_limit: f64,
+    gone_limit: f64,
+) {
     for trial in 0..4 {
-        let newcomer = spawn_member(&net, 100 + trial, &key, &[]).await.unwrap();
+        let newcomer = spawn_member(net, 100 + trial, key, settings).await.unwrap();
         let node = newcomer.node.clone();
-        let join = within(&members, Duration::from_secs(5), async |m| {
-            m.sees(&node).await
+        let join = within(members, Duration::from_secs(5), async |m| {
+            if record_up {
+                m.sees_up(&node).await
+            } else {
+                m.sees(&node).await
+            }
         })
         .await;
-        assert!(join < 0.5, "trial {trial}: join took {join:.2} s");
+        assert!(join < join_limit, "trial {trial}: join took {join:.2} s");
         members.push(newcomer);
 
         let dead = members.remove(3 + trial * 5);
-        dead.kill(&net);
-        let gone = within(&members, Duration::from_secs(5), async |m| {
+        dead.kill(net);
+        let gone = within(members, Duration::from_secs(5), async |m| {
             !m.sees(&dead.node).await
         })
         .await;
-        assert!(gone < 1.0, "trial {trial}: detection took {gone:.2} s");
+        assert!(
+            gone < gone_limit,
+            "trial {trial}: detection took {gone:.2} s"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -233,27 +255,9 @@ async fn v4_members_agree_in_pulses_alone_and_join_and_detect_within_the_budgets
     );
     assert!(per_member < 2.5, "{per_member:.2} KB/s per member");
 
-    for trial in 0..4 {
-        let newcomer = spawn_member(&net, 100 + trial, &key, &v4(0)).await.unwrap();
-        let node = newcomer.node.clone();
-        let join = within(&members, Duration::from_secs(5), async |m| {
-            m.sees_up(&node).await
-        })
-        .await;
-        assert!(join < 0.5, "trial {trial}: join took {join:.2} s");
-        members.push(newcomer);
-
-        let dead = members.remove(3 + trial * 5);
-        dead.kill(&net);
-        let gone = within(&members, Duration::from_secs(5), async |m| {
-            !m.sees(&dead.node).await
-        })
-        .await;
-        // Six silent rounds make a vote (0.6 s), and a round to count them:
-        // ~0.75 s (docs/membership.md); the bound leaves a round of slack.
-        assert!(gone < 1.1, "trial {trial}: detection took {gone:.2} s");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // Six silent rounds make a vote (0.6 s), and a round to count them:
+    // ~0.75 s (docs/membership.md); the bound leaves a round of slack.
+    join_and_kill(&net, &key, &mut members, &v4(0), true, 0.5, 1.1).await;
 }
 
 /// V4: a member that sends but cannot receive, or loses 80 % of its

@@ -625,17 +625,15 @@ impl Chitchat {
         };
         if self.pulses.is_some() {
             self.update_liveness_by_pulses(threshold);
-        }
-        for chitchat_id in self.cluster_state.nodes() {
-            if self.pulses.is_some() {
-                break;
-            }
-            if chitchat_id != self.self_chitchat_id() {
-                let was_live = self.failure_detector.is_live(chitchat_id);
-                self.failure_detector
-                    .update_node_liveness_with(chitchat_id, threshold);
-                if was_live && !self.failure_detector.is_live(chitchat_id) {
-                    self.newly_dead.push(chitchat_id.clone());
+        } else {
+            for chitchat_id in self.cluster_state.nodes() {
+                if chitchat_id != self.self_chitchat_id() {
+                    let was_live = self.failure_detector.is_live(chitchat_id);
+                    self.failure_detector
+                        .update_node_liveness_with(chitchat_id, threshold);
+                    if was_live && !self.failure_detector.is_live(chitchat_id) {
+                        self.newly_dead.push(chitchat_id.clone());
+                    }
                 }
             }
         }

@@ -167,7 +167,7 @@ pub(crate) struct Pulses {
     deaths_sent_at: HashMap<SocketAddr, Instant>,
     /// The state hash, its buckets' and their sizes, until something they
     /// cover changes.
-    hash: Option<(u64, Vec<u64>, Vec<u32>)>,
+    hash: Option<StateHashes>,
     /// The buckets of the nodes that were news since the server last asked.
     news_scope: Scope,
     /// Where the next scoped exchange starts among the buckets that differ.
@@ -177,9 +177,17 @@ pub(crate) struct Pulses {
     marked_for: Option<(u64, u64)>,
 }
 
-/// The bucket of a node whose ring keys are `keys`.
-fn bucket_of(keys: &[u64; RINGS]) -> usize {
-    (keys[0] >> (64 - BUCKETS.trailing_zeros())) as usize
+/// The hash of a member's state, whole and by bucket (see
+/// `Chitchat::hashes`).
+struct StateHashes {
+    sum: u64,
+    buckets: Vec<u64>,
+    counts: Vec<u32>,
+}
+
+/// The bucket of a node whose place on the first ring is `key`.
+fn bucket_of(key: u64) -> usize {
+    (key >> (64 - BUCKETS.trailing_zeros())) as usize
 }
 
 /// A set of buckets, a bit each.
@@ -233,7 +241,7 @@ impl Deserializable for Scope {
 
 /// Whether `id`'s bucket is in `scope`.
 pub(crate) fn in_scope(id: &ChitchatId, scope: &Scope) -> bool {
-    *scope == Scope::ALL || scope.contains(bucket_of(&[ring_key(id, 0), 0]))
+    *scope == Scope::ALL || scope.contains(bucket_of(ring_key(id, 0)))
 }
 
 /// `true` (and notes `now`) if nothing was noted for `key` within `every`.
@@ -285,7 +293,7 @@ impl Pulses {
     /// `id` is news (new here, or back): its bucket goes in the rumor.
     pub(crate) fn note_news(&mut self, id: &ChitchatId) {
         let keys = self.key(id);
-        self.news_scope.insert(bucket_of(&keys));
+        self.news_scope.insert(bucket_of(keys[0]));
     }
 
     fn key(&mut self, id: &ChitchatId) -> [u64; RINGS] {
@@ -352,14 +360,18 @@ impl Chitchat {
             self.cluster_state.set_epoch(),
             self.pulses.as_ref().map_or(0, |p| p.deaths_epoch),
         );
+        if self
+            .pulses
+            .as_ref()
+            .is_none_or(|p| p.computed_for == Some(signature))
+        {
+            return;
+        }
         let me = self.config.chitchat_id.clone();
         let nodes: Vec<ChitchatId> = self.cluster_state.nodes().cloned().collect();
         let Some(p) = self.pulses.as_mut() else {
             return;
         };
-        if p.computed_for == Some(signature) {
-            return;
-        }
         p.computed_for = Some(signature);
         p.by_addr.clear();
         for id in &nodes {
@@ -407,73 +419,76 @@ impl Chitchat {
         }
     }
 
-    /// The hash of the state: each live member's id and versions (not its
-    /// heartbeat), order-free; and the same by bucket (they sum to it).
-    fn hashes(&mut self) -> (u64, Vec<u64>) {
-        let (hash, buckets, _) = self.hashes_and_counts();
-        (hash, buckets)
-    }
-
-    /// [`Self::hashes`], and how many nodes each bucket holds.
-    fn hashes_and_counts(&mut self) -> (u64, Vec<u64>, Vec<u32>) {
+    /// The hash of the state — each live member's id and versions (not its
+    /// heartbeat), order-free — with its buckets' (they sum to it) and how
+    /// many nodes each holds; computed again only once something it covers
+    /// changed.
+    fn hashes(&mut self) -> Option<&StateHashes> {
         self.refresh_neighbours();
-        let Some(p) = self.pulses.as_mut() else {
-            return (0, Vec::new(), Vec::new());
-        };
-        if let Some((hash, buckets, counts)) = &p.hash {
-            return (*hash, buckets.clone(), counts.clone());
+        let p = self.pulses.as_mut()?;
+        if p.hash.is_none() {
+            let mut buckets = vec![0u64; BUCKETS];
+            let mut counts = vec![0u32; BUCKETS];
+            for id in &p.live {
+                let Some(state) = self.cluster_state.node_state(id) else {
+                    continue;
+                };
+                let key = p
+                    .keys
+                    .get(id)
+                    .map_or_else(|| ring_key(id, 0), |keys| keys[0]);
+                let mut h = Fnv(key);
+                h.write(&state.max_version().to_le_bytes());
+                h.write(&state.last_gc_version().to_le_bytes());
+                let b = bucket_of(key);
+                buckets[b] = buckets[b].wrapping_add(h.0);
+                counts[b] += 1;
+            }
+            let sum = buckets.iter().fold(0u64, |a, b| a.wrapping_add(*b));
+            p.hash = Some(StateHashes {
+                sum,
+                buckets,
+                counts,
+            });
         }
-        let mut buckets = vec![0u64; BUCKETS];
-        let mut counts = vec![0u32; BUCKETS];
-        for id in &p.live {
-            let Some(state) = self.cluster_state.node_state(id) else {
-                continue;
-            };
-            let keys = p.keys.get(id).copied().unwrap_or_else(|| ring_keys(id));
-            let mut h = Fnv(keys[0]);
-            h.write(&state.max_version().to_le_bytes());
-            h.write(&state.last_gc_version().to_le_bytes());
-            let b = bucket_of(&keys);
-            buckets[b] = buckets[b].wrapping_add(h.0);
-            counts[b] += 1;
-        }
-        let sum = buckets.iter().fold(0u64, |a, b| a.wrapping_add(*b));
-        p.hash = Some((sum, buckets.clone(), counts.clone()));
-        (sum, buckets, counts)
+        p.hash.as_ref()
     }
 
     /// The hash of the state (see [`Self::hashes`]).
     pub fn state_hash(&mut self) -> u64 {
-        if let Some((hash, _, _)) = self.pulses.as_ref().and_then(|p| p.hash.as_ref()) {
-            if self.pulses.as_ref().and_then(|p| p.computed_for)
-                == Some((
-                    self.cluster_state.set_epoch(),
-                    self.pulses.as_ref().map_or(0, |p| p.deaths_epoch),
-                ))
-            {
-                return *hash;
-            }
-        }
-        self.hashes().0
+        self.hashes().map_or(0, |h| h.sum)
     }
 
     /// Our bucket hashes, as a [`ChitchatMessage::Buckets`] carries them
     /// (32 bits each: a bucket is a few nodes).
     pub(crate) fn bucket_hashes(&mut self) -> Vec<u32> {
-        self.hashes().1.iter().map(|h| *h as u32).collect()
+        self.hashes()
+            .map(|h| h.buckets.iter().map(|b| *b as u32).collect())
+            .unwrap_or_default()
+    }
+
+    /// This member's own heartbeat.
+    pub(crate) fn own_heartbeat(&self) -> Heartbeat {
+        self.cluster_state
+            .node_state(&self.config.chitchat_id)
+            .map_or(Heartbeat(0), |s| s.heartbeat())
     }
 
     /// Bucket hashes from `from`, whose state hash differs from ours: a SYN
     /// over buckets that differ, as many as fit [`SCOPE_NODES`].
     pub(crate) fn on_buckets(&mut self, from: SocketAddr, theirs: &[u32]) {
-        let (_, ours, counts) = self.hashes_and_counts();
-        let differ: Vec<usize> = ours
-            .iter()
-            .zip(theirs)
-            .enumerate()
-            .filter(|(_, (a, b))| **a as u32 != **b)
-            .map(|(i, _)| i)
-            .collect();
+        // The buckets that differ, with their sizes here.
+        let differ: Vec<(usize, u32)> = match self.hashes() {
+            Some(ours) => ours
+                .buckets
+                .iter()
+                .zip(theirs)
+                .enumerate()
+                .filter(|(_, (a, b))| **a as u32 != **b)
+                .map(|(i, _)| (i, ours.counts[i]))
+                .collect(),
+            None => return,
+        };
         if differ.is_empty() {
             return;
         }
@@ -485,11 +500,11 @@ impl Chitchat {
         let mut scope = Scope::default();
         let mut named = 0;
         for i in 0..differ.len() {
-            let bucket = differ[(start + i) % differ.len()];
-            if !scope.is_empty() && named + counts[bucket] > SCOPE_NODES {
+            let (bucket, count) = differ[(start + i) % differ.len()];
+            if !scope.is_empty() && named + count > SCOPE_NODES {
                 break;
             }
-            named += counts[bucket];
+            named += count;
             scope.insert(bucket);
         }
         let syn = self.scoped_syn(scope);
@@ -524,10 +539,7 @@ impl Chitchat {
 
     /// A round: our pulse to each neighbour.
     pub(crate) fn pulse_round(&mut self) -> Vec<(SocketAddr, ChitchatMessage)> {
-        let heartbeat = self
-            .cluster_state
-            .node_state(&self.config.chitchat_id)
-            .map_or(Heartbeat(0), |s| s.heartbeat());
+        let heartbeat = self.own_heartbeat();
         let state_hash = self.state_hash();
         let Some(p) = self.pulses.as_mut() else {
             return Vec::new();
@@ -565,10 +577,7 @@ impl Chitchat {
         let interval = self.config.gossip_interval;
         let me = self.config.chitchat_id.gossip_advertise_addr;
         let our_hash = self.state_hash();
-        let our_heartbeat = self
-            .cluster_state
-            .node_state(&self.config.chitchat_id)
-            .map_or(Heartbeat(0), |s| s.heartbeat());
+        let our_heartbeat = self.own_heartbeat();
         let Some(p) = self.pulses.as_mut() else {
             return;
         };
@@ -590,18 +599,14 @@ impl Chitchat {
             if (!neighbour || me < from) && due(&mut p.synced_at, from, now, interval * 2) {
                 sync = true;
             }
-            let recent = interval * 100;
-            if p.deaths
+            let recent: Vec<Death> = p
+                .deaths
                 .values()
-                .any(|(_, at)| now.duration_since(*at) < recent)
-                && due(&mut p.deaths_sent_at, from, now, interval * 5)
-            {
-                deaths = p
-                    .deaths
-                    .values()
-                    .filter(|(_, at)| now.duration_since(*at) < recent)
-                    .map(|(death, _)| death.clone())
-                    .collect();
+                .filter(|(_, at)| now.duration_since(*at) < interval * 100)
+                .map(|(death, _)| death.clone())
+                .collect();
+            if !recent.is_empty() && due(&mut p.deaths_sent_at, from, now, interval * 5) {
+                deaths = recent;
             }
         }
         // A node voted dead proves it is back by pulsing steadily, not once.

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use crate::message::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 use crate::transport::{RecvOutcome, Socket, Transport};
-use crate::{Chitchat, ChitchatConfig, ChitchatId, Heartbeat};
+use crate::{Chitchat, ChitchatConfig, ChitchatId};
 
 /// UDP Chitchat server handler.
 ///
@@ -327,14 +327,7 @@ impl Server {
                             cluster_id: self.cluster_id.clone(),
                             payload,
                         };
-                        let version = self.version_for(addr);
-                        if let Err(error) = self
-                            .transport
-                            .send(addr, ChitchatEnvelope { version, message })
-                            .await
-                        {
-                            debug!(%error, peer = %addr, "failed to send a direct message");
-                        }
+                        self.send_to(addr, message, "a direct message").await;
                     },
                     Some(Command::Shutdown) | None => break,
                 }
@@ -448,14 +441,20 @@ impl Server {
     async fn send_outbox(&mut self) {
         let outbox = self.chitchat.lock().await.take_outbox();
         for (peer, message) in outbox {
-            let version = self.version_for(peer);
-            if let Err(error) = self
-                .transport
-                .send(peer, ChitchatEnvelope { version, message })
-                .await
-            {
-                debug!(%error, %peer, "failed to send a queued message");
-            }
+            self.send_to(peer, message, "a queued message").await;
+        }
+    }
+
+    /// shoal patch: sends `message` to `peer` in the version it speaks; a
+    /// failure is logged, not returned (gossip is lossy by design).
+    async fn send_to(&mut self, peer: SocketAddr, message: ChitchatMessage, what: &str) {
+        let version = self.version_for(peer);
+        if let Err(error) = self
+            .transport
+            .send(peer, ChitchatEnvelope { version, message })
+            .await
+        {
+            debug!(%error, %peer, "failed to send {what}");
         }
     }
 
@@ -505,9 +504,7 @@ impl Server {
                 (contacts, Vec::new())
             } else {
                 let hash = chitchat.state_hash();
-                let heartbeat = chitchat
-                    .node_state(chitchat.self_chitchat_id())
-                    .map_or(Heartbeat(0), |s| s.heartbeat());
+                let heartbeat = chitchat.own_heartbeat();
                 let pulse = |addr| {
                     let echo = chitchat.heard_from(addr);
                     (
@@ -527,14 +524,7 @@ impl Server {
             (pulses, extra, syns)
         };
         for (peer, message) in pulses.into_iter().chain(extra) {
-            let version = self.version_for(peer);
-            if let Err(error) = self
-                .transport
-                .send(peer, ChitchatEnvelope { version, message })
-                .await
-            {
-                debug!(%error, %peer, "failed to pulse");
-            }
+            self.send_to(peer, message, "a pulse").await;
         }
         for peer in syns {
             if let Err(error) = self.gossip(peer).await {
@@ -660,13 +650,7 @@ impl Server {
                     nodes: nodes.clone(),
                 }
             };
-            if let Err(error) = self
-                .transport
-                .send(peer, ChitchatEnvelope { version, message })
-                .await
-            {
-                debug!(%error, %peer, "failed to pass on dead nodes");
-            }
+            self.send_to(peer, message, "dead nodes").await;
         }
     }
 
