@@ -250,6 +250,7 @@ pub struct Load {
     posters: Vec<tokio::task::JoinHandle<Vec<(String, u16)>>>,
     /// Host name → the first time it answered through the gateway.
     pub first_seen: Arc<Mutex<HashMap<String, Instant>>>,
+    answered: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Load {
@@ -269,14 +270,16 @@ impl Load {
             .expect("http client");
         let stop = Arc::new(AtomicBool::new(false));
         let first_seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let answered: Arc<std::sync::atomic::AtomicU64> = Arc::default();
         let base = base.trim_end_matches('/').to_string();
         let getters = (0..getters)
             .map(|w| {
-                let (client, stop, first_seen, base) = (
+                let (client, stop, first_seen, base, answered) = (
                     client.clone(),
                     stop.clone(),
                     first_seen.clone(),
                     base.clone(),
+                    answered.clone(),
                 );
                 tokio::spawn(async move {
                     let (mut sent, mut failures, mut lat) =
@@ -297,6 +300,7 @@ impl Load {
                             Ok(r) if r.status() == 200 => {
                                 let text = r.text().await.unwrap_or_default();
                                 lat.push(t.elapsed().as_secs_f64() * 1e3);
+                                answered.fetch_add(1, Ordering::Relaxed);
                                 if path.ends_with("host") {
                                     first_seen
                                         .lock()
@@ -361,7 +365,13 @@ impl Load {
             getters,
             posters,
             first_seen,
+            answered,
         }
+    }
+
+    /// GETs answered 200 so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
     }
 
     /// Stops the load, then reads every write back: the report without kills.

@@ -29,6 +29,7 @@ pub mod browser;
 pub mod chaos;
 pub mod cut;
 pub mod layout;
+pub mod nodes;
 pub mod sim;
 
 /// The directory holding the workspace's binaries.

@@ -1,0 +1,388 @@
+//! A real multi-node Swarm on this machine, for the tests: the nodes that
+//! `scripts/swarm-nodes` builds (Docker daemons in network namespaces on
+//! bridge `br-shoal`), the tasks on each, the gateways' views read from
+//! inside their own network namespaces, partitions between nodes.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The bridge's /24 (node `i` is `10.210.0.1i`), as `scripts/swarm-nodes` makes it.
+const SUBNET: &str = "10.210.0";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// Runs `scripts/swarm-nodes` with `args`; panics with its output on failure.
+fn swarm_nodes(args: &[&str]) -> String {
+    let out = Command::new(repo().join("scripts/swarm-nodes"))
+        .args(args)
+        .output()
+        .expect("scripts/swarm-nodes");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "scripts/swarm-nodes {args:?} failed:\n{text}"
+    );
+    text
+}
+
+/// A running multi-node Swarm; taken down (nothing left behind) when dropped.
+pub struct Nodes {
+    /// How many nodes (`1..=count`).
+    pub count: usize,
+}
+
+/// One running task of a service, as its node's daemon reports it.
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// The node it runs on (1-based).
+    pub node: usize,
+    /// Container id.
+    pub id: String,
+    /// Its host name (what it advertises as `host`).
+    pub host: String,
+    /// Its address on msa-network.
+    pub ip: String,
+    /// Host pid of its main process (its network namespace).
+    pub pid: u32,
+}
+
+impl Nodes {
+    /// Brings up `count` nodes (after taking down any left from before) and
+    /// loads `images` into each.
+    pub fn up(count: usize, images: &[&str]) -> Nodes {
+        swarm_nodes(&["down"]);
+        let t = Instant::now();
+        eprintln!("{}", swarm_nodes(&["up", &count.to_string()]));
+        let nodes = Nodes { count };
+        eprintln!("NODES up in {:.1} s", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut load = vec!["load"];
+        load.extend_from_slice(images);
+        swarm_nodes(&load);
+        eprintln!(
+            "NODES {} images loaded into {count} nodes in {:.1} s",
+            images.len(),
+            t.elapsed().as_secs_f64()
+        );
+        nodes
+    }
+
+    /// The Docker socket of node `i` (`DOCKER_HOST` for it).
+    pub fn sock(i: usize) -> String {
+        format!("unix:///run/shoal-nodes/n{i}/docker.sock")
+    }
+
+    /// Node `i`'s address on the bridge.
+    pub fn ip(i: usize) -> String {
+        format!("{SUBNET}.1{i}")
+    }
+
+    /// Node `i`'s host name (its name in `docker node ls`).
+    pub fn hostname(i: usize) -> String {
+        format!("shoal-n{i}")
+    }
+
+    /// `docker -H <node i> args…`: stdout, trimmed (empty on failure).
+    pub fn docker(i: usize, args: &[&str]) -> String {
+        Command::new("docker")
+            .arg("-H")
+            .arg(Self::sock(i))
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Like [`Nodes::docker`], panicking with stderr on failure.
+    pub fn docker_ok(i: usize, args: &[&str]) -> String {
+        let out = Command::new("docker")
+            .arg("-H")
+            .arg(Self::sock(i))
+            .args(args)
+            .output()
+            .expect("docker");
+        assert!(
+            out.status.success(),
+            "docker (node {i}) {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Running tasks of `stack`'s `service` on every node in `on`.
+    pub fn tasks_on(on: &[usize], stack: &str, service: &str) -> Vec<Task> {
+        let label = format!("label=com.docker.swarm.service.name={stack}_{service}");
+        let mut tasks = vec![];
+        for &node in on {
+            for id in Self::docker(node, &["ps", "-q", "--no-trunc", "--filter", &label]).lines() {
+                let line = Self::docker(
+                    node,
+                    &[
+                        "inspect",
+                        "-f",
+                        "{{.Config.Hostname}} {{(index .NetworkSettings.Networks \"msa-network\").IPAddress}} {{.State.Pid}}",
+                        id,
+                    ],
+                );
+                let mut parts = line.split_whitespace();
+                let (Some(host), Some(ip), Some(pid)) = (parts.next(), parts.next(), parts.next())
+                else {
+                    continue; // gone meanwhile
+                };
+                tasks.push(Task {
+                    node,
+                    id: id.to_string(),
+                    host: host.to_string(),
+                    ip: ip.to_string(),
+                    pid: pid.parse().unwrap_or(0),
+                });
+            }
+        }
+        tasks
+    }
+
+    /// Running tasks of `service` on every node.
+    pub fn tasks(&self, stack: &str, service: &str) -> Vec<Task> {
+        Self::tasks_on(&(1..=self.count).collect::<Vec<_>>(), stack, service)
+    }
+
+    /// `path` of the gateway's admin port, read in the network namespace of
+    /// the task whose main process is `pid` (fast: no `docker exec`).
+    pub fn admin(pid: u32, path: &str) -> Option<String> {
+        let out = Command::new("nsenter")
+            .args([
+                "-t",
+                &pid.to_string(),
+                "-n",
+                "curl",
+                "-fsS",
+                "--max-time",
+                "2",
+            ])
+            .arg(format!("http://127.0.0.1:8761{path}"))
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Each gateway's view (host names) on the nodes in `on`, as
+    /// `(node, view)`; a gateway that does not answer is left out.
+    pub fn gateway_views(on: &[usize], stack: &str) -> Vec<(usize, HashSet<String>)> {
+        Self::tasks_on(on, stack, "gateway")
+            .iter()
+            .filter_map(|g| {
+                let doc: shoal_node::MembersDoc =
+                    serde_json::from_str(&Self::admin(g.pid, "/members")?).ok()?;
+                Some((g.node, doc.members().map(|m| m.host.clone()).collect()))
+            })
+            .collect()
+    }
+
+    /// Kills node `i` whole: its daemon, containerd and every container.
+    pub fn kill(&self, i: usize) {
+        eprintln!("{}", swarm_nodes(&["kill", &i.to_string()]).trim());
+    }
+
+    /// IP counters of a network namespace (`nsenter` args: `-t PID` or
+    /// `--net=/var/run/netns/NAME`): fragments created and reassemblies
+    /// needed, from `/proc/net/snmp`.
+    pub fn fragments(nsenter: &[&str]) -> (u64, u64) {
+        let out = Command::new("nsenter")
+            .args(nsenter)
+            .args(["cat", "/proc/net/snmp"])
+            .output()
+            .expect("nsenter cat /proc/net/snmp");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut ip = text.lines().filter(|l| l.starts_with("Ip:"));
+        let (Some(names), Some(values)) = (ip.next(), ip.next()) else {
+            return (0, 0);
+        };
+        let pairs: Vec<(&str, u64)> = names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .map(|(n, v)| (n, v.parse().unwrap_or(0)))
+            .collect();
+        let get = |name: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0, |(_, v)| *v)
+        };
+        (get("FragCreates"), get("ReasmReqds"))
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/swarm-nodes"))
+            .arg("down")
+            .status();
+    }
+}
+
+/// Which way a [`NodeCut`] drops a node's traffic with its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Nothing in from the peers, nothing out to them.
+    Both,
+    /// Nothing in from the peers (it still sends).
+    Inbound,
+}
+
+/// A partition between nodes: iptables rules in node `node`'s network
+/// namespace dropping what it exchanges with `peers` (VXLAN, Swarm's own
+/// control traffic, everything). Dropping it heals the cut.
+pub struct NodeCut {
+    node: usize,
+    rules: Vec<Vec<String>>,
+}
+
+impl NodeCut {
+    /// Cuts node `node` off from `peers`.
+    pub fn new(node: usize, peers: &[usize], way: Way) -> NodeCut {
+        let mut rules = vec![];
+        for &p in peers {
+            rules.push(vec![
+                "INPUT".into(),
+                "-s".into(),
+                Nodes::ip(p),
+                "-j".into(),
+                "DROP".into(),
+            ]);
+            if way == Way::Both {
+                rules.push(vec![
+                    "OUTPUT".into(),
+                    "-d".into(),
+                    Nodes::ip(p),
+                    "-j".into(),
+                    "DROP".into(),
+                ]);
+            }
+        }
+        let cut = NodeCut { node, rules };
+        for r in &cut.rules {
+            cut.iptables("-I", r);
+        }
+        cut
+    }
+
+    fn iptables(&self, op: &str, rule: &[String]) {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/shoal-n{}", self.node))
+            .arg("iptables")
+            .arg(op)
+            .args(rule)
+            .output()
+            .expect("nsenter iptables");
+        assert!(
+            out.status.success(),
+            "iptables {op} {rule:?} on node {}: {}",
+            self.node,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Heals the cut now.
+    pub fn heal(self) {}
+}
+
+impl Drop for NodeCut {
+    fn drop(&mut self) {
+        for r in self.rules.clone() {
+            self.iptables("-D", &r);
+        }
+    }
+}
+
+/// haproxy on loopback in front of the nodes' gateways (host-mode port
+/// `port` on each node's address), TCP mode, health-checking each: an L4
+/// balancer as a Swarm without IPVS needs one. Stopped when dropped.
+pub struct Haproxy {
+    dir: PathBuf,
+    /// Where clients connect (`http://127.0.0.1:…`).
+    pub url: String,
+}
+
+impl Haproxy {
+    /// Starts haproxy on `listen` (a loopback port) over `nodes`' gateways.
+    pub fn start(listen: u16, nodes: &[usize], port: u16) -> Haproxy {
+        let dir =
+            std::env::temp_dir().join(format!("shoal-haproxy-{}-{listen}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("haproxy's directory");
+        let servers: String = nodes
+            .iter()
+            .map(|&i| {
+                format!(
+                    "    server n{i} {}:{port} check inter 500ms fall 2 rise 2\n",
+                    Nodes::ip(i)
+                )
+            })
+            .collect();
+        let cfg = format!(
+            "global\n    maxconn 2000\n\
+             defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 60s\n    timeout server 60s\n    retries 3\n    option redispatch\n\
+             frontend edge\n    bind 127.0.0.1:{listen}\n    default_backend gateways\n\
+             backend gateways\n    balance roundrobin\n    default-server on-marked-down shutdown-sessions\n{servers}"
+        );
+        std::fs::write(dir.join("haproxy.cfg"), cfg).expect("haproxy.cfg");
+        let pidfile = dir.join("haproxy.pid");
+        let status = Command::new("haproxy")
+            .args(["-D", "-f"])
+            .arg(dir.join("haproxy.cfg"))
+            .arg("-p")
+            .arg(&pidfile)
+            .status()
+            .expect("haproxy (apt-get install haproxy)");
+        assert!(status.success(), "haproxy did not start: {status}");
+        Haproxy {
+            dir,
+            url: format!("http://127.0.0.1:{listen}"),
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("haproxy.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `views` until none holds any of `hosts`, for up to `timeout`: for
+/// each host, when it was last seen in a view (its time out of every view),
+/// `None` for a host still in one at the end.
+pub fn until_gone(
+    hosts: &[String],
+    timeout: Duration,
+    mut views: impl FnMut() -> Vec<HashSet<String>>,
+) -> Vec<(String, Option<Duration>)> {
+    let start = Instant::now();
+    let mut gone: Vec<(String, Option<Duration>)> =
+        hosts.iter().map(|h| (h.clone(), None)).collect();
+    while start.elapsed() < timeout && gone.iter().any(|(_, t)| t.is_none()) {
+        let vs = views();
+        let at = start.elapsed();
+        for (host, t) in gone.iter_mut() {
+            if t.is_none() && !vs.is_empty() && vs.iter().all(|v| !v.contains(host.as_str())) {
+                *t = Some(at);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    gone
+}
