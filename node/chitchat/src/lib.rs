@@ -271,9 +271,10 @@ impl Chitchat {
                 .is_some_and(|at| now.duration_since(*at) <= proof_window)
         });
         for (chitchat_id, node_digest) in &digest.node_digests {
-            let is_sender = from == Some(chitchat_id.gossip_advertise_addr);
+            // Not even for the others it names: members cut off inbound
+            // together (a whole node, one way) would vouch for each other.
             let known = self.cluster_state.node_state(chitchat_id).is_some();
-            if is_sender && known && !sender_answered {
+            if known && from.is_some() && !sender_answered {
                 continue;
             }
             self.report_heartbeat(chitchat_id, node_digest.heartbeat);
@@ -383,12 +384,14 @@ impl Chitchat {
     ///
     /// A node's own heartbeat in its own SYN proves it can send, not that it
     /// can receive: a node cut off inbound only (a one-way partition) would
-    /// stay alive forever on its SYNs while nothing reaches it. So a known
-    /// node's own SYN heartbeat counts only if that node answered us (a
-    /// SYN-ACK or an ACK, which it sends only after receiving) within the
-    /// last ten gossip rounds (`initial_interval` × 10). A healthy node answers every
-    /// exchange (its SYN to us is followed by its ACK), so nothing changes
-    /// for it; an unknown node's first SYN still counts, so joins are as
+    /// stay alive forever on its SYNs while nothing reaches it. So the
+    /// heartbeats of known nodes in a SYN count only if its sender answered
+    /// us (a SYN-ACK or an ACK, which it sends only after receiving) within
+    /// the last ten gossip rounds (`initial_interval` × 10) — the others'
+    /// as well as its own, or members cut off inbound together (every task
+    /// of a Swarm node, one way) keep each other alive. A healthy node
+    /// answers every exchange (its SYN to us is followed by its ACK), so
+    /// nothing changes for it; unknown nodes still count, so joins are as
     /// before. Its heartbeat also keeps arriving through other nodes'
     /// digests, which are fed by its answers to them.
     ///
@@ -2040,6 +2043,54 @@ mod tests {
             1337,
         );
         assert!(node.cluster_state.node_state(&chitchat_id).is_none());
+    }
+
+    /// shoal patch (change 5): a SYN from a known member that has not
+    /// answered us lately counts for none of the known members it names —
+    /// members cut off inbound together would otherwise vouch for each
+    /// other — and counts again once it answers.
+    #[tokio::test]
+    async fn a_syn_from_a_member_that_never_answers_vouches_for_no_one() {
+        let mut node = Chitchat::with_chitchat_id_and_seeds(
+            ChitchatConfig::for_test(10_020),
+            watch::channel(Default::default()).1,
+            Vec::new(),
+        );
+        let (b, c) = (
+            ChitchatId::for_local_test(10_021),
+            ChitchatId::for_local_test(10_022),
+        );
+        for id in [&b, &c] {
+            node.report_heartbeat(id, Heartbeat(1));
+        }
+        let heartbeat = |node: &Chitchat, id: &ChitchatId| {
+            node.node_state(id)
+                .map(|s| s.heartbeat())
+                .unwrap_or_default()
+        };
+        let syn = |hb: u64| {
+            let mut digest = Digest::default();
+            digest.add_node(b.clone(), Heartbeat(hb), 0, 0);
+            digest.add_node(c.clone(), Heartbeat(hb), 0, 0);
+            ChitchatMessage::Syn {
+                cluster_id: "default-cluster".to_string(),
+                digest,
+            }
+        };
+        let from = Some(b.gossip_advertise_addr);
+        node.process_message_from(syn(5), from, ProtocolVersion::V0);
+        assert_eq!(heartbeat(&node, &b), Heartbeat(1));
+        assert_eq!(heartbeat(&node, &c), Heartbeat(1), "b vouched for c");
+        node.process_message_from(
+            ChitchatMessage::Ack {
+                delta: Delta::default(),
+            },
+            from,
+            ProtocolVersion::V0,
+        );
+        node.process_message_from(syn(6), from, ProtocolVersion::V0);
+        assert_eq!(heartbeat(&node, &b), Heartbeat(6));
+        assert_eq!(heartbeat(&node, &c), Heartbeat(6));
     }
 
     // There was a bug in process_message:
