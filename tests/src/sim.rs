@@ -260,25 +260,24 @@ impl SimMember {
         guard.live_nodes().count()
     }
 
-    /// Whether `node` is in its live set.
-    pub async fn sees(&self, node: &str) -> bool {
+    /// Whether `node` is in its live set (a lookup, not a walk: the
+    /// simulator asks every member every 5 ms).
+    pub async fn sees(&self, node: &chitchat::ChitchatId) -> bool {
         let chitchat = self.gossip.handle.chitchat();
         let guard = chitchat.lock().await;
-        guard.live_nodes().any(|id| &*id.node_id == node)
+        guard.is_live(node)
     }
 
     /// Whether `node` is in its live set with its record up (its health
     /// key says `up`): what a gateway needs to route to it.
-    pub async fn sees_up(&self, node: &str) -> bool {
+    pub async fn sees_up(&self, node: &chitchat::ChitchatId) -> bool {
         let chitchat = self.gossip.handle.chitchat();
         let guard = chitchat.lock().await;
-        guard.live_nodes().any(|id| {
-            &*id.node_id == node
-                && guard
-                    .node_state(id)
-                    .and_then(|s| s.get(keys::HEALTH))
-                    .is_some_and(|h| h == Health::Up.as_str())
-        })
+        guard.is_live(node)
+            && guard
+                .node_state(node)
+                .and_then(|s| s.get(keys::HEALTH))
+                .is_some_and(|h| h == Health::Up.as_str())
     }
 
     /// Stops it dead (no goodbye): what SIGKILL does.

@@ -91,7 +91,7 @@ async fn join_and_kill(
 ) {
     for trial in 0..4 {
         let newcomer = spawn_member(net, 100 + trial, key, settings).await.unwrap();
-        let node = newcomer.node.clone();
+        let node = newcomer.chitchat_id();
         let join = within(members, Duration::from_secs(5), async |m| {
             if record_up {
                 m.sees_up(&node).await
@@ -106,7 +106,7 @@ async fn join_and_kill(
         let dead = members.remove(3 + trial * 5);
         dead.kill(net);
         let gone = within(members, Duration::from_secs(5), async |m| {
-            !m.sees(&dead.node).await
+            !m.sees(&dead.chitchat_id()).await
         })
         .await;
         assert!(
@@ -152,7 +152,7 @@ async fn news_of_the_death_of_a_live_member_is_ignored() {
         tokio::time::sleep(Duration::from_millis(3)).await;
         for m in &members {
             assert!(
-                m.sees(&victim.node).await,
+                m.sees(&victim.chitchat_id()).await,
                 "round {round}: {} dropped {} on a forged death notice",
                 m.node,
                 victim.node
@@ -179,7 +179,7 @@ async fn v1_v2_and_v3_members_form_one_cluster() {
     let others: Vec<&SimMember> = members.iter().filter(|m| m.node != dead.node).collect();
     let t0 = Instant::now();
     for m in others {
-        while m.sees(&dead.node).await {
+        while m.sees(&dead.chitchat_id()).await {
             assert!(
                 t0.elapsed() < Duration::from_secs(5),
                 "{} still sees {}",
@@ -200,7 +200,7 @@ async fn members_converge_and_detect_under_packet_loss() {
     let dead = members.remove(9);
     dead.kill(&net);
     let gone = within(&members, Duration::from_secs(5), async |m| {
-        !m.sees(&dead.node).await
+        !m.sees(&dead.chitchat_id()).await
     })
     .await;
     assert!(gone < 1.5, "detection took {gone:.2} s at 5 % loss");
@@ -217,7 +217,7 @@ async fn all_see_each_other(members: &[SimMember], except: &SimMember) -> bool {
     let mut all = true;
     for m in members.iter().filter(|m| m.ip != except.ip) {
         for other in members.iter().filter(|o| o.ip != except.ip && o.ip != m.ip) {
-            if !m.sees(&other.node).await {
+            if !m.sees(&other.chitchat_id()).await {
                 eprintln!("{} does not see {}", m.node, other.node);
                 all = false;
             }
@@ -280,7 +280,7 @@ async fn v4_a_deaf_or_lossy_member_leaves_every_view_and_removes_nobody() {
         loop {
             let mut out = true;
             for m in &others {
-                out &= !m.sees(&faulty.node).await;
+                out &= !m.sees(&faulty.chitchat_id()).await;
             }
             if out {
                 break;
@@ -324,7 +324,7 @@ async fn v4_a_tenth_killed_at_once_leave_every_view() {
         }
         let gone = within(&members, Duration::from_secs(5), async |m| {
             for d in &dead {
-                if m.sees(&d.node).await {
+                if m.sees(&d.chitchat_id()).await {
                     return false;
                 }
             }

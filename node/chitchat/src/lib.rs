@@ -700,6 +700,12 @@ impl Chitchat {
         once(self.self_chitchat_id()).chain(self.failure_detector.live_nodes())
     }
 
+    /// shoal patch: whether `chitchat_id` is live here (itself included),
+    /// without walking the live set.
+    pub fn is_live(&self, chitchat_id: &ChitchatId) -> bool {
+        chitchat_id == self.self_chitchat_id() || self.failure_detector.is_live(chitchat_id)
+    }
+
     /// Returns the current adaptive failure detection timeout for a remote node.
     ///
     /// The timeout is the elapsed time since the node's last heartbeat at which its phi value

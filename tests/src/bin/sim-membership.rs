@@ -125,7 +125,7 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
     for t in 0..trials {
         let t0 = Instant::now();
         let newcomer = spawn_member(&net, n + t, &key, &args.set).await?;
-        let node = newcomer.node.clone();
+        let node = newcomer.chitchat_id();
         match until_all(&members, t0, Duration::from_secs(30), async |m| {
             m.sees_up(&node).await
         })
@@ -143,7 +143,7 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
         tracing::info!(node = %dead.node, "killed");
         dead.kill(&net);
         match until_all(&members, t0, Duration::from_secs(30), async |m| {
-            !m.sees(&dead.node).await
+            !m.sees(&dead.chitchat_id()).await
         })
         .await
         {
