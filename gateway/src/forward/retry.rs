@@ -242,7 +242,7 @@ pub async fn forward(
                 path,
             ));
             if may_resend(Failure::Gone, &outgoing.method)
-                && may_retry(gw, service, &tried, &replay, now)
+                && may_retry(gw, service, &tried, &replay, now, Failure::Gone)
             {
                 continue;
             }
@@ -302,7 +302,9 @@ pub async fn forward(
             }
         };
         service.note_failure(&gw.config.resilience, &endpoint, now);
-        if may_resend(failure, &outgoing.method) && may_retry(gw, service, &tried, &replay, now) {
+        if may_resend(failure, &outgoing.method)
+            && may_retry(gw, service, &tried, &replay, now, failure)
+        {
             continue;
         }
         return match answer {
@@ -331,13 +333,20 @@ pub fn exchange_failed(
 }
 
 /// Whether one more attempt may go: attempts left, another instance to try,
-/// the body still at hand, and the budget not spent (this spends from it).
+/// the body still at hand, and — when the failed attempt may have made an
+/// instance work (a 5xx, a broken exchange, a timeout) — the budget not
+/// spent (this spends from it). An attempt that reached no instance (the
+/// connection did not open, or its member left the cluster) costs the
+/// service nothing, so sending it elsewhere adds no load, and is not
+/// budgeted: when a Swarm node dies with two of three replicas, requests
+/// still find the third (`SHOAL_MAX_ATTEMPTS` bounds them).
 fn may_retry(
     gw: &Gateway,
     service: &ServiceState,
     tried: &[SocketAddr],
     replay: &Replay,
     now: Instant,
+    failure: Failure,
 ) -> bool {
     if !replay.is_kept() || tried.len() >= gw.config.resilience.max_attempts as usize {
         return false;
@@ -349,7 +358,7 @@ fn may_retry(
     if !another {
         return false;
     }
-    if service.budget.withdraw() {
+    if matches!(failure, Failure::NotSent | Failure::Gone) || service.budget.withdraw() {
         service.metrics.retries.inc();
         true
     } else {

@@ -242,6 +242,29 @@ async fn a_write_that_reached_no_instance_goes_to_another() {
 }
 
 #[tokio::test]
+async fn connections_that_never_opened_spend_no_retry_budget() {
+    // No budget at all: a 5xx is not retried, a refused connection is, so
+    // two replicas of three gone at once (a Swarm node dies) fail nothing.
+    let no_budget = [
+        ("SHOAL_RETRY_BUDGET_RATIO", "0"),
+        ("SHOAL_RETRY_BUDGET_MIN", "0"),
+    ];
+    let good = Fake::start(Behaviour::Answer(200)).await;
+    let (_gw, addr) = gateway(&[refused().await, refused().await, good.addr], &no_budget).await;
+    let statuses = send(addr, Method::GET, 30).await;
+    assert!(statuses.values().all(|s| *s == 200), "{statuses:?}");
+
+    let sick = Fake::start(Behaviour::Answer(503)).await;
+    let good = Fake::start(Behaviour::Answer(200)).await;
+    let (_gw, addr) = gateway(&[sick.addr, good.addr], &no_budget).await;
+    let statuses = send(addr, Method::GET, 30).await;
+    assert!(
+        statuses.values().any(|s| *s == 503),
+        "a 5xx is retried only on the budget: {statuses:?}"
+    );
+}
+
+#[tokio::test]
 async fn reads_are_retried_on_another_instance() {
     for behaviour in [
         Behaviour::Answer(503),
