@@ -225,6 +225,40 @@ impl Nodes {
     }
 }
 
+impl Nodes {
+    /// Takes the nodes down and checks that nothing is left behind: no
+    /// namespace, link, bridge, mount, iptables rule or state directory.
+    pub fn down_leaving_nothing(self) {
+        swarm_nodes(&["down"]);
+        let run = |cmd: &str, args: &[&str]| {
+            Command::new(cmd)
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let links = run("ip", &["-o", "link", "show"]);
+        let left: Vec<&str> = links
+            .lines()
+            .filter(|l| l.contains("shn") || l.contains("br-shoal"))
+            .collect();
+        assert!(left.is_empty(), "links left: {left:?}");
+        let netns = run("ip", &["netns", "list"]);
+        assert!(!netns.contains("shoal-n"), "namespaces left: {netns}");
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let left: Vec<&str> = mounts
+            .lines()
+            .filter(|l| l.contains("shoal-nodes"))
+            .collect();
+        assert!(left.is_empty(), "mounts left: {left:?}");
+        let rules = run("iptables", &["-S", "FORWARD"]);
+        assert!(!rules.contains("br-shoal"), "iptables rules left: {rules}");
+        for dir in ["/run/shoal-nodes", "/var/lib/shoal-nodes"] {
+            assert!(!Path::new(dir).exists(), "{dir} left");
+        }
+    }
+}
+
 impl Drop for Nodes {
     fn drop(&mut self) {
         let _ = Command::new(repo().join("scripts/swarm-nodes"))

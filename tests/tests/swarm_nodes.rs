@@ -238,7 +238,7 @@ async fn swarm_nodes_three_hosts_placement_partitions_drain_and_a_node_death() {
         .build()
         .expect("client");
     script("build-images", &[]);
-    let _nodes = Nodes::up(
+    let nodes = Nodes::up(
         N,
         &[
             "shoal/gateway:latest",
@@ -508,7 +508,7 @@ async fn swarm_nodes_three_hosts_placement_partitions_drain_and_a_node_death() {
     assert!(!dead.is_empty(), "node 3 runs members");
     let everyone = members_on(&ALL).len();
     let killed_at = Instant::now();
-    _nodes.kill(3);
+    nodes.kill(3);
     let gone = tokio::task::spawn_blocking({
         let hosts = dead_hosts.clone();
         move || until_gone(&hosts, Duration::from_secs(10), || views(&[1, 2]))
@@ -557,6 +557,6 @@ async fn swarm_nodes_three_hosts_placement_partitions_drain_and_a_node_death() {
         "NODES node 3 killed: Swarm rescheduled its story tasks {rescheduled:?} after (whole again), routable {routable:?} after the kill"
     );
     assert_clean("node 3 killed (through haproxy)", &report);
-    assert!(killed_at.elapsed() > Duration::ZERO);
     drop(haproxy);
+    nodes.down_leaving_nothing();
 }
