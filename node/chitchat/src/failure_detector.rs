@@ -16,6 +16,8 @@ pub struct FailureDetector {
     config: FailureDetectorConfig,
     /// Denotes live nodes.
     live_nodes: HashSet<ChitchatId>,
+    /// shoal patch: bumped whenever `live_nodes` changes.
+    live_epoch: u64,
     /// Denotes dead nodes.
     dead_nodes: HashMap<ChitchatId, Instant>,
 }
@@ -26,6 +28,7 @@ impl FailureDetector {
             node_samples: HashMap::new(),
             config,
             live_nodes: HashSet::new(),
+            live_epoch: 0,
             dead_nodes: HashMap::new(),
         }
     }
@@ -65,10 +68,15 @@ impl FailureDetector {
         let is_alive = phi_opt.map(|phi| phi <= phi_threshold).unwrap_or(false);
         debug!(node_id=%chitchat_id.node_id, phi=?phi_opt, is_alive=is_alive, "computing node liveness");
         if is_alive {
-            self.live_nodes.insert(chitchat_id.clone());
+            if !self.live_nodes.contains(chitchat_id) {
+                self.live_nodes.insert(chitchat_id.clone());
+                self.live_epoch += 1;
+            }
             self.dead_nodes.remove(chitchat_id);
         } else {
-            self.live_nodes.remove(chitchat_id);
+            if self.live_nodes.remove(chitchat_id) {
+                self.live_epoch += 1;
+            }
             if !self.dead_nodes.contains_key(chitchat_id) {
                 self.dead_nodes.insert(chitchat_id.clone(), Instant::now());
             }
@@ -96,6 +104,16 @@ impl FailureDetector {
         garbage_collected_nodes
     }
 
+    /// shoal patch: how many nodes are live.
+    pub fn live_node_count(&self) -> usize {
+        self.live_nodes.len()
+    }
+
+    /// shoal patch: changes whenever the live set does.
+    pub fn live_epoch(&self) -> u64 {
+        self.live_epoch
+    }
+
     /// Returns the list of nodes considered live by the failure detector.
     pub fn live_nodes(&self) -> impl Iterator<Item = &ChitchatId> {
         self.live_nodes.iter()
@@ -105,7 +123,9 @@ impl FailureDetector {
     /// crossed the threshold (its samples are forgotten: two new heartbeats
     /// make it live again).
     pub fn mark_dead(&mut self, chitchat_id: &ChitchatId) {
-        self.live_nodes.remove(chitchat_id);
+        if self.live_nodes.remove(chitchat_id) {
+            self.live_epoch += 1;
+        }
         self.dead_nodes
             .entry(chitchat_id.clone())
             .or_insert_with(Instant::now);
@@ -119,6 +139,7 @@ impl FailureDetector {
     pub fn mark_live(&mut self, chitchat_id: &ChitchatId) {
         if !self.live_nodes.contains(chitchat_id) {
             self.live_nodes.insert(chitchat_id.clone());
+            self.live_epoch += 1;
         }
         self.dead_nodes.remove(chitchat_id);
     }

@@ -122,6 +122,12 @@ pub struct Chitchat {
     /// shoal patch: live-set changes not sent to the watcher (nobody
     /// watched); sent when one asks.
     watcher_stale: std::cell::Cell<bool>,
+    /// shoal patch: bumped whenever a node's state may have changed
+    /// (versions, or the node set), with the live set's epoch what the
+    /// live-nodes view is computed from: unchanged, it is not rebuilt.
+    state_epoch: u64,
+    /// The (live set, states) epochs the live-nodes view was built for.
+    live_view_for: Option<(u64, u64)>,
     /// shoal patch (V4): liveness by pulses between neighbours, when on.
     pulses: Option<pulse::Pulses>,
     /// shoal patch (V4): messages for peers besides the reply (pulses
@@ -162,6 +168,8 @@ impl Chitchat {
             pulses: None,
             outbox: Vec::new(),
             watcher_stale: Default::default(),
+            state_epoch: 0,
+            live_view_for: None,
         };
         if chitchat.config.protocol_version >= ProtocolVersion::V4 {
             chitchat.pulses = Some(Default::default());
@@ -353,8 +361,13 @@ impl Chitchat {
         } else {
             Vec::new()
         };
+        // Only the nodes in the delta changed (a new one changes the node
+        // set too, which redoes the whole hash).
+        self.state_epoch = self.state_epoch.wrapping_add(1);
         if let Some(p) = self.pulses.as_mut() {
-            p.touch();
+            for d in &delta.node_deltas {
+                p.touch_node(&d.chitchat_id);
+            }
         }
         let was_reset_triggered = self.cluster_state.apply_delta(delta);
         for (id, max) in before {
@@ -555,9 +568,7 @@ impl Chitchat {
     fn gc_keys_marked_for_deletion(&mut self) {
         self.cluster_state
             .gc_keys_marked_for_deletion(self.config.marked_for_deletion_grace_period);
-        if let Some(p) = self.pulses.as_mut() {
-            p.touch();
-        }
+        self.states_changed();
     }
 
     /// Reports heartbeats to the failure detector for nodes in the delta for which we received an
@@ -576,6 +587,7 @@ impl Chitchat {
         let node_state = if should_init_if_absent {
             if self.cluster_state.node_state(chitchat_id).is_none() {
                 self.news = true;
+                self.state_epoch = self.state_epoch.wrapping_add(1);
                 if let Some(p) = self.pulses.as_mut() {
                     p.touch();
                     p.note_news(chitchat_id);
@@ -640,6 +652,39 @@ impl Chitchat {
                 }
             }
         }
+        // shoal patch: every round, but rebuilt only when the live set or a
+        // node's state changed since (it clones every live id: at N = 1,000
+        // that was most of an idle cluster's work).
+        let signature = (self.failure_detector.live_epoch(), self.state_epoch);
+        if self.live_view_for != Some(signature) {
+            self.live_view_for = Some(signature);
+            self.publish_live_nodes();
+        }
+        // Perform garbage collection.
+        let garbage_collected_nodes = self.failure_detector.garbage_collect();
+        for chitchat_id in &garbage_collected_nodes {
+            if chitchat_id != self.self_chitchat_id() {
+                self.cluster_state.remove_node(chitchat_id);
+            } else {
+                error!("self node was marked dead, please report");
+            }
+        }
+        if !garbage_collected_nodes.is_empty() {
+            self.states_changed();
+        }
+    }
+
+    /// shoal patch: states changed (versions, or the node set): V4's state
+    /// hash and the live-nodes view are computed again when next needed.
+    fn states_changed(&mut self) {
+        self.state_epoch = self.state_epoch.wrapping_add(1);
+        if let Some(p) = self.pulses.as_mut() {
+            p.touch();
+        }
+    }
+
+    /// The live nodes and their versions, sent to the watcher if changed.
+    fn publish_live_nodes(&mut self) {
         let current_live_nodes = self
             .live_nodes()
             .flat_map(|chitchat_id| {
@@ -667,15 +712,6 @@ impl Chitchat {
                 self.watcher_stale.set(true);
             }
         }
-        // Perform garbage collection.
-        let garbage_collected_nodes = self.failure_detector.garbage_collect();
-        for chitchat_id in &garbage_collected_nodes {
-            if chitchat_id != self.self_chitchat_id() {
-                self.cluster_state.remove_node(chitchat_id);
-            } else {
-                error!("self node was marked dead, please report");
-            }
-        }
     }
 
     pub fn node_states(&self) -> &BTreeMap<ChitchatId, NodeState> {
@@ -687,8 +723,9 @@ impl Chitchat {
     }
 
     pub fn self_node_state(&mut self) -> &mut NodeState {
+        self.state_epoch = self.state_epoch.wrapping_add(1);
         if let Some(p) = self.pulses.as_mut() {
-            p.touch();
+            p.touch_node(&self.config.chitchat_id);
         }
         self.cluster_state
             .node_state_mut_or_init(&self.config.chitchat_id)
@@ -698,6 +735,11 @@ impl Chitchat {
     /// current node (also called "self node"), which is always considered alive.
     pub fn live_nodes(&self) -> impl Iterator<Item = &ChitchatId> {
         once(self.self_chitchat_id()).chain(self.failure_detector.live_nodes())
+    }
+
+    /// shoal patch: how many other nodes are live here, without walking them.
+    pub fn live_node_count(&self) -> usize {
+        self.failure_detector.live_node_count()
     }
 
     /// shoal patch: whether `chitchat_id` is live here (itself included),
@@ -826,6 +868,7 @@ impl Chitchat {
         let node_state = if should_init_if_absent {
             if self.cluster_state.node_state(chitchat_id).is_none() {
                 self.news = true;
+                self.state_epoch = self.state_epoch.wrapping_add(1);
                 if let Some(p) = self.pulses.as_mut() {
                     p.touch();
                     p.note_news(chitchat_id);
@@ -886,6 +929,10 @@ impl Chitchat {
         let monotonic_property_after = node_state.monotonic_property();
 
         assert!(monotonic_property_after > monotonic_property_before);
+        self.state_epoch = self.state_epoch.wrapping_add(1);
+        if let Some(p) = self.pulses.as_mut() {
+            p.touch_node(chitchat_id);
+        }
     }
 
     /// shoal patch: nodes found dead here since the last call, to pass on.

@@ -166,8 +166,11 @@ pub(crate) struct Pulses {
     synced_at: HashMap<SocketAddr, Instant>,
     deaths_sent_at: HashMap<SocketAddr, Instant>,
     /// The state hash, its buckets' and their sizes, until something they
-    /// cover changes.
+    /// cover changes: the live set (computed again whole) or one node's
+    /// versions (that node's share redone, in `dirty`).
     hash: Option<StateHashes>,
+    /// Nodes whose versions changed since the hash was brought up to date.
+    dirty: Vec<ChitchatId>,
     /// The buckets of the nodes that were news since the server last asked.
     news_scope: Scope,
     /// Where the next scoped exchange starts among the buckets that differ.
@@ -183,6 +186,50 @@ struct StateHashes {
     sum: u64,
     buckets: Vec<u64>,
     counts: Vec<u32>,
+    /// Each live node's share: its bucket and what it adds to it.
+    shares: HashMap<ChitchatId, (usize, u64)>,
+}
+
+impl StateHashes {
+    fn add(&mut self, id: ChitchatId, bucket: usize, share: u64) {
+        self.buckets[bucket] = self.buckets[bucket].wrapping_add(share);
+        self.counts[bucket] += 1;
+        self.sum = self.sum.wrapping_add(share);
+        self.shares.insert(id, (bucket, share));
+    }
+
+    fn remove(&mut self, id: &ChitchatId) {
+        if let Some((bucket, share)) = self.shares.remove(id) {
+            self.buckets[bucket] = self.buckets[bucket].wrapping_sub(share);
+            self.counts[bucket] -= 1;
+            self.sum = self.sum.wrapping_sub(share);
+        }
+    }
+}
+
+/// A node's share of the state hash: its place and its versions (not its
+/// heartbeat), mixed.
+///
+/// The mix matters: FNV's last steps over zero bytes are multiplications
+/// only, so raw FNV shares move linearly with a version's low bit, and two
+/// nodes each raising their version by one could cancel out in the sum (it
+/// happened, in this module's test): two members would take themselves for
+/// in agreement while they differ. `fmix64` (MurmurHash3's finaliser) is
+/// not linear.
+fn share_of(key: u64, state: &crate::state::NodeState) -> (usize, u64) {
+    let mut h = Fnv(key);
+    h.write(&state.max_version().to_le_bytes());
+    h.write(&state.last_gc_version().to_le_bytes());
+    (bucket_of(key), fmix64(h.0))
+}
+
+/// MurmurHash3's 64-bit finaliser: every input bit moves every output bit.
+fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// The bucket of a node whose place on the first ring is `key`.
@@ -288,6 +335,14 @@ impl Pulses {
     /// The state hash changes: recompute on next use.
     pub(crate) fn touch(&mut self) {
         self.hash = None;
+        self.dirty.clear();
+    }
+
+    /// `id`'s versions changed: its share is redone on next use.
+    pub(crate) fn touch_node(&mut self, id: &ChitchatId) {
+        if self.hash.is_some() {
+            self.dirty.push(id.clone());
+        }
     }
 
     /// `id` is news (new here, or back): its bucket goes in the rumor.
@@ -426,30 +481,48 @@ impl Chitchat {
     fn hashes(&mut self) -> Option<&StateHashes> {
         self.refresh_neighbours();
         let p = self.pulses.as_mut()?;
-        if p.hash.is_none() {
-            let mut buckets = vec![0u64; BUCKETS];
-            let mut counts = vec![0u32; BUCKETS];
-            for id in &p.live {
-                let Some(state) = self.cluster_state.node_state(id) else {
-                    continue;
+        match &mut p.hash {
+            None => {
+                let mut hashes = StateHashes {
+                    sum: 0,
+                    buckets: vec![0u64; BUCKETS],
+                    counts: vec![0u32; BUCKETS],
+                    shares: HashMap::with_capacity(p.live.len()),
                 };
-                let key = p
-                    .keys
-                    .get(id)
-                    .map_or_else(|| ring_key(id, 0), |keys| keys[0]);
-                let mut h = Fnv(key);
-                h.write(&state.max_version().to_le_bytes());
-                h.write(&state.last_gc_version().to_le_bytes());
-                let b = bucket_of(key);
-                buckets[b] = buckets[b].wrapping_add(h.0);
-                counts[b] += 1;
+                for id in &p.live {
+                    let Some(state) = self.cluster_state.node_state(id) else {
+                        continue;
+                    };
+                    let key = p
+                        .keys
+                        .get(id)
+                        .map_or_else(|| ring_key(id, 0), |keys| keys[0]);
+                    let (bucket, share) = share_of(key, state);
+                    hashes.add(id.clone(), bucket, share);
+                }
+                p.hash = Some(hashes);
+                p.dirty.clear();
             }
-            let sum = buckets.iter().fold(0u64, |a, b| a.wrapping_add(*b));
-            p.hash = Some(StateHashes {
-                sum,
-                buckets,
-                counts,
-            });
+            // Only the nodes whose versions changed: their shares redone
+            // (the live set is the same, or refresh_neighbours would have
+            // dropped the hash).
+            Some(hashes) => {
+                for id in p.dirty.drain(..) {
+                    hashes.remove(&id);
+                    if p.deaths.contains_key(&id) {
+                        continue;
+                    }
+                    let Some(state) = self.cluster_state.node_state(&id) else {
+                        continue;
+                    };
+                    let key = p
+                        .keys
+                        .get(&id)
+                        .map_or_else(|| ring_key(&id, 0), |keys| keys[0]);
+                    let (bucket, share) = share_of(key, state);
+                    hashes.add(id, bucket, share);
+                }
+            }
         }
         p.hash.as_ref()
     }
@@ -1158,6 +1231,32 @@ mod tests {
             b.node_state(&x).map(|s| s.max_version()),
             a.node_state(&x).map(|s| s.max_version())
         );
+    }
+
+    #[test]
+    fn the_state_hash_kept_up_to_date_node_by_node_is_the_hash_computed_whole() {
+        let others: Vec<u16> = (36_001..36_050).collect();
+        let mut a = knowing(36_000, &others);
+        let before = a.state_hash();
+        // A delta for two nodes (the hash redone for those two only), then
+        // a change of a's own record. (Two nodes each one version up: with
+        // raw FNV shares, one even key and one odd, the sum did not move.)
+        let mut delta = crate::delta::Delta::default();
+        for port in [36_010, 36_020] {
+            let id = ChitchatId::for_local_test(port);
+            delta.add_node(id.clone(), 0, 0);
+            delta.add_kv(&id, "k", "v", 1, false);
+        }
+        a.process_delta(delta);
+        let after_delta = a.state_hash();
+        assert_ne!(after_delta, before, "the hash covers versions");
+        a.self_node_state().set("mine", "1");
+        let incremental = a.state_hash();
+        assert_ne!(incremental, after_delta);
+        let buckets = a.bucket_hashes();
+        a.pulses.as_mut().expect("V4").touch();
+        assert_eq!(a.state_hash(), incremental, "whole and incremental agree");
+        assert_eq!(a.bucket_hashes(), buckets);
     }
 
     #[test]

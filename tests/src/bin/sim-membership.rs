@@ -4,7 +4,10 @@
 //! - join: a new member in every view, its record up (p50/p99 over 30 trials; a trial
 //!   that never ends within 30 s is counted as failed and shown),
 //! - SIGKILL → gone: a killed member out of every other view (p50/p99),
-//! - gossip sent per member (KB/s over 10 s of an idle cluster), the
+//! - 10 % killed at once (a Swarm node dies): each one out of every
+//!   survivor's view (p50/p99 over the killed),
+//! - gossip sent per member (KB/s over 10 s of an idle cluster: the mean,
+//!   and the 99th percentile over members), the
 //!   largest datagram, and datagrams over the MTU (and, on stderr, the
 //!   share of each message kind in those bytes).
 //!
@@ -65,6 +68,12 @@ struct Row {
     joins: Vec<f64>,
     kills: Vec<f64>,
     kb_per_s: f64,
+    /// The same, the 99th percentile over members.
+    kb_per_s_p99: f64,
+    /// 10 % of members killed at once: each one's time out of every view.
+    mass_kill: Vec<f64>,
+    /// Of those, how many were still in a view after 30 s.
+    mass_kill_failed: usize,
     largest: u64,
     oversized: u64,
     dropped: u64,
@@ -94,15 +103,23 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
     .with_context(|| format!("N = {n}: no convergence in 300 simulated seconds"))?;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // With V4, members that agree share one state hash: how many distinct
-    // ones there are when the idle window starts (1 = all agree).
-    let mut hashes = std::collections::HashSet::new();
-    for m in &members {
-        hashes.insert(m.chitchat().lock().await.state_hash());
-    }
+    // With V4, members that agree share one state hash: the idle window
+    // starts once they all do (or after 60 s), so that it measures an idle
+    // cluster, not the end of its formation.
+    let settling = Instant::now();
+    let distinct = loop {
+        let mut hashes = std::collections::HashSet::new();
+        for m in &members {
+            hashes.insert(m.chitchat().lock().await.state_hash());
+        }
+        if hashes.len() <= 1 || settling.elapsed() > Duration::from_secs(60) {
+            break hashes.len();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     eprintln!(
-        "N={n}: {} distinct state hashes at the idle window",
-        hashes.len()
+        "N={n}: {distinct} distinct state hashes at the idle window, {:.1} s after convergence + 2 s",
+        settling.elapsed().as_secs_f64()
     );
     let before: Vec<u64> = members.iter().map(SimMember::bytes_sent).collect();
     let kinds_before = bytes_by_kind(&members);
@@ -114,6 +131,12 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
         .map(|(m, b)| m.bytes_sent() - b)
         .sum();
     let kb_per_s = sent as f64 / n as f64 / window.as_secs_f64() / 1000.0;
+    let per_member: Vec<f64> = members
+        .iter()
+        .zip(&before)
+        .map(|(m, b)| (m.bytes_sent() - b) as f64 / window.as_secs_f64() / 1000.0)
+        .collect();
+    let kb_per_s_p99 = percentile(&per_member, 0.99);
     let by_kind: Vec<u64> = bytes_by_kind(&members)
         .iter()
         .zip(&kinds_before)
@@ -152,6 +175,39 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // A Swarm node dies: every tenth member (never the seed) killed at
+    // once; each one's time until it is out of every survivor's view.
+    let mut i = 0;
+    let (dead, members): (Vec<SimMember>, Vec<SimMember>) = members.into_iter().partition(|_| {
+        i += 1;
+        i % 10 == 0
+    });
+    let ids: Vec<_> = dead.iter().map(SimMember::chitchat_id).collect();
+    let t0 = Instant::now();
+    for d in &dead {
+        d.kill(&net);
+    }
+    let mut gone: Vec<Option<f64>> = vec![None; ids.len()];
+    while gone.iter().any(Option::is_none) && t0.elapsed() < Duration::from_secs(30) {
+        for (id, out) in ids.iter().zip(gone.iter_mut()) {
+            if out.is_some() {
+                continue;
+            }
+            let mut anywhere = false;
+            for m in &members {
+                if m.sees(id).await {
+                    anywhere = true;
+                    break;
+                }
+            }
+            if !anywhere {
+                *out = Some(t0.elapsed().as_secs_f64());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mass_kill_failed = gone.iter().filter(|g| g.is_none()).count();
+    let mass_kill: Vec<f64> = gone.into_iter().flatten().collect();
     let (oversized, dropped) = members
         .iter()
         .map(SimMember::oversized)
@@ -162,6 +218,9 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
         joins,
         kills,
         kb_per_s,
+        kb_per_s_p99,
+        mass_kill,
+        mass_kill_failed,
         largest: members
             .iter()
             .map(SimMember::largest_datagram)
@@ -232,9 +291,9 @@ fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| N | join p50 | join p99 | SIGKILL → gone p50 | SIGKILL → gone p99 | gossip sent per member | largest datagram | over MTU / dropped | converged | trials failed |"
+        "| N | join p50 | join p99 | SIGKILL → gone p50 | SIGKILL → gone p99 | 10 % killed at once → gone p50 / p99 | gossip sent per member, mean / p99 | largest datagram | over MTU / dropped | converged | trials failed |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.sizes {
         if n < 4 {
             bail!("N = {n}: at least 4 members (a seed, a victim and observers)");
@@ -242,13 +301,21 @@ fn main() -> anyhow::Result<()> {
         let wall = std::time::Instant::now();
         let row = rt.block_on(run(&args, n))?;
         println!(
-            "| {} | {:.2} s | {} | {:.2} s | {} | {:.1} KB/s | {} B | {} / {} | {:.1} s | {} |",
+            "| {} | {:.2} s | {} | {:.2} s | {} | {:.2} s / {}{} | {:.1} / {:.1} KB/s | {} B | {} / {} | {:.1} s | {} |",
             row.n,
             percentile(&row.joins, 0.5),
             shoal_tests::tail_cell(&row.joins),
             percentile(&row.kills, 0.5),
             shoal_tests::tail_cell(&row.kills),
+            percentile(&row.mass_kill, 0.5),
+            shoal_tests::tail_cell(&row.mass_kill),
+            if row.mass_kill_failed > 0 {
+                format!(" ({} never gone)", row.mass_kill_failed)
+            } else {
+                String::new()
+            },
             row.kb_per_s,
+            row.kb_per_s_p99,
             row.largest,
             row.oversized,
             row.dropped,
