@@ -566,9 +566,18 @@ impl Chitchat {
     }
 
     fn gc_keys_marked_for_deletion(&mut self) {
-        self.cluster_state
+        let changed = self
+            .cluster_state
             .gc_keys_marked_for_deletion(self.config.marked_for_deletion_grace_period);
-        self.states_changed();
+        // shoal patch: only the nodes that lost keys changed.
+        if !changed.is_empty() {
+            self.state_epoch = self.state_epoch.wrapping_add(1);
+            if let Some(p) = self.pulses.as_mut() {
+                for id in &changed {
+                    p.touch_node(id);
+                }
+            }
+        }
     }
 
     /// Reports heartbeats to the failure detector for nodes in the delta for which we received an

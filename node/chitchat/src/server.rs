@@ -260,7 +260,13 @@ struct Server {
     /// addressed to.
     direct_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     cluster_id: String,
+    /// shoal patch (V4): rounds run, for what runs every few rounds.
+    rounds: u64,
 }
+
+/// shoal patch (V4): rounds between two passes of the tombstone collector
+/// (it walks every key of every node; tombstones wait an hour anyway).
+const GC_ROUNDS: u64 = 10;
 
 /// shoal patch: at most this many peers remembered as speaking an older
 /// version (forgotten all at once beyond: they tell us again).
@@ -291,6 +297,7 @@ impl Server {
             rng,
             news_liveness_at: None,
             older_peers: Default::default(),
+            rounds: 0,
         }
     }
 
@@ -465,7 +472,10 @@ impl Server {
         let (pulses, extra, syns) = {
             let mut chitchat = self.chitchat.lock().await;
             chitchat.update_self_heartbeat();
-            chitchat.gc_keys_marked_for_deletion();
+            if self.rounds.is_multiple_of(GC_ROUNDS) {
+                chitchat.gc_keys_marked_for_deletion();
+            }
+            self.rounds += 1;
             let pulses = chitchat.pulse_round();
             let me = chitchat.self_chitchat_id().gossip_advertise_addr;
             let neighbours: HashSet<SocketAddr> = pulses.iter().map(|(addr, _)| *addr).collect();

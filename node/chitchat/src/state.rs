@@ -392,8 +392,10 @@ impl NodeState {
     }
 
     /// Removes the keys marked for deletion such that `tombstone + grace_period > heartbeat`.
-    fn gc_keys_marked_for_deletion(&mut self, grace_period: Duration) {
+    /// (shoal patch: says whether a key went.)
+    fn gc_keys_marked_for_deletion(&mut self, grace_period: Duration) -> bool {
         let now = Instant::now();
+        let before = self.key_values.len();
         let mut max_deleted_version = self.last_gc_version;
         self.key_values
             .retain(|_, versioned_value: &mut VersionedValue| {
@@ -413,6 +415,7 @@ impl NodeState {
                 false
             });
         self.last_gc_version = max_deleted_version;
+        self.key_values.len() != before
     }
 
     /// Removes a key-value pair without marking it for deletion.
@@ -633,10 +636,18 @@ impl ClusterState {
         }
     }
 
-    pub fn gc_keys_marked_for_deletion(&mut self, marked_for_deletion_grace_period: Duration) {
-        for node_state in self.node_states.values_mut() {
-            node_state.gc_keys_marked_for_deletion(marked_for_deletion_grace_period);
+    /// (shoal patch: returns the nodes that lost keys.)
+    pub fn gc_keys_marked_for_deletion(
+        &mut self,
+        marked_for_deletion_grace_period: Duration,
+    ) -> Vec<ChitchatId> {
+        let mut changed = Vec::new();
+        for (id, node_state) in self.node_states.iter_mut() {
+            if node_state.gc_keys_marked_for_deletion(marked_for_deletion_grace_period) {
+                changed.push(id.clone());
+            }
         }
+        changed
     }
 
     /// Implements the Scuttlebutt reconciliation with the scuttle-depth ordering.
