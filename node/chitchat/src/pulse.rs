@@ -137,6 +137,9 @@ pub(crate) struct Pulses {
     computed_for: Option<(u64, u64)>,
     /// The live set (self included), as of `computed_for`.
     live: Vec<ChitchatId>,
+    /// The live set sorted by place on each ring: a node's neighbours by
+    /// binary search (votes ask for them, a node's at a time).
+    rings: [Vec<(u64, ChitchatId)>; RINGS],
     neighbours: Vec<ChitchatId>,
     /// When each neighbour became one: a neighbour never heard is judged
     /// from then.
@@ -360,37 +363,29 @@ impl Pulses {
         keys
     }
 
-    /// `of`'s neighbours among `self.live` (it need not be live itself).
+    /// `of`'s neighbours among `self.live` (it need not be live itself): on
+    /// each ring, the next live node after its place and the one before
+    /// (wrapping around).
     fn neighbours_of(&mut self, of: &ChitchatId) -> Vec<ChitchatId> {
         let mine = self.key(of);
         let mut out: Vec<ChitchatId> = Vec::with_capacity(RINGS * 2);
         for (ring, &me) in mine.iter().enumerate() {
-            // Successor: the smallest key above ours, else the smallest.
-            // Predecessor: the largest below ours, else the largest.
-            let (mut succ, mut first, mut pred, mut last) = (None, None, None, None);
-            for id in &self.live {
-                if id == of {
-                    continue;
-                }
-                let k = self.keys.get(id).map_or(0, |keys| keys[ring]);
-                let better = |best: &Option<(u64, &ChitchatId)>, above: bool| {
-                    best.is_none_or(|(b, _)| if above { k < b } else { k > b })
-                };
-                if k > me && better(&succ, true) {
-                    succ = Some((k, id));
-                }
-                if k < me && better(&pred, false) {
-                    pred = Some((k, id));
-                }
-                if better(&first, true) {
-                    first = Some((k, id));
-                }
-                if better(&last, false) {
-                    last = Some((k, id));
-                }
+            let r = &self.rings[ring];
+            let len = r.len();
+            if len == 0 {
+                continue;
             }
-            for (_, id) in [succ.or(first), pred.or(last)].into_iter().flatten() {
-                if !out.contains(id) {
+            let place = (me, of);
+            let after = r.partition_point(|(k, id)| (*k, id) <= place);
+            let at = r.partition_point(|(k, id)| (*k, id) < place);
+            let succ = &r[after % len].1;
+            let mut before = (at + len - 1) % len;
+            if r[before].1 == *of {
+                before = (before + len - 1) % len;
+            }
+            let pred = &r[before].1;
+            for id in [succ, pred] {
+                if id != of && !out.contains(id) {
                     out.push(id.clone());
                 }
             }
@@ -449,9 +444,19 @@ impl Chitchat {
             .into_iter()
             .filter(|id| !p.deaths.contains_key(id))
             .collect();
-        for id in p.live.clone() {
-            p.key(&id);
+        let mut rings: [Vec<(u64, ChitchatId)>; RINGS] =
+            std::array::from_fn(|_| Vec::with_capacity(p.live.len()));
+        for i in 0..p.live.len() {
+            let id = p.live[i].clone();
+            let keys = p.key(&id);
+            for (ring, key) in keys.into_iter().enumerate() {
+                rings[ring].push((key, id.clone()));
+            }
         }
+        for ring in &mut rings {
+            ring.sort_unstable();
+        }
+        p.rings = rings;
         let neighbours = p.neighbours_of(&me);
         let now = Instant::now();
         p.assigned.retain(|id, _| neighbours.contains(id));
