@@ -32,6 +32,25 @@ pub mod layout;
 pub mod nodes;
 pub mod sim;
 
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// Runs `scripts/<name>` from the repository's root with `env` added;
+/// panics if it cannot start or fails.
+pub fn run_script(name: &str, env: &[(&str, &str)]) {
+    let status = std::process::Command::new(repo_root().join("scripts").join(name))
+        .envs(env.iter().copied())
+        .current_dir(repo_root())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run scripts/{name}: {e}"));
+    assert!(status.success(), "scripts/{name} failed: {status}");
+}
+
 /// The directory holding the workspace's binaries.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("executable path");

@@ -8,15 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::repo_root as repo;
+
 /// The bridge's /24 (node `i` is `10.210.0.1i`), as `scripts/swarm-nodes` makes it.
 const SUBNET: &str = "10.210.0";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
 
 /// Runs `scripts/swarm-nodes` with `args`; panics with its output on failure.
 fn swarm_nodes(args: &[&str]) -> String {

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use shoal_tests::chaos::{self, Plan, containers, docker, gateway_views};
+use shoal_tests::run_script as script;
 use shoal_tests::wait_for_async;
 
 const STACK: &str = "shoaltest";
@@ -23,22 +24,6 @@ const TLS_PORT: u16 = 14443;
 
 fn base() -> String {
     format!("http://127.0.0.1:{PORT}")
-}
-
-fn repo() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
-
-fn script(name: &str, env: &[(&str, &str)]) {
-    let status = Command::new(repo().join("scripts").join(name))
-        .envs(env.iter().copied())
-        .current_dir(repo())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run scripts/{name}: {e}"));
-    assert!(status.success(), "scripts/{name} failed: {status}");
 }
 
 fn deploy_env(secret: &str) -> Vec<(&'static str, String)> {

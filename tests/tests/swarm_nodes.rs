@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use shoal_tests::chaos::{Load, Report};
 use shoal_tests::nodes::{Haproxy, NodeCut, Nodes, Way, until_gone};
+use shoal_tests::run_script as script;
 
 const STACK: &str = "shoalnodes";
 /// The gateways' published port (host mode) on each node's address.
@@ -27,22 +28,6 @@ const HAPROXY_PORT: u16 = 14080;
 /// The nodes.
 const N: usize = 3;
 const ALL: [usize; N] = [1, 2, 3];
-
-fn repo() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
-
-fn script(name: &str, env: &[(&str, &str)]) {
-    let status = Command::new(repo().join("scripts").join(name))
-        .envs(env.iter().copied())
-        .current_dir(repo())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run scripts/{name}: {e}"));
-    assert!(status.success(), "scripts/{name} failed: {status}");
-}
 
 /// The gateway of node `i`.
 fn gateway(i: usize) -> String {

@@ -472,7 +472,7 @@ impl Server {
         let (pulses, extra, syns) = {
             let mut chitchat = self.chitchat.lock().await;
             chitchat.update_self_heartbeat();
-            if self.rounds.is_multiple_of(GC_ROUNDS) {
+            if self.rounds % GC_ROUNDS == 0 {
                 chitchat.gc_keys_marked_for_deletion();
             }
             self.rounds += 1;
