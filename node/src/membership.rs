@@ -26,7 +26,10 @@ pub(crate) fn spawn_view_builder(handle: &ChitchatHandle) -> watch::Receiver<Arc
         let Some(strong) = chitchat.upgrade() else {
             return;
         };
-        let mut live = strong.lock().await.live_nodes_watcher();
+        // A change number, not chitchat's snapshots: the view is built
+        // from the states themselves, so a copy of them all at every change
+        // would be thrown away.
+        let mut live = strong.lock().await.live_changes();
         drop(strong);
         loop {
             live.borrow_and_update();

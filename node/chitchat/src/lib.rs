@@ -102,6 +102,10 @@ pub struct Chitchat {
     /// Notifies listeners when a change has occurred in the set of live nodes.
     previous_live_nodes: HashMap<ChitchatId, Version>,
     live_nodes_watcher_tx: watch::Sender<BTreeMap<ChitchatId, NodeState>>,
+    /// shoal patch: bumped whenever the live set or a state may have
+    /// changed — for who rebuilds its own view from the states and needs no
+    /// snapshot of them (`live_changes`).
+    live_changes_tx: watch::Sender<u64>,
     live_nodes_watcher_rx: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
     /// shoal patch: when each peer last answered us (a SYN-ACK to our SYN,
     /// an ACK to our SYN-ACK): proof that it receives.
@@ -159,6 +163,7 @@ impl Chitchat {
             previous_live_nodes,
             live_nodes_watcher_tx,
             live_nodes_watcher_rx,
+            live_changes_tx: watch::channel(0).0,
             answered: HashMap::new(),
             news: false,
             newly_dead: Vec::new(),
@@ -694,6 +699,13 @@ impl Chitchat {
 
     /// The live nodes and their versions, sent to the watcher if changed.
     fn publish_live_nodes(&mut self) {
+        self.live_changes_tx.send_modify(|n| *n = n.wrapping_add(1));
+        // Nobody watching the snapshots (only our own receiver): made when
+        // someone asks (`live_nodes_watcher`).
+        if self.live_nodes_watcher_tx.receiver_count() <= 1 {
+            self.watcher_stale.set(true);
+            return;
+        }
         let current_live_nodes = self
             .live_nodes()
             .flat_map(|chitchat_id| {
@@ -785,6 +797,14 @@ impl Chitchat {
         WatchStream::new(self.live_nodes_watcher())
     }
 
+    /// shoal patch: a number that changes whenever the live set or a node's
+    /// state may have changed (checked every round): cheaper to watch than
+    /// [`Self::live_nodes_watcher`], which sends a copy of every live
+    /// node's state each time, for who reads the states itself.
+    pub fn live_changes(&self) -> watch::Receiver<u64> {
+        self.live_changes_tx.subscribe()
+    }
+
     pub fn live_nodes_watcher(&self) -> watch::Receiver<BTreeMap<ChitchatId, NodeState>> {
         // shoal patch: brought up to date if changes went unsent.
         if self.watcher_stale.replace(false) {
@@ -796,8 +816,7 @@ impl Chitchat {
 
     /// The live nodes' states, as the watcher sends them.
     fn live_nodes_snapshot(&self) -> BTreeMap<ChitchatId, NodeState> {
-        self.previous_live_nodes
-            .keys()
+        self.live_nodes()
             .filter_map(|chitchat_id| {
                 let node_state = self.node_state(chitchat_id)?;
                 if let Some(liveness_extra_predicate) = &self.config.extra_liveness_predicate {
