@@ -110,6 +110,9 @@ pub struct Chitchat {
     /// shoal patch: when each peer last answered us (a SYN-ACK to our SYN,
     /// an ACK to our SYN-ACK): proof that it receives.
     answered: HashMap<SocketAddr, tokio::time::Instant>,
+    /// shoal patch: peers we sent a SYN-ACK that has not been answered (no
+    /// ACK yet, nor any answer since), and since when.
+    unacked: HashMap<SocketAddr, tokio::time::Instant>,
     /// shoal patch: news (a node unknown until now, or a sign of life of a
     /// node not live) came since the server last asked (see
     /// [`Chitchat::take_news`]).
@@ -165,6 +168,7 @@ impl Chitchat {
             live_nodes_watcher_rx,
             live_changes_tx: watch::channel(0).0,
             answered: HashMap::new(),
+            unacked: HashMap::new(),
             news: false,
             newly_dead: Vec::new(),
             last_liveness_check: None,
@@ -283,14 +287,24 @@ impl Chitchat {
                 .get(&from)
                 .is_some_and(|at| now.duration_since(*at) <= proof_window)
         });
+        // A sender that left our last SYN-ACK to it unanswered for two
+        // rounds vouches for no one: members cut off inbound together (a
+        // whole node, one way) would keep each other alive.
+        let sender_silent = from.is_some_and(|from| {
+            self.unacked
+                .get(&from)
+                .is_some_and(|at| now.duration_since(*at) > self.config.gossip_interval * 2)
+        });
         for (chitchat_id, node_digest) in &digest.node_digests {
-            // Not even for the others it names: members cut off inbound
-            // together (a whole node, one way) would vouch for each other.
+            let is_sender = from == Some(chitchat_id.gossip_advertise_addr);
             let known = self.cluster_state.node_state(chitchat_id).is_some();
-            if known && from.is_some() && !sender_answered {
+            if known && (sender_silent || (is_sender && !sender_answered)) {
                 continue;
             }
             self.report_heartbeat(chitchat_id, node_digest.heartbeat);
+        }
+        if let Some(from) = from {
+            self.unacked.entry(from).or_insert(now);
         }
         let scheduled_for_deletion: HashSet<_> = self.scheduled_for_deletion_nodes().collect();
         // shoal patch (V4): nodes out of scope are left out of both the
@@ -402,16 +416,21 @@ impl Chitchat {
     ///
     /// A node's own heartbeat in its own SYN proves it can send, not that it
     /// can receive: a node cut off inbound only (a one-way partition) would
-    /// stay alive forever on its SYNs while nothing reaches it. So the
-    /// heartbeats of known nodes in a SYN count only if its sender answered
-    /// us (a SYN-ACK or an ACK, which it sends only after receiving) within
-    /// the last ten gossip rounds (`initial_interval` × 10) — the others'
-    /// as well as its own, or members cut off inbound together (every task
-    /// of a Swarm node, one way) keep each other alive. A healthy node
-    /// answers every exchange (its SYN to us is followed by its ACK), so
-    /// nothing changes for it; unknown nodes still count, so joins are as
-    /// before. Its heartbeat also keeps arriving through other nodes'
-    /// digests, which are fed by its answers to them.
+    /// stay alive forever on its SYNs while nothing reaches it. So a known
+    /// node's own SYN heartbeat counts only if that node answered us (a
+    /// SYN-ACK or an ACK, which it sends only after receiving) within the
+    /// last ten gossip rounds (`initial_interval` × 10). And a SYN whose
+    /// sender left our last SYN-ACK to it unanswered for two rounds counts
+    /// for none of the known nodes it names: members cut off inbound
+    /// together (every task of a Swarm node, one way) would keep each other
+    /// alive. A healthy node answers every exchange (its SYN to us is
+    /// followed by its ACK), so nothing changes for it; unknown nodes still
+    /// count, so joins are as before. Its heartbeat also keeps arriving
+    /// through other nodes' digests, which are fed by its answers to them.
+    /// (Requiring a recent answer for the others' heartbeats too, rather
+    /// than the absence of a missed one, slowed detection in healthy
+    /// clusters: most pairs of members do not exchange every ten rounds,
+    /// and fewer heartbeat reports stretch phi's mean interval.)
     ///
     /// `version` is the protocol version the message came in (the reply goes
     /// in the same): from V2 on, a SYN-ACK's digest is a diff (see
@@ -424,10 +443,15 @@ impl Chitchat {
     ) -> Option<ChitchatMessage> {
         self.update_self_heartbeat();
         let now = tokio::time::Instant::now();
-        if let (Some(from), ChitchatMessage::SynAck { .. } | ChitchatMessage::Ack { .. }) =
-            (from, &msg)
+        if let (
+            Some(from),
+            ChitchatMessage::SynAck { .. }
+            | ChitchatMessage::SynAckCompact { .. }
+            | ChitchatMessage::Ack { .. },
+        ) = (from, &msg)
         {
             self.answered.insert(from, now);
+            self.unacked.remove(&from);
         }
 
         match msg {
@@ -636,6 +660,7 @@ impl Chitchat {
         // shoal patch: forget answers of peers long silent (bounded map).
         let forget_after = self.config.failure_detector_config.max_interval * 30;
         self.answered.retain(|_, at| at.elapsed() < forget_after);
+        self.unacked.retain(|_, at| at.elapsed() < forget_after);
         // shoal patch (local health, after Lifeguard): a member that was
         // itself stalled — starved of CPU, paused — has heard nothing from
         // anyone meanwhile, through no fault of theirs; until it is on time
@@ -2126,11 +2151,11 @@ mod tests {
         assert!(node.cluster_state.node_state(&chitchat_id).is_none());
     }
 
-    /// shoal patch (change 5): a SYN from a known member that has not
-    /// answered us lately counts for none of the known members it names —
+    /// shoal patch (change 5): a SYN from a known member that left our last
+    /// SYN-ACK unanswered counts for none of the known members it names —
     /// members cut off inbound together would otherwise vouch for each
     /// other — and counts again once it answers.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_syn_from_a_member_that_never_answers_vouches_for_no_one() {
         let mut node = Chitchat::with_chitchat_id_and_seeds(
             ChitchatConfig::for_test(10_020),
@@ -2159,9 +2184,17 @@ mod tests {
             }
         };
         let from = Some(b.gossip_advertise_addr);
+        let round = node.config.gossip_interval;
+        // First SYN: b has not answered yet, so its own heartbeat does not
+        // count; c's does (nothing says b cannot hear us).
         node.process_message_from(syn(5), from, ProtocolVersion::V0);
         assert_eq!(heartbeat(&node, &b), Heartbeat(1));
-        assert_eq!(heartbeat(&node, &c), Heartbeat(1), "b vouched for c");
+        assert_eq!(heartbeat(&node, &c), Heartbeat(5));
+        // Our SYN-ACK went unanswered for three rounds: b vouches for no one.
+        tokio::time::advance(round * 3).await;
+        node.process_message_from(syn(6), from, ProtocolVersion::V0);
+        assert_eq!(heartbeat(&node, &c), Heartbeat(5), "b vouched for c");
+        // b answers: it counts again, for itself too.
         node.process_message_from(
             ChitchatMessage::Ack {
                 delta: Delta::default(),
@@ -2169,9 +2202,9 @@ mod tests {
             from,
             ProtocolVersion::V0,
         );
-        node.process_message_from(syn(6), from, ProtocolVersion::V0);
-        assert_eq!(heartbeat(&node, &b), Heartbeat(6));
-        assert_eq!(heartbeat(&node, &c), Heartbeat(6));
+        node.process_message_from(syn(7), from, ProtocolVersion::V0);
+        assert_eq!(heartbeat(&node, &b), Heartbeat(7));
+        assert_eq!(heartbeat(&node, &c), Heartbeat(7));
     }
 
     // There was a bug in process_message:
