@@ -382,12 +382,7 @@ impl Chitchat {
         };
         // Only the nodes in the delta changed (a new one changes the node
         // set too, which redoes the whole hash).
-        self.state_epoch = self.state_epoch.wrapping_add(1);
-        if let Some(p) = self.pulses.as_mut() {
-            for d in &delta.node_deltas {
-                p.touch_node(&d.chitchat_id);
-            }
-        }
+        self.nodes_changed(delta.node_deltas.iter().map(|d| &d.chitchat_id));
         let was_reset_triggered = self.cluster_state.apply_delta(delta);
         for (id, max) in before {
             let newer = self
@@ -600,12 +595,7 @@ impl Chitchat {
             .gc_keys_marked_for_deletion(self.config.marked_for_deletion_grace_period);
         // shoal patch: only the nodes that lost keys changed.
         if !changed.is_empty() {
-            self.state_epoch = self.state_epoch.wrapping_add(1);
-            if let Some(p) = self.pulses.as_mut() {
-                for id in &changed {
-                    p.touch_node(id);
-                }
-            }
+            self.nodes_changed(&changed);
         }
     }
 
@@ -625,9 +615,8 @@ impl Chitchat {
         let node_state = if should_init_if_absent {
             if self.cluster_state.node_state(chitchat_id).is_none() {
                 self.news = true;
-                self.state_epoch = self.state_epoch.wrapping_add(1);
+                self.states_changed();
                 if let Some(p) = self.pulses.as_mut() {
-                    p.touch();
                     p.note_news(chitchat_id);
                 }
             }
@@ -722,6 +711,17 @@ impl Chitchat {
         }
     }
 
+    /// shoal patch: the versions of `ids` changed (not the node set): their
+    /// shares of V4's state hash are redone when next needed.
+    fn nodes_changed<'a>(&mut self, ids: impl IntoIterator<Item = &'a ChitchatId>) {
+        self.state_epoch = self.state_epoch.wrapping_add(1);
+        if let Some(p) = self.pulses.as_mut() {
+            for id in ids {
+                p.touch_node(id);
+            }
+        }
+    }
+
     /// The live nodes and their versions, sent to the watcher if changed.
     fn publish_live_nodes(&mut self) {
         self.live_changes_tx.send_modify(|n| *n = n.wrapping_add(1));
@@ -769,10 +769,8 @@ impl Chitchat {
     }
 
     pub fn self_node_state(&mut self) -> &mut NodeState {
-        self.state_epoch = self.state_epoch.wrapping_add(1);
-        if let Some(p) = self.pulses.as_mut() {
-            p.touch_node(&self.config.chitchat_id);
-        }
+        let me = self.config.chitchat_id.clone();
+        self.nodes_changed([&me]);
         self.cluster_state
             .node_state_mut_or_init(&self.config.chitchat_id)
     }
@@ -921,9 +919,8 @@ impl Chitchat {
         let node_state = if should_init_if_absent {
             if self.cluster_state.node_state(chitchat_id).is_none() {
                 self.news = true;
-                self.state_epoch = self.state_epoch.wrapping_add(1);
+                self.states_changed();
                 if let Some(p) = self.pulses.as_mut() {
-                    p.touch();
                     p.note_news(chitchat_id);
                 }
             }
@@ -982,10 +979,7 @@ impl Chitchat {
         let monotonic_property_after = node_state.monotonic_property();
 
         assert!(monotonic_property_after > monotonic_property_before);
-        self.state_epoch = self.state_epoch.wrapping_add(1);
-        if let Some(p) = self.pulses.as_mut() {
-            p.touch_node(chitchat_id);
-        }
+        self.nodes_changed([chitchat_id]);
     }
 
     /// shoal patch: nodes found dead here since the last call, to pass on.
