@@ -51,6 +51,30 @@ pub fn run_script(name: &str, env: &[(&str, &str)]) {
     assert!(status.success(), "scripts/{name} failed: {status}");
 }
 
+/// `docker [docker_args…] secret create name -` with `value` on stdin
+/// (`docker_args`: e.g. `["-H", socket]` for another daemon); panics on
+/// failure.
+pub fn create_docker_secret(docker_args: &[&str], name: &str, value: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("docker")
+        .args(docker_args)
+        .args(["secret", "create", name, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("docker secret create");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(value.as_bytes())
+        .expect("write secret");
+    assert!(
+        child.wait().expect("secret").success(),
+        "docker secret create {name}"
+    );
+}
+
 /// The directory holding the workspace's binaries.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("executable path");

@@ -207,22 +207,7 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
         shoal_node::ClusterKey::generate().to_base64(),
         shoal_node::ClusterKey::generate().to_base64(),
     );
-    let secret = |name: &str, value: &str| {
-        let mut child = Command::new("docker")
-            .args(["secret", "create", name, "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("docker secret create");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(value.as_bytes())
-            .expect("write secret");
-        assert!(child.wait().expect("secret").success());
-    };
+    let secret = |name: &str, value: &str| shoal_tests::create_docker_secret(&[], name, value);
     secret("shoaltest_key_1", &old);
     let deployed = Instant::now();
     script(

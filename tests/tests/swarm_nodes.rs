@@ -233,31 +233,9 @@ async fn swarm_nodes_three_hosts_placement_partitions_drain_and_a_node_death() {
         ],
     );
     let key = shoal_node::ClusterKey::generate().to_base64();
-    let mut child = Command::new("docker")
-        .args([
-            "-H",
-            &Nodes::sock(1),
-            "secret",
-            "create",
-            "shoalnodes_key",
-            "-",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("docker secret create");
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(key.as_bytes())
-            .expect("write secret");
-    }
-    assert!(child.wait().expect("secret").success());
-    let deployed = Instant::now();
     let manager = Nodes::sock(1);
+    shoal_tests::create_docker_secret(&["-H", &manager], "shoalnodes_key", &key);
+    let deployed = Instant::now();
     let url = gateway(1);
     script(
         "swarm-up",
