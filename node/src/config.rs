@@ -98,7 +98,19 @@ pub enum GossipProtocol {
     /// V3's digests, sent only when two members' state hashes differ, and
     /// liveness from pulses between ring neighbours with votes, instead of
     /// heartbeats in every digest (ARCHITECTURE.md, "Membership at scale").
+    /// Every member must speak it.
     V4,
+    /// V4 while every live member can speak it, V3 as soon as one cannot
+    /// (default): members of releases without V4, or pinned to V3, form
+    /// one cluster with these, and a rolling upgrade ends on V4.
+    Auto,
+}
+
+impl GossipProtocol {
+    /// Whether members run V4 (at once or once all can).
+    pub fn v4(self) -> bool {
+        matches!(self, GossipProtocol::V4 | GossipProtocol::Auto)
+    }
 }
 
 /// Gossip and failure-detection timings.
@@ -114,6 +126,10 @@ pub struct Timings {
     /// default 3). Gossip traffic grows with it, detection time shrinks.
     /// With V4, random members pulsed besides the neighbours (default 0).
     pub gossip_fanout: usize,
+    /// With `auto`: the phi threshold and fanout while on V3 (the two
+    /// above are V4's); an explicit `SHOAL_PHI_THRESHOLD` or
+    /// `SHOAL_GOSSIP_FANOUT` holds for both.
+    pub v3: Option<(f64, usize)>,
     /// How long a dead member is remembered before it is forgotten
     /// (`SHOAL_DEAD_MEMBER_GC`, default 2m).
     pub dead_member_gc: Duration,
@@ -131,6 +147,7 @@ impl Default for Timings {
             gossip_interval: Duration::from_millis(100),
             phi_threshold: 8.0,
             gossip_fanout: 3,
+            v3: None,
             dead_member_gc: Duration::from_secs(120),
             drain_timeout: Duration::from_secs(10),
             drain_announce: Duration::from_secs(1),
@@ -159,7 +176,7 @@ pub struct NodeConfig {
     /// Keys that seal the gossip (`SHOAL_CLUSTER_KEY` / `SHOAL_CLUSTER_KEY_FILE`);
     /// `None` only when `SHOAL_INSECURE=true`.
     pub keys: Option<KeyRing>,
-    /// Wire format of the gossip (`SHOAL_GOSSIP_PROTOCOL`, v0, v1, v2 or v3).
+    /// Wire format of the gossip (`SHOAL_GOSSIP_PROTOCOL`: auto, v0 … v4).
     pub protocol: GossipProtocol,
     /// Size of the datagrams gossip messages are filled up to, seal
     /// included (`SHOAL_GOSSIP_MTU`, default [`DEFAULT_GOSSIP_MTU`]).
@@ -221,7 +238,8 @@ impl NodeConfig {
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
-            None | Some("v3") => GossipProtocol::V3,
+            None | Some("auto") => GossipProtocol::Auto,
+            Some("v3") => GossipProtocol::V3,
             Some("v2") => GossipProtocol::V2,
             Some("v1") => GossipProtocol::V1,
             Some("v0") => GossipProtocol::V0,
@@ -230,7 +248,7 @@ impl NodeConfig {
                 return Err(invalid(
                     "SHOAL_GOSSIP_PROTOCOL",
                     other,
-                    "v0, v1, v2, v3 or v4",
+                    "auto, v0, v1, v2, v3 or v4",
                 ));
             }
         };
@@ -269,12 +287,18 @@ fn read_timings(env: &Env, protocol: GossipProtocol) -> Result<Timings, ConfigEr
     let mut d = Timings::default();
     // V4 judges liveness by pulses to neighbours: random peers are extra.
     // A neighbour pulses every round: 6 silent rounds are a vote.
-    let least_fanout = if protocol == GossipProtocol::V4 {
-        d.gossip_fanout = 0;
-        d.phi_threshold = 6.0;
-        0
-    } else {
-        1
+    let v3 = (d.phi_threshold, d.gossip_fanout);
+    let least_fanout = match protocol {
+        GossipProtocol::V4 => {
+            d.gossip_fanout = 0;
+            d.phi_threshold = 6.0;
+            0
+        }
+        GossipProtocol::Auto => {
+            d.phi_threshold = 6.0;
+            1
+        }
+        _ => 1,
     };
     let gossip_interval = env.duration_in(
         "SHOAL_GOSSIP_INTERVAL",
@@ -298,10 +322,25 @@ fn read_timings(env: &Env, protocol: GossipProtocol) -> Result<Timings, ConfigEr
             "a whole number between 1 and 16 (0 only with SHOAL_GOSSIP_PROTOCOL=v4)"
         },
     )?;
+    // Auto: what was set holds for V3 and V4 alike; defaults apart (V4
+    // pulses no random members unless told to).
+    let gossip_fanout = match env.get("SHOAL_GOSSIP_FANOUT") {
+        None if protocol == GossipProtocol::Auto => 0,
+        _ => gossip_fanout,
+    };
+    let v3 = (protocol == GossipProtocol::Auto).then(|| {
+        (
+            env.get("SHOAL_PHI_THRESHOLD")
+                .map_or(v3.0, |_| phi_threshold),
+            env.get("SHOAL_GOSSIP_FANOUT")
+                .map_or(v3.1, |_| gossip_fanout),
+        )
+    });
     Ok(Timings {
         gossip_interval,
         phi_threshold,
         gossip_fanout,
+        v3,
         dead_member_gc: env.duration_or("SHOAL_DEAD_MEMBER_GC", d.dead_member_gc)?,
         drain_timeout: env.duration_or("SHOAL_DRAIN_TIMEOUT", d.drain_timeout)?,
         drain_announce: env.duration_or("SHOAL_DRAIN_ANNOUNCE", d.drain_announce)?,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chitchat::{
-    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion, V3Settings,
     spawn_chitchat,
 };
 use tracing::{info, warn};
@@ -137,8 +137,12 @@ impl Gossip {
                 GossipProtocol::V1 => ProtocolVersion::V1,
                 GossipProtocol::V2 => ProtocolVersion::V2,
                 GossipProtocol::V3 => ProtocolVersion::V3,
-                GossipProtocol::V4 => ProtocolVersion::V4,
+                GossipProtocol::V4 | GossipProtocol::Auto => ProtocolVersion::V4,
             },
+            upgrade: t.v3.map(|(phi_threshold, gossip_fanout)| V3Settings {
+                phi_threshold,
+                gossip_fanout,
+            }),
             // Room for the seal: a full message, sealed, still fits the MTU.
             max_message_len: max_message_len(config.gossip_mtu, config.keys.is_some()),
             gossip_fanout: t.gossip_fanout,

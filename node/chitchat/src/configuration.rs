@@ -49,6 +49,20 @@ pub struct ChitchatConfig {
     /// Each contact is one exchange of digests, whose size grows with the cluster, so this
     /// multiplies the gossip traffic; fewer contacts carry heartbeats less often.
     pub gossip_fanout: usize,
+    /// (shoal patch) With `protocol_version` V4: speak V3, with these
+    /// settings, until every live member can speak V4 (see `upgrade`), and
+    /// again whenever one cannot — members of a release without V4, or
+    /// pinned to V3, form one cluster with this one. `None`: always
+    /// `protocol_version`.
+    pub upgrade: Option<V3Settings>,
+}
+
+/// (shoal patch) What a member that upgrades to V4 runs while it speaks V3
+/// (`failure_detector_config.phi_threshold` and `gossip_fanout` are V4's).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct V3Settings {
+    pub phi_threshold: f64,
+    pub gossip_fanout: usize,
 }
 
 impl ChitchatConfig {
@@ -69,6 +83,7 @@ impl ChitchatConfig {
             protocol_version: ProtocolVersion::V0,
             max_message_len: crate::MAX_UDP_DATAGRAM_PAYLOAD_SIZE,
             gossip_fanout: 3,
+            upgrade: None,
         }
     }
 }
@@ -91,6 +106,7 @@ impl Default for ChitchatConfig {
             protocol_version: ProtocolVersion::V0,
             max_message_len: crate::MAX_UDP_DATAGRAM_PAYLOAD_SIZE,
             gossip_fanout: 3,
+            upgrade: None,
         }
     }
 }

@@ -150,6 +150,20 @@ impl FailureDetector {
         self.node_samples.remove(chitchat_id);
     }
 
+    /// shoal patch (upgrade): judges with `phi_threshold` from now on.
+    pub(crate) fn set_phi_threshold(&mut self, phi_threshold: f64) {
+        self.config.phi_threshold = phi_threshold;
+    }
+
+    /// shoal patch (upgrade, back to V3): `chitchat_id` as if just heard,
+    /// with one interval of the prior behind it — V4 fed only neighbours'
+    /// windows, and one without an interval has no phi (dead to V3).
+    pub(crate) fn restart(&mut self, chitchat_id: &ChitchatId) {
+        let prior = self.config.initial_interval;
+        self.get_or_create_sampling_window(chitchat_id)
+            .restart(prior);
+    }
+
     /// shoal patch: whether `chitchat_id` is live.
     pub fn is_live(&self, chitchat_id: &ChitchatId) -> bool {
         self.live_nodes.contains(chitchat_id)
@@ -296,6 +310,13 @@ impl SamplingWindow {
             // This is fine.
         }
         self.last_heartbeat = Some(now);
+    }
+
+    /// shoal patch: a fresh window, heard now, with one `prior` interval.
+    pub(crate) fn restart(&mut self, prior: Duration) {
+        self.intervals.clear();
+        self.intervals.append(prior.as_secs_f64());
+        self.last_heartbeat = Some(Instant::now());
     }
 
     /// Forget about all previous intervals.

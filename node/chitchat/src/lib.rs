@@ -15,6 +15,7 @@ mod server;
 mod state;
 pub mod transport;
 mod types;
+mod upgrade;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::iter::once;
@@ -31,8 +32,9 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use tracing::{error, info, warn};
 
-pub use self::configuration::{CatchupCallback, ChitchatConfig};
+pub use self::configuration::{CatchupCallback, ChitchatConfig, V3Settings};
 pub use self::state::{ClusterStateSnapshot, NodeState};
+pub use self::upgrade::PROTOCOL_KEY;
 use crate::digest::Digest;
 pub use crate::message::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 pub use crate::pulse::{Death, Scope};
@@ -140,6 +142,9 @@ pub struct Chitchat {
     /// shoal patch (V4): messages for peers besides the reply (pulses
     /// answered, votes, syncs), sent by the server.
     outbox: Vec<(SocketAddr, ChitchatMessage)>,
+    /// shoal patch: V3 until every live member can speak V4 (see
+    /// `upgrade`), when configured.
+    upgrade: Option<upgrade::Upgrade>,
 }
 
 /// shoal patch (V3): a set hash, valid while the node set is at `epoch` and
@@ -179,7 +184,12 @@ impl Chitchat {
             watcher_stale: Default::default(),
             state_epoch: 0,
             live_view_for: None,
+            upgrade: None,
         };
+        // shoal patch: a member that can speak V4 says so, first of its
+        // keys (see `upgrade`).
+        let can_speak_v4 = chitchat.config.protocol_version >= ProtocolVersion::V4;
+        chitchat.start_upgrade();
         if chitchat.config.protocol_version >= ProtocolVersion::V4 {
             chitchat.pulses = Some(Default::default());
         }
@@ -188,6 +198,12 @@ impl Chitchat {
 
         // Immediately mark the node as alive to ensure it responds to SYN messages.
         self_node_state.inc_heartbeat();
+        if can_speak_v4 {
+            self_node_state.set(
+                upgrade::PROTOCOL_KEY,
+                ProtocolVersion::V4.to_code().to_string(),
+            );
+        }
 
         // Set initial key/value pairs.
         for (key, value) in initial_key_values {
@@ -449,6 +465,13 @@ impl Chitchat {
             self.unacked.remove(&from);
         }
 
+        if let ChitchatMessage::Pulse { .. }
+        | ChitchatMessage::Buckets { .. }
+        | ChitchatMessage::Verdict { .. }
+        | ChitchatMessage::SynScoped { .. } = &msg
+        {
+            self.heard_v4();
+        }
         match msg {
             ChitchatMessage::Syn { cluster_id, digest } => {
                 if cluster_id != self.cluster_id() {
@@ -577,6 +600,7 @@ impl Chitchat {
                     }
                 }
                 if !taken.is_empty() {
+                    self.died_under_v3(&taken);
                     self.newly_dead.extend(taken);
                     self.update_nodes_liveness();
                 }
@@ -628,9 +652,15 @@ impl Chitchat {
         };
 
         // shoal patch (V4): heartbeats heard second-hand say nothing of
-        // liveness, but that a node voted dead is back.
+        // liveness, but that a node voted dead is back — except while a
+        // member that just switched to V4 bridges (see `upgrade`): members
+        // still on V3 send no pulses.
         if self.pulses.is_some() {
+            let newer = heartbeat > node_state.heartbeat();
             self.note_heartbeat(chitchat_id, heartbeat, false);
+            if newer && self.bridging() && self.failure_detector.is_live(chitchat_id) {
+                self.failure_detector.report_heartbeat(chitchat_id);
+            }
             return;
         }
         if node_state.try_set_heartbeat(heartbeat) {
@@ -656,6 +686,8 @@ impl Chitchat {
         // again, it takes a node as dead only at twice the threshold, and
         // takes no death notice from others.
         let now = tokio::time::Instant::now();
+        // shoal patch: V3 or V4, as the members can (see `upgrade`).
+        self.adapt_protocol();
         let threshold = self.config.failure_detector_config.phi_threshold;
         self.stalled = self
             .last_liveness_check
@@ -666,9 +698,17 @@ impl Chitchat {
         } else {
             threshold
         };
+        // Just back on V3 (see `upgrade`), phi removes no one while
+        // heartbeats start to flow.
+        let threshold = if self.in_grace() {
+            f64::INFINITY
+        } else {
+            threshold
+        };
         if self.pulses.is_some() {
             self.update_liveness_by_pulses(threshold);
         } else {
+            let mut died = Vec::new();
             for chitchat_id in self.cluster_state.nodes() {
                 if chitchat_id != self.self_chitchat_id() {
                     let was_live = self.failure_detector.is_live(chitchat_id);
@@ -676,9 +716,11 @@ impl Chitchat {
                         .update_node_liveness_with(chitchat_id, threshold);
                     if was_live && !self.failure_detector.is_live(chitchat_id) {
                         self.newly_dead.push(chitchat_id.clone());
+                        died.push(chitchat_id.clone());
                     }
                 }
             }
+            self.died_under_v3(&died);
         }
         // shoal patch: every round, but rebuilt only when the live set or a
         // node's state changed since (it clones every live id: at N = 1,000
@@ -1185,6 +1227,7 @@ mod tests {
             protocol_version: ProtocolVersion::V0,
             max_message_len: MAX_UDP_DATAGRAM_PAYLOAD_SIZE,
             gossip_fanout: 3,
+            upgrade: None,
         };
         start_node_with_config(transport, config).await
     }
@@ -1448,6 +1491,7 @@ mod tests {
             protocol_version: ProtocolVersion::V0,
             max_message_len: MAX_UDP_DATAGRAM_PAYLOAD_SIZE,
             gossip_fanout: 3,
+            upgrade: None,
         };
         let mut nodes = Vec::new();
         for chitchat_id in &chitchat_ids {

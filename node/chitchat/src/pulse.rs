@@ -330,6 +330,17 @@ fn ring_key(id: &ChitchatId, ring: usize) -> u64 {
 }
 
 impl Pulses {
+    /// `id` was dead before V4 (see `upgrade`): dead here, with no voters.
+    pub(crate) fn seed_death(&mut self, id: ChitchatId, heartbeat: Heartbeat, now: Instant) {
+        let death = Death {
+            node: id.clone(),
+            heartbeat,
+            voters: Vec::new(),
+        };
+        self.deaths.insert(id, (death, now));
+        self.deaths_epoch += 1;
+    }
+
     /// The node's death, if it died here.
     pub(crate) fn death(&self, id: &ChitchatId) -> Option<&Death> {
         self.deaths.get(id).map(|(death, _)| death)
@@ -1018,6 +1029,10 @@ mod tests {
         for &other in others {
             let id = ChitchatId::for_local_test(other);
             chitchat.report_heartbeat(&id, Heartbeat(5));
+            // As the other holds itself: its first key says it speaks V4.
+            if let Some(state) = chitchat.cluster_state.node_state_mut(&id) {
+                state.set(crate::PROTOCOL_KEY, "4");
+            }
         }
         chitchat.update_nodes_liveness();
         chitchat
@@ -1250,7 +1265,7 @@ mod tests {
         for port in [36_010, 36_020] {
             let id = ChitchatId::for_local_test(port);
             delta.add_node(id.clone(), 0, 0);
-            delta.add_kv(&id, "k", "v", 1, false);
+            delta.add_kv(&id, "k", "v", 2, false);
         }
         a.process_delta(delta);
         let after_delta = a.state_hash();

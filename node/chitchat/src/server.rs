@@ -319,8 +319,17 @@ impl Server {
                     }
                 },
                 _ = gossip_interval.tick() => {
+                    // shoal patch: the protocol may change (see `upgrade`).
+                    let bridging = {
+                        let chitchat = self.chitchat.lock().await;
+                        self.version = chitchat.protocol_version();
+                        chitchat.bridging()
+                    };
                     if self.version >= ProtocolVersion::V4 {
-                        self.pulse_multiple().await
+                        self.pulse_multiple().await;
+                        if bridging {
+                            self.bridge_round().await;
+                        }
                     } else {
                         self.gossip_multiple().await
                     }
@@ -369,6 +378,7 @@ impl Server {
             let mut chitchat = self.chitchat.lock().await;
             let response =
                 chitchat.process_message_from(envelope.message, Some(from_addr), version);
+            self.version = chitchat.protocol_version();
             // shoal patch: news (a new node, a sign of life of a node not
             // live) goes on at once to two more live peers (not the sender,
             // not us): a branching rumor that reaches every member in a few
@@ -561,6 +571,31 @@ impl Server {
         };
         self.send_outbox().await;
         self.spread_dead(dead, None).await;
+    }
+
+    /// shoal patch (upgrade): a member that just switched to V4 also sends
+    /// V3's SYNs to random live peers, which carry every heartbeat it knows
+    /// to members still on V3 (see `upgrade`).
+    async fn bridge_round(&mut self) {
+        let peers = {
+            let chitchat = self.chitchat.lock().await;
+            let me = chitchat.self_chitchat_id().gossip_advertise_addr;
+            let live: Vec<SocketAddr> = chitchat
+                .live_nodes()
+                .map(|id| id.gossip_advertise_addr)
+                .filter(|addr| *addr != me)
+                .collect();
+            let fanout = chitchat.bridge_fanout().min(live.len());
+            rand::seq::index::sample(&mut self.rng, live.len(), fanout)
+                .into_iter()
+                .map(|i| live[i])
+                .collect::<Vec<_>>()
+        };
+        for peer in peers {
+            if let Err(error) = self.gossip(peer).await {
+                debug!(%error, %peer, "failed to gossip");
+            }
+        }
     }
 
     /// Gossip to multiple randomly chosen nodes.

@@ -437,6 +437,7 @@ impl Simulator {
             protocol_version: ProtocolVersion::V0,
             max_message_len: chitchat::MAX_UDP_DATAGRAM_PAYLOAD_SIZE,
             gossip_fanout: 3,
+            upgrade: None,
         };
         let handle = spawn_chitchat(config, Vec::new(), &self.transport)
             .await

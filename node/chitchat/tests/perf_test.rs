@@ -40,6 +40,7 @@ async fn spawn_one(chitchat_id: u16, transport: &dyn Transport) -> ChitchatHandl
         protocol_version: ProtocolVersion::V0,
         max_message_len: chitchat::MAX_UDP_DATAGRAM_PAYLOAD_SIZE,
         gossip_fanout: 3,
+        upgrade: None,
     };
     spawn_chitchat(config, Vec::new(), transport).await.unwrap()
 }

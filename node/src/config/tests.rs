@@ -22,12 +22,38 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.gossip_port, DEFAULT_GOSSIP_PORT);
     assert_eq!(c.advertise, AdvertiseSpec::Auto);
     assert_eq!(c.cluster, "shoal");
-    assert_eq!(c.protocol, GossipProtocol::V3);
-    assert_eq!(c.timings, Timings::default());
+    assert_eq!(c.protocol, GossipProtocol::Auto);
+    // V4 once every member can (phi 6, no random members pulsed), V3's
+    // settings meanwhile.
     assert_eq!(
-        (c.timings.gossip_interval, c.timings.gossip_fanout),
-        (Duration::from_millis(100), 3)
+        c.timings,
+        Timings {
+            phi_threshold: 6.0,
+            gossip_fanout: 0,
+            v3: Some((8.0, 3)),
+            ..Timings::default()
+        }
     );
+    assert_eq!(c.timings.gossip_interval, Duration::from_millis(100));
+    let pinned = NodeConfig::from_env(
+        &env(&[("SHOAL_CLUSTER_KEY", KEY), ("SHOAL_GOSSIP_PROTOCOL", "v3")]),
+        "s",
+        1,
+    )
+    .unwrap();
+    assert_eq!(pinned.timings, Timings::default());
+    assert_eq!(
+        (pinned.timings.phi_threshold, pinned.timings.gossip_fanout),
+        (8.0, 3)
+    );
+    let set = NodeConfig::from_env(
+        &env(&[("SHOAL_CLUSTER_KEY", KEY), ("SHOAL_GOSSIP_FANOUT", "2")]),
+        "s",
+        1,
+    )
+    .unwrap();
+    assert_eq!(set.timings.gossip_fanout, 2);
+    assert_eq!(set.timings.v3, Some((8.0, 2)), "what is set holds for both");
     assert_eq!(c.gossip_mtu, 1_422);
     assert_eq!(c.keys.unwrap().all().len(), 1);
 }
@@ -82,7 +108,7 @@ fn every_bad_value_names_variable_value_and_what_is_accepted() {
         ("SHOAL_GOSSIP_INTERVAL", "fast", "duration"),
         ("SHOAL_GOSSIP_INTERVAL", "1ms", "between 10ms and 10s"),
         ("SHOAL_PHI_THRESHOLD", "0.5", "between 1 and 32"),
-        ("SHOAL_GOSSIP_PROTOCOL", "v9", "v0, v1, v2, v3 or v4"),
+        ("SHOAL_GOSSIP_PROTOCOL", "v9", "auto, v0, v1, v2, v3 or v4"),
         (
             "SHOAL_GOSSIP_FANOUT",
             "0",

@@ -109,6 +109,7 @@ async fn garbage_on_the_wire_is_counted_and_gossip_still_flows() {
         protocol_version: chitchat::ProtocolVersion::V1,
         max_message_len: max_message_len(MAX_DATAGRAM, true),
         gossip_fanout: 3,
+        upgrade: None,
     };
     let _handle = chitchat::spawn_chitchat(config, vec![], &sender_transport)
         .await
@@ -178,6 +179,7 @@ async fn state_transfer(mtu: usize, keys: usize) {
         protocol_version: ProtocolVersion::V1,
         max_message_len: max_message_len(mtu, true),
         gossip_fanout: 3,
+        upgrade: None,
     };
     let transport = |stats: Arc<GossipStats>| {
         SealedTransport::new(

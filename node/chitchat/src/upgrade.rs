@@ -1,0 +1,314 @@
+//! shoal patch: a rolling upgrade from protocol V3 to V4, and back.
+//!
+//! V3 judges liveness by heartbeats in every digest, V4 by pulses between
+//! ring neighbours (see `pulse`): a V3 member would take every V4 member for
+//! dead, and a V4 member every V3 one. So a member configured for V4 with
+//! [`ChitchatConfig::upgrade`] speaks V3 until every live member can speak
+//! V4, and V3 again as soon as one cannot:
+//!
+//! - **Who can.** Such a member sets [`PROTOCOL_KEY`] first of its keys (the
+//!   lowest version, so it travels before the others). A live node whose
+//!   state holds keys but not that one cannot speak V4 (an older release, a
+//!   member pinned to V3); a node with no keys yet is waited for.
+//! - **Up.** Every live node able, for [`SETTLE_ROUNDS`] rounds in a row:
+//!   V4. Members switch within a round trip or two of each other (they see
+//!   the last V3 member leave at about the same time); for
+//!   [`BRIDGE_ROUNDS`] rounds after its switch a member also gossips as V3
+//!   did (SYNs to random peers, carrying everyone's heartbeats) and counts
+//!   the heartbeats it hears as signs of life, so that members still on V3
+//!   keep hearing from it, and it votes against no neighbour that has not
+//!   switched yet. Nodes dead under V3 stay dead.
+//! - **Down.** A live node that cannot: V3 at once. Every live node starts
+//!   a fresh sampling window (V4 fed only its neighbours'), and for
+//!   [`GRACE_ROUNDS`] rounds phi removes no one, while the members that have
+//!   not yet seen that node still pulse and the heartbeats start to flow.
+//!
+//! [`ChitchatConfig::upgrade`]: crate::ChitchatConfig::upgrade
+
+use tokio::time::Instant;
+use tracing::info;
+
+use crate::configuration::V3Settings;
+use crate::{Chitchat, ProtocolVersion};
+
+/// The key a member able to speak V4 sets, first of its keys.
+pub const PROTOCOL_KEY: &str = "chitchat:protocol";
+/// Rounds every live member must have been able before V4.
+pub(crate) const SETTLE_ROUNDS: u32 = 30;
+/// Rounds after switching to V4 during which a member also gossips as V3.
+pub(crate) const BRIDGE_ROUNDS: u32 = 100;
+/// Rounds after falling back to V3 during which phi removes no one.
+pub(crate) const GRACE_ROUNDS: u32 = 30;
+
+/// Whether every live member can speak V4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ability {
+    All,
+    /// Some have no keys yet.
+    Pending,
+    /// At least one cannot.
+    NotAll,
+}
+
+/// What a member that upgrades keeps.
+pub(crate) struct Upgrade {
+    v3: V3Settings,
+    v4: V3Settings,
+    /// The (live set, states) epochs `ability` was computed for.
+    checked_for: Option<(u64, u64)>,
+    ability: Ability,
+    able_since: Option<Instant>,
+    bridge_until: Option<Instant>,
+    grace_until: Option<Instant>,
+    /// Switches so far (for tests and logs).
+    switches: u32,
+    /// When a peer last spoke V4 to us (a pulse, a vote, buckets): the
+    /// cluster is on V4 already, and a member that joins it switches as
+    /// soon as every member it holds live can, not after settling.
+    v4_heard_at: Option<Instant>,
+    /// Nodes that died here under V3 (not those never live): they stay
+    /// dead on the switch to V4.
+    died: std::collections::HashSet<crate::ChitchatId>,
+}
+
+/// Most deaths under V3 remembered for the switch.
+const MAX_DIED: usize = 4096;
+
+impl Upgrade {
+    /// `v4`: the configured (V4) settings, `v3`: what to run meanwhile.
+    pub(crate) fn new(v3: V3Settings, v4: V3Settings) -> Self {
+        Upgrade {
+            v3,
+            v4,
+            checked_for: None,
+            ability: Ability::Pending,
+            able_since: None,
+            bridge_until: None,
+            grace_until: None,
+            switches: 0,
+            v4_heard_at: None,
+            died: Default::default(),
+        }
+    }
+}
+
+/// What a member's value of [`PROTOCOL_KEY`] says it can speak.
+fn can_speak_v4(value: Option<&str>) -> bool {
+    value
+        .and_then(|v| v.parse::<u8>().ok())
+        .is_some_and(|v| v >= ProtocolVersion::V4.to_code())
+}
+
+impl Chitchat {
+    /// The protocol this member speaks now.
+    pub fn protocol_version(&self) -> ProtocolVersion {
+        self.config.protocol_version
+    }
+
+    /// Starts in V3 if configured to upgrade (the settings swapped for V3's).
+    pub(crate) fn start_upgrade(&mut self) {
+        let Some(v3) = self.config.upgrade else {
+            return;
+        };
+        if self.config.protocol_version < ProtocolVersion::V4 {
+            return;
+        }
+        let v4 = V3Settings {
+            phi_threshold: self.config.failure_detector_config.phi_threshold,
+            gossip_fanout: self.config.gossip_fanout,
+        };
+        self.upgrade = Some(Upgrade::new(v3, v4));
+        self.apply_settings(ProtocolVersion::V3, v3);
+    }
+
+    fn apply_settings(&mut self, version: ProtocolVersion, settings: V3Settings) {
+        self.config.protocol_version = version;
+        self.config.failure_detector_config.phi_threshold = settings.phi_threshold;
+        self.config.gossip_fanout = settings.gossip_fanout;
+        self.failure_detector
+            .set_phi_threshold(settings.phi_threshold);
+    }
+
+    /// Whether every live member can speak V4 (walks the live set only when
+    /// it or a state changed).
+    fn ability(&mut self) -> Ability {
+        let signature = (self.failure_detector.live_epoch(), self.state_epoch);
+        if let Some(u) = &self.upgrade {
+            if u.checked_for == Some(signature) {
+                return u.ability;
+            }
+        }
+        let me = self.self_chitchat_id();
+        let mut ability = Ability::All;
+        for id in self.failure_detector.live_nodes() {
+            if id == me {
+                continue;
+            }
+            let Some(state) = self.cluster_state.node_state(id) else {
+                continue;
+            };
+            if can_speak_v4(state.get(PROTOCOL_KEY)) {
+                continue;
+            }
+            if state.num_key_values() == 0 {
+                ability = Ability::Pending;
+            } else {
+                ability = Ability::NotAll;
+                break;
+            }
+        }
+        if let Some(u) = self.upgrade.as_mut() {
+            u.checked_for = Some(signature);
+            u.ability = ability;
+        }
+        ability
+    }
+
+    /// Switches protocol if the cluster calls for it (every round).
+    pub(crate) fn adapt_protocol(&mut self) {
+        if self.upgrade.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let interval = self.config.gossip_interval;
+        let ability = self.ability();
+        let on_v4 = self.pulses.is_some();
+        let Some(u) = self.upgrade.as_mut() else {
+            return;
+        };
+        match (on_v4, ability) {
+            (false, Ability::All) => {
+                let since = *u.able_since.get_or_insert(now);
+                let cluster_on_v4 = u
+                    .v4_heard_at
+                    .is_some_and(|at| now.duration_since(at) < interval * SETTLE_ROUNDS);
+                if cluster_on_v4 || now.duration_since(since) >= interval * SETTLE_ROUNDS {
+                    self.switch_to_v4(now);
+                }
+            }
+            (false, _) => u.able_since = None,
+            (true, Ability::NotAll) => self.switch_to_v3(now),
+            (true, _) => {}
+        }
+    }
+
+    fn switch_to_v4(&mut self, now: Instant) {
+        let Some(u) = self.upgrade.as_mut() else {
+            return;
+        };
+        let v4 = u.v4;
+        u.able_since = None;
+        u.grace_until = None;
+        u.bridge_until = Some(now + self.config.gossip_interval * BRIDGE_ROUNDS);
+        u.switches += 1;
+        let died = std::mem::take(&mut u.died);
+        self.apply_settings(ProtocolVersion::V4, v4);
+        let mut pulses = crate::pulse::Pulses::default();
+        // Dead under V3 stays dead: V4 takes every node it holds that no
+        // votes killed for live.
+        let dead: Vec<_> = died
+            .into_iter()
+            .filter(|id| !self.failure_detector.is_live(id))
+            .filter(|id| self.cluster_state.node_state(id).is_some())
+            .collect();
+        for id in dead {
+            let heartbeat = self
+                .cluster_state
+                .node_state(&id)
+                .map_or(crate::Heartbeat(0), |s| s.heartbeat());
+            pulses.seed_death(id, heartbeat, now);
+        }
+        self.pulses = Some(pulses);
+        self.states_changed();
+        info!(
+            members = self.live_node_count() + 1,
+            "every member speaks protocol V4: switched to V4"
+        );
+    }
+
+    fn switch_to_v3(&mut self, now: Instant) {
+        let Some(u) = self.upgrade.as_mut() else {
+            return;
+        };
+        let v3 = u.v3;
+        u.bridge_until = None;
+        u.able_since = None;
+        u.grace_until = Some(now + self.config.gossip_interval * GRACE_ROUNDS);
+        u.switches += 1;
+        self.apply_settings(ProtocolVersion::V3, v3);
+        self.pulses = None;
+        let live: Vec<_> = self.failure_detector.live_nodes().cloned().collect();
+        for id in &live {
+            self.failure_detector.restart(id);
+        }
+        self.states_changed();
+        info!(
+            members = live.len() + 1,
+            "a member cannot speak protocol V4: back to V3"
+        );
+    }
+
+    /// A peer spoke V4 to us (see `Upgrade::v4_heard_at`).
+    pub(crate) fn heard_v4(&mut self) {
+        if let Some(u) = self.upgrade.as_mut() {
+            u.v4_heard_at = Some(Instant::now());
+        }
+    }
+
+    /// `ids` died here under V3 (see `Upgrade::died`).
+    pub(crate) fn died_under_v3<'a>(
+        &mut self,
+        ids: impl IntoIterator<Item = &'a crate::ChitchatId>,
+    ) {
+        if let Some(u) = self.upgrade.as_mut() {
+            if u.died.len() >= MAX_DIED {
+                u.died.clear();
+            }
+            u.died.extend(ids.into_iter().cloned());
+        }
+    }
+
+    /// Whether this member switched to V4 lately and also gossips as V3.
+    pub fn bridging(&self) -> bool {
+        self.pulses.is_some()
+            && self
+                .upgrade
+                .as_ref()
+                .and_then(|u| u.bridge_until)
+                .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Whether this member fell back to V3 lately (phi removes no one).
+    pub(crate) fn in_grace(&self) -> bool {
+        self.pulses.is_none()
+            && self
+                .upgrade
+                .as_ref()
+                .and_then(|u| u.grace_until)
+                .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// V3's fanout, for the SYNs of a bridging member.
+    pub(crate) fn bridge_fanout(&self) -> usize {
+        self.upgrade.as_ref().map_or(0, |u| u.v3.gossip_fanout)
+    }
+
+    /// How many times this member switched protocol.
+    pub fn protocol_switches(&self) -> u32 {
+        self.upgrade.as_ref().map_or(0, |u| u.switches)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_says_who_can() {
+        assert!(can_speak_v4(Some("4")));
+        assert!(can_speak_v4(Some("5")));
+        assert!(!can_speak_v4(Some("3")));
+        assert!(!can_speak_v4(Some("four")));
+        assert!(!can_speak_v4(None));
+    }
+}
