@@ -335,3 +335,169 @@ async fn v4_a_tenth_killed_at_once_leave_every_view() {
         assert!(gone < 1.5, "loss {loss}: {gone:.2} s");
     }
 }
+
+/// The protocol `m` speaks now.
+async fn protocol(m: &SimMember) -> ProtocolVersion {
+    m.chitchat().lock().await.protocol_version()
+}
+
+/// Every member of `members` sees every other one, checked every 50 ms for
+/// `span`: no false removal meanwhile.
+async fn nobody_removed_for(members: &[SimMember], span: Duration, what: &str) {
+    let end = Instant::now() + span;
+    while Instant::now() < end {
+        for m in members {
+            for o in members.iter().filter(|o| o.ip != m.ip) {
+                assert!(
+                    m.sees(&o.chitchat_id()).await,
+                    "{what}: {} lost {}",
+                    m.node,
+                    o.node
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A rolling upgrade as `docker service update` runs it: 20 members pinned
+/// to V3 (what a release without V4 speaks) replaced one at a time by
+/// members on the default (`auto`), a new address each. No member is ever
+/// removed from a view it was in; once the last V3 member is gone every
+/// member switches to V4 (the idle cluster's bytes fall to V4's) and
+/// detects within V4's budget. Then a V3 member joins (a rollback, a task
+/// of the old release): everyone is back on V3 at once, nobody removed,
+/// and on V4 again once it has left.
+#[tokio::test(start_paused = true)]
+async fn a_rolling_upgrade_ends_on_v4_removes_nobody_and_a_v3_member_brings_v3_back() {
+    let net = SimNet::new(Duration::from_millis(1), 0.0, 16);
+    let key = key();
+    let pinned = || vec![("SHOAL_GOSSIP_PROTOCOL".to_string(), "v3".to_string())];
+    let n = 20;
+    let mut members = cluster(&net, &key, n, |_| pinned()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let v3_idle = idle_kb_per_member(&members, Duration::from_secs(3)).await;
+
+    for step in 0..n {
+        // Stop first: the old task dies (SIGKILL: no goodbye), its
+        // replacement starts, seeded by the tasks' addresses.
+        let old = members.remove(0);
+        old.kill(&net);
+        let seeds: Vec<String> = members.iter().take(3).map(|m| m.ip.to_string()).collect();
+        let settings = vec![("SHOAL_SEEDS".to_string(), seeds.join(","))];
+        let new = spawn_member(&net, 200 + step, &key, &settings)
+            .await
+            .unwrap();
+        let node = new.chitchat_id();
+        within(&members, Duration::from_secs(3), async |m| {
+            m.sees(&node).await && !m.sees(&old.chitchat_id()).await
+        })
+        .await;
+        members.push(new);
+        within(&members, Duration::from_secs(3), async |m| {
+            m.live_count().await == n
+        })
+        .await;
+        nobody_removed_for(&members, Duration::from_millis(500), "upgrading").await;
+        for m in &members {
+            assert_eq!(
+                protocol(m).await,
+                ProtocolVersion::V3,
+                "step {step}: on V4 while a V3 member lives"
+            );
+        }
+    }
+    // The last V3 member left: V4 after settling (3 s), then 10 s of
+    // bridging; nobody removed throughout.
+    let switched = within(&members, Duration::from_secs(6), async |m| {
+        protocol(m).await == ProtocolVersion::V4
+    })
+    .await;
+    eprintln!("upgrade: every member on V4 {switched:.2} s after the last V3 member left");
+    nobody_removed_for(&members, Duration::from_secs(12), "switching to V4").await;
+    for m in &members {
+        let c = m.chitchat();
+        let c = c.lock().await;
+        assert_eq!(
+            c.protocol_switches(),
+            1,
+            "{} switched back and forth",
+            m.node
+        );
+        assert!(!c.bridging(), "{} still bridging", m.node);
+    }
+    let v4_idle = idle_kb_per_member(&members, Duration::from_secs(3)).await;
+    eprintln!("upgrade: idle gossip {v3_idle:.1} KB/s per member on V3, {v4_idle:.1} on V4");
+    assert!(
+        v4_idle < 2.5 && v4_idle * 2.0 < v3_idle,
+        "{v3_idle:.1} → {v4_idle:.1} KB/s"
+    );
+
+    let dead = members.remove(5);
+    dead.kill(&net);
+    let gone = within(&members, Duration::from_secs(3), async |m| {
+        !m.sees(&dead.chitchat_id()).await
+    })
+    .await;
+    eprintln!("upgrade: on V4, a killed member out of every view in {gone:.2} s");
+    assert!(gone < 1.1, "{gone:.2} s");
+
+    // A V3 member joins: back on V3 within a second, nobody removed.
+    let seeds = members[0].ip.to_string();
+    let settings = vec![
+        ("SHOAL_GOSSIP_PROTOCOL".to_string(), "v3".to_string()),
+        ("SHOAL_SEEDS".to_string(), seeds),
+    ];
+    let old = spawn_member(&net, 300, &key, &settings).await.unwrap();
+    let node = old.chitchat_id();
+    let back = within(&members, Duration::from_secs(3), async |m| {
+        m.sees(&node).await && protocol(m).await == ProtocolVersion::V3
+    })
+    .await;
+    eprintln!("rollback: a V3 member joined, every member on V3 and seeing it in {back:.2} s");
+    assert!(back < 1.0, "{back:.2} s");
+    members.push(old);
+    let joined = within(&members, Duration::from_secs(3), async |m| {
+        for o in members.iter().filter(|o| o.ip != m.ip) {
+            if !m.sees(&o.chitchat_id()).await {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    eprintln!("rollback: the V3 member sees every member in {joined:.2} s");
+    nobody_removed_for(&members, Duration::from_secs(6), "falling back to V3").await;
+    let old = members.pop().expect("the V3 member");
+    old.kill(&net);
+    let again = within(&members, Duration::from_secs(8), async |m| {
+        !m.sees(&old.chitchat_id()).await && protocol(m).await == ProtocolVersion::V4
+    })
+    .await;
+    eprintln!("rollback: the V3 member killed, every member on V4 again in {again:.2} s");
+    assert!(again < 5.0, "{again:.2} s: detection, then 3 s of settling");
+    nobody_removed_for(&members, Duration::from_secs(12), "switching to V4 again").await;
+}
+
+/// Gossip each member of `members` sent over `span`, in KB/s on average.
+async fn idle_kb_per_member(members: &[SimMember], span: Duration) -> f64 {
+    let before: Vec<u64> = members.iter().map(SimMember::bytes_sent).collect();
+    let kinds: Vec<Vec<u64>> = members.iter().map(SimMember::bytes_sent_by_kind).collect();
+    tokio::time::sleep(span).await;
+    let mut by_kind = vec![0u64; shoal_node::MessageKind::ALL.len()];
+    for (m, b) in members.iter().zip(&kinds) {
+        for ((t, now), then) in by_kind.iter_mut().zip(m.bytes_sent_by_kind()).zip(b) {
+            *t += now - then;
+        }
+    }
+    eprintln!(
+        "bytes sent by kind ({:?}): {by_kind:?}",
+        shoal_node::MessageKind::ALL
+    );
+    let sent: u64 = members
+        .iter()
+        .zip(&before)
+        .map(|(m, b)| m.bytes_sent() - b)
+        .sum();
+    sent as f64 / members.len() as f64 / span.as_secs_f64() / 1000.0
+}

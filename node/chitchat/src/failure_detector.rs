@@ -164,6 +164,11 @@ impl FailureDetector {
             .restart(prior);
     }
 
+    /// shoal patch (upgrade): when `chitchat_id`'s last heartbeat came.
+    pub(crate) fn last_heard(&self, chitchat_id: &ChitchatId) -> Option<Instant> {
+        self.node_samples.get(chitchat_id)?.last_heartbeat
+    }
+
     /// shoal patch: whether `chitchat_id` is live.
     pub fn is_live(&self, chitchat_id: &ChitchatId) -> bool {
         self.live_nodes.contains(chitchat_id)

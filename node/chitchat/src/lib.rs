@@ -699,12 +699,8 @@ impl Chitchat {
             threshold
         };
         // Just back on V3 (see `upgrade`), phi removes no one while
-        // heartbeats start to flow.
-        let threshold = if self.in_grace() {
-            f64::INFINITY
-        } else {
-            threshold
-        };
+        // heartbeats start to flow (and brings back no one it would not).
+        let grace = self.in_grace();
         if self.pulses.is_some() {
             self.update_liveness_by_pulses(threshold);
         } else {
@@ -712,6 +708,11 @@ impl Chitchat {
             for chitchat_id in self.cluster_state.nodes() {
                 if chitchat_id != self.self_chitchat_id() {
                     let was_live = self.failure_detector.is_live(chitchat_id);
+                    let threshold = if grace && was_live {
+                        f64::INFINITY
+                    } else {
+                        threshold
+                    };
                     self.failure_detector
                         .update_node_liveness_with(chitchat_id, threshold);
                     if was_live && !self.failure_detector.is_live(chitchat_id) {

@@ -63,8 +63,9 @@ pub(crate) struct Upgrade {
     /// Switches so far (for tests and logs).
     switches: u32,
     /// When a peer last spoke V4 to us (a pulse, a vote, buckets): the
-    /// cluster is on V4 already, and a member that joins it switches as
-    /// soon as every member it holds live can, not after settling.
+    /// cluster is on V4 already (or switching), and a member that joins it
+    /// switches as soon as every member it holds live can, not after
+    /// settling (its neighbours would vote it dead meanwhile).
     v4_heard_at: Option<Instant>,
     /// Nodes that died here under V3 (not those never live): they stay
     /// dead on the switch to V4.
@@ -179,6 +180,8 @@ impl Chitchat {
         match (on_v4, ability) {
             (false, Ability::All) => {
                 let since = *u.able_since.get_or_insert(now);
+                // A peer spoke V4 lately: the cluster is on V4 already (or
+                // switching), no need to settle.
                 let cluster_on_v4 = u
                     .v4_heard_at
                     .is_some_and(|at| now.duration_since(at) < interval * SETTLE_ROUNDS);
@@ -205,11 +208,26 @@ impl Chitchat {
         self.apply_settings(ProtocolVersion::V4, v4);
         let mut pulses = crate::pulse::Pulses::default();
         // Dead under V3 stays dead: V4 takes every node it holds that no
-        // votes killed for live.
-        let dead: Vec<_> = died
-            .into_iter()
-            .filter(|id| !self.failure_detector.is_live(id))
-            .filter(|id| self.cluster_state.node_state(id).is_some())
+        // votes killed for live. Dead: every node not live here but one
+        // heard within 10 rounds (joining) — V3 passes on the states of
+        // the dead for a while, and a member that joined since never saw
+        // them live. (A member new to a cluster on V4 switches within a
+        // few rounds of hearing of its members: they are all heard lately.)
+        let heard_since = now.checked_sub(self.config.gossip_interval * 10);
+        let me = self.self_chitchat_id().clone();
+        let dead: Vec<_> = self
+            .cluster_state
+            .nodes()
+            .filter(|id| **id != me && !self.failure_detector.is_live(id))
+            .filter(|id| {
+                let heard_lately = self
+                    .failure_detector
+                    .last_heard(id)
+                    .zip(heard_since)
+                    .is_some_and(|(heard, since)| heard >= since);
+                died.contains(*id) || !heard_lately
+            })
+            .cloned()
             .collect();
         for id in dead {
             let heartbeat = self
