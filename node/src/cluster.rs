@@ -164,6 +164,14 @@ impl Cluster {
         shared::demands(&*chitchat.lock().await, &self.inner.shared)
     }
 
+    /// The gossip protocol this member speaks now (`"v3"`, `"v4"`): with
+    /// `SHOAL_GOSSIP_PROTOCOL=auto`, V4 once every live member can.
+    pub async fn protocol(&self) -> String {
+        let chitchat = self.inner.handle.chitchat();
+        let version = chitchat.lock().await.protocol_version();
+        format!("v{}", version.to_code())
+    }
+
     /// Publishes a new health.
     pub async fn set_health(&self, health: Health) {
         self.inner

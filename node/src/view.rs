@@ -203,7 +203,8 @@ impl ClusterView {
 ///  "services": {"story-service": [{"id": {…}, "service": "story-service",
 ///    "addr": "10.0.9.7:8768", "health": "up", "routes": ["/story"],
 ///    "host": "a1b2c3", "version": "0.1.0", "started_ms": 1764145370000,
-///    "gossip_addr": "10.0.9.7:7950"}]}}
+///    "gossip_addr": "10.0.9.7:7950"}]},
+///  "protocol": "v4"}
 /// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MembersDoc {
@@ -212,6 +213,10 @@ pub struct MembersDoc {
     pub self_id: MemberId,
     /// Its view: service → members, as [`ClusterView`] serializes.
     pub services: BTreeMap<String, Vec<Arc<Member>>>,
+    /// The gossip protocol it speaks now (`"v3"`, `"v4"`); absent from
+    /// releases before `auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
 }
 
 impl MembersDoc {
@@ -220,6 +225,7 @@ impl MembersDoc {
         Self {
             self_id,
             services: view.services.clone(),
+            protocol: None,
         }
     }
 

@@ -163,6 +163,20 @@ pub fn gateway_views(stack: &str) -> Vec<HashSet<String>> {
         .collect()
 }
 
+/// The gossip protocol each gateway task speaks now (`"v3"`, `"v4"`; empty
+/// where it does not answer).
+pub fn gateway_protocols(stack: &str) -> Vec<String> {
+    gateway_admin(stack, "/members")
+        .iter()
+        .map(|json| {
+            serde_json::from_str::<shoal_node::MembersDoc>(json)
+                .ok()
+                .and_then(|doc| doc.protocol)
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 /// GET as a patient client does: a request that got no answer at all is
 /// retried for up to 10 s. Through the routing mesh the new connection
 /// reaches another gateway task; with host-mode publishing (no IPVS) it

@@ -445,6 +445,39 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
     })
     .await;
 
+    // 5b. Protocol V4 by default; a rolling update that pins story-service
+    // to V3 (what a task of a release without V4 speaks) brings every
+    // member back to V3, and the update that removes the pin ends on V4:
+    // both under load, no failed GET.
+    protocol_everywhere("v4", Duration::from_secs(30), "after deploy");
+    let pin = |args: &'static [&'static str]| async move {
+        let service = format!("{STACK}_story-service");
+        let mut all = vec!["service", "update", "--update-monitor", "2s"];
+        all.extend_from_slice(args);
+        all.push(&service);
+        docker_ok(&all);
+    };
+    under_load(
+        &client,
+        "story-service pinned to protocol V3 (rolling)",
+        pin(&["--env-add", "SHOAL_GOSSIP_PROTOCOL=v3"]),
+    )
+    .await;
+    protocol_everywhere("v3", Duration::from_secs(10), "with V3 tasks");
+    let upgrade = Instant::now();
+    under_load(
+        &client,
+        "story-service back to auto (rolling upgrade to V4)",
+        pin(&["--env-rm", "SHOAL_GOSSIP_PROTOCOL"]),
+    )
+    .await;
+    let on_v4 = protocol_everywhere("v4", Duration::from_secs(30), "after the upgrade");
+    eprintln!(
+        "SWARM rolling upgrade V3 → V4: every gateway on V4 {:.1} s after the update returned ({:.1} s from its start)",
+        on_v4.as_secs_f64(),
+        upgrade.elapsed().as_secs_f64()
+    );
+
     // 6. Key rotation without downtime: [old, new] → [new, old] → [new],
     // each a rolling update of every service.
     secret("shoaltest_key_2", &format!("{old},{new}"));
@@ -576,6 +609,22 @@ fn until_views(host: &str, present: bool, timeout: Duration) -> Duration {
             if present { "not back in" } else { "still in" }
         )
     })
+}
+
+/// Waits until every gateway task speaks `protocol`; how long it took.
+fn protocol_everywhere(protocol: &str, timeout: Duration, when: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let protocols = shoal_tests::chaos::gateway_protocols(STACK);
+        if !protocols.is_empty() && protocols.iter().all(|p| p == protocol) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{when}: gateways on {protocols:?}, not all on {protocol} after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Like [`until_views`], `None` when `timeout` passes first.

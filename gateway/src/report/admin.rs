@@ -78,7 +78,9 @@ async fn metrics(State(a): State<Admin>) -> Response {
 
 async fn members(State(a): State<Admin>) -> Response {
     let view = a.cluster.view().borrow().clone();
-    Json(shoal_node::MembersDoc::new(a.cluster.id().clone(), &view)).into_response()
+    let mut doc = shoal_node::MembersDoc::new(a.cluster.id().clone(), &view);
+    doc.protocol = Some(a.cluster.protocol().await);
+    Json(doc).into_response()
 }
 
 async fn health(State(a): State<Admin>) -> Response {
