@@ -51,6 +51,23 @@ pub fn run_script(name: &str, env: &[(&str, &str)]) {
     assert!(status.success(), "scripts/{name} failed: {status}");
 }
 
+/// The landed release's `shoal` binary (the commit in
+/// `tests/landed-release`), built once by `scripts/build-landed`.
+pub fn landed_release_bin() -> PathBuf {
+    let output = std::process::Command::new(repo_root().join("scripts/build-landed"))
+        .current_dir(repo_root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run scripts/build-landed: {e}"));
+    assert!(
+        output.status.success(),
+        "scripts/build-landed failed: {}",
+        output.status
+    );
+    let path = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    repo_root().join(path)
+}
+
 /// `docker [docker_args…] secret create name -` with `value` on stdin
 /// (`docker_args`: e.g. `["-H", socket]` for another daemon); panics on
 /// failure.
@@ -204,6 +221,10 @@ pub struct GossipCounters {
     /// Datagrams sent larger than the gossip MTU.
     #[serde(default)]
     pub oversized: u64,
+    /// The protocol it speaks (`"v3"`, `"v4"`; empty from releases before
+    /// `auto`).
+    #[serde(default)]
+    pub protocol: String,
 }
 
 /// A running process of the test, killed when dropped.

@@ -218,3 +218,96 @@ fn random_bytes_on_the_gossip_port_crash_nothing() {
         },
     );
 }
+
+/// A rolling upgrade from the landed release (the commit in
+/// `tests/landed-release`, built by `scripts/build-landed`), as `docker
+/// service update` runs one: four of its sidecars replaced one at a time by
+/// this release's (SIGKILL, a new address each). Every step, each member
+/// sees exactly the others; once the last landed member is gone, every
+/// member switches to V4 (`SHOAL_GOSSIP_PROTOCOL=auto`, the default), and
+/// no view printed from then on misses a member.
+#[test]
+fn the_landed_release_is_upgraded_in_place_and_the_cluster_ends_on_v4() {
+    let landed = shoal_tests::landed_release_bin();
+    let net = Net::new(19);
+    let n = 4u8;
+    let seeds: Vec<String> = (1..=n)
+        .flat_map(|i| [net.ip(1, i), net.ip(2, i)])
+        .map(|ip| format!("{ip}:{GOSSIP_PORT}"))
+        .collect();
+    let start = |bin: &std::path::Path, ip, name: &str| {
+        let mut env = net.member_env(ip, "demo", name);
+        env.push(("SHOAL_PORT".into(), "9000".into()));
+        env.retain(|(k, _)| k != "SHOAL_SEEDS");
+        env.push(("SHOAL_SEEDS".into(), seeds.join(",")));
+        Proc::spawn(&net, name, bin, &["sidecar", "--watch"], &env)
+    };
+    let sees_exactly = |members: &[Proc]| {
+        let mut all: Vec<String> = members.iter().map(self_id).collect();
+        all.sort();
+        members.iter().all(|p| {
+            let mut seen = ids(p);
+            seen.sort();
+            seen == all
+        })
+    };
+    let mut members: Vec<Proc> = (1..=n)
+        .map(|i| start(&landed, net.ip(1, i), &format!("landed{i}")))
+        .collect();
+    wait_for(
+        "the landed members see each other",
+        Duration::from_secs(15),
+        || sees_exactly(&members).then_some(()),
+    );
+    for i in 1..=n {
+        let mut old = members.remove(0);
+        old.sigkill();
+        members.push(start(
+            &shoal_tests::bin("shoal"),
+            net.ip(2, i),
+            &format!("new{i}"),
+        ));
+        let step = Instant::now();
+        wait_for(
+            &format!("step {i}: every member sees exactly the others"),
+            Duration::from_secs(10),
+            || sees_exactly(&members).then_some(()),
+        );
+        eprintln!("upgrade step {i}: views exact after {:?}", step.elapsed());
+    }
+    let last_gone = Instant::now();
+    wait_for("every member on V4", Duration::from_secs(15), || {
+        members
+            .iter()
+            .all(|p| p.view().is_some_and(|v| v.gossip.protocol == "v4"))
+            .then_some(())
+    });
+    eprintln!(
+        "every member on V4 {:?} after the last landed member left",
+        last_gone.elapsed()
+    );
+    // Through the switch and the bridge (10 s): no view drops anyone.
+    std::thread::sleep(Duration::from_secs(12));
+    let final_ids: Vec<String> = members.iter().map(self_id).collect();
+    for p in &members {
+        let views = p.views();
+        let whole = views
+            .iter()
+            .position(|(_, v)| {
+                final_ids
+                    .iter()
+                    .all(|id| v.members.iter().any(|m| &m.id == id))
+            })
+            .expect("a view with every member");
+        for (t, v) in &views[whole..] {
+            for id in &final_ids {
+                assert!(
+                    v.members.iter().any(|m| &m.id == id),
+                    "{} dropped {id} at {:?} after the last landed member left",
+                    p.name,
+                    t.saturating_duration_since(last_gone)
+                );
+            }
+        }
+    }
+}

@@ -101,6 +101,25 @@ async fn join_and_kill(
         })
         .await;
         assert!(join < join_limit, "trial {trial}: join took {join:.2} s");
+        // And the newcomer sees every member (a member new to a cluster on
+        // V4 once took members it had heard of only once for dead).
+        let sees_all = within(
+            std::slice::from_ref(&newcomer),
+            Duration::from_secs(5),
+            async |n| {
+                for m in members.iter() {
+                    if !n.sees(&m.chitchat_id()).await {
+                        return false;
+                    }
+                }
+                true
+            },
+        )
+        .await;
+        assert!(
+            sees_all < 1.0,
+            "trial {trial}: the newcomer saw every member after {sees_all:.2} s"
+        );
         members.push(newcomer);
 
         let dead = members.remove(3 + trial * 5);

@@ -268,6 +268,22 @@ struct Server {
 /// (it walks every key of every node; tombstones wait an hour anyway).
 const GC_ROUNDS: u64 = 10;
 
+/// shoal patch (upgrade): the server speaks `version` from now on. Who
+/// spoke an older one is forgotten: peers that spoke V3 before the switch
+/// would otherwise be spoken to in V3 (and sent `Dead`, not votes) until
+/// they spoke V4 to us, and they keep speaking to us the version we last
+/// spoke to them.
+fn follow_version(
+    current: &mut ProtocolVersion,
+    older_peers: &mut std::collections::HashMap<SocketAddr, ProtocolVersion>,
+    version: ProtocolVersion,
+) {
+    if version != *current {
+        *current = version;
+        older_peers.clear();
+    }
+}
+
 /// shoal patch: at most this many peers remembered as speaking an older
 /// version (forgotten all at once beyond: they tell us again).
 const MAX_OLDER_PEERS: usize = 4096;
@@ -322,7 +338,11 @@ impl Server {
                     // shoal patch: the protocol may change (see `upgrade`).
                     let bridging = {
                         let chitchat = self.chitchat.lock().await;
-                        self.version = chitchat.protocol_version();
+                        follow_version(
+                            &mut self.version,
+                            &mut self.older_peers,
+                            chitchat.protocol_version(),
+                        );
                         chitchat.bridging()
                     };
                     if self.version >= ProtocolVersion::V4 {
@@ -378,7 +398,11 @@ impl Server {
             let mut chitchat = self.chitchat.lock().await;
             let response =
                 chitchat.process_message_from(envelope.message, Some(from_addr), version);
-            self.version = chitchat.protocol_version();
+            follow_version(
+                &mut self.version,
+                &mut self.older_peers,
+                chitchat.protocol_version(),
+            );
             // shoal patch: news (a new node, a sign of life of a node not
             // live) goes on at once to two more live peers (not the sender,
             // not us): a branching rumor that reaches every member in a few

@@ -67,6 +67,11 @@ pub(crate) struct Upgrade {
     /// switches as soon as every member it holds live can, not after
     /// settling (its neighbours would vote it dead meanwhile).
     v4_heard_at: Option<Instant>,
+    /// When this member started, and when a peer first spoke V4 to it: a
+    /// member that hears V4 within [`SETTLE_ROUNDS`] of starting is new to
+    /// a cluster on V4 (see `switch_to_v4`).
+    started: Instant,
+    first_v4_heard_at: Option<Instant>,
     /// Nodes that died here under V3 (not those never live): they stay
     /// dead on the switch to V4.
     died: std::collections::HashSet<crate::ChitchatId>,
@@ -88,6 +93,8 @@ impl Upgrade {
             grace_until: None,
             switches: 0,
             v4_heard_at: None,
+            started: Instant::now(),
+            first_v4_heard_at: None,
             died: Default::default(),
         }
     }
@@ -186,7 +193,10 @@ impl Chitchat {
                     .v4_heard_at
                     .is_some_and(|at| now.duration_since(at) < interval * SETTLE_ROUNDS);
                 if cluster_on_v4 || now.duration_since(since) >= interval * SETTLE_ROUNDS {
-                    self.switch_to_v4(now);
+                    let joining = u
+                        .first_v4_heard_at
+                        .is_some_and(|at| at.duration_since(u.started) < interval * SETTLE_ROUNDS);
+                    self.switch_to_v4(now, joining);
                 }
             }
             (false, _) => u.able_since = None,
@@ -195,7 +205,9 @@ impl Chitchat {
         }
     }
 
-    fn switch_to_v4(&mut self, now: Instant) {
+    /// `joining`: new to a cluster on V4, whose members pass on no dead
+    /// member (every member it holds is live, if not heard from yet).
+    fn switch_to_v4(&mut self, now: Instant, joining: bool) {
         let Some(u) = self.upgrade.as_mut() else {
             return;
         };
@@ -208,11 +220,12 @@ impl Chitchat {
         self.apply_settings(ProtocolVersion::V4, v4);
         let mut pulses = crate::pulse::Pulses::default();
         // Dead under V3 stays dead: V4 takes every node it holds that no
-        // votes killed for live. Dead: every node not live here but one
+        // votes killed for live. Dead: those that died here, and, but for
+        // a member new to a cluster on V4, every node not live here and not
         // heard within 10 rounds (joining) — V3 passes on the states of
         // the dead for a while, and a member that joined since never saw
-        // them live. (A member new to a cluster on V4 switches within a
-        // few rounds of hearing of its members: they are all heard lately.)
+        // them live. A member new to a cluster on V4 has heard of most
+        // members once (V4 relays no heartbeats): not live to V3, yet live.
         let heard_since = now.checked_sub(self.config.gossip_interval * 10);
         let me = self.self_chitchat_id().clone();
         let dead: Vec<_> = self
@@ -225,7 +238,7 @@ impl Chitchat {
                     .last_heard(id)
                     .zip(heard_since)
                     .is_some_and(|(heard, since)| heard >= since);
-                died.contains(*id) || !heard_lately
+                died.contains(*id) || (!joining && !heard_lately)
             })
             .cloned()
             .collect();
@@ -269,7 +282,9 @@ impl Chitchat {
     /// A peer spoke V4 to us (see `Upgrade::v4_heard_at`).
     pub(crate) fn heard_v4(&mut self) {
         if let Some(u) = self.upgrade.as_mut() {
-            u.v4_heard_at = Some(Instant::now());
+            let now = Instant::now();
+            u.v4_heard_at = Some(now);
+            u.first_v4_heard_at.get_or_insert(now);
         }
     }
 

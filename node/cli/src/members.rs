@@ -126,6 +126,7 @@ pub(crate) async fn print_changes(cluster: &Cluster) {
             .collect();
         old = view.clone();
         let stats = cluster.stats();
+        let protocol = cluster.protocol().await;
         let line = serde_json::json!({
             "events": events,
             "t_ms": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default(),
@@ -139,6 +140,7 @@ pub(crate) async fn print_changes(cluster: &Cluster) {
                 "rejected": stats.packets_rejected.load(Relaxed),
                 "largest_datagram": stats.largest_datagram.load(Relaxed),
                 "oversized": stats.packets_oversized.load(Relaxed),
+                "protocol": protocol,
             },
         });
         let mut out = std::io::stdout().lock();
