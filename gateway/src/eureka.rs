@@ -38,7 +38,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use serde_json::{Value, json};
-use shoal_node::{Cluster, LeaseError, LeaseOp, Status};
+use shoal_node::{Cluster, LeaseError, LeaseLimits, LeaseOp, Status};
 use tokio::sync::watch;
 use tracing::info;
 
@@ -57,14 +57,20 @@ const MAX_BODY: usize = 64 * 1024;
 pub struct Eureka {
     cluster: Cluster,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    limits: LeaseLimits,
 }
 
 impl Eureka {
-    /// Starts following `cluster`'s view; call once per gateway.
-    pub fn start(cluster: Cluster) -> Self {
+    /// Starts following `cluster`'s view; call once per gateway. New
+    /// registrations beyond `limits` are refused.
+    pub fn start(cluster: Cluster, limits: LeaseLimits) -> Self {
         let snapshots = changes::follow(cluster.view());
         cluster.keep_leases();
-        Self { cluster, snapshots }
+        Self {
+            cluster,
+            snapshots,
+            limits,
+        }
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -171,11 +177,23 @@ fn refused(status: StatusCode, reason: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
+/// A new registration over the cap: 507, with Spring's error body naming
+/// the limit.
+fn over_cap(err: &LeaseError, path: &str) -> Response {
+    let status = StatusCode::INSUFFICIENT_STORAGE;
+    let body = shoal_http::spring::error_json::<String>(status, &err.to_string(), path, &[]);
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 /// The answer to a lease operation: 200 or `ok` with an empty body; 404
-/// with an empty body when unknown (clients then re-register).
+/// with an empty body when unknown (clients then re-register); a new
+/// registration over the cap, 507 with Spring's error body.
 fn lease_answer(result: Result<(), LeaseError>, ok: StatusCode) -> Response {
     match result {
         Ok(()) => ok.into_response(),
+        Err(err @ (LeaseError::TooMany { .. } | LeaseError::TooManyOfApp { .. })) => {
+            over_cap(&err, "/eureka/apps")
+        }
         Err(LeaseError::NotFound { .. }) => StatusCode::NOT_FOUND.into_response(),
         Err(err @ LeaseError::Native(_)) => refused(StatusCode::CONFLICT, err),
         Err(err @ LeaseError::TooLarge { .. }) => refused(StatusCode::PAYLOAD_TOO_LARGE, err),
@@ -256,6 +274,7 @@ async fn by_vip(State(e): State<Eureka>, Path(vip): Path<String>, headers: Heade
 async fn register(
     State(e): State<Eureka>,
     Path(app): Path<String>,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -271,10 +290,20 @@ async fn register(
     let addr = std::net::SocketAddr::new(registration.ip_addr, registration.port);
     let result = e
         .cluster
-        .lease(&app, &id, LeaseOp::Register(Box::new(registration)))
+        .lease_within(
+            &app,
+            &id,
+            LeaseOp::Register(Box::new(registration)),
+            Some(e.limits),
+        )
         .await;
-    if result.is_ok() {
-        info!(%app, instance = %id, %addr, "registered through Eureka");
+    match &result {
+        Ok(_) => info!(%app, instance = %id, %addr, "registered through Eureka"),
+        Err(err @ (LeaseError::TooMany { .. } | LeaseError::TooManyOfApp { .. })) => {
+            tracing::warn!(%app, instance = %id, "registration refused: {err}");
+            return over_cap(err, uri.path());
+        }
+        Err(_) => {}
     }
     lease_answer(result.map(drop), StatusCode::NO_CONTENT)
 }

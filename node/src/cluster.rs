@@ -19,7 +19,7 @@ use crate::clock::now_ms;
 use crate::config::NodeConfig;
 use crate::demand::Demand;
 use crate::gossip::{Gossip, JoinError, Role, resolve_advertise};
-use crate::lease::{Lease, LeaseError, LeaseOp};
+use crate::lease::{Lease, LeaseError, LeaseLimits, LeaseOp};
 use crate::member::{Health, MemberId, keys};
 use crate::membership::spawn_view_builder;
 use crate::stats::{ClusterStats, GatewayStats};
@@ -97,6 +97,18 @@ impl Cluster {
     /// member's own copy, one version higher. Seen by every member within a
     /// few gossip rounds.
     pub async fn lease(&self, app: &str, id: &str, op: LeaseOp) -> Result<Arc<Lease>, LeaseError> {
+        self.lease_within(app, id, op, None).await
+    }
+
+    /// [`Cluster::lease`], refusing a registration of an instance not
+    /// registered yet once the cluster holds `limits`.
+    pub async fn lease_within(
+        &self,
+        app: &str,
+        id: &str,
+        op: LeaseOp,
+        limits: Option<LeaseLimits>,
+    ) -> Result<Arc<Lease>, LeaseError> {
         if matches!(op, LeaseOp::Register(_)) {
             let view = self.inner.view_rx.borrow().clone();
             if view
@@ -107,7 +119,7 @@ impl Cluster {
             }
         }
         let chitchat = self.inner.handle.chitchat();
-        let next = leases::apply(&mut *chitchat.lock().await, app, id, op, now_ms())?;
+        let next = leases::apply(&mut *chitchat.lock().await, app, id, op, now_ms(), limits)?;
         Ok(Arc::new(next))
     }
 

@@ -100,9 +100,9 @@ pub enum GossipProtocol {
     /// heartbeats in every digest (ARCHITECTURE.md, "Membership at scale").
     /// Every member must speak it.
     V4,
-    /// V4 while every live member can speak it, V3 as soon as one cannot
-    /// (default): members of releases without V4, or pinned to V3, form
-    /// one cluster with these, and a rolling upgrade ends on V4.
+    /// V4 while every live member can speak it, V3 as soon as one cannot:
+    /// members of releases without V4, or pinned to V3, form one cluster
+    /// with these, and a rolling upgrade ends on V4.
     Auto,
 }
 
@@ -238,8 +238,8 @@ impl NodeConfig {
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
-            None | Some("auto") => GossipProtocol::Auto,
-            Some("v3") => GossipProtocol::V3,
+            Some("auto") => GossipProtocol::Auto,
+            None | Some("v3") => GossipProtocol::V3,
             Some("v2") => GossipProtocol::V2,
             Some("v1") => GossipProtocol::V1,
             Some("v0") => GossipProtocol::V0,

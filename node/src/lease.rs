@@ -194,6 +194,31 @@ pub enum LeaseError {
          an Eureka registration cannot replace it: register under another instanceId"
     )]
     Native(String),
+    /// A new registration over the cluster's cap.
+    #[error(
+        "the cluster holds {held} Eureka registrations, its most (SHOAL_EUREKA_MAX_LEASES={max}): \
+         cancel those no longer used, or raise the limit on the gateways"
+    )]
+    TooMany {
+        /// Live leases held.
+        held: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// A new registration over the application's cap.
+    #[error(
+        "the cluster holds {held} Eureka registrations of {app}, its most for one application \
+         (SHOAL_EUREKA_MAX_LEASES_PER_APP={max}): cancel those no longer used, or raise the limit \
+         on the gateways"
+    )]
+    TooManyOfApp {
+        /// The application.
+        app: String,
+        /// Its live leases held.
+        held: usize,
+        /// The cap.
+        max: usize,
+    },
     /// The record would not fit in one gossip datagram.
     #[error(
         "the registration takes {len} bytes once encoded, more than the {max} a gossip \
@@ -205,6 +230,26 @@ pub enum LeaseError {
         /// The limit.
         max: usize,
     },
+}
+
+/// Most Eureka leases the cluster takes: every lease is a record in its
+/// gateway's gossip state, which every member holds (up to
+/// `MAX_LEASE_BYTES` each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseLimits {
+    /// In all (`SHOAL_EUREKA_MAX_LEASES`, default 1000).
+    pub total: usize,
+    /// Of one application (`SHOAL_EUREKA_MAX_LEASES_PER_APP`, default 200).
+    pub per_app: usize,
+}
+
+impl Default for LeaseLimits {
+    fn default() -> Self {
+        Self {
+            total: 1000,
+            per_app: 200,
+        }
+    }
 }
 
 /// A change asked of a lease, by Eureka's REST operations.

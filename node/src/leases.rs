@@ -10,17 +10,19 @@ use std::sync::Arc;
 use chitchat::{Chitchat, ChitchatId, NodeState};
 use tracing::info;
 
-use crate::lease::{self, Lease, LeaseError, LeaseOp};
+use crate::lease::{self, Lease, LeaseError, LeaseLimits, LeaseOp};
 use crate::member::{Health, keys};
 
 /// Applies `op` to the lease of instance `id` of `app`: the newest copy any
-/// member holds, written back as this member's own, one version higher.
+/// member holds, written back as this member's own, one version higher. A
+/// registration of an instance not registered yet is refused over `limits`.
 pub(crate) fn apply(
     c: &mut Chitchat,
     app: &str,
     id: &str,
     op: LeaseOp,
     now_ms: u64,
+    limits: Option<LeaseLimits>,
 ) -> Result<Lease, LeaseError> {
     let key = lease::key(id);
     let mut current: Option<(Lease, String)> = None;
@@ -35,9 +37,47 @@ pub(crate) fn apply(
             current = Some((copy, holder.node_id.to_string()));
         }
     }
+    let new_instance = current.as_ref().is_none_or(|(l, _)| !l.is_live(now_ms));
+    if let (LeaseOp::Register(_), Some(limits), true) = (&op, limits, new_instance) {
+        within_limits(c, app, id, now_ms, limits)?;
+    }
     let next = Lease::apply(current.as_ref().map(|(l, _)| l), app, id, op, now_ms)?;
     c.self_node_state().set(key, next.encode()?);
     Ok(next)
+}
+
+/// Whether one more live lease (of `app`, instance `id`) stays within
+/// `limits`.
+fn within_limits(
+    c: &Chitchat,
+    app: &str,
+    id: &str,
+    now_ms: u64,
+    limits: LeaseLimits,
+) -> Result<(), LeaseError> {
+    let live: Vec<Arc<Lease>> = newest_leases(c.node_states().iter())
+        .into_iter()
+        .filter(|(other, (lease, _))| other != id && lease.is_live(now_ms))
+        .map(|(_, (lease, _))| lease)
+        .collect();
+    if live.len() >= limits.total {
+        return Err(LeaseError::TooMany {
+            held: live.len(),
+            max: limits.total,
+        });
+    }
+    let of_app = live
+        .iter()
+        .filter(|l| l.registration.app.eq_ignore_ascii_case(app))
+        .count();
+    if of_app >= limits.per_app {
+        return Err(LeaseError::TooManyOfApp {
+            app: app.to_ascii_uppercase(),
+            held: of_app,
+            max: limits.per_app,
+        });
+    }
+    Ok(())
 }
 
 /// The newest copy of every lease found in `states`, with its holder.

@@ -63,7 +63,7 @@ pub use demand::Demand;
 pub use env::{ConfigError, Env, invalid, parse_duration};
 pub use gossip::{JoinError, Role};
 pub use key::{ClusterKey, KeyRing};
-pub use lease::{Lease, LeaseError, LeaseOp, Registration, Status};
+pub use lease::{Lease, LeaseError, LeaseLimits, LeaseOp, Registration, Status};
 pub use member::{Health, Member, MemberId};
 pub use policy::{Policy, RateLimit, Weight};
 pub use stats::{

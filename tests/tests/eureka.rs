@@ -451,3 +451,117 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
     let r = writer.delete(orders_url(1)).send().await.unwrap();
     assert_eq!(r.status(), 404, "cancelled twice");
 }
+
+/// How many instances of `app` a gateway's Eureka API lists.
+async fn listed(client: &reqwest::Client, gw: SocketAddr, app: &str) -> usize {
+    let url = format!("http://{}:{}/eureka/apps/{app}", gw.ip(), ports::ADMIN);
+    let Ok(r) = client
+        .get(url)
+        .header("accept", "application/json")
+        .send()
+        .await
+    else {
+        return 0;
+    };
+    let Ok(doc) = r.json::<Value>().await else {
+        return 0;
+    };
+    doc["application"]["instance"]
+        .as_array()
+        .map_or(0, |list| list.len())
+}
+
+/// Registrations of new instances beyond `SHOAL_EUREKA_MAX_LEASES_PER_APP`
+/// and `SHOAL_EUREKA_MAX_LEASES` are refused, whichever gateway takes them,
+/// with 507 and Spring's error body naming the limit; renewals and
+/// re-registrations of instances already held are not, and a cancel makes
+/// room.
+#[tokio::test]
+async fn registrations_beyond_the_cap_are_refused_with_507_naming_the_limit() {
+    let net = Net::new(77);
+    let mut stack = Stack::new(&net);
+    let client = http();
+    let caps = [
+        ("SHOAL_EUREKA_WRITES", "open"),
+        ("SHOAL_EUREKA_MAX_LEASES", "5"),
+        ("SHOAL_EUREKA_MAX_LEASES_PER_APP", "3"),
+    ];
+    let gws: Vec<SocketAddr> = (1..=2).map(|i| stack.gateway(i, &caps)).collect();
+    for gw in &gws {
+        shoal_tests::wait_routable(&client, *gw, "gateway", 2).await;
+    }
+    let ip = net.ip(4, 1).to_string();
+    let register = |gw: SocketAddr, app: &'static str, port: u16| {
+        let client = client.clone();
+        let ip = ip.clone();
+        async move {
+            let body = if app == "ORDERS" {
+                spring_body(&ip, port)
+            } else {
+                python_body(&ip, port, 90)
+            };
+            let r = client
+                .post(format!(
+                    "http://{}:{}/eureka/apps/{app}",
+                    gw.ip(),
+                    ports::ADMIN
+                ))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        }
+    };
+    let seen_by = |gw: SocketAddr, app: &'static str, n: usize| {
+        let client = client.clone();
+        async move {
+            wait_for_async(
+                &format!("{n} of {app} listed"),
+                Duration::from_secs(10),
+                || async { (listed(&client, gw, app).await == n).then_some(()) },
+            )
+            .await
+        }
+    };
+    for port in 1..=3 {
+        assert_eq!(register(gws[0], "ORDERS", port).await.0, 204);
+    }
+    seen_by(gws[1], "ORDERS", 3).await;
+    // A fourth ORDERS, at the other gateway: over the application's cap.
+    let (status, body) = register(gws[1], "ORDERS", 4).await;
+    assert_eq!(status, 507, "{body}");
+    let doc: Value = serde_json::from_str(&body).expect("Spring's error body");
+    assert_eq!(doc["status"], 507);
+    assert_eq!(doc["path"], "/eureka/apps/ORDERS");
+    let message = doc["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("SHOAL_EUREKA_MAX_LEASES_PER_APP=3") && message.contains("ORDERS"),
+        "{message}"
+    );
+    // Registering again an instance already held is no new lease.
+    assert_eq!(register(gws[1], "ORDERS", 2).await.0, 204);
+    // Two BILLING fill the cluster's cap; a third is over it.
+    for port in 1..=2 {
+        assert_eq!(register(gws[1], "BILLING", port).await.0, 204);
+    }
+    seen_by(gws[0], "BILLING", 2).await;
+    let (status, body) = register(gws[0], "BILLING", 3).await;
+    assert_eq!(status, 507, "{body}");
+    assert!(body.contains("SHOAL_EUREKA_MAX_LEASES=5"), "{body}");
+    // A cancel makes room.
+    let r = client
+        .delete(format!(
+            "http://{}:{}/eureka/apps/ORDERS/{ip}:orders:1",
+            gws[0].ip(),
+            ports::ADMIN
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    seen_by(gws[0], "ORDERS", 2).await;
+    assert_eq!(register(gws[0], "BILLING", 3).await.0, 204);
+}

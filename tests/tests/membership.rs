@@ -224,7 +224,8 @@ fn random_bytes_on_the_gossip_port_crash_nothing() {
 /// service update` runs one: four of its sidecars replaced one at a time by
 /// this release's (SIGKILL, a new address each). Every step, each member
 /// sees exactly the others; once the last landed member is gone, every
-/// member switches to V4 (`SHOAL_GOSSIP_PROTOCOL=auto`, the default), and
+/// member switches to V4 (this release's members run with
+/// `SHOAL_GOSSIP_PROTOCOL=auto`, a value the landed one does not know), and
 /// no view printed from then on misses a member.
 #[test]
 fn the_landed_release_is_upgraded_in_place_and_the_cluster_ends_on_v4() {
@@ -238,6 +239,9 @@ fn the_landed_release_is_upgraded_in_place_and_the_cluster_ends_on_v4() {
     let start = |bin: &std::path::Path, ip, name: &str| {
         let mut env = net.member_env(ip, "demo", name);
         env.push(("SHOAL_PORT".into(), "9000".into()));
+        if name.starts_with("new") {
+            env.push(("SHOAL_GOSSIP_PROTOCOL".into(), "auto".into()));
+        }
         env.retain(|(k, _)| k != "SHOAL_SEEDS");
         env.push(("SHOAL_SEEDS".into(), seeds.join(",")));
         Proc::spawn(&net, name, bin, &["sidecar", "--watch"], &env)

@@ -379,9 +379,9 @@ async fn nobody_removed_for(members: &[SimMember], span: Duration, what: &str) {
     }
 }
 
-/// A rolling upgrade as `docker service update` runs it: 20 members pinned
-/// to V3 (what a release without V4 speaks) replaced one at a time by
-/// members on the default (`auto`), a new address each. No member is ever
+/// A rolling upgrade as `docker service update` runs it: 20 members on V3
+/// (what a release without V4 speaks) replaced one at a time by members on
+/// `auto`, a new address each. No member is ever
 /// removed from a view it was in; once the last V3 member is gone every
 /// member switches to V4 (the idle cluster's bytes fall to V4's) and
 /// detects within V4's budget. Then a V3 member joins (a rollback, a task
@@ -403,7 +403,10 @@ async fn a_rolling_upgrade_ends_on_v4_removes_nobody_and_a_v3_member_brings_v3_b
         let old = members.remove(0);
         old.kill(&net);
         let seeds: Vec<String> = members.iter().take(3).map(|m| m.ip.to_string()).collect();
-        let settings = vec![("SHOAL_SEEDS".to_string(), seeds.join(","))];
+        let settings = vec![
+            ("SHOAL_SEEDS".to_string(), seeds.join(",")),
+            ("SHOAL_GOSSIP_PROTOCOL".to_string(), "auto".to_string()),
+        ];
         let new = spawn_member(&net, 200 + step, &key, &settings)
             .await
             .unwrap();

@@ -445,38 +445,49 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
     })
     .await;
 
-    // 5b. Protocol V4 by default; a rolling update that pins story-service
-    // to V3 (what a task of a release without V4 speaks) brings every
-    // member back to V3, and the update that removes the pin ends on V4:
-    // both under load, no failed GET.
-    protocol_everywhere("v4", Duration::from_secs(30), "after deploy");
-    let pin = |args: &'static [&'static str]| async move {
-        let service = format!("{STACK}_story-service");
-        let mut all = vec!["service", "update", "--update-monitor", "2s"];
-        all.extend_from_slice(args);
-        all.push(&service);
-        docker_ok(&all);
+    // 5b. A rolling upgrade to protocol V4 and a rollback, under load: every
+    // service updated to `SHOAL_GOSSIP_PROTOCOL=auto` in turn (the cluster
+    // stays on V3 while a V3 task lives, then every member switches), then
+    // story-service pinned back to `v3` (what a task of a release without
+    // V4 speaks): every member back on V3 at once. No failed GET.
+    protocol_everywhere("v3", Duration::from_secs(30), "after deploy");
+    let update = |service: &'static str, env: &'static str| async move {
+        let service = format!("{STACK}_{service}");
+        docker_ok(&[
+            "service",
+            "update",
+            "--update-monitor",
+            "2s",
+            "--env-add",
+            env,
+            &service,
+        ]);
     };
+    for service in [
+        "gateway",
+        "story-service",
+        "notice-service",
+        "board-service",
+    ] {
+        under_load(
+            &client,
+            &format!("{service} updated to protocol auto (rolling)"),
+            update(service, "SHOAL_GOSSIP_PROTOCOL=auto"),
+        )
+        .await;
+    }
+    let on_v4 = protocol_everywhere("v4", Duration::from_secs(30), "after the upgrade");
+    eprintln!(
+        "SWARM rolling upgrade to V4: every gateway on V4 {:.1} s after the last service's update returned",
+        on_v4.as_secs_f64()
+    );
     under_load(
         &client,
-        "story-service pinned to protocol V3 (rolling)",
-        pin(&["--env-add", "SHOAL_GOSSIP_PROTOCOL=v3"]),
+        "story-service pinned to protocol V3 (rolling rollback)",
+        update("story-service", "SHOAL_GOSSIP_PROTOCOL=v3"),
     )
     .await;
     protocol_everywhere("v3", Duration::from_secs(10), "with V3 tasks");
-    let upgrade = Instant::now();
-    under_load(
-        &client,
-        "story-service back to auto (rolling upgrade to V4)",
-        pin(&["--env-rm", "SHOAL_GOSSIP_PROTOCOL"]),
-    )
-    .await;
-    let on_v4 = protocol_everywhere("v4", Duration::from_secs(30), "after the upgrade");
-    eprintln!(
-        "SWARM rolling upgrade V3 → V4: every gateway on V4 {:.1} s after the update returned ({:.1} s from its start)",
-        on_v4.as_secs_f64(),
-        upgrade.elapsed().as_secs_f64()
-    );
 
     // 6. Key rotation without downtime: [old, new] → [new, old] → [new],
     // each a rolling update of every service.

@@ -10,6 +10,10 @@
 //! - `SHOAL_EUREKA_CREDENTIALS_FILE`: `user:password` lines (`#` comments),
 //!   e.g. a Docker secret. Eureka clients send them from their URL:
 //!   `defaultZone: http://user:password@gateway:8761/eureka/`.
+//! - `SHOAL_EUREKA_MAX_LEASES` (default 1000) and
+//!   `SHOAL_EUREKA_MAX_LEASES_PER_APP` (default 200): registrations of new
+//!   instances beyond them are refused (every lease is gossip state that
+//!   every member holds).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -40,11 +44,14 @@ pub struct Access {
     /// Every GET.
     pub reads: Rule,
     users: Arc<Vec<(String, String)>>,
+    /// Most leases the cluster takes.
+    pub limits: shoal_node::LeaseLimits,
 }
 
 impl Default for Access {
     fn default() -> Self {
         Self {
+            limits: shoal_node::LeaseLimits::default(),
             writes: Rule::Auth,
             reads: Rule::Open,
             users: Arc::default(),
@@ -135,7 +142,23 @@ impl Access {
                 hint: format!("{READS}=auth needs users: a file of user:password lines"),
             });
         }
+        let d = shoal_node::LeaseLimits::default();
+        let limits = shoal_node::LeaseLimits {
+            total: env.parse_in(
+                "SHOAL_EUREKA_MAX_LEASES",
+                d.total,
+                1..=100_000,
+                "a whole number of registrations between 1 and 100000",
+            )?,
+            per_app: env.parse_in(
+                "SHOAL_EUREKA_MAX_LEASES_PER_APP",
+                d.per_app,
+                1..=100_000,
+                "a whole number of registrations between 1 and 100000",
+            )?,
+        };
         Ok(Self {
+            limits,
             writes,
             reads,
             users: Arc::new(users),

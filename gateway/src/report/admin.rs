@@ -56,7 +56,7 @@ pub fn router(gw: Arc<Gateway>, cluster: Cluster) -> Router {
             events,
         })
         .merge(crate::eureka::router(
-            crate::eureka::Eureka::start(cluster),
+            crate::eureka::Eureka::start(cluster, access.limits),
             access,
         ))
 }

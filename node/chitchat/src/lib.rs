@@ -125,6 +125,9 @@ pub struct Chitchat {
     /// shoal patch: when liveness was last checked, and whether this member
     /// had been stalled before that check (see `update_nodes_liveness`).
     last_liveness_check: Option<tokio::time::Instant>,
+    /// shoal patch (V4): when any message last came (see
+    /// `update_liveness_by_pulses`: a member that hears no one is cut off).
+    last_message_at: Option<tokio::time::Instant>,
     stalled: bool,
     /// shoal patch (V3): the last set hash computed, and what it holds for.
     set_hash_cache: std::cell::RefCell<Option<SetHashCache>>,
@@ -177,6 +180,7 @@ impl Chitchat {
             news: false,
             newly_dead: Vec::new(),
             last_liveness_check: None,
+            last_message_at: None,
             stalled: false,
             set_hash_cache: Default::default(),
             pulses: None,
@@ -454,6 +458,7 @@ impl Chitchat {
     ) -> Option<ChitchatMessage> {
         self.update_self_heartbeat();
         let now = tokio::time::Instant::now();
+        self.last_message_at = Some(now);
         if let (
             Some(from),
             ChitchatMessage::SynAck { .. }

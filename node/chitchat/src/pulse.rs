@@ -178,9 +178,9 @@ pub(crate) struct Pulses {
     news_scope: Scope,
     /// Where the next scoped exchange starts among the buckets that differ.
     scope_cursor: usize,
-    /// The `(set epoch, deaths epoch)` the failure detector's live and
-    /// dead sets were last marked for.
-    marked_for: Option<(u64, u64)>,
+    /// The `(set epoch, deaths epoch, cut off)` the failure detector's live
+    /// and dead sets were last marked for.
+    marked_for: Option<(u64, u64, bool)>,
 }
 
 /// The hash of a member's state, whole and by bucket (see
@@ -867,10 +867,24 @@ impl Chitchat {
     }
 
     /// Liveness, V4: votes against silent neighbours, deaths by quorum;
-    /// every other known node is live.
+    /// every other known node is live — unless this member has heard from
+    /// no one at all for as long as makes a vote: cut off (or alone), it
+    /// holds no one live in its own view (a gateway answers 503 at once
+    /// rather than wait on members it cannot reach), and passes no death
+    /// on; the first message from anyone brings its view back.
     pub(crate) fn update_liveness_by_pulses(&mut self, threshold: f64) {
         self.refresh_neighbours();
         let now = Instant::now();
+        let silence = self
+            .config
+            .failure_detector_config
+            .initial_interval
+            .mul_f64(threshold);
+        let isolated = !self.stalled
+            && self.cluster_state.nodes().nth(1).is_some()
+            && self
+                .last_message_at
+                .is_some_and(|at| now.duration_since(at) > silence);
         let me = self.config.chitchat_id.gossip_advertise_addr;
         let prior = self
             .config
@@ -946,10 +960,17 @@ impl Chitchat {
                 && !p.deaths.contains_key(id)
         });
         // Live and dead as the votes say: only when the node set or the
-        // deaths changed (this runs every round).
-        let marks = (self.cluster_state.set_epoch(), p.deaths_epoch);
+        // deaths changed, or this member was cut off or is back (this runs
+        // every round).
+        let marks = (self.cluster_state.set_epoch(), p.deaths_epoch, isolated);
         if p.marked_for == Some(marks) {
             return;
+        }
+        if p.marked_for.is_some_and(|(_, _, was)| was && !isolated) {
+            // Back: its neighbours are judged from now, not from before.
+            for at in p.assigned.values_mut() {
+                *at = now;
+            }
         }
         p.marked_for = Some(marks);
         let nodes: HashSet<&ChitchatId> = self.cluster_state.nodes().collect();
@@ -960,7 +981,7 @@ impl Chitchat {
             if *id == self.config.chitchat_id {
                 continue;
             }
-            if p.deaths.contains_key(id) {
+            if isolated || p.deaths.contains_key(id) {
                 self.failure_detector.mark_dead(id);
             } else {
                 self.failure_detector.mark_live(id);
@@ -1113,6 +1134,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_that_hears_no_one_holds_no_one_live_until_it_hears_again() {
+        let mut a = knowing(37_000, &[37_001, 37_002, 37_003]);
+        let pulse = |heartbeat| ChitchatMessage::Pulse {
+            state_hash: 0,
+            heartbeat: Heartbeat(heartbeat),
+            echo: Heartbeat(0),
+        };
+        // Heard from lately: everyone live.
+        a.process_message_from(pulse(6), Some(addr(37_001)), crate::ProtocolVersion::V4);
+        a.update_nodes_liveness();
+        assert!(is_live(&a, 37_001) && is_live(&a, 37_003));
+        // Nothing from anyone for longer than a vote takes (the prior
+        // interval × phi): cut off. Rounds on time, so not stalled.
+        let fd = a.config.failure_detector_config.clone();
+        let silence = fd.initial_interval.mul_f64(fd.phi_threshold);
+        let round = a.config.gossip_interval;
+        let mut waited = std::time::Duration::ZERO;
+        while waited <= silence + round * 2 {
+            tokio::time::advance(round).await;
+            waited += round;
+            a.update_nodes_liveness();
+        }
+        assert!(!is_live(&a, 37_001) && !is_live(&a, 37_002) && !is_live(&a, 37_003));
+        assert!(a.take_newly_dead().is_empty(), "no death passed on");
+        assert!(
+            a.pulses.as_ref().expect("V4").deaths.is_empty(),
+            "no death recorded: the others are not dead, this member is cut off"
+        );
+        // A message from anyone: back.
+        a.process_message_from(pulse(7), Some(addr(37_002)), crate::ProtocolVersion::V4);
+        a.update_nodes_liveness();
+        assert!(is_live(&a, 37_001) && is_live(&a, 37_002) && is_live(&a, 37_003));
     }
 
     #[test]

@@ -22,11 +22,26 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.gossip_port, DEFAULT_GOSSIP_PORT);
     assert_eq!(c.advertise, AdvertiseSpec::Auto);
     assert_eq!(c.cluster, "shoal");
-    assert_eq!(c.protocol, GossipProtocol::Auto);
-    // V4 once every member can (phi 6, no random members pulsed), V3's
-    // settings meanwhile.
+    assert_eq!(c.protocol, GossipProtocol::V3);
+    assert_eq!(c.timings, Timings::default());
     assert_eq!(
-        c.timings,
+        (c.timings.gossip_interval, c.timings.gossip_fanout),
+        (Duration::from_millis(100), 3)
+    );
+    // auto: V4 once every member can (phi 6, no random members pulsed),
+    // V3's settings meanwhile; what is set holds for both.
+    let auto = |extra: &[(&str, &str)]| {
+        let mut vars = vec![
+            ("SHOAL_CLUSTER_KEY", KEY),
+            ("SHOAL_GOSSIP_PROTOCOL", "auto"),
+        ];
+        vars.extend_from_slice(extra);
+        NodeConfig::from_env(&env(&vars), "s", 1).unwrap()
+    };
+    let a = auto(&[]);
+    assert_eq!(a.protocol, GossipProtocol::Auto);
+    assert_eq!(
+        a.timings,
         Timings {
             phi_threshold: 6.0,
             gossip_fanout: 0,
@@ -34,24 +49,7 @@ fn defaults_are_the_documented_ones() {
             ..Timings::default()
         }
     );
-    assert_eq!(c.timings.gossip_interval, Duration::from_millis(100));
-    let pinned = NodeConfig::from_env(
-        &env(&[("SHOAL_CLUSTER_KEY", KEY), ("SHOAL_GOSSIP_PROTOCOL", "v3")]),
-        "s",
-        1,
-    )
-    .unwrap();
-    assert_eq!(pinned.timings, Timings::default());
-    assert_eq!(
-        (pinned.timings.phi_threshold, pinned.timings.gossip_fanout),
-        (8.0, 3)
-    );
-    let set = NodeConfig::from_env(
-        &env(&[("SHOAL_CLUSTER_KEY", KEY), ("SHOAL_GOSSIP_FANOUT", "2")]),
-        "s",
-        1,
-    )
-    .unwrap();
+    let set = auto(&[("SHOAL_GOSSIP_FANOUT", "2")]);
     assert_eq!(set.timings.gossip_fanout, 2);
     assert_eq!(set.timings.v3, Some((8.0, 2)), "what is set holds for both");
     assert_eq!(c.gossip_mtu, 1_422);
