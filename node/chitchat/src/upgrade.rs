@@ -301,24 +301,24 @@ impl Chitchat {
         }
     }
 
-    /// Whether this member switched to V4 lately and also gossips as V3.
+    /// Whether this member switched to V4 lately and also gossips as V3
+    /// (a switch to V3 clears the deadline).
     pub fn bridging(&self) -> bool {
-        self.pulses.is_some()
-            && self
-                .upgrade
-                .as_ref()
-                .and_then(|u| u.bridge_until)
-                .is_some_and(|until| Instant::now() < until)
+        self.upgrade_before(|u| u.bridge_until)
     }
 
-    /// Whether this member fell back to V3 lately (phi removes no one).
+    /// Whether this member fell back to V3 lately (phi removes no one; a
+    /// switch to V4 clears the deadline).
     pub(crate) fn in_grace(&self) -> bool {
-        self.pulses.is_none()
-            && self
-                .upgrade
-                .as_ref()
-                .and_then(|u| u.grace_until)
-                .is_some_and(|until| Instant::now() < until)
+        self.upgrade_before(|u| u.grace_until)
+    }
+
+    /// Whether the deadline `of` picks is still ahead.
+    fn upgrade_before(&self, of: impl Fn(&Upgrade) -> Option<Instant>) -> bool {
+        self.upgrade
+            .as_ref()
+            .and_then(of)
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// V3's fanout, for the SYNs of a bridging member.
