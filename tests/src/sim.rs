@@ -52,6 +52,9 @@ struct NetState {
     deaf: HashSet<IpAddr>,
     /// Members that lose this share of what they send and receive.
     lossy: HashMap<IpAddr, f64>,
+    /// Pairs of groups that cannot reach each other (each side still
+    /// reaches everyone else): a cut between two Swarm nodes.
+    splits: Vec<(HashSet<IpAddr>, HashSet<IpAddr>)>,
     loss: f64,
     rng: SmallRng,
 }
@@ -74,6 +77,7 @@ impl SimNet {
                 down: HashSet::new(),
                 deaf: HashSet::new(),
                 lossy: HashMap::new(),
+                splits: Vec::new(),
                 loss,
                 rng: SmallRng::seed_from_u64(seed),
             })),
@@ -95,6 +99,19 @@ impl SimNet {
     /// those sent to it, besides the network's own loss.
     pub fn make_lossy(&self, ip: IpAddr, share: f64) {
         self.lock().lossy.insert(ip, share);
+    }
+
+    /// Cuts every path between a member of `a` and one of `b`, both ways;
+    /// each still reaches every other member (as two Swarm nodes cut from
+    /// each other while a third sees both).
+    pub fn split(&self, a: &[IpAddr], b: &[IpAddr]) {
+        let side = |ips: &[IpAddr]| ips.iter().copied().collect::<HashSet<_>>();
+        self.lock().splits.push((side(a), side(b)));
+    }
+
+    /// Mends every [`Self::split`].
+    pub fn mend(&self) {
+        self.lock().splits.clear();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, NetState> {
@@ -144,6 +161,10 @@ impl WireSocket for SimSocket {
         if state.down.contains(&self.addr.ip())
             || state.down.contains(&to.ip())
             || state.deaf.contains(&to.ip())
+            || state.splits.iter().any(|(a, b)| {
+                let (from, to) = (self.addr.ip(), to.ip());
+                (a.contains(&from) && b.contains(&to)) || (b.contains(&from) && a.contains(&to))
+            })
         {
             return Ok(datagram.len());
         }

@@ -355,6 +355,46 @@ async fn v4_a_tenth_killed_at_once_leave_every_view() {
     }
 }
 
+/// V4: three Swarm nodes, the first two cut from each other while the
+/// third sees both (`tests/tests/swarm_nodes.rs` does it with real nodes).
+/// A member's neighbours on the other side stop hearing it; before they
+/// vote they ask others to probe it (SWIM's indirect probe), those on the
+/// third node still hear it, and nobody is removed — as under V3, where
+/// heartbeats reach each side through the third node. Once mended, a
+/// member killed is still out of every view within V4's budget.
+#[tokio::test(start_paused = true)]
+async fn v4_two_nodes_cut_from_each_other_while_a_third_sees_both_remove_nobody() {
+    for (loss, seed) in [(0.0, 17), (0.05, 18)] {
+        let net = SimNet::new(Duration::from_millis(1), loss, seed);
+        let key = key();
+        let mut members = cluster(&net, &key, 30, v4).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ips: Vec<std::net::IpAddr> = members.iter().map(|m| m.ip).collect();
+        net.split(&ips[..10], &ips[10..20]);
+        let before: u64 = members.iter().map(SimMember::bytes_sent).sum();
+        nobody_removed_for(
+            &members,
+            Duration::from_secs(30),
+            &format!("split, loss {loss}"),
+        )
+        .await;
+        let sent: u64 = members.iter().map(SimMember::bytes_sent).sum::<u64>() - before;
+        let per_member = sent as f64 / 30.0 / 30.0 / 1000.0;
+        eprintln!("V4 split, loss {loss}: {per_member:.2} KB/s per member while split");
+        assert!(per_member < 4.0, "{per_member:.2} KB/s per member");
+        net.mend();
+        nobody_removed_for(&members, Duration::from_secs(2), "mended").await;
+        let dead = members.remove(13);
+        dead.kill(&net);
+        let gone = within(&members, Duration::from_secs(3), async |m| {
+            !m.sees(&dead.chitchat_id()).await
+        })
+        .await;
+        eprintln!("V4 split, loss {loss}: nobody removed in 30 s; then a kill out in {gone:.2} s");
+        assert!(gone < 1.1, "loss {loss}: {gone:.2} s");
+    }
+}
+
 /// The protocol `m` speaks now.
 async fn protocol(m: &SimMember) -> ProtocolVersion {
     m.chitchat().lock().await.protocol_version()

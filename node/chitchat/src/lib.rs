@@ -9,6 +9,7 @@ mod failure_detector;
 mod listener;
 mod message;
 mod message_serialize;
+mod probe;
 mod pulse;
 pub(crate) mod serialize;
 mod server;
@@ -473,6 +474,8 @@ impl Chitchat {
         if let ChitchatMessage::Pulse { .. }
         | ChitchatMessage::Buckets { .. }
         | ChitchatMessage::Verdict { .. }
+        | ChitchatMessage::Probe { .. }
+        | ChitchatMessage::Vouch { .. }
         | ChitchatMessage::SynScoped { .. } = &msg
         {
             self.heard_v4();
@@ -574,6 +577,19 @@ impl Chitchat {
             ChitchatMessage::Verdict { cluster_id, deaths } => {
                 if cluster_id == self.cluster_id() {
                     self.on_verdict(deaths);
+                }
+                None
+            }
+            // shoal patch (V4): indirect probes before a vote.
+            ChitchatMessage::Probe { node } => {
+                if let Some(from) = from {
+                    self.on_probe(from, node);
+                }
+                None
+            }
+            ChitchatMessage::Vouch { node } => {
+                if let Some(from) = from {
+                    self.on_vouch(from, node);
                 }
                 None
             }

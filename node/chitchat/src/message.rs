@@ -77,6 +77,13 @@ pub enum ChitchatMessage {
         scope: crate::pulse::Scope,
         digest: Digest,
     },
+    /// (shoal patch, protocol V4) "Do you hear `node`?" — asked of a few
+    /// members by one that stopped hearing its neighbour `node`, before it
+    /// votes (SWIM's indirect probe; see `probe`).
+    Probe { node: crate::ChitchatId },
+    /// (shoal patch, protocol V4) The answer to a [`Self::Probe`]: the
+    /// sender hears `node` steadily; the asker does not vote yet.
+    Vouch { node: crate::ChitchatId },
     /// (shoal patch) Bytes for one member only, handed to its application
     /// (see `ChitchatHandle::send_direct`): what only some members read
     /// travels to them alone, not into every member's state.

@@ -36,6 +36,8 @@ enum MessageType {
     Direct = 10u8,
     Buckets = 11u8,
     SynScoped = 12u8,
+    Probe = 13u8,
+    Vouch = 14u8,
     #[cfg(test)]
     PanicForTest = 255u8,
 }
@@ -56,6 +58,8 @@ impl MessageType {
             10 => Some(Self::Direct),
             11 => Some(Self::Buckets),
             12 => Some(Self::SynScoped),
+            13 => Some(Self::Probe),
+            14 => Some(Self::Vouch),
             #[cfg(test)]
             255 => Some(Self::PanicForTest),
             _ => None,
@@ -155,6 +159,14 @@ impl ChitchatEnvelope {
                 digest.serialize(self.version, buf);
                 cluster_id.serialize(buf);
             }
+            ChitchatMessage::Probe { node } => {
+                buf.push(MessageType::Probe.to_code());
+                node.serialize(buf);
+            }
+            ChitchatMessage::Vouch { node } => {
+                buf.push(MessageType::Vouch.to_code());
+                node.serialize(buf);
+            }
             ChitchatMessage::Direct {
                 cluster_id,
                 payload,
@@ -204,6 +216,8 @@ impl ChitchatEnvelope {
                 | ChitchatMessage::Verdict { .. }
                 | ChitchatMessage::Direct { .. }
                 | ChitchatMessage::Buckets { .. }
+                | ChitchatMessage::Probe { .. }
+                | ChitchatMessage::Vouch { .. }
                 | ChitchatMessage::SynScoped { .. } => {
                     self.serialize_to_vec().len() - Self::HEADER_LEN
                 }
@@ -305,6 +319,12 @@ impl ChitchatEnvelope {
                     digest,
                 }
             }
+            MessageType::Probe => ChitchatMessage::Probe {
+                node: crate::ChitchatId::deserialize(buf)?,
+            },
+            MessageType::Vouch => ChitchatMessage::Vouch {
+                node: crate::ChitchatId::deserialize(buf)?,
+            },
             MessageType::Direct => {
                 let cluster_id = String::deserialize(buf)?;
                 let len = u32::deserialize(buf)? as usize;

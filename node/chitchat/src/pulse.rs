@@ -181,6 +181,8 @@ pub(crate) struct Pulses {
     /// The `(set epoch, deaths epoch, cut off)` the failure detector's live
     /// and dead sets were last marked for.
     marked_for: Option<(u64, u64, bool)>,
+    /// Indirect probes, ours and those we help with (see `probe`).
+    pub(crate) probes: crate::probe::Probes,
 }
 
 /// The hash of a member's state, whole and by bucket (see
@@ -330,6 +332,16 @@ fn ring_key(id: &ChitchatId, ring: usize) -> u64 {
 }
 
 impl Pulses {
+    /// The live set (self included).
+    pub(crate) fn live(&self) -> &[ChitchatId] {
+        &self.live
+    }
+
+    /// This member's neighbours.
+    pub(crate) fn own_neighbours(&self) -> &[ChitchatId] {
+        &self.neighbours
+    }
+
     /// `id` was dead before V4 (see `upgrade`): dead here, with no voters.
     pub(crate) fn seed_death(&mut self, id: ChitchatId, heartbeat: Heartbeat, now: Instant) {
         let death = Death {
@@ -377,7 +389,7 @@ impl Pulses {
     /// `of`'s neighbours among `self.live` (it need not be live itself): on
     /// each ring, the next live node after its place and the one before
     /// (wrapping around).
-    fn neighbours_of(&mut self, of: &ChitchatId) -> Vec<ChitchatId> {
+    pub(crate) fn neighbours_of(&mut self, of: &ChitchatId) -> Vec<ChitchatId> {
         let mine = self.key(of);
         let mut out: Vec<ChitchatId> = Vec::with_capacity(RINGS * 2);
         for (ring, &me) in mine.iter().enumerate() {
@@ -451,6 +463,7 @@ impl Chitchat {
         p.deaths_sent_at.retain(|addr, _| known.contains_key(addr));
         let known: HashSet<&ChitchatId> = nodes.iter().collect();
         p.keys.retain(|id, _| known.contains(id) || *id == me);
+        p.probes.retain_known(|id| known.contains(id));
         p.live = nodes
             .into_iter()
             .filter(|id| !p.deaths.contains_key(id))
@@ -637,8 +650,11 @@ impl Chitchat {
         while p.history.len() > ECHO_ROUNDS {
             p.history.pop_front();
         }
+        // Our neighbours, and the nodes others asked us to probe.
+        let pings = p.probes.pings(&p.neighbours, Instant::now());
         p.neighbours
             .iter()
+            .chain(pings.iter().filter(|id| !p.neighbours.contains(id)))
             .map(|id| {
                 let addr = id.gossip_advertise_addr;
                 let echo = p.heard.get(&addr).copied().unwrap_or(Heartbeat(0));
@@ -674,8 +690,10 @@ impl Chitchat {
         let receives = echo.0 > 0 && p.history.front().is_some_and(|oldest| echo >= *oldest);
         let id = p.by_addr.get(&from).cloned();
         let neighbour = id.as_ref().is_some_and(|id| p.neighbours.contains(id));
+        // A node we ping for a probe is not answered: we ping it anyway.
+        let watched = id.as_ref().is_some_and(|id| p.probes.watching(id));
         let mut out = Vec::new();
-        if !neighbour && due(&mut p.answered_at, from, now, interval / 2) {
+        if !neighbour && !watched && due(&mut p.answered_at, from, now, interval / 2) {
             out.push(ChitchatMessage::Pulse {
                 state_hash: our_hash,
                 heartbeat: our_heartbeat,
@@ -720,6 +738,7 @@ impl Chitchat {
                     self.failure_detector.report_heartbeat(id);
                     p.last_heard.insert(id.clone(), now);
                 }
+                self.probe_heard(id, neighbour, now);
                 self.note_heartbeat(id, heartbeat, true);
             }
         }
@@ -916,7 +935,9 @@ impl Chitchat {
                     now.duration_since(since).as_secs_f64() / prior
                 }
             };
-            if silent <= threshold {
+            // Past a third of the threshold the node is probed through
+            // others; the vote goes only if nobody hears it (see `probe`).
+            if !self.may_vote(&id, silent, threshold, now) {
                 continue;
             }
             let heartbeat = self

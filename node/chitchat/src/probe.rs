@@ -1,0 +1,355 @@
+//! shoal patch (protocol V4): SWIM's indirect probe before a vote.
+//!
+//! A neighbour's silence says that *this* member stopped hearing it, not
+//! that it died: two Swarm nodes cut from each other while a third sees
+//! both leave each member with neighbours on the other side, and two of
+//! them make a quorum. So a member that finds a neighbour silent first asks
+//! a few others to probe it ([`Probe`]): the node's other neighbours, its
+//! own, two members at random, and whoever vouched for the node last time.
+//! A helper that hears the node steadily — pulses that echo, at least
+//! [`STEADY_PULSES`] in the last [`STEADY_ROUNDS`] rounds, the last one
+//! within a round and a half — answers [`Vouch`], at once if it is a
+//! neighbour of the node, else after pinging the node every round (the node
+//! answers pulses from anyone). A vouch holds the vote off until the next
+//! probe; a probe that nobody vouched for in [`PROBE_ROUNDS`] rounds lets
+//! the vote go.
+//!
+//! The probe starts at a third of the silence that makes a vote (two
+//! rounds), so an unanswered probe delays no vote: a killed member is out
+//! as fast as before. "Steadily" is what keeps the cases a vote exists for:
+//! a member that sends but cannot receive echoes nothing recent to anyone,
+//! and one that loses 80 % of its packets is heard steadily by no one —
+//! nobody vouches for either. The cost is a few datagrams per silent
+//! neighbour every [`REPROBE_ROUNDS`] rounds, nothing while all is well.
+//!
+//! [`Probe`]: crate::ChitchatMessage::Probe
+//! [`Vouch`]: crate::ChitchatMessage::Vouch
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::{Chitchat, ChitchatId, ChitchatMessage};
+
+/// Rounds a probe is given before a vote may go without a vouch.
+const PROBE_ROUNDS: u32 = 4;
+/// A member still silent is probed again every that many rounds (a vouch
+/// holds until then).
+const REPROBE_ROUNDS: u32 = 5;
+/// Most helpers asked per probe.
+const HELPERS: usize = 8;
+/// Random members among them (besides neighbours, the node's and ours):
+/// what finds a path when every neighbour is on the wrong side of a cut.
+const RANDOM_HELPERS: usize = 2;
+/// A helper pings the node it was asked about for that many rounds after
+/// the last ask (the next probe finds it heard steadily, and is answered at
+/// once).
+const WATCH_ROUNDS: u32 = 20;
+/// A node is heard steadily with that many pulses that echoed in the last
+/// `STEADY_ROUNDS` rounds, the last within a round and a half.
+const STEADY_PULSES: usize = 3;
+const STEADY_ROUNDS: u32 = 4;
+
+/// What a member keeps of probes: its own, and those it helps with.
+#[derive(Default)]
+pub(crate) struct Probes {
+    /// Our probes of silent neighbours.
+    asked: HashMap<ChitchatId, Asked>,
+    /// Who last vouched for each node: asked first next time.
+    vouchers: HashMap<ChitchatId, SocketAddr>,
+    /// Nodes others asked us about.
+    watched: HashMap<ChitchatId, Watch>,
+    /// When pulses that echoed came, from neighbours and watched nodes
+    /// (the last `STEADY_ROUNDS` rounds).
+    heard: HashMap<ChitchatId, VecDeque<Instant>>,
+}
+
+struct Asked {
+    at: Instant,
+    vouched: bool,
+}
+
+struct Watch {
+    /// We ping the node until then.
+    until: Instant,
+    /// Who waits for our vouch.
+    waiting: Vec<SocketAddr>,
+}
+
+impl Probes {
+    /// Whether `id` is being pinged for others.
+    pub(crate) fn watching(&self, id: &ChitchatId) -> bool {
+        self.watched.contains_key(id)
+    }
+
+    /// The nodes to ping this round (the caller leaves out neighbours: they
+    /// get a pulse anyway); watches that ran out are dropped, and what is
+    /// kept of pulses is kept for `neighbours` and watched nodes alone.
+    pub(crate) fn pings(&mut self, neighbours: &[ChitchatId], now: Instant) -> Vec<ChitchatId> {
+        self.watched.retain(|_, w| w.until > now);
+        let watched = &self.watched;
+        self.heard
+            .retain(|id, _| watched.contains_key(id) || neighbours.contains(id));
+        self.asked.retain(|id, _| neighbours.contains(id));
+        self.watched.keys().cloned().collect()
+    }
+
+    /// Keeps what is known of the nodes `known` says are still members.
+    pub(crate) fn retain_known(&mut self, known: impl Fn(&ChitchatId) -> bool) {
+        self.vouchers.retain(|id, _| known(id));
+        self.watched.retain(|id, _| known(id));
+    }
+
+    /// A pulse from `id` that echoed: if we are watching it, or it is a
+    /// neighbour (`neighbour`), it counts toward "heard steadily"; if that
+    /// makes it so, those waiting for our word get it.
+    fn heard(
+        &mut self,
+        id: &ChitchatId,
+        neighbour: bool,
+        now: Instant,
+        round: std::time::Duration,
+    ) -> Vec<SocketAddr> {
+        if !neighbour && !self.watched.contains_key(id) {
+            return Vec::new();
+        }
+        let times = self.heard.entry(id.clone()).or_default();
+        times.push_back(now);
+        while times
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > round * STEADY_ROUNDS)
+        {
+            times.pop_front();
+        }
+        if !self.steady(id, now, round) {
+            return Vec::new();
+        }
+        self.watched
+            .get_mut(id)
+            .map(|w| std::mem::take(&mut w.waiting))
+            .unwrap_or_default()
+    }
+
+    fn steady(&self, id: &ChitchatId, now: Instant, round: std::time::Duration) -> bool {
+        self.heard.get(id).is_some_and(|times| {
+            times
+                .back()
+                .is_some_and(|last| now.duration_since(*last) <= round.mul_f64(1.5))
+                && times
+                    .iter()
+                    .filter(|at| now.duration_since(**at) <= round * STEADY_ROUNDS)
+                    .count()
+                    >= STEADY_PULSES
+        })
+    }
+}
+
+impl Chitchat {
+    /// Whether this member may vote against its neighbour `id`, silent for
+    /// `silent` (phi) where `threshold` makes a vote: past a third of it,
+    /// the node is probed through others (again every `REPROBE_ROUNDS`
+    /// rounds while it stays silent); past the threshold, the vote goes if
+    /// the probe has had `PROBE_ROUNDS` rounds and nobody vouched.
+    pub(crate) fn may_vote(
+        &mut self,
+        id: &ChitchatId,
+        silent: f64,
+        threshold: f64,
+        now: Instant,
+    ) -> bool {
+        let round = self.config.gossip_interval;
+        let Some(p) = self.pulses.as_mut() else {
+            return false;
+        };
+        if silent <= threshold / 3.0 {
+            p.probes.asked.remove(id);
+            return false;
+        }
+        let stale = p
+            .probes
+            .asked
+            .get(id)
+            .is_none_or(|a| now.duration_since(a.at) >= round * REPROBE_ROUNDS);
+        if stale {
+            let helpers = self.helpers_for(id);
+            debug!(node = %id.node_id, helpers = helpers.len(), "probe");
+            // With nobody to ask (a cluster of two), the vote waits for
+            // nothing.
+            let at = if helpers.is_empty() {
+                now.checked_sub(round * PROBE_ROUNDS).unwrap_or(now)
+            } else {
+                now
+            };
+            for helper in helpers {
+                self.outbox
+                    .push((helper, ChitchatMessage::Probe { node: id.clone() }));
+            }
+            if let Some(p) = self.pulses.as_mut() {
+                p.probes
+                    .asked
+                    .insert(id.clone(), Asked { at, vouched: false });
+            }
+        }
+        silent > threshold
+            && self.pulses.as_ref().is_some_and(|p| {
+                p.probes
+                    .asked
+                    .get(id)
+                    .is_some_and(|a| !a.vouched && now.duration_since(a.at) >= round * PROBE_ROUNDS)
+            })
+    }
+
+    /// Whom to ask about `id`: who vouched for it last, two live members at
+    /// random, its other neighbours, ours.
+    fn helpers_for(&mut self, id: &ChitchatId) -> Vec<SocketAddr> {
+        let me = self.config.chitchat_id.gossip_advertise_addr;
+        let Some(p) = self.pulses.as_mut() else {
+            return Vec::new();
+        };
+        let mut out: Vec<SocketAddr> = Vec::with_capacity(HELPERS);
+        out.extend(p.probes.vouchers.get(id).copied());
+        let live = p.live();
+        let picks =
+            rand::seq::index::sample(&mut rand::rng(), live.len(), RANDOM_HELPERS.min(live.len()));
+        out.extend(picks.into_iter().map(|i| live[i].gossip_advertise_addr));
+        out.extend(p.neighbours_of(id).iter().map(|n| n.gossip_advertise_addr));
+        out.extend(p.own_neighbours().iter().map(|n| n.gossip_advertise_addr));
+        let mut helpers = Vec::with_capacity(HELPERS);
+        for addr in out {
+            if addr != me && addr != id.gossip_advertise_addr && !helpers.contains(&addr) {
+                helpers.push(addr);
+            }
+        }
+        helpers.truncate(HELPERS);
+        helpers
+    }
+
+    /// `from` asks whether we hear `node`: a vouch at once if we hear it
+    /// steadily; else we ping it every round for a while and vouch once we
+    /// do.
+    pub(crate) fn on_probe(&mut self, from: SocketAddr, node: ChitchatId) {
+        let now = Instant::now();
+        let round = self.config.gossip_interval;
+        if node == self.config.chitchat_id || self.cluster_state.node_state(&node).is_none() {
+            return;
+        }
+        let echo = self.heard_from(node.gossip_advertise_addr);
+        let state_hash = self.state_hash();
+        let heartbeat = self.own_heartbeat();
+        let Some(p) = self.pulses.as_mut() else {
+            return;
+        };
+        if p.probes.steady(&node, now, round) {
+            self.outbox.push((from, ChitchatMessage::Vouch { node }));
+            return;
+        }
+        let addr = node.gossip_advertise_addr;
+        let new = !p.probes.watched.contains_key(&node);
+        let watch = p.probes.watched.entry(node).or_insert(Watch {
+            until: now,
+            waiting: Vec::new(),
+        });
+        watch.until = now + round * WATCH_ROUNDS;
+        if !watch.waiting.contains(&from) {
+            watch.waiting.push(from);
+        }
+        if new {
+            self.outbox.push((
+                addr,
+                ChitchatMessage::Pulse {
+                    state_hash,
+                    heartbeat,
+                    echo,
+                },
+            ));
+        }
+    }
+
+    /// `from` vouches that it hears `node`: our vote against it waits for
+    /// the next probe, and `from` is asked first then.
+    pub(crate) fn on_vouch(&mut self, from: SocketAddr, node: ChitchatId) {
+        let Some(p) = self.pulses.as_mut() else {
+            return;
+        };
+        if let Some(asked) = p.probes.asked.get_mut(&node) {
+            debug!(node = %node.node_id, %from, "vouched for");
+            asked.vouched = true;
+            p.probes.vouchers.insert(node, from);
+        }
+    }
+
+    /// A pulse that echoed from `id` (see [`Probes::heard`]): vouches for
+    /// those who asked, once it is heard steadily.
+    pub(crate) fn probe_heard(&mut self, id: &ChitchatId, neighbour: bool, now: Instant) {
+        let round = self.config.gossip_interval;
+        let Some(p) = self.pulses.as_mut() else {
+            return;
+        };
+        for asker in p.probes.heard(id, neighbour, now, round) {
+            self.outbox
+                .push((asker, ChitchatMessage::Vouch { node: id.clone() }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn id(port: u16) -> ChitchatId {
+        ChitchatId::new(format!("n{port}"), 0, ([127, 0, 0, 1], port).into())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_is_heard_steadily_only_with_recent_pulses_and_enough_of_them() {
+        let round = Duration::from_millis(100);
+        let mut probes = Probes::default();
+        let node = id(1);
+        let asker: SocketAddr = ([127, 0, 0, 2], 9).into();
+        probes.watched.insert(
+            node.clone(),
+            Watch {
+                until: Instant::now() + round * 20,
+                waiting: vec![asker],
+            },
+        );
+        // Two pulses: not yet.
+        for _ in 0..2 {
+            assert!(probes.heard(&node, false, Instant::now(), round).is_empty());
+            tokio::time::advance(round).await;
+        }
+        // The third within four rounds: steady, and the asker gets its word once.
+        assert_eq!(
+            probes.heard(&node, false, Instant::now(), round),
+            vec![asker]
+        );
+        assert!(probes.heard(&node, false, Instant::now(), round).is_empty());
+        assert!(probes.steady(&node, Instant::now(), round));
+        // Two rounds of silence: no longer (a node killed two rounds ago is
+        // vouched for by no one).
+        tokio::time::advance(round * 2).await;
+        assert!(!probes.steady(&node, Instant::now(), round));
+        // One pulse in four rounds (a member losing most of its packets):
+        // not steady.
+        tokio::time::advance(round * 4).await;
+        probes.heard(&node, false, Instant::now(), round);
+        assert!(!probes.steady(&node, Instant::now(), round));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_neither_watched_nor_a_neighbour_is_not_tracked() {
+        let round = Duration::from_millis(100);
+        let mut probes = Probes::default();
+        let node = id(1);
+        for _ in 0..4 {
+            probes.heard(&node, false, Instant::now(), round);
+            tokio::time::advance(round).await;
+        }
+        assert!(!probes.steady(&node, Instant::now(), round));
+        assert!(probes.heard.is_empty());
+    }
+}
