@@ -8,19 +8,24 @@
 //! own, two members at random, and whoever vouched for the node last time.
 //! A helper that hears the node steadily — pulses that echo, at least
 //! [`STEADY_PULSES`] in the last [`STEADY_ROUNDS`] rounds, the last one
-//! within a round and a half — answers [`Vouch`], at once if it is a
-//! neighbour of the node, else after pinging the node every round (the node
-//! answers pulses from anyone). A vouch holds the vote off until the next
-//! probe; a probe that nobody vouched for in [`PROBE_ROUNDS`] rounds lets
-//! the vote go.
+//! within a round and a half, one of them echoing a heartbeat of the
+//! helper's from after the ask (the node heard the helper since: a member
+//! that just went deaf still echoes older ones for a few rounds) — answers
+//! [`Vouch`] (a neighbour of the node within a round, any other after
+//! pinging it every round: the node answers pulses from anyone). A vouch holds the vote off until the next
+//! probe, [`REPROBE_ROUNDS`] rounds later, which asks the first to vouch
+//! alone (everyone if it does not vouch within [`NARROW_ROUNDS`]); a
+//! probe that nobody vouched for in [`PROBE_ROUNDS`] rounds lets the vote
+//! go.
 //!
 //! The probe starts at a third of the silence that makes a vote (two
 //! rounds), so an unanswered probe delays no vote: a killed member is out
 //! as fast as before. "Steadily" is what keeps the cases a vote exists for:
 //! a member that sends but cannot receive echoes nothing recent to anyone,
 //! and one that loses 80 % of its packets is heard steadily by no one —
-//! nobody vouches for either. The cost is a few datagrams per silent
-//! neighbour every [`REPROBE_ROUNDS`] rounds, nothing while all is well.
+//! nobody vouches for either. The cost, while a neighbour stays silent:
+//! a helper's ping and the answer every round, a probe and a vouch every
+//! [`REPROBE_ROUNDS`] rounds; nothing while all is well.
 //!
 //! [`Probe`]: crate::ChitchatMessage::Probe
 //! [`Vouch`]: crate::ChitchatMessage::Vouch
@@ -31,13 +36,16 @@ use std::net::SocketAddr;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::{Chitchat, ChitchatId, ChitchatMessage};
+use crate::{Chitchat, ChitchatId, ChitchatMessage, Heartbeat};
 
-/// Rounds a probe is given before a vote may go without a vouch.
+/// Rounds a probe is given before a vote may go without a vouch; a vouch
+/// later than that is not waited for.
 const PROBE_ROUNDS: u32 = 4;
 /// A member still silent is probed again every that many rounds (a vouch
-/// holds until then).
-const REPROBE_ROUNDS: u32 = 5;
+/// holds until then) — of the last to vouch alone, then of everyone if it
+/// does not vouch within `NARROW_ROUNDS`.
+const REPROBE_ROUNDS: u32 = 10;
+const NARROW_ROUNDS: u32 = 2;
 /// Most helpers asked per probe.
 const HELPERS: usize = 8;
 /// Random members among them (besides neighbours, the node's and ours):
@@ -48,9 +56,11 @@ const RANDOM_HELPERS: usize = 2;
 /// once).
 const WATCH_ROUNDS: u32 = 20;
 /// A node is heard steadily with that many pulses that echoed in the last
-/// `STEADY_ROUNDS` rounds, the last within a round and a half.
-const STEADY_PULSES: usize = 3;
-const STEADY_ROUNDS: u32 = 4;
+/// `STEADY_ROUNDS` rounds, the last within a round and a half: a healthy
+/// node at 5 % loss is, ~98 % of the time; one losing 80 % of its packets
+/// (a pulse that echoes one round in eight) about once in a thousand.
+const STEADY_PULSES: usize = 4;
+const STEADY_ROUNDS: u32 = 5;
 
 /// What a member keeps of probes: its own, and those it helps with.
 #[derive(Default)]
@@ -69,13 +79,17 @@ pub(crate) struct Probes {
 struct Asked {
     at: Instant,
     vouched: bool,
+    /// Asked of the last to vouch alone.
+    narrow: bool,
 }
 
 struct Watch {
     /// We ping the node until then.
     until: Instant,
-    /// Who waits for our vouch.
-    waiting: Vec<SocketAddr>,
+    /// Who waits for our vouch, since when (an asker waits `PROBE_ROUNDS`),
+    /// and our heartbeat then: the node must echo it or a newer one (it
+    /// heard us after the ask).
+    waiting: Vec<(SocketAddr, Instant, Heartbeat)>,
 }
 
 impl Probes {
@@ -102,13 +116,15 @@ impl Probes {
         self.watched.retain(|id, _| known(id));
     }
 
-    /// A pulse from `id` that echoed: if we are watching it, or it is a
-    /// neighbour (`neighbour`), it counts toward "heard steadily"; if that
-    /// makes it so, those waiting for our word get it.
+    /// A pulse from `id` that echoed `echo`: if we are watching it, or it
+    /// is a neighbour (`neighbour`), it counts toward "heard steadily"; if
+    /// that makes it so, those waiting for our word since a heartbeat it
+    /// echoes get it.
     fn heard(
         &mut self,
         id: &ChitchatId,
         neighbour: bool,
+        echo: Heartbeat,
         now: Instant,
         round: std::time::Duration,
     ) -> Vec<SocketAddr> {
@@ -128,7 +144,15 @@ impl Probes {
         }
         self.watched
             .get_mut(id)
-            .map(|w| std::mem::take(&mut w.waiting))
+            .map(|w| {
+                w.waiting
+                    .retain(|(_, at, _)| now.duration_since(*at) <= round * PROBE_ROUNDS);
+                let (answered, waiting) = std::mem::take(&mut w.waiting)
+                    .into_iter()
+                    .partition(|(_, _, since)| echo >= *since);
+                w.waiting = waiting;
+                answered.into_iter().map(|(asker, _, _)| asker).collect()
+            })
             .unwrap_or_default()
     }
 
@@ -167,12 +191,32 @@ impl Chitchat {
             p.probes.asked.remove(id);
             return false;
         }
-        let stale = p
-            .probes
-            .asked
-            .get(id)
-            .is_none_or(|a| now.duration_since(a.at) >= round * REPROBE_ROUNDS);
-        if stale {
+        let voucher = p.probes.vouchers.get(id).copied();
+        let (full, narrow) = match p.probes.asked.get(id) {
+            None => (true, false),
+            Some(a) => {
+                let since = now.duration_since(a.at);
+                let due = since >= round * REPROBE_ROUNDS;
+                (
+                    (a.narrow && !a.vouched && since >= round * NARROW_ROUNDS)
+                        || (due && (!a.vouched || voucher.is_none())),
+                    due && a.vouched && voucher.is_some(),
+                )
+            }
+        };
+        if let (true, Some(voucher)) = (narrow, voucher) {
+            // Vouched for last time: asked of that helper alone first.
+            self.outbox
+                .push((voucher, ChitchatMessage::Probe { node: id.clone() }));
+            if let Some(p) = self.pulses.as_mut() {
+                let asked = Asked {
+                    at: now,
+                    vouched: false,
+                    narrow: true,
+                };
+                p.probes.asked.insert(id.clone(), asked);
+            }
+        } else if full {
             let helpers = self.helpers_for(id);
             debug!(node = %id.node_id, helpers = helpers.len(), "probe");
             // With nobody to ask (a cluster of two), the vote waits for
@@ -187,17 +231,19 @@ impl Chitchat {
                     .push((helper, ChitchatMessage::Probe { node: id.clone() }));
             }
             if let Some(p) = self.pulses.as_mut() {
-                p.probes
-                    .asked
-                    .insert(id.clone(), Asked { at, vouched: false });
+                let asked = Asked {
+                    at,
+                    vouched: false,
+                    narrow: false,
+                };
+                p.probes.asked.insert(id.clone(), asked);
             }
         }
         silent > threshold
             && self.pulses.as_ref().is_some_and(|p| {
-                p.probes
-                    .asked
-                    .get(id)
-                    .is_some_and(|a| !a.vouched && now.duration_since(a.at) >= round * PROBE_ROUNDS)
+                p.probes.asked.get(id).is_some_and(|a| {
+                    !a.vouched && !a.narrow && now.duration_since(a.at) >= round * PROBE_ROUNDS
+                })
             })
     }
 
@@ -226,9 +272,10 @@ impl Chitchat {
         helpers
     }
 
-    /// `from` asks whether we hear `node`: a vouch at once if we hear it
-    /// steadily; else we ping it every round for a while and vouch once we
-    /// do.
+    /// `from` asks whether we hear `node`: we vouch at its next pulse that
+    /// finds it heard steadily — a pulse after the ask, not only before
+    /// (a member that just stopped receiving still echoed lately); a node
+    /// not our neighbour we ping every round meanwhile.
     pub(crate) fn on_probe(&mut self, from: SocketAddr, node: ChitchatId) {
         let now = Instant::now();
         let round = self.config.gossip_interval;
@@ -241,10 +288,6 @@ impl Chitchat {
         let Some(p) = self.pulses.as_mut() else {
             return;
         };
-        if p.probes.steady(&node, now, round) {
-            self.outbox.push((from, ChitchatMessage::Vouch { node }));
-            return;
-        }
         let addr = node.gossip_advertise_addr;
         let new = !p.probes.watched.contains_key(&node);
         let watch = p.probes.watched.entry(node).or_insert(Watch {
@@ -252,9 +295,8 @@ impl Chitchat {
             waiting: Vec::new(),
         });
         watch.until = now + round * WATCH_ROUNDS;
-        if !watch.waiting.contains(&from) {
-            watch.waiting.push(from);
-        }
+        watch.waiting.retain(|(asker, _, _)| *asker != from);
+        watch.waiting.push((from, now, heartbeat));
         if new {
             self.outbox.push((
                 addr,
@@ -268,26 +310,38 @@ impl Chitchat {
     }
 
     /// `from` vouches that it hears `node`: our vote against it waits for
-    /// the next probe, and `from` is asked first then.
+    /// the next probe, which asks the first to vouch (the quickest: a
+    /// neighbour of the node) alone first.
     pub(crate) fn on_vouch(&mut self, from: SocketAddr, node: ChitchatId) {
-        let Some(p) = self.pulses.as_mut() else {
-            return;
-        };
-        if let Some(asked) = p.probes.asked.get_mut(&node) {
-            debug!(node = %node.node_id, %from, "vouched for");
-            asked.vouched = true;
-            p.probes.vouchers.insert(node, from);
-        }
-    }
-
-    /// A pulse that echoed from `id` (see [`Probes::heard`]): vouches for
-    /// those who asked, once it is heard steadily.
-    pub(crate) fn probe_heard(&mut self, id: &ChitchatId, neighbour: bool, now: Instant) {
         let round = self.config.gossip_interval;
         let Some(p) = self.pulses.as_mut() else {
             return;
         };
-        for asker in p.probes.heard(id, neighbour, now, round) {
+        let Some(asked) = p.probes.asked.get_mut(&node) else {
+            return;
+        };
+        if asked.vouched || Instant::now().duration_since(asked.at) > round * PROBE_ROUNDS {
+            return;
+        }
+        debug!(node = %node.node_id, %from, "vouched for");
+        asked.vouched = true;
+        p.probes.vouchers.insert(node, from);
+    }
+
+    /// A pulse that echoed from `id` (see [`Probes::heard`]): vouches for
+    /// those who asked, once it is heard steadily.
+    pub(crate) fn probe_heard(
+        &mut self,
+        id: &ChitchatId,
+        neighbour: bool,
+        echo: Heartbeat,
+        now: Instant,
+    ) {
+        let round = self.config.gossip_interval;
+        let Some(p) = self.pulses.as_mut() else {
+            return;
+        };
+        for asker in p.probes.heard(id, neighbour, echo, now, round) {
             self.outbox
                 .push((asker, ChitchatMessage::Vouch { node: id.clone() }));
         }
@@ -314,29 +368,59 @@ mod tests {
             node.clone(),
             Watch {
                 until: Instant::now() + round * 20,
-                waiting: vec![asker],
+                waiting: vec![(asker, Instant::now(), Heartbeat(5))],
             },
         );
-        // Two pulses: not yet.
-        for _ in 0..2 {
-            assert!(probes.heard(&node, false, Instant::now(), round).is_empty());
+        // Three pulses: not yet.
+        for _ in 0..3 {
+            assert!(
+                probes
+                    .heard(&node, false, Heartbeat(5), Instant::now(), round)
+                    .is_empty()
+            );
             tokio::time::advance(round).await;
         }
-        // The third within four rounds: steady, and the asker gets its word once.
+        // The fourth within five rounds: steady, and the asker gets its word once.
         assert_eq!(
-            probes.heard(&node, false, Instant::now(), round),
+            probes.heard(&node, false, Heartbeat(5), Instant::now(), round),
             vec![asker]
         );
-        assert!(probes.heard(&node, false, Instant::now(), round).is_empty());
+        assert!(
+            probes
+                .heard(&node, false, Heartbeat(5), Instant::now(), round)
+                .is_empty()
+        );
         assert!(probes.steady(&node, Instant::now(), round));
+        // Asked again: pulses that echo only heartbeats from before the ask
+        // (a node that just went deaf) get no vouch; one that echoes a newer
+        // one does.
+        let again: SocketAddr = ([127, 0, 0, 3], 9).into();
+        if let Some(w) = probes.watched.get_mut(&node) {
+            w.waiting.push((again, Instant::now(), Heartbeat(9)));
+        }
+        tokio::time::advance(round).await;
+        assert!(
+            probes
+                .heard(&node, false, Heartbeat(5), Instant::now(), round)
+                .is_empty()
+        );
+        tokio::time::advance(round).await;
+        assert_eq!(
+            probes.heard(&node, false, Heartbeat(9), Instant::now(), round),
+            vec![again]
+        );
         // Two rounds of silence: no longer (a node killed two rounds ago is
         // vouched for by no one).
         tokio::time::advance(round * 2).await;
         assert!(!probes.steady(&node, Instant::now(), round));
-        // One pulse in four rounds (a member losing most of its packets):
-        // not steady.
-        tokio::time::advance(round * 4).await;
-        probes.heard(&node, false, Instant::now(), round);
+        // Pulses every 1.8 rounds (a member losing many of its packets):
+        // three in five rounds, not steady.
+        tokio::time::advance(round * 5).await;
+        for _ in 0..3 {
+            probes.heard(&node, false, Heartbeat(5), Instant::now(), round);
+            tokio::time::advance(round.mul_f64(1.8)).await;
+        }
+        probes.heard(&node, false, Heartbeat(5), Instant::now(), round);
         assert!(!probes.steady(&node, Instant::now(), round));
     }
 
@@ -345,8 +429,8 @@ mod tests {
         let round = Duration::from_millis(100);
         let mut probes = Probes::default();
         let node = id(1);
-        for _ in 0..4 {
-            probes.heard(&node, false, Instant::now(), round);
+        for _ in 0..5 {
+            probes.heard(&node, false, Heartbeat(5), Instant::now(), round);
             tokio::time::advance(round).await;
         }
         assert!(!probes.steady(&node, Instant::now(), round));

@@ -738,7 +738,7 @@ impl Chitchat {
                     self.failure_detector.report_heartbeat(id);
                     p.last_heard.insert(id.clone(), now);
                 }
-                self.probe_heard(id, neighbour, now);
+                self.probe_heard(id, neighbour, echo, now);
                 self.note_heartbeat(id, heartbeat, true);
             }
         }
