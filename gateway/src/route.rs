@@ -16,4 +16,5 @@ pub mod demand;
 pub mod limit;
 pub mod outcome;
 pub mod path;
+pub mod sticky;
 pub mod table;

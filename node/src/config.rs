@@ -365,6 +365,10 @@ fn read_keys(env: &Env) -> Result<Option<KeyRing>, ConfigError> {
         }
         (Some(k), None) => ("SHOAL_CLUSTER_KEY", k.to_string()),
         (None, Some(path)) => {
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "read once at start, before the member gossips or serves"
+            )]
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
                 var: "SHOAL_CLUSTER_KEY_FILE",
                 path: path.into(),

@@ -326,6 +326,37 @@ async fn sticky_clients_keep_their_instance_and_move_without_an_error_when_it_di
         }
     }
 
+    // A cookie no gateway made (forged, or from before a key rotation whose
+    // old key has left the ring) picks nothing: the client is pinned anew,
+    // once, and its request answered.
+    for forged in [
+        "shoal-echo=00112233445566778899aabbccddeeff",
+        "shoal-echo=1",
+    ] {
+        let r = client
+            .get(&url)
+            .header("cookie", forged)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200, "{forged}");
+        let set = r
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let token = set
+            .split(';')
+            .next()
+            .and_then(|c| c.strip_prefix("shoal-echo="))
+            .unwrap_or_default();
+        assert!(
+            token.len() == 32 && token.bytes().all(|c| c.is_ascii_hexdigit()),
+            "{forged}: pinned anew with a keyed token, got {set:?}"
+        );
+    }
+
     // Kill the instance of the most clients.
     let (victim, pinned) = per_host
         .iter()

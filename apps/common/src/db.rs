@@ -187,7 +187,7 @@ impl Db {
             Some(pool) => pool.clone(),
             None => {
                 if self.inner.backend == Backend::Sqlite {
-                    create_sqlite_dir(&self.inner.url);
+                    create_sqlite_dir(&self.inner.url).await;
                 }
                 let sqlite = self.inner.backend == Backend::Sqlite;
                 AnyPoolOptions::new()
@@ -271,7 +271,7 @@ impl Db {
     }
 }
 
-fn create_sqlite_dir(url: &str) {
+async fn create_sqlite_dir(url: &str) {
     let path = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:")
@@ -280,7 +280,7 @@ fn create_sqlite_dir(url: &str) {
         .unwrap_or("");
     if let Some(parent) = std::path::Path::new(path).parent() {
         if !parent.as_os_str().is_empty() {
-            let _ = std::fs::create_dir_all(parent);
+            let _ = tokio::fs::create_dir_all(parent).await;
         }
     }
 }

@@ -67,8 +67,20 @@ fn load(cert: &[u8], key: &[u8], provider: &CryptoProvider) -> anyhow::Result<Ce
     Ok(certified)
 }
 
+/// Reads a file at start (nothing else runs on the runtime yet).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "once at start, before the edge serves; the reloader reads with tokio::fs"
+)]
 fn read(path: &Path, var: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {var}={}", path.display()))
+}
+
+/// Reads a file off the runtime's threads (tokio's blocking pool): the
+/// reloader runs every few seconds on the runtime that serves requests
+/// and runs the gossip.
+async fn read_off_runtime(path: &Path) -> Option<Vec<u8>> {
+    tokio::fs::read(path).await.ok()
 }
 
 impl Tls {
@@ -109,8 +121,8 @@ impl Tls {
         tokio::spawn(async move {
             let provider = provider();
             let mut last = (
-                read(&config.cert, "SHOAL_TLS_CERT").ok(),
-                read(&config.key, "SHOAL_TLS_KEY").ok(),
+                read_off_runtime(&config.cert).await,
+                read_off_runtime(&config.key).await,
             );
             let count = |result: &str| {
                 metrics
@@ -126,8 +138,8 @@ impl Tls {
             loop {
                 tick.tick().await;
                 let now = (
-                    read(&config.cert, "SHOAL_TLS_CERT").ok(),
-                    read(&config.key, "SHOAL_TLS_KEY").ok(),
+                    read_off_runtime(&config.cert).await,
+                    read_off_runtime(&config.key).await,
                 );
                 if now == last {
                     continue;

@@ -120,6 +120,10 @@ impl Access {
             None => Vec::new(),
             Some(path) => {
                 let path = Path::new(path);
+                #[allow(
+                    clippy::disallowed_methods,
+                    reason = "read once at start, before the gateway serves"
+                )]
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
                     var: FILE,
                     path: path.to_path_buf(),

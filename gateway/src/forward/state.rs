@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 use crate::config::GatewayConfig;
 use crate::forward::pool::Pool;
 use crate::meter::metrics::Metrics;
+use crate::route::sticky::StickyKeys;
 use crate::route::table::Upstreams;
 
 /// Everything a request needs. One per worker thread: the routing table,
@@ -37,7 +38,10 @@ impl Gateway {
     /// A gateway built from `config`, stopped by `drain`.
     pub fn new(config: GatewayConfig, drain: Drain) -> Self {
         Self {
-            upstreams: Arc::new(Upstreams::new(config.resilience.clone())),
+            upstreams: Arc::new(Upstreams::new(
+                config.resilience.clone(),
+                StickyKeys::new(config.node.keys.as_ref(), &config.node.cluster),
+            )),
             metrics: Arc::new(Metrics::default()),
             in_flight: Arc::new(Semaphore::new(config.proxy.max_in_flight)),
             connections: Arc::new(Semaphore::new(config.proxy.max_client_connections)),

@@ -101,7 +101,7 @@ impl<'a> Affinity<'a> {
             let pinned = service
                 .endpoints
                 .iter()
-                .find(|e| e.sticky_token == *token && eligible.admits(e));
+                .find(|e| e.pinned_by(token) && eligible.admits(e));
             if let Some(pinned) = pinned {
                 return Some(pinned.clone());
             }
@@ -123,17 +123,21 @@ impl<'a> Affinity<'a> {
         };
         let m = &service.metrics;
         match &sticky.token {
-            Some(token) if *token == endpoint.sticky_token => {
+            Some(token) if token == endpoint.sticky_token() => {
                 m.sticky_kept.inc();
                 return;
             }
+            // Its instance, under a key the ring is rotating away from: set
+            // again under the new one.
+            Some(token) if endpoint.pinned_by(token) => m.sticky_kept.inc(),
             Some(_) => m.sticky_repinned.inc(),
             None => m.sticky_pinned.inc(),
         };
         let secure = if sticky.secure { "; Secure" } else { "" };
         let cookie = format!(
             "{}={}; Path=/; HttpOnly; SameSite=Lax{secure}",
-            sticky.cookie, endpoint.sticky_token
+            sticky.cookie,
+            endpoint.sticky_token()
         );
         if let Ok(value) = HeaderValue::from_str(&cookie) {
             headers.append(header::SET_COOKIE, value);

@@ -30,6 +30,8 @@ use std::time::Duration;
 
 use rand::RngExt;
 use shoal_node::{Member, Weight};
+
+use crate::route::sticky::StickyKeys;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -68,9 +70,11 @@ pub struct Endpoint {
     pass: AtomicU64,
     /// 1 / its weight relative to its service's mean (f64 bits).
     stride: AtomicU64,
-    /// The value of its sticky-session cookie: a hash of its member name,
-    /// so it survives a restart at the same address and reveals nothing.
-    pub sticky_token: String,
+    /// The values of its sticky-session cookie: an HMAC of its member name
+    /// under each key of the ring, the one to set first (see
+    /// [`crate::route::sticky`]): it survives a restart at the same
+    /// address, reveals nothing and cannot be forged.
+    sticky_tokens: Box<[String]>,
 }
 
 #[derive(Debug)]
@@ -84,8 +88,8 @@ struct EndpointState {
 }
 
 impl Endpoint {
-    /// A fresh endpoint for `member`.
-    pub fn new(member: Arc<Member>) -> Self {
+    /// A fresh endpoint for `member`, its sticky tokens made with `keys`.
+    pub fn new(member: Arc<Member>, keys: &StickyKeys) -> Self {
         let host = http::HeaderValue::from_str(&member.addr.to_string())
             .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
         Self {
@@ -103,9 +107,20 @@ impl Endpoint {
             gone_notify: Notify::new(),
             pass: AtomicU64::new(0f64.to_bits()),
             stride: AtomicU64::new(1f64.to_bits()),
-            sticky_token: sticky_token(&member.id.node),
+            sticky_tokens: keys.tokens(&member.id.node),
             member,
         }
+    }
+
+    /// The sticky cookie's value to set for it.
+    pub fn sticky_token(&self) -> &str {
+        self.sticky_tokens.first().map_or("", String::as_str)
+    }
+
+    /// Whether a sticky cookie of `token` pins it (made under any key of
+    /// the ring).
+    pub fn pinned_by(&self, token: &str) -> bool {
+        self.sticky_tokens.iter().any(|t| t == token)
     }
 
     /// Its weight relative to its service's mean (1 for equal weights).
@@ -378,16 +393,6 @@ fn load_f64(a: &AtomicU64) -> f64 {
 
 fn store_f64(a: &AtomicU64, v: f64) {
     a.store(v.to_bits(), Ordering::Relaxed);
-}
-
-/// The sticky cookie's value for a member: FNV-1a of its name, in hex.
-fn sticky_token(node: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in node.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
 }
 
 #[cfg(test)]

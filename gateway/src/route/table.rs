@@ -17,6 +17,7 @@ use crate::meter::metrics::{InstanceLabels, Metrics, ServiceMetrics};
 use crate::route::balance::{Clock, Endpoint, set_weights};
 use crate::route::limit::Limiter;
 use crate::route::outcome::{Breaker, RetryBudget, retry_budget};
+use crate::route::sticky::StickyKeys;
 
 /// One service in the table.
 #[derive(Debug)]
@@ -114,14 +115,16 @@ impl Table {
 pub struct Upstreams {
     table: RwLock<Arc<Table>>,
     resilience: ResilienceConfig,
+    sticky: StickyKeys,
 }
 
 impl Upstreams {
-    /// An empty table.
-    pub fn new(resilience: ResilienceConfig) -> Self {
+    /// An empty table; instances' sticky tokens made with `sticky`.
+    pub fn new(resilience: ResilienceConfig, sticky: StickyKeys) -> Self {
         Self {
             table: RwLock::new(Arc::new(Table::default())),
             resilience,
+            sticky,
         }
     }
 
@@ -148,7 +151,7 @@ impl Upstreams {
                 .filter(|m| m.is_up())
                 .map(|m| match old_endpoints.get(&m.id) {
                     Some(e) if e.member.addr == m.addr => Arc::clone(e),
-                    _ => Arc::new(Endpoint::new(m.clone())),
+                    _ => Arc::new(Endpoint::new(m.clone(), &self.sticky)),
                 })
                 .collect();
             set_weights(&endpoints);

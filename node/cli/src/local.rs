@@ -94,7 +94,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     }
     let board_server = match args.board {
         0 => None,
-        _ => match board::runtime(&bin_dir, args.database_url.as_deref()) {
+        _ => match board::runtime(&bin_dir, args.database_url.as_deref()).await {
             Ok(server) => Some(server),
             Err(why) => {
                 println!("shoal local: board-service left out: {why}");
@@ -132,10 +132,12 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         }
     }
     let logs = args.data.join("logs");
-    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    tokio::fs::create_dir_all(&logs)
+        .await
+        .with_context(|| format!("cannot create {}", logs.display()))?;
     let key_file = args.data.join("cluster.key");
-    std::fs::write(&key_file, ClusterKey::generate().to_base64())?;
-    let data = std::fs::canonicalize(&args.data)?;
+    tokio::fs::write(&key_file, ClusterKey::generate().to_base64()).await?;
+    let data = tokio::fs::canonicalize(&args.data).await?;
     let key_file = data.join("cluster.key");
     let logs = data.join("logs");
 
@@ -441,7 +443,7 @@ async fn wait_ready(
                     r.spec.port,
                     FAILING_AFTER,
                     r.spec.log.display(),
-                    r.log_tail(15)
+                    r.log_tail(15).await
                 );
             }
         }

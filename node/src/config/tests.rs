@@ -89,6 +89,10 @@ fn key_ring_takes_several_keys_and_never_echoes_them() {
 }
 
 #[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a test's own thread, not a runtime's"
+)]
 fn key_file_is_read_and_a_missing_file_is_named() {
     let dir = std::env::temp_dir().join(format!("shoal-key-{}", std::process::id()));
     std::fs::write(&dir, format!("{KEY}\n")).unwrap();

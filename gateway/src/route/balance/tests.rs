@@ -21,26 +21,29 @@ fn endpoint(i: u8) -> Arc<Endpoint> {
 }
 
 fn weighted(i: u8, weight: Weight, label: Option<&str>) -> Arc<Endpoint> {
-    Arc::new(Endpoint::new(Arc::new(Member {
-        id: MemberId {
-            node: format!("s{i}"),
-            generation: 1,
-        },
-        service: "s".into(),
-        addr: SocketAddr::from(([127, 0, 1, i], 8768)),
-        health: Health::Up,
-        routes: vec![],
-        host: String::new(),
-        version: String::new(),
-        started_ms: 0,
-        gossip_addr: SocketAddr::from(([127, 0, 1, i], 7950)),
-        lease: None,
-        policy: shoal_node::Policy {
-            weight,
-            label: label.map(str::to_string),
-            ..Default::default()
-        },
-    })))
+    Arc::new(Endpoint::new(
+        Arc::new(Member {
+            id: MemberId {
+                node: format!("s{i}"),
+                generation: 1,
+            },
+            service: "s".into(),
+            addr: SocketAddr::from(([127, 0, 1, i], 8768)),
+            health: Health::Up,
+            routes: vec![],
+            host: String::new(),
+            version: String::new(),
+            started_ms: 0,
+            gossip_addr: SocketAddr::from(([127, 0, 1, i], 7950)),
+            lease: None,
+            policy: shoal_node::Policy {
+                weight,
+                label: label.map(str::to_string),
+                ..Default::default()
+            },
+        }),
+        &crate::route::sticky::StickyKeys::new(None, "shoal"),
+    ))
 }
 
 fn counts(

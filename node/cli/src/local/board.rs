@@ -6,14 +6,14 @@
 //! Without them the rest of the cluster runs and this says what to install.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use tokio::process::Command;
 
 /// What to install when the runtime is missing.
 pub const INSTALL: &str = "apt-get install nodejs node-express node-sqlite3 node-mysql (Debian's packages; scripts/run-local does it when run as root)";
 
 /// The board-service entry point (`apps/board-service/server.js`) if Node.js
 /// and its libraries are there, else why not.
-pub fn runtime(bin_dir: &Path, database_url: Option<&str>) -> Result<PathBuf, String> {
+pub async fn runtime(bin_dir: &Path, database_url: Option<&str>) -> Result<PathBuf, String> {
     if let Some(url) = database_url {
         if !(url.starts_with("sqlite:") || url.starts_with("mysql:") || url.starts_with("mariadb:"))
         {
@@ -31,13 +31,16 @@ pub fn runtime(bin_dir: &Path, database_url: Option<&str>) -> Result<PathBuf, St
         .iter()
         .find(|p| p.exists())
         .ok_or("apps/board-service/server.js not found (run from the repository)")?;
-    let server = std::fs::canonicalize(server).map_err(|e| e.to_string())?;
+    let server = tokio::fs::canonicalize(server)
+        .await
+        .map_err(|e| e.to_string())?;
     let check = Command::new("node")
         .args([
             "-e",
             "require('express'); require('sqlite3'); require('mysql')",
         ])
-        .output();
+        .output()
+        .await;
     match check {
         Err(_) => Err(format!("node is not installed: {INSTALL}")),
         Ok(out) if !out.status.success() => {

@@ -124,21 +124,23 @@ impl Replica {
         }
     }
 
-    /// The last lines of its log.
-    pub fn log_tail(&self, lines: usize) -> String {
-        let log = std::fs::read_to_string(&self.spec.log).unwrap_or_default();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+    /// The last lines of its log: its last [`TAIL_BYTES`] read, off the
+    /// runtime's threads (a replica's log grows for as long as it runs).
+    pub async fn log_tail(&self, lines: usize) -> String {
+        tail(&self.spec.log, lines).await
     }
 
-    fn spawn(&self, first: bool) -> std::io::Result<tokio::process::Child> {
+    async fn spawn(&self, first: bool) -> std::io::Result<tokio::process::Child> {
         let spec = &self.spec;
-        let out = std::fs::OpenOptions::new()
+        let out = tokio::fs::OpenOptions::new()
             .create(true)
             .write(true)
             .append(!first)
             .truncate(first)
-            .open(&spec.log)?;
+            .open(&spec.log)
+            .await?
+            .into_std()
+            .await;
         let mut cmd = std::process::Command::new(&spec.bin);
         cmd.arg0(&spec.name)
             .args(&spec.args)
@@ -169,27 +171,29 @@ pub async fn supervise(replica: Arc<Replica>, views: Arc<Views>, mut stop: watch
     // (delay, how it died, when) of the death this start follows.
     let mut after_death: Option<(Duration, String, Instant)> = None;
     loop {
-        let mut child =
-            match replica.spawn(after_death.is_none() && replica.status().restarts() == 0) {
-                Ok(child) => child,
-                Err(err) => {
-                    let quick = {
-                        let mut s = replica.lock();
-                        s.quick_deaths += 1;
-                        s.quick_deaths
-                    };
-                    let delay = backoff(quick);
-                    println!(
-                        "{name} cannot start ({}: {err}); next try in {:.1} s",
-                        replica.spec.bin.display(),
-                        delay.as_secs_f64()
-                    );
-                    if sleep_or_stop(delay, &mut stop).await {
-                        return;
-                    }
-                    continue;
+        let mut child = match replica
+            .spawn(after_death.is_none() && replica.status().restarts() == 0)
+            .await
+        {
+            Ok(child) => child,
+            Err(err) => {
+                let quick = {
+                    let mut s = replica.lock();
+                    s.quick_deaths += 1;
+                    s.quick_deaths
+                };
+                let delay = backoff(quick);
+                println!(
+                    "{name} cannot start ({}: {err}); next try in {:.1} s",
+                    replica.spec.bin.display(),
+                    delay.as_secs_f64()
+                );
+                if sleep_or_stop(delay, &mut stop).await {
+                    return;
                 }
-            };
+                continue;
+            }
+        };
         let pid = child.id().unwrap_or_default();
         let started = Instant::now();
         let started_ms = now_ms();
@@ -252,7 +256,7 @@ pub async fn supervise(replica: Arc<Replica>, views: Arc<Views>, mut stop: watch
                 ),
             )
         };
-        append_log(&replica, &log_marker);
+        append_log(&replica, &log_marker).await;
         let delay = backoff(quick);
         if quick >= FAILING_AFTER {
             println!(
@@ -260,7 +264,7 @@ pub async fn supervise(replica: Arc<Replica>, views: Arc<Views>, mut stop: watch
                 STABLE.as_secs(),
                 delay.as_secs_f64(),
                 replica.spec.log.display(),
-                indent(&replica.log_tail(8))
+                indent(&replica.log_tail(8).await)
             );
         }
         if sleep_or_stop(delay, &mut stop).await {
@@ -300,14 +304,43 @@ async fn drain(name: &str, pid: u32, child: &mut tokio::process::Child) {
     }
 }
 
-fn append_log(replica: &Replica, text: &str) {
-    use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new()
+async fn append_log(replica: &Replica, text: &str) {
+    use tokio::io::AsyncWriteExt;
+    if let Ok(mut f) = tokio::fs::OpenOptions::new()
         .append(true)
         .open(&replica.spec.log)
+        .await
     {
-        let _ = f.write_all(text.as_bytes());
+        let _ = f.write_all(text.as_bytes()).await;
     }
+}
+
+/// What [`Replica::log_tail`] reads at most: the end of the log.
+const TAIL_BYTES: u64 = 64 * 1024;
+
+/// The last `lines` lines of the file at `path` among its last
+/// [`TAIL_BYTES`] (a line cut by that start is left out); empty if it
+/// cannot be read.
+async fn tail(path: &std::path::Path, lines: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let Ok(mut file) = tokio::fs::File::open(path).await else {
+        return String::new();
+    };
+    let len = file.metadata().await.map_or(0, |m| m.len());
+    let from = len.saturating_sub(TAIL_BYTES);
+    if file.seek(std::io::SeekFrom::Start(from)).await.is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    if file.take(TAIL_BYTES).read_to_end(&mut bytes).await.is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut all: Vec<&str> = text.lines().collect();
+    if from > 0 && !all.is_empty() {
+        all.remove(0);
+    }
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn indent(text: &str) -> String {
@@ -329,5 +362,24 @@ mod tests {
         assert_eq!(backoff(3), Duration::from_secs(2));
         assert_eq!(backoff(7), Duration::from_secs(30));
         assert_eq!(backoff(u32::MAX), MAX_DELAY);
+    }
+
+    #[tokio::test]
+    async fn the_tail_of_a_long_log_is_its_last_lines_read_from_its_end() {
+        let path = std::env::temp_dir().join(format!("shoal-tail-{}.log", std::process::id()));
+        // 20,000 lines (~290 KB): more than the tail reads.
+        let text: String = (0..20_000).map(|i| format!("line {i:08}\n")).collect();
+        tokio::fs::write(&path, &text)
+            .await
+            .expect("a temporary file");
+        assert_eq!(tail(&path, 2).await, "line 00019998\nline 00019999");
+        let many = tail(&path, 100_000).await;
+        let first = many.lines().next().expect("lines");
+        assert!(
+            many.len() as u64 <= TAIL_BYTES && first.len() == "line 00000000".len(),
+            "whole lines from the last {TAIL_BYTES} bytes: {first}"
+        );
+        tokio::fs::remove_file(&path).await.expect("removed");
+        assert_eq!(tail(&path, 5).await, "", "a missing log: nothing");
     }
 }
