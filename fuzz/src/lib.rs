@@ -23,13 +23,14 @@ use shoal_node::{ClusterView, Env, Health, Lease, LeaseOp, Member, MemberId};
 pub type Target = fn(&[u8]);
 
 /// The targets by name (the folders of `corpus/`).
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("gossip_sealed", gossip_sealed),
     ("gossip_plain", gossip_plain),
     ("member_keys", member_keys),
     ("route", route),
     ("eureka_register", eureka_register),
     ("env", env),
+    ("credentials", credentials),
 ];
 
 fn sealer() -> &'static Sealer {
@@ -232,6 +233,39 @@ pub fn eureka_register(data: &[u8]) {
             "127.0.0.1:7950".parse().expect("an address"),
         );
         assert_eq!(member.service, "orders");
+        // Served as XML, an accepted registration is well-formed XML.
+        let registry = shoal_gateway::eureka::Registry::of(&ClusterView::from_members([member]));
+        let mut x = shoal_gateway::eureka::Xml::default();
+        for i in registry.instances() {
+            i.xml(0, "ADDED", &mut x);
+        }
+        let xml = x.finish();
+        let mut reader = quick_xml::Reader::from_str(&xml);
+        loop {
+            match reader.read_event() {
+                Ok(quick_xml::events::Event::Eof) => break,
+                Ok(_) => {}
+                Err(e) => panic!("an accepted registration served as broken XML: {e}: {xml}"),
+            }
+        }
+    }
+}
+
+/// A credentials file (`SHOAL_EUREKA_CREDENTIALS_FILE`): read, or refused
+/// with an error naming the file and the line.
+pub fn credentials(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let path = std::path::Path::new("/run/secrets/eureka");
+    match shoal_gateway::eureka::parse_users(&text, path) {
+        Ok(users) => assert!(users.len() <= text.lines().count()),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(
+                e.contains("SHOAL_EUREKA_CREDENTIALS_FILE")
+                    && e.contains("/run/secrets/eureka, line "),
+                "an error that names neither the setting nor the line: {e}"
+            );
+        }
     }
 }
 

@@ -44,9 +44,9 @@ use tracing::info;
 
 use shoal_node::now_ms;
 
-pub use access::Access;
+pub use access::{Access, parse_users};
 pub use changes::Snapshot;
-pub use record::{Instance, Registry, escape};
+pub use record::{Instance, Registry, Xml};
 
 /// The largest registration body taken (Eureka's own records are ~1.5 KB).
 const MAX_BODY: usize = 64 * 1024;
@@ -111,21 +111,20 @@ fn applications(
         }});
         return json_response(&body);
     }
-    let mut out = format!(
-        "<applications><versions__delta>{version}</versions__delta><apps__hashcode>{hashcode}</apps__hashcode>"
-    );
+    let mut x = Xml::default();
+    x.open("applications");
+    x.leaf("versions__delta", &version);
+    x.leaf("apps__hashcode", &hashcode);
     for (name, list) in apps {
-        let _ = std::fmt::Write::write_fmt(
-            &mut out,
-            format_args!("<application><name>{}</name>", escape(name)),
-        );
+        x.open("application");
+        x.leaf("name", name);
         for (action, i) in list {
-            i.xml(now, action, &mut out);
+            i.xml(now, action, &mut x);
         }
-        out.push_str("</application>");
+        x.close("application");
     }
-    out.push_str("</applications>");
-    xml_response(out)
+    x.close("applications");
+    xml_response(x)
 }
 
 /// The registry's instances that `keep`, grouped by application, as ADDED.
@@ -148,12 +147,8 @@ fn json_response(body: &Value) -> Response {
         .into_response()
 }
 
-fn xml_response(body: String) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/xml")],
-        format!("<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?>{body}"),
-    )
-        .into_response()
+fn xml_response(x: Xml) -> Response {
+    ([(header::CONTENT_TYPE, "application/xml")], x.finish()).into_response()
 }
 
 fn one_instance(instance: &Instance, headers: &HeaderMap) -> Response {
@@ -161,9 +156,9 @@ fn one_instance(instance: &Instance, headers: &HeaderMap) -> Response {
     if wants_json(headers) {
         return json_response(&json!({"instance": instance.json(now, "ADDED")}));
     }
-    let mut out = String::new();
-    instance.xml(now, "ADDED", &mut out);
-    xml_response(out)
+    let mut x = Xml::default();
+    instance.xml(now, "ADDED", &mut x);
+    xml_response(x)
 }
 
 /// A refusal, in plain text (what Eureka answers), with an empty body for
@@ -229,12 +224,14 @@ async fn one_app(State(e): State<Eureka>, Path(app): Path<String>, headers: Head
             "instance": list.iter().map(|i| i.json(now, "ADDED")).collect::<Vec<_>>(),
         }}));
     }
-    let mut out = format!("<application><name>{}</name>", escape(&app));
+    let mut x = Xml::default();
+    x.open("application");
+    x.leaf("name", &app);
     for i in list {
-        i.xml(now, "ADDED", &mut out);
+        i.xml(now, "ADDED", &mut x);
     }
-    out.push_str("</application>");
-    xml_response(out)
+    x.close("application");
+    xml_response(x)
 }
 
 async fn by_app_and_id(

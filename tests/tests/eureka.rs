@@ -102,9 +102,16 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
     let net = Net::new(64);
     let mut stack = Stack::new(&net);
     let client = http();
-    // Writes need a user of this file (the default rule, `auth`).
+    // Writes need a user of this file (the default rule, `auth`): spring's
+    // password as `htpasswd -B` stores it (bcrypt), python's in clear.
     let users = net.dir().join("eureka-users");
-    std::fs::write(&users, "# who may register\nspring:s3cret\npython:py-pw\n").unwrap();
+    std::fs::write(
+        &users,
+        "# who may register\n\
+         spring:$2y$04$NKTnKOdQPjLWliJO/fnRb.M6PapXMrXJIaiLJjMmpy6kA5bFaxZWG\n\
+         python:py-pw\n",
+    )
+    .unwrap();
     let users = users.to_string_lossy().to_string();
     let gws: Vec<SocketAddr> = (1..=3)
         .map(|i| stack.gateway(i, &[("SHOAL_EUREKA_CREDENTIALS_FILE", &users)]))

@@ -7,23 +7,32 @@
 //!   of `SHOAL_EUREKA_CREDENTIALS_FILE`), `open` (anyone who reaches the
 //!   admin port: a trusted network, or `shoal local` on loopback), `off`.
 //! - `SHOAL_EUREKA_READS`: `open` (default) or `auth`.
-//! - `SHOAL_EUREKA_CREDENTIALS_FILE`: `user:password` lines (`#` comments),
-//!   e.g. a Docker secret. Eureka clients send them from their URL:
-//!   `defaultZone: http://user:password@gateway:8761/eureka/`.
+//! - `SHOAL_EUREKA_CREDENTIALS_FILE`: htpasswd lines (`#` comments), e.g. a
+//!   Docker secret: `user:$2y$…` (bcrypt, `htpasswd -B`, as nginx and
+//!   Traefik read it) or `user:password` in clear (read, with a warning).
+//!   Eureka clients send the password from their URL:
+//!   `defaultZone: http://user:password@gateway:8761/eureka/`. A bcrypt
+//!   check costs milliseconds of CPU and every heartbeat carries the
+//!   credentials, so a pair once verified is remembered (its SHA-256, not
+//!   the password) and checks run off the runtime, two at a time.
 //! - `SHOAL_EUREKA_MAX_LEASES` (default 1000) and
 //!   `SHOAL_EUREKA_MAX_LEASES_PER_APP` (default 200): registrations of new
 //!   instances beyond them are refused (every lease is gossip state that
 //!   every member holds).
 
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use ring::digest;
 use shoal_node::{ConfigError, Env};
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 
 /// Who may do something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,10 +52,36 @@ pub struct Access {
     pub writes: Rule,
     /// Every GET.
     pub reads: Rule,
-    users: Arc<Vec<(String, String)>>,
+    users: Arc<Vec<User>>,
     /// Most leases the cluster takes.
     pub limits: shoal_node::LeaseLimits,
+    /// SHA-256 of `user \0 password` of the pairs verified (bounded).
+    verified: Arc<Mutex<HashSet<[u8; 32]>>>,
+    /// bcrypt checks running at once.
+    checks: Arc<Semaphore>,
 }
+
+/// A user of the credentials file.
+#[derive(Debug, Clone)]
+pub struct User {
+    name: String,
+    secret: Secret,
+}
+
+/// A password as the credentials file gives it.
+#[derive(Debug, Clone)]
+enum Secret {
+    /// htpasswd's bcrypt (`$2y$`, `$2b$`, `$2a$`).
+    Bcrypt(String),
+    /// In clear.
+    Plain(String),
+}
+
+/// Verified pairs remembered at most (then forgotten all at once).
+const VERIFIED_MAX: usize = 4096;
+/// bcrypt checks at once: wrong passwords queue, they do not take every
+/// core.
+const CHECKS_AT_ONCE: usize = 2;
 
 impl Default for Access {
     fn default() -> Self {
@@ -55,6 +90,8 @@ impl Default for Access {
             writes: Rule::Auth,
             reads: Rule::Open,
             users: Arc::default(),
+            verified: Arc::default(),
+            checks: Arc::new(Semaphore::new(CHECKS_AT_ONCE)),
         }
     }
 }
@@ -87,26 +124,51 @@ fn rule(
     })
 }
 
-/// Reads `user:password` lines.
-pub fn parse_users(text: &str, path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+/// Reads htpasswd lines: `user:$2y$…` (bcrypt) or `user:password`.
+pub fn parse_users(text: &str, path: &Path) -> Result<Vec<User>, ConfigError> {
     let mut users = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        match line.split_once(':') {
-            Some((user, password)) if !user.is_empty() && !password.is_empty() => {
-                users.push((user.to_string(), password.to_string()));
+        let invalid = |expected: &str| ConfigError::Invalid {
+            var: FILE,
+            value: format!("{}, line {}", path.display(), n + 1),
+            expected: expected.into(),
+        };
+        let Some((name, secret)) = line
+            .split_once(':')
+            .filter(|(u, p)| !u.is_empty() && !p.is_empty())
+        else {
+            return Err(invalid(
+                "user:password or user:bcrypt-hash lines (a non-empty user and password)",
+            ));
+        };
+        let secret = if ["$2y$", "$2b$", "$2a$"]
+            .iter()
+            .any(|p| secret.starts_with(p))
+        {
+            if secret.parse::<bcrypt::HashParts>().is_err() {
+                return Err(invalid(
+                    "a whole bcrypt hash after the user ($2y$, cost, 53 characters: htpasswd -B)",
+                ));
             }
-            _ => {
-                return Err(ConfigError::Invalid {
-                    var: FILE,
-                    value: format!("{}, line {}", path.display(), n + 1),
-                    expected: "user:password lines (a non-empty user and password)".into(),
-                });
-            }
-        }
+            Secret::Bcrypt(secret.to_string())
+        } else if ["$apr1$", "{SHA}", "$1$", "$5$", "$6$", "$argon2"]
+            .iter()
+            .any(|p| secret.starts_with(p))
+        {
+            return Err(invalid(
+                "bcrypt hashes (htpasswd -B) or passwords in clear; MD5, SHA-1, crypt and argon2 hashes are not read",
+            ));
+        } else {
+            Secret::Plain(secret.to_string())
+        };
+        users.push(User {
+            name: name.to_string(),
+            secret,
+        });
     }
     Ok(users)
 }
@@ -166,11 +228,29 @@ impl Access {
             writes,
             reads,
             users: Arc::new(users),
+            ..Self::default()
+        })
+    }
+
+    /// A warning for entries in clear, if any.
+    pub fn plain_warning(&self) -> Option<String> {
+        let plain: Vec<&str> = self
+            .users
+            .iter()
+            .filter(|u| matches!(u.secret, Secret::Plain(_)))
+            .map(|u| u.name.as_str())
+            .collect();
+        (!plain.is_empty()).then(|| {
+            format!(
+                "{FILE}: the password of {} is in clear; store a bcrypt hash instead (htpasswd -nB {})",
+                plain.join(", "),
+                plain[0]
+            )
         })
     }
 
     /// Whether the request carries the basic credentials of a user.
-    fn authorised(&self, headers: &HeaderMap) -> bool {
+    async fn authorised(&self, headers: &HeaderMap) -> bool {
         let Some(encoded) = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -190,10 +270,51 @@ impl Access {
         else {
             return false;
         };
-        // Every user compared, in time independent of where they differ.
-        self.users.iter().fold(false, |found, (u, p)| {
-            found | (same(u.as_bytes(), user.as_bytes()) & same(p.as_bytes(), password.as_bytes()))
-        })
+        let pair = {
+            let mut d = digest::Context::new(&digest::SHA256);
+            d.update(user.as_bytes());
+            d.update(&[0]);
+            d.update(password.as_bytes());
+            let mut pair = [0u8; 32];
+            pair.copy_from_slice(d.finish().as_ref());
+            pair
+        };
+        if self.remembered().contains(&pair) {
+            return true;
+        }
+        let mut ok = false;
+        for u in self.users.iter() {
+            // Every user compared, in time independent of where names differ.
+            let named = bool::from(u.name.as_bytes().ct_eq(user.as_bytes()));
+            ok |= named
+                && match &u.secret {
+                    Secret::Plain(p) => bool::from(p.as_bytes().ct_eq(password.as_bytes())),
+                    Secret::Bcrypt(hash) => self.bcrypt(password, hash).await,
+                };
+        }
+        if ok {
+            let mut verified = self.remembered();
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
+            verified.insert(pair);
+        }
+        ok
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// bcrypt's check, off the runtime's threads, a few at a time.
+    async fn bcrypt(&self, password: &str, hash: &str) -> bool {
+        let Ok(_permit) = self.checks.acquire().await else {
+            return false;
+        };
+        let (password, hash) = (password.to_string(), hash.to_string());
+        tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+            .await
+            .unwrap_or(false)
     }
 
     /// What a gateway says at start about who may write.
@@ -212,11 +333,6 @@ impl Access {
             ),
         }
     }
-}
-
-/// Compares in time that depends only on the lengths.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The middleware in front of every Eureka route.
@@ -254,7 +370,7 @@ pub async fn check(State(access): State<Access>, req: Request, next: Next) -> Re
                  set {FILE} (user:password lines, e.g. a Docker secret), or {WRITES}=open on a trusted network"
             ),
         ),
-        Rule::Auth if access.authorised(req.headers()) => next.run(req).await,
+        Rule::Auth if access.authorised(req.headers()).await => next.run(req).await,
         Rule::Auth => refuse(
             StatusCode::UNAUTHORIZED,
             "credentials required: HTTP basic auth with a user of the gateway's credentials file \
@@ -278,29 +394,66 @@ mod tests {
         h
     }
 
-    #[test]
-    fn only_a_listed_user_with_its_password_is_authorised() {
+    /// `htpasswd -nbB -C 4 ops py-pw`'s form (cost 4: tests stay fast).
+    const OPS_BCRYPT: &str = "ops:$2y$04$rRHq5Cdf.lMhwJYoQnXUyer7Psi64r9feGSeXyaTt7DWdJk3Fr4kW";
+
+    #[tokio::test]
+    async fn only_a_listed_user_with_its_password_is_authorised() {
         let path = Path::new("users");
+        let file = format!("# ops\nspring:s3cret\n\npython:pw:with:colons\n{OPS_BCRYPT}\n");
         let access = Access {
-            users: Arc::new(
-                parse_users("# ops\nspring:s3cret\n\npython:pw:with:colons\n", path).unwrap(),
-            ),
+            users: Arc::new(parse_users(&file, path).unwrap()),
             ..Access::default()
         };
-        assert!(access.authorised(&basic("spring", "s3cret")));
-        assert!(access.authorised(&basic("python", "pw:with:colons")));
+        assert!(access.authorised(&basic("spring", "s3cret")).await);
+        assert!(access.authorised(&basic("python", "pw:with:colons")).await);
+        assert!(access.authorised(&basic("ops", "py-pw")).await, "bcrypt");
         for (u, p) in [
             ("spring", "s3cre"),
             ("spring", "s3cret!"),
             ("nobody", "s3cret"),
+            ("ops", "py-pw!"),
+            ("ops", OPS_BCRYPT.split_once(':').unwrap().1),
             ("", ""),
         ] {
-            assert!(!access.authorised(&basic(u, p)), "{u}:{p}");
+            assert!(!access.authorised(&basic(u, p)).await, "{u}:{p}");
         }
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
-        assert!(!access.authorised(&h));
-        assert!(!access.authorised(&HeaderMap::new()));
+        assert!(!access.authorised(&h).await);
+        assert!(!access.authorised(&HeaderMap::new()).await);
+        // Verified pairs are remembered (a heartbeat does not pay bcrypt
+        // again), wrong ones are not.
+        assert_eq!(access.remembered().len(), 3);
+        let warning = access.plain_warning().expect("plain entries");
+        assert!(
+            warning.contains("spring, python") && !warning.contains("ops"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn hashes_other_than_bcrypt_and_cut_hashes_are_refused_naming_the_line() {
+        for (line, says) in [
+            ("ops:$apr1$abc$def", "MD5, SHA-1"),
+            ("ops:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "MD5, SHA-1"),
+            ("ops:$6$salt$hash", "MD5, SHA-1"),
+            ("ops:$2y$04$tooshort", "a whole bcrypt hash"),
+        ] {
+            let text = format!("spring:s3cret\n{line}\n");
+            let err = parse_users(&text, Path::new("/run/secrets/eureka"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("/run/secrets/eureka, line 2") && err.contains(says),
+                "{line}: {err}"
+            );
+        }
+        let access = Access {
+            users: Arc::new(parse_users(OPS_BCRYPT, Path::new("f")).unwrap()),
+            ..Access::default()
+        };
+        assert_eq!(access.plain_warning(), None);
     }
 
     #[test]

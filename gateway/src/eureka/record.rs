@@ -1,8 +1,8 @@
 //! Instances and the registry as Eureka shows them, in JSON and XML.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
+use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 use serde_json::{Value, json};
 use shoal_node::{ClusterView, Health, Member};
 
@@ -170,54 +170,139 @@ impl Instance {
         })
     }
 
-    /// The XML record (`<instance>…</instance>`).
-    pub fn xml(&self, now_ms: u64, action: &str, out: &mut String) {
-        let e = escape;
+    /// The XML record (`<instance>…</instance>`), in Eureka's field order.
+    pub fn xml(&self, now_ms: u64, action: &str, x: &mut Xml) {
         let (renewal, duration) = self.lease_secs;
-        let _ = write!(
-            out,
-            "<instance><instanceId>{id}</instanceId><hostName>{host}</hostName><app>{app}</app>\
-             <ipAddr>{ip}</ipAddr><status>{status}</status><overriddenstatus>{overridden}</overriddenstatus>\
-             <port enabled=\"true\">{port}</port><securePort enabled=\"{secure_on}\">{secure}</securePort>\
-             <countryId>1</countryId>\
-             <dataCenterInfo class=\"com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo\"><name>{dc}</name></dataCenterInfo>\
-             <leaseInfo><renewalIntervalInSecs>{renewal}</renewalIntervalInSecs><durationInSecs>{duration}</durationInSecs>\
-             <registrationTimestamp>{registered}</registrationTimestamp><lastRenewalTimestamp>{renewed}</lastRenewalTimestamp>\
-             <evictionTimestamp>0</evictionTimestamp><serviceUpTimestamp>{registered}</serviceUpTimestamp></leaseInfo>\
-             <metadata>",
-            id = e(&self.instance_id),
-            host = e(&self.host_name),
-            ip = e(&self.ip),
-            app = e(&self.app),
-            status = self.status,
-            overridden = self.overridden,
-            port = self.port,
-            secure_on = self.secure_port.is_some(),
-            secure = self.secure_port.unwrap_or(443),
-            dc = e(&self.data_center),
-            registered = self.registered_ms,
-            renewed = self.renewed_ms.unwrap_or(now_ms),
+        x.open("instance");
+        x.leaf("instanceId", &self.instance_id);
+        x.leaf("hostName", &self.host_name);
+        x.leaf("app", &self.app);
+        x.leaf("ipAddr", &self.ip);
+        x.leaf("status", self.status);
+        x.leaf("overriddenstatus", self.overridden);
+        x.leaf_with("port", ("enabled", "true"), &self.port.to_string());
+        let secure_on = if self.secure_port.is_some() {
+            "true"
+        } else {
+            "false"
+        };
+        let secure = self.secure_port.unwrap_or(443).to_string();
+        x.leaf_with("securePort", ("enabled", secure_on), &secure);
+        x.leaf("countryId", "1");
+        x.open_with(
+            "dataCenterInfo",
+            (
+                "class",
+                "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo",
+            ),
         );
+        x.leaf("name", &self.data_center);
+        x.close("dataCenterInfo");
+        let registered = self.registered_ms.to_string();
+        x.open("leaseInfo");
+        x.leaf("renewalIntervalInSecs", &renewal.to_string());
+        x.leaf("durationInSecs", &duration.to_string());
+        x.leaf("registrationTimestamp", &registered);
+        x.leaf(
+            "lastRenewalTimestamp",
+            &self.renewed_ms.unwrap_or(now_ms).to_string(),
+        );
+        x.leaf("evictionTimestamp", "0");
+        x.leaf("serviceUpTimestamp", &registered);
+        x.close("leaseInfo");
+        x.open("metadata");
         for (k, v) in &self.metadata {
             // Keys are valid XML names: ours are, and registrations are checked.
-            let _ = write!(out, "<{k}>{}</{k}>", e(v));
+            x.leaf(k, v);
         }
-        let _ = write!(
-            out,
-            "</metadata><homePageUrl>{home}</homePageUrl><statusPageUrl>{status}</statusPageUrl>\
-             <healthCheckUrl>{health}</healthCheckUrl><vipAddress>{vip}</vipAddress>\
-             <secureVipAddress>{svip}</secureVipAddress>\
-             <isCoordinatingDiscoveryServer>false</isCoordinatingDiscoveryServer>\
-             <lastUpdatedTimestamp>{updated}</lastUpdatedTimestamp><lastDirtyTimestamp>{dirty}</lastDirtyTimestamp>\
-             <actionType>{action}</actionType></instance>",
-            home = e(&self.urls[0]),
-            status = e(&self.urls[1]),
-            health = e(&self.urls[2]),
-            vip = e(&self.vip),
-            svip = e(&self.secure_vip),
-            updated = self.updated_ms,
-            dirty = self.dirty_ms,
-        );
+        x.close("metadata");
+        x.leaf("homePageUrl", &self.urls[0]);
+        x.leaf("statusPageUrl", &self.urls[1]);
+        x.leaf("healthCheckUrl", &self.urls[2]);
+        x.leaf("vipAddress", &self.vip);
+        x.leaf("secureVipAddress", &self.secure_vip);
+        x.leaf("isCoordinatingDiscoveryServer", "false");
+        x.leaf("lastUpdatedTimestamp", &self.updated_ms.to_string());
+        x.leaf("lastDirtyTimestamp", &self.dirty_ms.to_string());
+        x.leaf("actionType", action);
+        x.close("instance");
+    }
+}
+
+/// An XML answer written with quick-xml's writer: text and attributes
+/// escaped, elements balanced, and characters XML 1.0 cannot carry (from
+/// gossip: registrations with them are refused) replaced by U+FFFD.
+pub struct Xml {
+    w: quick_xml::Writer<Vec<u8>>,
+}
+
+impl Default for Xml {
+    fn default() -> Self {
+        Self {
+            w: quick_xml::Writer::new(Vec::new()),
+        }
+    }
+}
+
+impl Xml {
+    // Writing into a Vec cannot fail: the io::Results are dropped.
+
+    /// `<name>`.
+    pub fn open(&mut self, name: &str) {
+        let _ = self.w.write_event(Event::Start(BytesStart::new(name)));
+    }
+
+    /// `<name key="value">`.
+    pub fn open_with(&mut self, name: &str, attr: (&str, &str)) {
+        let mut start = BytesStart::new(name);
+        start.push_attribute((attr.0, &*carriable(attr.1)));
+        let _ = self.w.write_event(Event::Start(start));
+    }
+
+    /// `</name>`.
+    pub fn close(&mut self, name: &str) {
+        let _ = self.w.write_event(Event::End(BytesEnd::new(name)));
+    }
+
+    /// `<name>text</name>`.
+    pub fn leaf(&mut self, name: &str, text: &str) {
+        let _ = self
+            .w
+            .create_element(name)
+            .write_text_content(BytesText::new(&carriable(text)));
+    }
+
+    /// `<name key="value">text</name>`.
+    pub fn leaf_with(&mut self, name: &str, attr: (&str, &str), text: &str) {
+        let _ = self
+            .w
+            .create_element(name)
+            .with_attribute((attr.0, &*carriable(attr.1)))
+            .write_text_content(BytesText::new(&carriable(text)));
+    }
+
+    /// The document, after the XML declaration Eureka sends.
+    pub fn finish(self) -> String {
+        let body = String::from_utf8(self.w.into_inner())
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?>{body}")
+    }
+}
+
+/// Whether XML 1.0 can carry `c` (its `Char` production).
+pub fn xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// `text` with what XML cannot carry replaced by U+FFFD.
+fn carriable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().all(xml_char) {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        text.chars()
+            .map(|c| if xml_char(c) { c } else { '\u{FFFD}' })
+            .collect::<String>()
+            .into()
     }
 }
 
@@ -264,12 +349,4 @@ impl Registry {
     pub fn app(&self, app: &str) -> Option<&[Instance]> {
         self.apps.get(app).map(Vec::as_slice)
     }
-}
-
-/// Escapes text for XML and HTML.
-pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }

@@ -95,6 +95,19 @@ fn port_field(o: &Map<String, Value>, name: &str) -> Result<Option<(u16, bool)>,
     Ok(Some((port, enabled)))
 }
 
+/// Refuses text XML 1.0 cannot carry (control characters but tab and line
+/// ends, U+FFFE, U+FFFF): the registry is served as XML, and one such
+/// character makes the whole answer unreadable to every XML client.
+pub fn xml_text(field: &str, value: &str) -> Result<(), Invalid> {
+    match value.chars().find(|c| !super::record::xml_char(*c)) {
+        None => Ok(()),
+        Some(c) => Err(invalid(format!(
+            "{field} holds U+{:04X}, a character XML cannot carry: Eureka's XML clients could not read the registry",
+            u32::from(c)
+        ))),
+    }
+}
+
 /// Whether `name` may be an XML element name (metadata keys become elements).
 pub fn xml_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -135,7 +148,9 @@ pub fn metadata<'a>(
                  not starting with a digit or 'xml'): XML clients could not read it"
             )));
         }
-        out.insert(key.clone(), value.unwrap_or_default());
+        let value = value.unwrap_or_default();
+        xml_text(&format!("instance.metadata.{key}"), &value)?;
+        out.insert(key.clone(), value);
     }
     Ok(out)
 }
@@ -207,6 +222,23 @@ fn registration(path_app: &str, o: &Map<String, Value>) -> Result<Registration, 
         Some(Value::String(s)) if s.trim().is_empty() => BTreeMap::new(),
         Some(_) => return Err(invalid("instance.metadata must be an object of strings")),
     };
+    let vip_address = field(o, "vipAddress").unwrap_or_default();
+    let secure_vip_address = field(o, "secureVipAddress").unwrap_or_default();
+    let home_page_url = field(o, "homePageUrl").unwrap_or_default();
+    let status_page_url = field(o, "statusPageUrl").unwrap_or_default();
+    let health_check_url = field(o, "healthCheckUrl").unwrap_or_default();
+    for (name, value) in [
+        ("instance.instanceId", &instance_id),
+        ("instance.hostName", &host_name),
+        ("instance.dataCenterInfo.name", &data_center),
+        ("instance.vipAddress", &vip_address),
+        ("instance.secureVipAddress", &secure_vip_address),
+        ("instance.homePageUrl", &home_page_url),
+        ("instance.statusPageUrl", &status_page_url),
+        ("instance.healthCheckUrl", &health_check_url),
+    ] {
+        xml_text(name, value)?;
+    }
     Ok(Registration {
         instance_id,
         app,
@@ -216,13 +248,13 @@ fn registration(path_app: &str, o: &Map<String, Value>) -> Result<Registration, 
         secure_port,
         status: status_now,
         overridden_status: overridden,
-        vip_address: field(o, "vipAddress").unwrap_or_default(),
-        secure_vip_address: field(o, "secureVipAddress").unwrap_or_default(),
+        vip_address,
+        secure_vip_address,
         data_center,
         metadata,
-        home_page_url: field(o, "homePageUrl").unwrap_or_default(),
-        status_page_url: field(o, "statusPageUrl").unwrap_or_default(),
-        health_check_url: field(o, "healthCheckUrl").unwrap_or_default(),
+        home_page_url,
+        status_page_url,
+        health_check_url,
         renewal_interval_secs: secs("renewalIntervalInSecs", 30)?,
         duration_secs,
         dirty_ms: number(o, "lastDirtyTimestamp", "instance.lastDirtyTimestamp")?.unwrap_or(0),
@@ -426,6 +458,21 @@ mod tests {
                 "not a valid XML name",
             ),
             ("metadata", serde_json::json!([1]), "must be an object"),
+            (
+                "hostName",
+                "box\u{1}".into(),
+                "instance.hostName holds U+0001, a character XML cannot carry",
+            ),
+            (
+                "healthCheckUrl",
+                "http://x/\u{FFFF}".into(),
+                "instance.healthCheckUrl holds U+FFFF",
+            ),
+            (
+                "metadata",
+                serde_json::json!({"zone": "a\u{7}"}),
+                "instance.metadata.zone holds U+0007",
+            ),
         ];
         for (name, value, reason) in cases {
             let mut body = spring.clone();

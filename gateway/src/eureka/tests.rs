@@ -79,8 +79,9 @@ fn the_json_record_has_what_clients_read() {
 #[test]
 fn the_xml_record_has_the_attributes_and_integers_parsers_require() {
     let r = registry();
-    let mut out = String::new();
-    r.apps["STORY-SERVICE"][0].xml(42, "ADDED", &mut out);
+    let mut x = Xml::default();
+    r.apps["STORY-SERVICE"][0].xml(42, "ADDED", &mut x);
+    let out = x.finish();
     for part in [
         "<instanceId>10.0.9.5:story-service:8768</instanceId>",
         "<port enabled=\"true\">8768</port>",
@@ -94,7 +95,7 @@ fn the_xml_record_has_the_attributes_and_integers_parsers_require() {
     ] {
         assert!(out.contains(part), "{part} missing in {out}");
     }
-    assert!(out.starts_with("<instance>") && out.ends_with("</instance>"));
+    assert!(out.contains("?><instance>") && out.ends_with("</instance>"));
 }
 
 #[test]
@@ -117,10 +118,31 @@ fn text_from_gossip_is_escaped_in_xml() {
     let mut m = member("story-service", "10.0.9.5", 8768, Health::Up);
     m.host = "<script>&".into();
     let r = Registry::of(&ClusterView::from_members([m]));
-    let mut out = String::new();
-    r.apps["STORY-SERVICE"][0].xml(0, "ADDED", &mut out);
+    let mut x = Xml::default();
+    r.apps["STORY-SERVICE"][0].xml(0, "ADDED", &mut x);
+    let out = x.finish();
     assert!(
         out.contains("<shoal.host>&lt;script&gt;&amp;</shoal.host>"),
         "{out}"
     );
+    // What XML cannot carry (a control character from a member's record)
+    // is replaced, and the answer still parses.
+    let mut m = member("story-service", "10.0.9.5", 8768, Health::Up);
+    m.host = "bad\u{1}host".into();
+    let r = Registry::of(&ClusterView::from_members([m]));
+    let mut x = Xml::default();
+    r.apps["STORY-SERVICE"][0].xml(0, "ADDED", &mut x);
+    let out = x.finish();
+    assert!(
+        out.contains("<shoal.host>bad\u{FFFD}host</shoal.host>"),
+        "{out}"
+    );
+    let mut reader = quick_xml::Reader::from_str(&out);
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => panic!("not well-formed: {e}: {out}"),
+        }
+    }
 }

@@ -41,6 +41,9 @@ pub fn router(gw: Arc<Gateway>, cluster: Cluster) -> Router {
     let events = follow_events(cluster.view());
     let access = gw.config.eureka.clone();
     tracing::info!("{}", access.describe());
+    if let Some(warning) = access.plain_warning() {
+        tracing::warn!("{warning}");
+    }
     Router::new()
         .route("/", get(dashboard))
         .route("/dashboard.js", get(script))
