@@ -14,9 +14,11 @@ use crate::lease::{self, Lease, LeaseError, LeaseLimits, LeaseOp};
 use crate::member::{Health, keys};
 
 /// Applies `op` to the lease of instance `id` of `app`: the newest copy any
-/// member holds, written back as this member's own, one version higher. A
-/// registration of an instance not registered yet is refused over `limits`.
-pub(crate) fn apply(
+/// member holds (with its latest renewal), written back as this member's
+/// own, one version higher — or, for a renewal that changes nothing else,
+/// only the renewal's time (see [`lease::RENEWAL_PREFIX`]). A registration
+/// of an instance not registered yet is refused over `limits`.
+pub fn apply(
     c: &mut Chitchat,
     app: &str,
     id: &str,
@@ -25,6 +27,7 @@ pub(crate) fn apply(
     limits: Option<LeaseLimits>,
 ) -> Result<Lease, LeaseError> {
     let key = lease::key(id);
+    let renewal_key = lease::renewal_key(id);
     let mut current: Option<(Lease, String)> = None;
     for (holder, state) in c.node_states() {
         let Some(copy) = state.get(&key).and_then(Lease::decode) else {
@@ -37,13 +40,40 @@ pub(crate) fn apply(
             current = Some((copy, holder.node_id.to_string()));
         }
     }
+    if let Some((lease, _)) = current.as_mut() {
+        for state in c.node_states().values() {
+            renewed(lease, state.get(&renewal_key));
+        }
+    }
     let new_instance = current.as_ref().is_none_or(|(l, _)| !l.is_live(now_ms));
     if let (LeaseOp::Register(_), Some(limits), true) = (&op, limits, new_instance) {
         within_limits(c, app, id, now_ms, limits)?;
     }
-    let next = Lease::apply(current.as_ref().map(|(l, _)| l), app, id, op, now_ms)?;
-    c.self_node_state().set(key, next.encode()?);
+    let current = current.map(|(l, _)| l);
+    let time_only = matches!(op, LeaseOp::Renew { status } if status.is_none_or(|s| {
+        current.as_ref().is_some_and(|c| c.registration.status == s)
+    }));
+    let mut next = Lease::apply(current.as_ref(), app, id, op, now_ms)?;
+    match current {
+        Some(current) if time_only => {
+            next.version = current.version;
+            c.self_node_state()
+                .set(renewal_key, lease::renewal(current.version, now_ms));
+        }
+        _ => c.self_node_state().set(key, next.encode()?),
+    }
     Ok(next)
+}
+
+/// Takes a renewal (as stored) of `lease` into it: a renewal of its version
+/// at a later time moves its deadline (one of an older version — from
+/// before a cancel or a re-registration — counts for nothing).
+fn renewed(lease: &mut Lease, renewal: Option<&str>) {
+    if let Some((version, at)) = renewal.and_then(lease::parse_renewal) {
+        if version == lease.version && at > lease.renewed_ms {
+            lease.renewed_ms = at;
+        }
+    }
 }
 
 /// Whether one more live lease (of `app`, instance `id`) stays within
@@ -84,8 +114,9 @@ fn within_limits(
 pub(crate) fn newest_leases<'a>(
     states: impl Iterator<Item = (&'a ChitchatId, &'a NodeState)>,
 ) -> BTreeMap<String, (Arc<Lease>, ChitchatId)> {
+    let states: Vec<_> = states.collect();
     let mut newest: BTreeMap<String, (Arc<Lease>, ChitchatId)> = BTreeMap::new();
-    for (holder, state) in states {
+    for &(holder, state) in &states {
         for (key, value) in state.iter_prefix(lease::KEY_PREFIX) {
             let Some(copy) = Lease::decode(&value.value) else {
                 continue;
@@ -97,6 +128,15 @@ pub(crate) fn newest_leases<'a>(
                 _ => {
                     newest.insert(id, (Arc::new(copy), holder.clone()));
                 }
+            }
+        }
+    }
+    // Renewals held anywhere move their lease's deadline.
+    for (_, state) in &states {
+        for (key, value) in state.iter_prefix(lease::RENEWAL_PREFIX) {
+            let id = &key[lease::RENEWAL_PREFIX.len()..];
+            if let Some((lease, _)) = newest.get_mut(id) {
+                renewed(Arc::make_mut(lease), Some(&value.value));
             }
         }
     }
@@ -125,26 +165,50 @@ pub(crate) fn keep(c: &mut Chitchat, now_ms: u64) -> (usize, usize) {
         .map(|id| &*id.node_id)
         .min();
     let adopt = first_keeper == Some(&*me.node_id);
+    let newest = newest_leases(c.node_states().iter());
     let mut writes = Vec::new();
     if adopt {
-        for (id, (lease, holder)) in newest_leases(c.node_states().iter()) {
-            if !live.contains(&holder) && now_ms < lease.deadline_ms() {
+        for (id, (lease, holder)) in &newest {
+            if !live.contains(holder) && now_ms < lease.deadline_ms() {
                 if let Ok(text) = lease.encode() {
                     info!(instance = %id, from = %holder.node_id, "adopting the lease of a gateway that is gone");
-                    writes.push((lease::key(&id), text));
+                    writes.push((lease::key(id), text));
                 }
             }
         }
     }
-    let expired: Vec<String> = c
+    // A copy runs out at its deadline with the renewals of its version held
+    // anywhere (the newest lease's), or at its own if it was superseded.
+    let mut expired: Vec<String> = c
         .self_node_state()
         .iter_prefix(lease::KEY_PREFIX)
-        .filter(|(_, v)| {
-            Lease::decode(&v.value)
-                .is_none_or(|l| l.deadline_ms().saturating_add(LEASE_GC_MS) < now_ms)
+        .filter(|(k, v)| {
+            Lease::decode(&v.value).is_none_or(|l| {
+                let deadline = match newest.get(&k[lease::KEY_PREFIX.len()..]) {
+                    Some((n, _)) if n.version == l.version => n.deadline_ms().max(l.deadline_ms()),
+                    _ => l.deadline_ms(),
+                };
+                deadline.saturating_add(LEASE_GC_MS) < now_ms
+            })
         })
         .map(|(k, _)| k.to_string())
         .collect();
+    // Renewals of leases gone, run out, or written again since.
+    expired.extend(
+        c.self_node_state()
+            .iter_prefix(lease::RENEWAL_PREFIX)
+            .filter(|(k, v)| {
+                let id = &k[lease::RENEWAL_PREFIX.len()..];
+                match (newest.get(id), lease::parse_renewal(&v.value)) {
+                    (Some((lease, _)), Some((version, _))) => {
+                        version != lease.version
+                            || lease.deadline_ms().saturating_add(LEASE_GC_MS) < now_ms
+                    }
+                    _ => true,
+                }
+            })
+            .map(|(k, _)| k.to_string()),
+    );
     let state = c.self_node_state();
     for key in &expired {
         state.delete(key);
@@ -199,6 +263,35 @@ mod tests {
         assert_eq!((lease.version, &*by.node_id), (new.version, "b"));
     }
 
+    #[test]
+    fn renewals_move_the_deadline_of_their_version_only() {
+        let now = 1_000_000;
+        let register = LeaseOp::Register(Box::new(registration("i-1")));
+        let lease = copy(std::slice::from_ref(&register), now);
+        let holder =
+            |n: &str| ChitchatId::new(n.to_string(), 1, "127.0.0.1:1".parse().expect("addr"));
+        let (a, b) = (holder("a"), holder("b"));
+        let mut sa = NodeState::for_test();
+        sa.set(lease::key("i-1"), lease.encode().expect("encodes"));
+        let mut sb = NodeState::for_test();
+        sb.set(
+            lease::renewal_key("i-1"),
+            lease::renewal(lease.version, now + 60_000),
+        );
+        let newest = newest_leases([(&a, &sa), (&b, &sb)].into_iter());
+        let (folded, by) = &newest["i-1"];
+        assert_eq!((folded.renewed_ms, &*by.node_id), (now + 60_000, "a"));
+        assert!(folded.is_live(now + 60_000 + 89_000));
+        // A renewal of an older version (from before a cancel) revives nothing.
+        let cancelled = copy(&[register, LeaseOp::Cancel], now + 1);
+        sa.set(lease::key("i-1"), cancelled.encode().expect("encodes"));
+        let newest = newest_leases([(&a, &sa), (&b, &sb)].into_iter());
+        let (folded, _) = &newest["i-1"];
+        assert!(folded.cancelled && folded.renewed_ms < now + 60_000);
+        assert_eq!(lease::parse_renewal("3:12"), Some((3, 12)));
+        assert_eq!(lease::parse_renewal("x:12"), None);
+    }
+
     #[tokio::test]
     async fn an_operation_starts_from_the_newest_copy_any_gateway_holds() {
         let g = members("gateway", 2).await;
@@ -213,7 +306,35 @@ mod tests {
             .lease("ORDERS", "i-1", LeaseOp::Renew { status: None })
             .await
             .expect("renews");
-        assert_eq!(renewed.version, registered.version + 1);
+        // A renewal changes the time alone: b writes that, not the record.
+        assert_eq!(renewed.version, registered.version);
+        assert!(renewed.renewed_ms >= registered.renewed_ms);
+        {
+            let chitchat = b.chitchat();
+            let mut c = chitchat.lock().await;
+            let own = c.self_node_state();
+            assert!(
+                own.get(&lease::key("i-1")).is_none(),
+                "no copy of the record"
+            );
+            let renewal = own.get(&lease::renewal_key("i-1")).expect("a renewal");
+            assert_eq!(
+                lease::parse_renewal(renewal),
+                Some((registered.version, renewed.renewed_ms))
+            );
+        }
+        // A status change writes the record, one version up.
+        let down = b
+            .lease(
+                "ORDERS",
+                "i-1",
+                LeaseOp::Renew {
+                    status: Some(crate::lease::Status::Down),
+                },
+            )
+            .await
+            .expect("renews with a status");
+        assert_eq!(down.version, registered.version + 1);
         // An unknown instance cannot be renewed.
         assert!(
             b.lease("ORDERS", "i-9", LeaseOp::Renew { status: None })

@@ -64,6 +64,7 @@ pub use env::{ConfigError, Env, invalid, parse_duration};
 pub use gossip::{JoinError, Role};
 pub use key::{ClusterKey, KeyRing};
 pub use lease::{Lease, LeaseError, LeaseLimits, LeaseOp, Registration, Status};
+pub use lease::{parse_renewal as lease_renewal, renewal_key as lease_renewal_key};
 pub use member::{Health, Member, MemberId};
 pub use policy::{Policy, RateLimit, Weight};
 pub use stats::{
@@ -78,6 +79,7 @@ pub use view::{ClusterView, MemberEvent, MembersDoc};
 #[cfg(feature = "testing")]
 pub mod testing {
     pub use crate::gossip::Gossip;
+    pub use crate::leases::apply as apply_lease;
     pub use crate::member::keys;
     pub use crate::transport::{Sealer, Wire, WireSocket, check_datagram};
 }

@@ -131,6 +131,87 @@ mod tests {
         })
         .await;
         assert!(leased(b, "i-long").is_some());
+        // Renewed at the other gateway (its renewal alone travels): a 1 s
+        // lease stays in both views while renewed, and leaves them a second
+        // after the last renewal, not before.
+        let mut brief = registration("i-brief");
+        brief.duration_secs = 1;
+        a.lease("ORDERS", "i-brief", LeaseOp::Register(Box::new(brief)))
+            .await
+            .expect("registers");
+        let mut last = std::time::Instant::now();
+        for _ in 0..4 {
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            b.lease("ORDERS", "i-brief", LeaseOp::Renew { status: None })
+                .await
+                .expect("renews");
+            last = std::time::Instant::now();
+            assert!(leased(a, "i-brief").is_some() && leased(b, "i-brief").is_some());
+        }
+        wait_for("the brief lease gone", || async move {
+            leased(a, "i-brief").is_none() && leased(b, "i-brief").is_none()
+        })
+        .await;
+        let lasted = last.elapsed();
+        assert!(
+            lasted >= std::time::Duration::from_millis(950),
+            "out {lasted:?} after the last renewal"
+        );
+        // The holder's upkeep keeps its record while renewals held elsewhere
+        // keep the lease live (it judged by the record's own deadline once).
+        let mut kept = registration("i-kept");
+        kept.duration_secs = 1;
+        a.lease("ORDERS", "i-kept", LeaseOp::Register(Box::new(kept)))
+            .await
+            .expect("registers");
+        wait_for("the kept lease in b's view", || async move {
+            leased(b, "i-kept").is_some()
+        })
+        .await;
+        let later = crate::clock::now_ms() + 5_500;
+        b.lease("ORDERS", "i-kept", LeaseOp::Renew { status: None })
+            .await
+            .expect("renews");
+        wait_for("the renewal at the holder", || async move {
+            let chitchat = a.chitchat();
+            let c = chitchat.lock().await;
+            crate::leases::newest_leases(c.node_states().iter())
+                .get("i-kept")
+                .is_some_and(|(l, _)| l.renewed_ms > l.registered_ms)
+        })
+        .await;
+        {
+            let chitchat = b.chitchat();
+            let mut c = chitchat.lock().await;
+            let own = crate::lease::renewal_key("i-kept");
+            let (version, _) = c
+                .self_node_state()
+                .get(&own)
+                .and_then(crate::lease::parse_renewal)
+                .expect("b's renewal");
+            // As if b renewed it 5.5 s from now: past the record's own
+            // deadline and its grace.
+            c.self_node_state()
+                .set(own, crate::lease::renewal(version, later));
+        }
+        wait_for("the later renewal at the holder", || async move {
+            let chitchat = a.chitchat();
+            let c = chitchat.lock().await;
+            crate::leases::newest_leases(c.node_states().iter())
+                .get("i-kept")
+                .is_some_and(|(l, _)| l.renewed_ms == later)
+        })
+        .await;
+        let chitchat = a.chitchat();
+        let mut c = chitchat.lock().await;
+        crate::leases::keep(&mut c, later + 500);
+        assert!(
+            c.self_node_state()
+                .get(&crate::lease::key("i-kept"))
+                .is_some(),
+            "the holder dropped a record renewals keep live"
+        );
+        drop(c);
         b.lease("ORDERS", "i-long", LeaseOp::Cancel)
             .await
             .expect("cancels");

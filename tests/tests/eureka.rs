@@ -57,8 +57,8 @@ async fn in_view(client: &reqwest::Client, gw: SocketAddr, node: &str) -> Option
 }
 
 /// The version of ORDERS' lease in gateway `gw`'s view (every operation
-/// on a lease adds one; panics when the view has no such lease, so a wait
-/// on it cannot pass by accident).
+/// on a lease but a plain heartbeat adds one; panics when the view has no
+/// such lease, so a wait on it cannot pass by accident).
 async fn lease_version(client: &reqwest::Client, gw: SocketAddr, node: &str) -> u64 {
     let url = format!("http://{}:{}/members", gw.ip(), ports::ADMIN);
     let doc = shoal_tests::get_json(client, &url).await;
@@ -410,16 +410,28 @@ async fn eureka_clients_register_renew_and_cancel_through_any_gateway() {
         Some(3)
     );
 
-    // A heartbeat at gateway 1 makes its copy of ORDERS' lease the newest;
-    // then it dies. The lease lives on: adopted by another gateway, still
-    // routable, renewed at gateway 2.
+    // A metadata change at gateway 1 makes its copy of ORDERS' lease the
+    // newest (a heartbeat writes only its time, beside the record); then it
+    // dies. The lease lives on: adopted by another gateway, still routable,
+    // renewed at gateway 2.
     let node = format!("eureka:{orders_id}");
     let before = lease_version(&client, gws[0], &node).await;
     let r = writer.put(orders_url(0)).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(
+        lease_version(&client, gws[0], &node).await,
+        before,
+        "a heartbeat does not write the record again"
+    );
+    let r = writer
+        .put(format!("{}/metadata?zone=a", orders_url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     for gw in &gws {
         wait_for_async(
-            "gateway 1's renewal in every view",
+            "gateway 1's copy in every view",
             Duration::from_secs(5),
             || async { (lease_version(&client, *gw, &node).await > before).then_some(()) },
         )

@@ -563,3 +563,146 @@ async fn idle_kb_per_member(members: &[SimMember], span: Duration) -> f64 {
         .sum();
     sent as f64 / members.len() as f64 / span.as_secs_f64() / 1000.0
 }
+
+/// A Spring client's registration of instance `i` of ORDERS.
+fn spring_registration(i: usize) -> shoal_node::Registration {
+    let ip = std::net::Ipv4Addr::new(10, 1, (i >> 8) as u8, i as u8);
+    let base = format!("http://{ip}:8080");
+    shoal_node::Registration {
+        instance_id: format!("{ip}:orders:8080"),
+        app: "ORDERS".into(),
+        host_name: ip.to_string(),
+        ip_addr: ip.into(),
+        port: 8080,
+        secure_port: None,
+        status: shoal_node::Status::Up,
+        overridden_status: shoal_node::Status::Unknown,
+        vip_address: "orders".into(),
+        secure_vip_address: "orders".into(),
+        data_center: "MyOwn".into(),
+        metadata: [("management.port".to_string(), "8080".to_string())].into(),
+        home_page_url: format!("{base}/"),
+        status_page_url: format!("{base}/actuator/info"),
+        health_check_url: format!("{base}/actuator/health"),
+        renewal_interval_secs: 30,
+        duration_secs: 90,
+        dirty_ms: 1_700_000_000_000,
+    }
+}
+
+/// Eureka leases at the default cap (`SHOAL_EUREKA_MAX_LEASES`, 1,000) held
+/// by one gateway of a V4 cluster of 20: how long until every member holds
+/// every lease (a burst of 1,000 at once: the deltas travel a datagram at a
+/// time, 23–27 s), what the leases cost each member while their clients
+/// renew (every 30 s, each renewal a new version of the whole record: ~30
+/// KB/s) and once they stop (idle: pulses only, the state hashes agree) —
+/// the figures of docs/reliability.md, "How many may register". The bounds
+/// catch a regression, they are not goals.
+#[tokio::test(start_paused = true)]
+async fn eureka_leases_at_the_cap_reach_every_member_and_cost_their_renewals() {
+    use shoal_node::testing::apply_lease;
+    use shoal_node::{LeaseOp, lease_renewal_key};
+    let net = SimNet::new(Duration::from_millis(1), 0.0, 19);
+    let key = key();
+    let members = cluster(&net, &key, 20, v4).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = idle_kb_per_member(&members, Duration::from_secs(3)).await;
+    let holder = &members[3];
+    let n = 1_000;
+    let now_ms = 1_700_000_000_000;
+    let mut ids: Vec<String> = Vec::with_capacity(n);
+    let mut bytes = 0;
+    let before: u64 = members.iter().map(SimMember::bytes_sent).sum();
+    {
+        let c = holder.chitchat();
+        let mut c = c.lock().await;
+        for i in 0..n {
+            let reg = spring_registration(i);
+            let id = reg.instance_id.clone();
+            let op = LeaseOp::Register(Box::new(reg));
+            let lease = apply_lease(&mut c, "ORDERS", &id, op, now_ms, None).expect("registers");
+            bytes += lease.encode().expect("within the record's size").len();
+            ids.push(id);
+        }
+    }
+    let held = async |m: &SimMember| {
+        let c = m.chitchat();
+        let c = c.lock().await;
+        c.node_state(&holder.chitchat_id())
+            .is_some_and(|s| s.iter_prefix("eureka:").count() == n)
+    };
+    let spread = within(&members, Duration::from_secs(60), held).await;
+    let sent: u64 = members.iter().map(SimMember::bytes_sent).sum::<u64>() - before;
+    eprintln!(
+        "leases: {n} records, {:.0} KB ({:.0} B each); in every view in {spread:.2} s, {:.0} KB sent in all ({:.1} KB per member)",
+        bytes as f64 / 1000.0,
+        bytes as f64 / n as f64,
+        sent as f64 / 1000.0,
+        sent as f64 / 1000.0 / members.len() as f64
+    );
+    assert!(spread < 45.0, "{spread:.2} s");
+
+    // Clients renew every 30 s: 1,000 leases, 33 renewals a second, spread
+    // evenly (each a record written again, one version up).
+    let renew = Duration::from_secs(30);
+    let tick = Duration::from_millis(100);
+    let per_tick = n * tick.as_millis() as usize / renew.as_millis() as usize;
+    let start = Instant::now();
+    let before: Vec<u64> = members.iter().map(SimMember::bytes_sent).collect();
+    let kinds: Vec<Vec<u64>> = members.iter().map(SimMember::bytes_sent_by_kind).collect();
+    let mut next = 0;
+    let mut renewed_ms = now_ms;
+    while start.elapsed() < Duration::from_secs(10) {
+        renewed_ms += tick.as_millis() as u64;
+        {
+            let c = holder.chitchat();
+            let mut c = c.lock().await;
+            for _ in 0..per_tick {
+                let id = &ids[next % n];
+                next += 1;
+                let op = LeaseOp::Renew { status: None };
+                apply_lease(&mut c, "ORDERS", id, op, renewed_ms, None).expect("renews");
+            }
+        }
+        tokio::time::sleep(tick).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let per: Vec<f64> = members
+        .iter()
+        .zip(&before)
+        .map(|(m, b)| (m.bytes_sent() - b) as f64 / secs / 1000.0)
+        .collect();
+    let mean = per.iter().sum::<f64>() / per.len() as f64;
+    let max = per.iter().copied().fold(0.0, f64::max);
+    let mut by_kind = vec![0u64; shoal_node::MessageKind::ALL.len()];
+    for (m, b) in members.iter().zip(&kinds) {
+        for ((t, now), then) in by_kind.iter_mut().zip(m.bytes_sent_by_kind()).zip(b) {
+            *t += now - then;
+        }
+    }
+    eprintln!(
+        "leases: renewing, bytes by kind ({:?}): {by_kind:?}",
+        shoal_node::MessageKind::ALL
+    );
+    eprintln!(
+        "leases: renewing ({per_tick} every 100 ms): {mean:.1} KB/s per member (most: {max:.1}; idle without leases {idle:.1})"
+    );
+    let last = lease_renewal_key(&ids[(next - 1) % n]);
+    let caught_up = within(&members, Duration::from_secs(10), async |m: &SimMember| {
+        let c = m.chitchat();
+        let c = c.lock().await;
+        c.node_state(&holder.chitchat_id()).is_some_and(|s| {
+            s.get(&last)
+                .and_then(shoal_node::lease_renewal)
+                .is_some_and(|(_, at)| at == renewed_ms)
+        })
+    })
+    .await;
+    eprintln!("leases: the last renewal in every view {caught_up:.2} s after it");
+    // Renewals stopped: back to pulses alone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = idle_kb_per_member(&members, Duration::from_secs(3)).await;
+    eprintln!("leases: idle again with {n} leases held: {after:.1} KB/s per member");
+    assert!(after < idle * 1.2 + 0.2, "{idle:.1} → {after:.1} KB/s");
+    assert!(mean < 60.0, "{mean:.1} KB/s per member while renewing");
+}
