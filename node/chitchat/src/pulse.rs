@@ -75,6 +75,11 @@ const REVOTE_ROUNDS: u32 = 3;
 pub(crate) const REFUTE: u64 = 1 << 20;
 /// Most voters a death carries on the wire.
 const MAX_VOTERS: usize = 16;
+/// Two members whose state hashes differ, where one had the other's hash
+/// within that many rounds, wait for the news in flight instead of
+/// comparing buckets; a difference older than that is looked for (a news
+/// datagram lost, a member that missed a rumor).
+const IN_FLIGHT_ROUNDS: u32 = 2;
 
 /// A node voted dead: its heartbeat when last heard, and who voted.
 #[derive(Debug, Clone, Eq, PartialEq)]
@@ -167,6 +172,12 @@ pub(crate) struct Pulses {
     /// When we last answered, synced with, or sent deaths to each peer.
     answered_at: HashMap<SocketAddr, Instant>,
     synced_at: HashMap<SocketAddr, Instant>,
+    /// Our state hashes of the last `IN_FLIGHT_ROUNDS` rounds, and each
+    /// peer's from its pulses: a peer whose hash we had lately is behind
+    /// us by news on its way, one that had ours lately is ahead by news on
+    /// its way to us — neither is a difference to look for by buckets.
+    our_hashes: VecDeque<(u64, Instant)>,
+    their_hashes: HashMap<SocketAddr, VecDeque<(u64, Instant)>>,
     deaths_sent_at: HashMap<SocketAddr, Instant>,
     /// The state hash, its buckets' and their sizes, until something they
     /// cover changes: the live set (computed again whole) or one node's
@@ -460,6 +471,7 @@ impl Chitchat {
         p.heard.retain(|addr, _| known.contains_key(addr));
         p.answered_at.retain(|addr, _| known.contains_key(addr));
         p.synced_at.retain(|addr, _| known.contains_key(addr));
+        p.their_hashes.retain(|addr, _| known.contains_key(addr));
         p.deaths_sent_at.retain(|addr, _| known.contains_key(addr));
         let known: HashSet<&ChitchatId> = nodes.iter().collect();
         p.keys.retain(|id, _| known.contains(id) || *id == me);
@@ -650,6 +662,18 @@ impl Chitchat {
         while p.history.len() > ECHO_ROUNDS {
             p.history.pop_front();
         }
+        let now = Instant::now();
+        if p.our_hashes.back().is_none_or(|(h, _)| *h != state_hash) {
+            p.our_hashes.push_back((state_hash, now));
+        }
+        let window = self.config.gossip_interval * IN_FLIGHT_ROUNDS;
+        while p
+            .our_hashes
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) > window && p.our_hashes.len() > 1)
+        {
+            p.our_hashes.pop_front();
+        }
         // Our neighbours, and the nodes others asked us to probe.
         let pings = p.probes.pings(&p.neighbours, Instant::now());
         p.neighbours
@@ -702,8 +726,32 @@ impl Chitchat {
         }
         let mut sync = false;
         let mut deaths = Vec::new();
+        let window = interval * IN_FLIGHT_ROUNDS;
+        let theirs = p.their_hashes.entry(from).or_default();
+        if theirs.back().is_none_or(|(h, _)| *h != their_hash) {
+            theirs.push_back((their_hash, now));
+        }
+        while theirs
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) > window)
+        {
+            theirs.pop_front();
+        }
         if their_hash != our_hash {
-            if (!neighbour || me < from) && due(&mut p.synced_at, from, now, interval * 2) {
+            let lately = |hashes: &VecDeque<(u64, Instant)>, hash: u64| {
+                hashes
+                    .iter()
+                    .any(|(h, at)| *h == hash && now.duration_since(*at) <= window)
+            };
+            // News on its way, one way or the other: no buckets for it.
+            let in_flight = lately(&p.our_hashes, their_hash)
+                || p.their_hashes
+                    .get(&from)
+                    .is_some_and(|theirs| lately(theirs, our_hash));
+            if !in_flight
+                && (!neighbour || me < from)
+                && due(&mut p.synced_at, from, now, interval * 2)
+            {
                 sync = true;
             }
             let recent: Vec<Death> = p
@@ -1263,6 +1311,22 @@ mod tests {
         b.self_node_state().set("k", "v");
         let (hash_b, hb_b, echo_b) = pulse_of(&b.pulse_round());
         assert_ne!(hash_b, hash_a);
+        a.on_pulse(addr(31_001), hash_b, hb_b, echo_b);
+        // b had a's hash a moment ago: news on its way, no buckets yet.
+        assert!(
+            !a.take_outbox()
+                .iter()
+                .any(|(_, m)| matches!(m, ChitchatMessage::Buckets { .. })),
+            "buckets for a difference in flight"
+        );
+        // Still different after the news had time to come: buckets.
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a test's own thread; the window is in real time here"
+        )]
+        std::thread::sleep(a.config.gossip_interval * (IN_FLIGHT_ROUNDS + 1));
+        let (hash_b, hb_b, echo_b) = pulse_of(&b.pulse_round());
+        a.pulse_round();
         a.on_pulse(addr(31_001), hash_b, hb_b, echo_b);
         let out = a.take_outbox();
         let hashes = out
