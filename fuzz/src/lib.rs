@@ -240,13 +240,8 @@ pub fn eureka_register(data: &[u8]) {
             i.xml(0, "ADDED", &mut x);
         }
         let xml = x.finish();
-        let mut reader = quick_xml::Reader::from_str(&xml);
-        loop {
-            match reader.read_event() {
-                Ok(quick_xml::events::Event::Eof) => break,
-                Ok(_) => {}
-                Err(e) => panic!("an accepted registration served as broken XML: {e}: {xml}"),
-            }
+        if let Err(e) = shoal_gateway::eureka::well_formed(&xml) {
+            panic!("an accepted registration served as broken XML: {e}: {xml}");
         }
     }
 }

@@ -46,7 +46,7 @@ use shoal_node::now_ms;
 
 pub use access::{Access, parse_users};
 pub use changes::Snapshot;
-pub use record::{Instance, Registry, Xml};
+pub use record::{Instance, Registry, Xml, well_formed};
 
 /// The largest registration body taken (Eureka's own records are ~1.5 KB).
 const MAX_BODY: usize = 64 * 1024;

@@ -255,12 +255,7 @@ async fn v4_members_agree_in_pulses_alone_and_join_and_detect_within_the_budgets
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before: Vec<Vec<u64>> = members.iter().map(SimMember::bytes_sent_by_kind).collect();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let mut by_kind = vec![0u64; shoal_node::MessageKind::ALL.len()];
-    for (m, b) in members.iter().zip(&before) {
-        for ((t, now), then) in by_kind.iter_mut().zip(m.bytes_sent_by_kind()).zip(b) {
-            *t += now - then;
-        }
-    }
+    let by_kind = sent_by_kind_since(&members, &before);
     let total: u64 = by_kind.iter().sum();
     let pulses = by_kind[shoal_node::MessageKind::ALL
         .iter()
@@ -541,17 +536,24 @@ async fn a_rolling_upgrade_ends_on_v4_removes_nobody_and_a_v3_member_brings_v3_b
     nobody_removed_for(&members, Duration::from_secs(12), "switching to V4 again").await;
 }
 
+/// Bytes `members` sent by message kind since `before` (their
+/// [`SimMember::bytes_sent_by_kind`] then), summed over members.
+fn sent_by_kind_since(members: &[SimMember], before: &[Vec<u64>]) -> Vec<u64> {
+    let mut by_kind = vec![0u64; shoal_node::MessageKind::ALL.len()];
+    for (m, b) in members.iter().zip(before) {
+        for ((t, now), then) in by_kind.iter_mut().zip(m.bytes_sent_by_kind()).zip(b) {
+            *t += now - then;
+        }
+    }
+    by_kind
+}
+
 /// Gossip each member of `members` sent over `span`, in KB/s on average.
 async fn idle_kb_per_member(members: &[SimMember], span: Duration) -> f64 {
     let before: Vec<u64> = members.iter().map(SimMember::bytes_sent).collect();
     let kinds: Vec<Vec<u64>> = members.iter().map(SimMember::bytes_sent_by_kind).collect();
     tokio::time::sleep(span).await;
-    let mut by_kind = vec![0u64; shoal_node::MessageKind::ALL.len()];
-    for (m, b) in members.iter().zip(&kinds) {
-        for ((t, now), then) in by_kind.iter_mut().zip(m.bytes_sent_by_kind()).zip(b) {
-            *t += now - then;
-        }
-    }
+    let by_kind = sent_by_kind_since(members, &kinds);
     eprintln!(
         "bytes sent by kind ({:?}): {by_kind:?}",
         shoal_node::MessageKind::ALL
@@ -674,12 +676,7 @@ async fn eureka_leases_at_the_cap_reach_every_member_and_cost_their_renewals() {
         .collect();
     let mean = per.iter().sum::<f64>() / per.len() as f64;
     let max = per.iter().copied().fold(0.0, f64::max);
-    let mut by_kind = vec![0u64; shoal_node::MessageKind::ALL.len()];
-    for (m, b) in members.iter().zip(&kinds) {
-        for ((t, now), then) in by_kind.iter_mut().zip(m.bytes_sent_by_kind()).zip(b) {
-            *t += now - then;
-        }
-    }
+    let by_kind = sent_by_kind_since(&members, &kinds);
     eprintln!(
         "leases: renewing, bytes by kind ({:?}): {by_kind:?}",
         shoal_node::MessageKind::ALL

@@ -289,6 +289,19 @@ impl Xml {
     }
 }
 
+/// Whether `text` reads as XML from start to end: what the tests and the
+/// fuzz target ask of every answer.
+pub fn well_formed(text: &str) -> Result<(), String> {
+    let mut reader = quick_xml::Reader::from_str(text);
+    loop {
+        match reader.read_event() {
+            Ok(Event::Eof) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 /// Whether XML 1.0 can carry `c` (its `Char` production).
 pub fn xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)

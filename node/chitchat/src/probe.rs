@@ -371,25 +371,18 @@ mod tests {
                 waiting: vec![(asker, Instant::now(), Heartbeat(5))],
             },
         );
+        // A pulse from the node echoing `echo`: who gets a vouch.
+        let hear = |probes: &mut Probes, echo: u64| {
+            probes.heard(&node, false, Heartbeat(echo), Instant::now(), round)
+        };
         // Three pulses: not yet.
         for _ in 0..3 {
-            assert!(
-                probes
-                    .heard(&node, false, Heartbeat(5), Instant::now(), round)
-                    .is_empty()
-            );
+            assert!(hear(&mut probes, 5).is_empty());
             tokio::time::advance(round).await;
         }
         // The fourth within five rounds: steady, and the asker gets its word once.
-        assert_eq!(
-            probes.heard(&node, false, Heartbeat(5), Instant::now(), round),
-            vec![asker]
-        );
-        assert!(
-            probes
-                .heard(&node, false, Heartbeat(5), Instant::now(), round)
-                .is_empty()
-        );
+        assert_eq!(hear(&mut probes, 5), vec![asker]);
+        assert!(hear(&mut probes, 5).is_empty());
         assert!(probes.steady(&node, Instant::now(), round));
         // Asked again: pulses that echo only heartbeats from before the ask
         // (a node that just went deaf) get no vouch; one that echoes a newer
@@ -399,16 +392,9 @@ mod tests {
             w.waiting.push((again, Instant::now(), Heartbeat(9)));
         }
         tokio::time::advance(round).await;
-        assert!(
-            probes
-                .heard(&node, false, Heartbeat(5), Instant::now(), round)
-                .is_empty()
-        );
+        assert!(hear(&mut probes, 5).is_empty());
         tokio::time::advance(round).await;
-        assert_eq!(
-            probes.heard(&node, false, Heartbeat(9), Instant::now(), round),
-            vec![again]
-        );
+        assert_eq!(hear(&mut probes, 9), vec![again]);
         // Two rounds of silence: no longer (a node killed two rounds ago is
         // vouched for by no one).
         tokio::time::advance(round * 2).await;
@@ -417,10 +403,10 @@ mod tests {
         // three in five rounds, not steady.
         tokio::time::advance(round * 5).await;
         for _ in 0..3 {
-            probes.heard(&node, false, Heartbeat(5), Instant::now(), round);
+            hear(&mut probes, 5);
             tokio::time::advance(round.mul_f64(1.8)).await;
         }
-        probes.heard(&node, false, Heartbeat(5), Instant::now(), round);
+        hear(&mut probes, 5);
         assert!(!probes.steady(&node, Instant::now(), round));
     }
 
