@@ -50,12 +50,11 @@ pub fn apply(
         within_limits(c, app, id, now_ms, limits)?;
     }
     let current = current.map(|(l, _)| l);
-    let time_only = matches!(op, LeaseOp::Renew { status } if status.is_none_or(|s| {
-        current.as_ref().is_some_and(|c| c.registration.status == s)
-    }));
+    let renewal = matches!(op, LeaseOp::Renew { .. });
     let mut next = Lease::apply(current.as_ref(), app, id, op, now_ms)?;
     match current {
-        Some(current) if time_only => {
+        // A renewal that changed nothing of the registration (no new status).
+        Some(current) if renewal && next.registration == current.registration => {
             next.version = current.version;
             c.self_node_state()
                 .set(renewal_key, lease::renewal(current.version, now_ms));

@@ -192,32 +192,29 @@ impl Chitchat {
             return false;
         }
         let voucher = p.probes.vouchers.get(id).copied();
-        let (full, narrow) = match p.probes.asked.get(id) {
-            None => (true, false),
+        // Whom to ask now: nobody (a probe is under way), the last to vouch
+        // alone (vouched for at the last probe), or everyone.
+        let ask = match p.probes.asked.get(id) {
+            None => Some(None),
             Some(a) => {
                 let since = now.duration_since(a.at);
                 let due = since >= round * REPROBE_ROUNDS;
-                (
-                    (a.narrow && !a.vouched && since >= round * NARROW_ROUNDS)
-                        || (due && (!a.vouched || voucher.is_none())),
-                    due && a.vouched && voucher.is_some(),
-                )
+                if a.narrow && !a.vouched && since >= round * NARROW_ROUNDS {
+                    Some(None)
+                } else if due && a.vouched && voucher.is_some() {
+                    Some(voucher)
+                } else if due {
+                    Some(None)
+                } else {
+                    None
+                }
             }
         };
-        if let (true, Some(voucher)) = (narrow, voucher) {
-            // Vouched for last time: asked of that helper alone first.
-            self.outbox
-                .push((voucher, ChitchatMessage::Probe { node: id.clone() }));
-            if let Some(p) = self.pulses.as_mut() {
-                let asked = Asked {
-                    at: now,
-                    vouched: false,
-                    narrow: true,
-                };
-                p.probes.asked.insert(id.clone(), asked);
-            }
-        } else if full {
-            let helpers = self.helpers_for(id);
+        if let Some(only) = ask {
+            let helpers = match only {
+                Some(voucher) => vec![voucher],
+                None => self.helpers_for(id),
+            };
             debug!(node = %id.node_id, helpers = helpers.len(), "probe");
             // With nobody to ask (a cluster of two), the vote waits for
             // nothing.
@@ -234,7 +231,7 @@ impl Chitchat {
                 let asked = Asked {
                     at,
                     vouched: false,
-                    narrow: false,
+                    narrow: only.is_some(),
                 };
                 p.probes.asked.insert(id.clone(), asked);
             }

@@ -323,6 +323,20 @@ fn due(
     }
 }
 
+/// Adds `hash` to a member's recent state hashes (when it changed) and
+/// forgets those older than `window`.
+fn note_hash(hashes: &mut VecDeque<(u64, Instant)>, hash: u64, now: Instant, window: Duration) {
+    if hashes.back().is_none_or(|(h, _)| *h != hash) {
+        hashes.push_back((hash, now));
+    }
+    while hashes
+        .front()
+        .is_some_and(|(_, at)| now.duration_since(*at) > window)
+    {
+        hashes.pop_front();
+    }
+}
+
 /// `id`'s place on each ring: FNV-1a over the ring's number and the id's
 /// fields (no allocation: this runs for every node of every scope check).
 fn ring_keys(id: &ChitchatId) -> [u64; RINGS] {
@@ -663,19 +677,10 @@ impl Chitchat {
             p.history.pop_front();
         }
         let now = Instant::now();
-        if p.our_hashes.back().is_none_or(|(h, _)| *h != state_hash) {
-            p.our_hashes.push_back((state_hash, now));
-        }
         let window = self.config.gossip_interval * IN_FLIGHT_ROUNDS;
-        while p
-            .our_hashes
-            .front()
-            .is_some_and(|(_, at)| now.duration_since(*at) > window && p.our_hashes.len() > 1)
-        {
-            p.our_hashes.pop_front();
-        }
+        note_hash(&mut p.our_hashes, state_hash, now, window);
         // Our neighbours, and the nodes others asked us to probe.
-        let pings = p.probes.pings(&p.neighbours, Instant::now());
+        let pings = p.probes.pings(&p.neighbours, now);
         p.neighbours
             .iter()
             .chain(pings.iter().filter(|id| !p.neighbours.contains(id)))
@@ -727,16 +732,12 @@ impl Chitchat {
         let mut sync = false;
         let mut deaths = Vec::new();
         let window = interval * IN_FLIGHT_ROUNDS;
-        let theirs = p.their_hashes.entry(from).or_default();
-        if theirs.back().is_none_or(|(h, _)| *h != their_hash) {
-            theirs.push_back((their_hash, now));
-        }
-        while theirs
-            .front()
-            .is_some_and(|(_, at)| now.duration_since(*at) > window)
-        {
-            theirs.pop_front();
-        }
+        note_hash(
+            p.their_hashes.entry(from).or_default(),
+            their_hash,
+            now,
+            window,
+        );
         if their_hash != our_hash {
             let lately = |hashes: &VecDeque<(u64, Instant)>, hash: u64| {
                 hashes
