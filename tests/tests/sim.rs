@@ -74,7 +74,11 @@ async fn forty_members_join_and_detect_within_the_budgets() {
     eprintln!("idle gossip at N = 40: {per_member:.1} KB/s per member");
     assert!(per_member < 15.0, "{per_member:.1} KB/s per member");
 
-    join_and_kill(&net, &key, &mut members, &[], false, 0.5, 1.0).await;
+    // A trial's bound, not the budget's p99 (`sim-membership` measures
+    // that over 30 trials: 0.9 s on V3): one trial in ~80 takes 1.0–1.05 s
+    // (a killed member's last heartbeats reach some members late), and a
+    // suite of 4 trials failed on it once in five runs.
+    join_and_kill(&net, &key, &mut members, &[], false, 0.5, 1.2).await;
 }
 
 /// Four trials: a new member joins, in every view within `join_limit`

@@ -12,7 +12,8 @@
 //! helper's from after the ask (the node heard the helper since: a member
 //! that just went deaf still echoes older ones for a few rounds) — answers
 //! [`Vouch`] (a neighbour of the node within a round, any other after
-//! pinging it every round: the node answers pulses from anyone). A vouch holds the vote off until the next
+//! pinging it every half round while someone waits — about two rounds: the
+//! node answers pulses from anyone). A vouch holds the vote off until the next
 //! probe, [`REPROBE_ROUNDS`] rounds later, which asks the first to vouch
 //! alone (everyone if it does not vouch within [`NARROW_ROUNDS`]); a
 //! probe that nobody vouched for in [`PROBE_ROUNDS`] rounds lets the vote
@@ -24,7 +25,7 @@
 //! a member that sends but cannot receive echoes nothing recent to anyone,
 //! and one that loses 80 % of its packets is heard steadily by no one —
 //! nobody vouches for either. The cost, while a neighbour stays silent:
-//! a helper's ping and the answer every round, a probe and a vouch every
+//! a helper's ping and the answer every round (two while asked), a probe and a vouch every
 //! [`REPROBE_ROUNDS`] rounds; nothing while all is well.
 //!
 //! [`Probe`]: crate::ChitchatMessage::Probe
@@ -32,6 +33,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::debug;
@@ -55,6 +57,11 @@ const RANDOM_HELPERS: usize = 2;
 /// the last ask (the next probe finds it heard steadily, and is answered at
 /// once).
 const WATCH_ROUNDS: u32 = 20;
+/// While someone waits for its word, a helper pings every half round, not
+/// every round: a node it did not watch is heard steadily (`STEADY_PULSES`)
+/// about two rounds after the ask, not four — the vote waits
+/// `PROBE_ROUNDS`, and one lost ping no longer makes the vouch late.
+const FAST_PINGS_PER_ROUND: u32 = 2;
 /// A node is heard steadily with that many pulses that echoed in the last
 /// `STEADY_ROUNDS` rounds, the last within a round and a half: a healthy
 /// node at 5 % loss is, ~98 % of the time; one losing 80 % of its packets
@@ -86,6 +93,8 @@ struct Asked {
 struct Watch {
     /// We ping the node until then.
     until: Instant,
+    /// Our last ping.
+    pinged_at: Instant,
     /// Who waits for our vouch, since when (an asker waits `PROBE_ROUNDS`),
     /// and our heartbeat then: the node must echo it or a newer one (it
     /// heard us after the ask).
@@ -99,15 +108,52 @@ impl Probes {
     }
 
     /// The nodes to ping this round (the caller leaves out neighbours: they
-    /// get a pulse anyway); watches that ran out are dropped, and what is
-    /// kept of pulses is kept for `neighbours` and watched nodes alone.
-    pub(crate) fn pings(&mut self, neighbours: &[ChitchatId], now: Instant) -> Vec<ChitchatId> {
+    /// get a pulse anyway) but those pinged in the last half round;
+    /// watches that ran out are dropped, and what is kept of pulses is kept
+    /// for `neighbours` and watched nodes alone.
+    pub(crate) fn pings(
+        &mut self,
+        neighbours: &[ChitchatId],
+        now: Instant,
+        round: Duration,
+    ) -> Vec<ChitchatId> {
         self.watched.retain(|_, w| w.until > now);
         let watched = &self.watched;
         self.heard
             .retain(|id, _| watched.contains_key(id) || neighbours.contains(id));
         self.asked.retain(|id, _| neighbours.contains(id));
-        self.watched.keys().cloned().collect()
+        self.due_pings(now, round, |_| true)
+    }
+
+    /// The watched nodes that `wanted` names and that were last pinged at
+    /// least half a round ago (the node answers a non-neighbour at most
+    /// every third of a round), noted as pinged `now`.
+    fn due_pings(
+        &mut self,
+        now: Instant,
+        round: Duration,
+        wanted: impl Fn(&Watch) -> bool,
+    ) -> Vec<ChitchatId> {
+        let gap = round / FAST_PINGS_PER_ROUND;
+        self.watched
+            .iter_mut()
+            .filter(|(_, w)| wanted(w) && now.duration_since(w.pinged_at) >= gap)
+            .map(|(id, w)| {
+                w.pinged_at = now;
+                id.clone()
+            })
+            .collect()
+    }
+
+    /// When the next ping between rounds is due: the soonest of the
+    /// watched nodes someone waits for our word on.
+    pub(crate) fn next_fast_ping(&self, round: Duration) -> Option<Instant> {
+        let gap = round / FAST_PINGS_PER_ROUND;
+        self.watched
+            .values()
+            .filter(|w| !w.waiting.is_empty())
+            .map(|w| w.pinged_at + gap)
+            .min()
     }
 
     /// Keeps what is known of the nodes `known` says are still members.
@@ -126,7 +172,7 @@ impl Probes {
         neighbour: bool,
         echo: Heartbeat,
         now: Instant,
-        round: std::time::Duration,
+        round: Duration,
     ) -> Vec<SocketAddr> {
         if !neighbour && !self.watched.contains_key(id) {
             return Vec::new();
@@ -156,7 +202,7 @@ impl Probes {
             .unwrap_or_default()
     }
 
-    fn steady(&self, id: &ChitchatId, now: Instant, round: std::time::Duration) -> bool {
+    fn steady(&self, id: &ChitchatId, now: Instant, round: Duration) -> bool {
         self.heard.get(id).is_some_and(|times| {
             times
                 .back()
@@ -289,6 +335,7 @@ impl Chitchat {
         let new = !p.probes.watched.contains_key(&node);
         let watch = p.probes.watched.entry(node).or_insert(Watch {
             until: now,
+            pinged_at: now,
             waiting: Vec::new(),
         });
         watch.until = now + round * WATCH_ROUNDS;
@@ -304,6 +351,36 @@ impl Chitchat {
                 },
             ));
         }
+    }
+
+    /// Pings between rounds: to the watched nodes someone waits for our
+    /// word on (not neighbours: they pulse us every round), at most every
+    /// half round; waits that ran out are dropped.
+    pub(crate) fn fast_pings(&mut self) -> Vec<(SocketAddr, ChitchatMessage)> {
+        let now = Instant::now();
+        let round = self.config.gossip_interval;
+        let state_hash = self.state_hash();
+        let heartbeat = self.own_heartbeat();
+        let Some(p) = self.pulses.as_mut() else {
+            return Vec::new();
+        };
+        for w in p.probes.watched.values_mut() {
+            w.waiting
+                .retain(|(_, at, _)| now.duration_since(*at) <= round * PROBE_ROUNDS);
+        }
+        let due = p.probes.due_pings(now, round, |w| !w.waiting.is_empty());
+        due.iter()
+            .filter(|id| !p.is_neighbour(id))
+            .map(|id| p.pulse_to(id, state_hash, heartbeat))
+            .collect()
+    }
+
+    /// When [`Chitchat::fast_pings`] has something to send next.
+    pub(crate) fn next_fast_ping(&self) -> Option<Instant> {
+        let round = self.config.gossip_interval;
+        self.pulses
+            .as_ref()
+            .and_then(|p| p.probes.next_fast_ping(round))
     }
 
     /// `from` vouches that it hears `node`: our vote against it waits for
@@ -347,8 +424,6 @@ impl Chitchat {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn id(port: u16) -> ChitchatId {
@@ -365,6 +440,7 @@ mod tests {
             node.clone(),
             Watch {
                 until: Instant::now() + round * 20,
+                pinged_at: Instant::now(),
                 waiting: vec![(asker, Instant::now(), Heartbeat(5))],
             },
         );
@@ -405,6 +481,44 @@ mod tests {
         }
         hear(&mut probes, 5);
         assert!(!probes.steady(&node, Instant::now(), round));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_helper_pings_every_half_round_only_while_someone_waits() {
+        let round = Duration::from_millis(100);
+        let mut probes = Probes::default();
+        let node = id(1);
+        let asker: SocketAddr = ([127, 0, 0, 2], 9).into();
+        let start = Instant::now();
+        probes.watched.insert(
+            node.clone(),
+            Watch {
+                until: start + round * 20,
+                pinged_at: start,
+                waiting: vec![(asker, start, Heartbeat(5))],
+            },
+        );
+        let waiting = |w: &Watch| !w.waiting.is_empty();
+        // Just pinged (at the ask): the next one half a round later.
+        assert_eq!(probes.next_fast_ping(round), Some(start + round / 2));
+        assert!(probes.due_pings(start, round, waiting).is_empty());
+        tokio::time::advance(round / 2).await;
+        assert_eq!(
+            probes.due_pings(Instant::now(), round, waiting),
+            vec![node.clone()]
+        );
+        // The round's ping a fifth of a round later waits: the node would
+        // not answer two pings that close.
+        tokio::time::advance(round / 5).await;
+        assert!(probes.pings(&[], Instant::now(), round).is_empty());
+        // Answered: nobody waits, no ping between rounds; the round's
+        // ping goes on.
+        if let Some(w) = probes.watched.get_mut(&node) {
+            w.waiting.clear();
+        }
+        assert_eq!(probes.next_fast_ping(round), None);
+        tokio::time::advance(round).await;
+        assert_eq!(probes.pings(&[], Instant::now(), round), vec![node]);
     }
 
     #[tokio::test(start_paused = true)]

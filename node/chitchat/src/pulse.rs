@@ -357,6 +357,29 @@ fn ring_key(id: &ChitchatId, ring: usize) -> u64 {
 }
 
 impl Pulses {
+    /// Our pulse to `id`: `state_hash`, `heartbeat`, and the last heartbeat
+    /// we heard from it.
+    pub(crate) fn pulse_to(
+        &self,
+        id: &ChitchatId,
+        state_hash: u64,
+        heartbeat: Heartbeat,
+    ) -> (SocketAddr, ChitchatMessage) {
+        let addr = id.gossip_advertise_addr;
+        let echo = self.heard.get(&addr).copied().unwrap_or(Heartbeat(0));
+        let pulse = ChitchatMessage::Pulse {
+            state_hash,
+            heartbeat,
+            echo,
+        };
+        (addr, pulse)
+    }
+
+    /// Whether `id` is one of our neighbours.
+    pub(crate) fn is_neighbour(&self, id: &ChitchatId) -> bool {
+        self.neighbours.contains(id)
+    }
+
     /// The live set (self included).
     pub(crate) fn live(&self) -> &[ChitchatId] {
         &self.live
@@ -680,22 +703,13 @@ impl Chitchat {
         let window = self.config.gossip_interval * IN_FLIGHT_ROUNDS;
         note_hash(&mut p.our_hashes, state_hash, now, window);
         // Our neighbours, and the nodes others asked us to probe.
-        let pings = p.probes.pings(&p.neighbours, now);
+        let pings = p
+            .probes
+            .pings(&p.neighbours, now, self.config.gossip_interval);
         p.neighbours
             .iter()
             .chain(pings.iter().filter(|id| !p.neighbours.contains(id)))
-            .map(|id| {
-                let addr = id.gossip_advertise_addr;
-                let echo = p.heard.get(&addr).copied().unwrap_or(Heartbeat(0));
-                (
-                    addr,
-                    ChitchatMessage::Pulse {
-                        state_hash,
-                        heartbeat,
-                        echo,
-                    },
-                )
-            })
+            .map(|id| p.pulse_to(id, state_hash, heartbeat))
             .collect()
     }
 
@@ -720,9 +734,11 @@ impl Chitchat {
         let id = p.by_addr.get(&from).cloned();
         let neighbour = id.as_ref().is_some_and(|id| p.neighbours.contains(id));
         // A node we ping for a probe is not answered: we ping it anyway.
+        // Others are answered at most every third of a round (a helper
+        // pings every half round; the rest is room for jitter).
         let watched = id.as_ref().is_some_and(|id| p.probes.watching(id));
         let mut out = Vec::new();
-        if !neighbour && !watched && due(&mut p.answered_at, from, now, interval / 2) {
+        if !neighbour && !watched && due(&mut p.answered_at, from, now, interval / 3) {
             out.push(ChitchatMessage::Pulse {
                 state_hash: our_hash,
                 heartbeat: our_heartbeat,

@@ -262,6 +262,17 @@ struct Server {
     cluster_id: String,
     /// shoal patch (V4): rounds run, for what runs every few rounds.
     rounds: u64,
+    /// shoal patch (V4): when pings between rounds are due (a probe we
+    /// help with; see `probe`).
+    fast_ping_at: Option<time::Instant>,
+}
+
+/// shoal patch (V4): sleeps until `at`, forever if `None`.
+async fn sleep_until(at: Option<time::Instant>) {
+    match at {
+        Some(at) => time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// shoal patch (V4): rounds between two passes of the tombstone collector
@@ -314,6 +325,7 @@ impl Server {
             news_liveness_at: None,
             older_peers: Default::default(),
             rounds: 0,
+            fast_ping_at: None,
         }
     }
 
@@ -352,6 +364,17 @@ impl Server {
                         }
                     } else {
                         self.gossip_multiple().await
+                    }
+                },
+                _ = sleep_until(self.fast_ping_at) => {
+                    let pings = {
+                        let mut chitchat = self.chitchat.lock().await;
+                        let pings = chitchat.fast_pings();
+                        self.fast_ping_at = chitchat.next_fast_ping();
+                        pings
+                    };
+                    for (peer, message) in pings {
+                        self.send_to(peer, message, "a probe's ping").await;
                     }
                 },
                 command = self.command_rx.recv() => match command {
@@ -398,6 +421,7 @@ impl Server {
             let mut chitchat = self.chitchat.lock().await;
             let response =
                 chitchat.process_message_from(envelope.message, Some(from_addr), version);
+            self.fast_ping_at = chitchat.next_fast_ping();
             follow_version(
                 &mut self.version,
                 &mut self.older_peers,
