@@ -23,7 +23,7 @@ use shoal_node::{ClusterView, Env, Health, Lease, LeaseOp, Member, MemberId};
 pub type Target = fn(&[u8]);
 
 /// The targets by name (the folders of `corpus/`).
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("gossip_sealed", gossip_sealed),
     ("gossip_plain", gossip_plain),
     ("member_keys", member_keys),
@@ -31,6 +31,7 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("eureka_register", eureka_register),
     ("env", env),
     ("credentials", credentials),
+    ("proxy_header", proxy_header),
 ];
 
 fn sealer() -> &'static Sealer {
@@ -281,5 +282,17 @@ pub fn env(data: &[u8]) {
             message.contains("SHOAL_"),
             "an error that names no variable: {message}"
         );
+    }
+}
+
+/// The first bytes of a connection from a trusted balancer (the PROXY
+/// protocol, v1 or v2): a whole header no longer than what came, a wait
+/// for more only below the size limit, or a refusal.
+pub fn proxy_header(data: &[u8]) {
+    use shoal_gateway::proxy_protocol::{MAX_HEADER, parse};
+    match parse(data) {
+        Ok(Some(h)) => assert!(h.len > 0 && h.len <= data.len(), "length {}", h.len),
+        Ok(None) => assert!(data.len() < MAX_HEADER, "waits past the limit"),
+        Err(e) => assert!(e.to_string().contains("PROXY header"), "{e}"),
     }
 }

@@ -145,10 +145,26 @@ pub struct ProxyConfig {
     /// client (`SHOAL_TRUSTED_PROXIES`: addresses and CIDR blocks; default
     /// none — the TCP peer is the client).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The PROXY protocol (v1 and v2) from `trusted_proxies` on the public
+    /// and TLS ports (`SHOAL_PROXY_PROTOCOL`: `false`, the default;
+    /// `true`, a trusted peer must send a header; `optional`, it may).
+    pub proxy_protocol: ProxyProtocol,
     /// Per-client rate limits key an IPv6 client by this many leading bits
     /// of its address (`SHOAL_RATE_LIMIT_IPV6_PREFIX`, 64: one host's
     /// usual allocation; 128 keys by the whole address).
     pub client_v6_prefix: u8,
+}
+
+/// Whether the gateway's ports take a PROXY header (`SHOAL_PROXY_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyProtocol {
+    /// No header taken (the default): every peer is the client.
+    #[default]
+    Off,
+    /// A trusted peer may send one.
+    Optional,
+    /// A trusted peer must send one.
+    Required,
 }
 
 /// Knobs of retries, outlier ejection and the circuit breaker.
@@ -188,6 +204,7 @@ impl Default for ProxyConfig {
             header_timeout: Duration::from_secs(10),
             client_write_timeout: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
+            proxy_protocol: ProxyProtocol::Off,
             client_v6_prefix: 64,
         }
     }
@@ -207,6 +224,39 @@ impl Default for ResilienceConfig {
             breaker_open_time: Duration::from_secs(5),
         }
     }
+}
+
+/// `SHOAL_PROXY_PROTOCOL`: `true`, `optional` or `false`; a header is
+/// taken only from `SHOAL_TRUSTED_PROXIES`, which must then be set.
+fn proxy_protocol(env: &Env) -> Result<ProxyProtocol, ConfigError> {
+    use ProxyProtocol as Mode;
+    let Some(value) = env.get("SHOAL_PROXY_PROTOCOL") else {
+        return Ok(Mode::Off);
+    };
+    let mode = match value.trim().to_ascii_lowercase().as_str() {
+        "false" | "0" | "no" | "off" => Mode::Off,
+        "true" | "1" | "yes" | "on" => Mode::Required,
+        "optional" => Mode::Optional,
+        _ => {
+            return Err(ConfigError::Invalid {
+                var: "SHOAL_PROXY_PROTOCOL",
+                value: value.to_string(),
+                expected: "true (trusted proxies must send a PROXY header), optional (they may) \
+                           or false"
+                    .into(),
+            });
+        }
+    };
+    if mode != Mode::Off && env.get("SHOAL_TRUSTED_PROXIES").is_none() {
+        return Err(ConfigError::Missing {
+            var: "SHOAL_TRUSTED_PROXIES",
+            hint: format!(
+                "SHOAL_PROXY_PROTOCOL={value} takes a PROXY header only from trusted \
+                 proxies: name the balancers' addresses, e.g. SHOAL_TRUSTED_PROXIES=10.0.0.0/24"
+            ),
+        });
+    }
+    Ok(mode)
 }
 
 /// `SHOAL_TRUSTED_PROXIES`: addresses (`192.168.1.5`) and CIDR blocks
@@ -286,6 +336,7 @@ impl GatewayConfig {
                 "a size in bytes",
             )?,
             trusted_proxies: trusted_proxies(env)?,
+            proxy_protocol: proxy_protocol(env)?,
             client_v6_prefix: env.parse_in(
                 "SHOAL_RATE_LIMIT_IPV6_PREFIX",
                 p.client_v6_prefix,
@@ -395,6 +446,32 @@ mod tests {
         assert_eq!(off.stats_every, None);
         let err = GatewayConfig::from_env(&env(&[("SHOAL_STATS_EVERY", "2h")])).unwrap_err();
         assert!(err.to_string().contains("SHOAL_STATS_EVERY"), "{err}");
+    }
+
+    #[test]
+    fn the_proxy_protocol_is_off_by_default_and_needs_trusted_proxies() {
+        let c = |pairs: &[(&str, &str)]| GatewayConfig::from_env(&env(pairs));
+        assert_eq!(c(&[]).unwrap().proxy.proxy_protocol, ProxyProtocol::Off);
+        let trusted = ("SHOAL_TRUSTED_PROXIES", "10.0.0.0/24");
+        for (value, mode) in [
+            ("true", ProxyProtocol::Required),
+            ("optional", ProxyProtocol::Optional),
+            ("false", ProxyProtocol::Off),
+        ] {
+            let got = c(&[("SHOAL_PROXY_PROTOCOL", value), trusted]).unwrap();
+            assert_eq!(got.proxy.proxy_protocol, mode);
+        }
+        let e = c(&[("SHOAL_PROXY_PROTOCOL", "true")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SHOAL_TRUSTED_PROXIES"), "{e}");
+        let e = c(&[("SHOAL_PROXY_PROTOCOL", "v2"), trusted])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("SHOAL_PROXY_PROTOCOL") && e.contains("optional"),
+            "{e}"
+        );
     }
 
     #[test]

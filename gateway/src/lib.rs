@@ -32,6 +32,7 @@ mod report;
 mod route;
 
 /// The parsers the fuzz targets reach.
+pub use edge::proxy_protocol;
 pub use forward::headers;
 pub use route::path;
 

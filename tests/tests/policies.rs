@@ -851,3 +851,145 @@ async fn a_half_configured_tls_names_the_missing_setting() {
     let log = stack.proc("gateway-2").log();
     assert!(log.contains("SHOAL_TLS_CERT=/nonexistent.crt"), "{log}");
 }
+
+/// haproxy (TCP mode) in front of three gateways, sending the PROXY
+/// protocol: v1 and v2 to the plain port, v2 to the TLS port. Every
+/// gateway takes the client's address from the header (the upstream's
+/// `X-Forwarded-For`), over HTTP and TLS alike; a header from a peer not
+/// in `SHOAL_TRUSTED_PROXIES`, or none from the balancer's address, closes
+/// the connection and is counted; a client without a header, from
+/// elsewhere, is served as before.
+#[tokio::test]
+async fn proxy_protocol_from_haproxy_names_the_client_to_every_gateway() {
+    let net = Net::new(79);
+    let gateways = [net.ip(1, 1), net.ip(1, 2), net.ip(1, 3)];
+    let (cert, key) = openssl_cert(net.dir(), "shoal-proxy", &gateways);
+    // haproxy reaches the gateways from this address, and listens on the
+    // next; the client connects from a third.
+    let (balancer, front, user) = (net.ip(9, 1), net.ip(9, 2), net.ip(8, 7));
+    let trusted = format!("{balancer}/32");
+    let env = [
+        ("SHOAL_PROXY_PROTOCOL", "true"),
+        ("SHOAL_TRUSTED_PROXIES", trusted.as_str()),
+        ("SHOAL_TLS_CERT", cert.as_str()),
+        ("SHOAL_TLS_KEY", key.as_str()),
+    ];
+    let mut stack = Stack::new(&net);
+    let client = http();
+    let gws: Vec<SocketAddr> = (1..=3).map(|i| stack.gateway(i, &env)).collect();
+    stack.service("test-upstream", "echo", 2, 1, &[]);
+    for gw in &gws {
+        wait_routable(&client, *gw, "echo", 1).await;
+    }
+
+    let backend = |name: &str, port: u16, send: &str| {
+        let servers: String = gateways
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| format!("    server g{i} {ip}:{port} {send} source {balancer}\n"))
+            .collect();
+        format!("backend {name}\n    balance roundrobin\n{servers}")
+    };
+    let cfg = format!(
+        "global\n    maxconn 200\n\
+         defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 10s\n    timeout server 10s\n\
+         frontend v1\n    bind {front}:4000\n    default_backend plain_v1\n\
+         frontend v2\n    bind {front}:4001\n    default_backend plain_v2\n\
+         frontend tls\n    bind {front}:4443\n    default_backend tls_v2\n\
+         {}{}{}",
+        backend("plain_v1", 4000, "send-proxy"),
+        backend("plain_v2", 4000, "send-proxy-v2"),
+        backend("tls_v2", 4443, "send-proxy-v2"),
+    );
+    let dir = net.dir().join("haproxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("haproxy.cfg"), cfg).unwrap();
+    let mut haproxy = Command::new("haproxy")
+        .arg("-f")
+        .arg(dir.join("haproxy.cfg"))
+        .arg("-db")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("haproxy (scripts/test installs it)");
+
+    let user_ip = user.to_string();
+    for (what, url) in [
+        ("v1, HTTP", format!("http://{front}:4000/api/echo/headers")),
+        ("v2, HTTP", format!("http://{front}:4001/api/echo/headers")),
+        ("v2, TLS", format!("https://{front}:4443/api/echo/headers")),
+    ] {
+        // Round robin: each gateway answers twice.
+        for _ in 0..6 {
+            let seen: Value = wait_for_async(what, Duration::from_secs(10), || async {
+                let out = Command::new("curl")
+                    .args([
+                        "-sS",
+                        "-k",
+                        "--max-time",
+                        "5",
+                        "--interface",
+                        &user_ip,
+                        &url,
+                    ])
+                    .output()
+                    .ok()?;
+                serde_json::from_slice(&out.stdout).ok()
+            })
+            .await;
+            assert_eq!(seen["x-forwarded-for"], user_ip.as_str(), "{what}: {seen}");
+        }
+        eprintln!("PROXY {what}: the upstream saw the client {user_ip} through every gateway");
+    }
+
+    // Straight to a gateway: a header from the client itself is refused; so
+    // is the balancer's address without one; the client without one is
+    // served as itself.
+    let send_from = |from: std::net::IpAddr, bytes: &'static [u8]| {
+        let to = gws[0];
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(from, 0)).unwrap();
+            let mut s = socket.connect(to).await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = s.write_all(bytes).await;
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .map_or(0, |r| r.unwrap_or(0));
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        }
+    };
+    let get: &[u8] = b"GET /api/echo/host HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    let forged: &[u8] = b"PROXY TCP4 1.2.3.4 10.0.0.1 1 4000\r\nGET /api/echo/host HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    assert_eq!(
+        send_from(user, forged).await,
+        "",
+        "a forged header was served"
+    );
+    assert_eq!(
+        send_from(balancer, get).await,
+        "",
+        "the balancer's address without a header was served"
+    );
+    assert_eq!(send_from(user, get).await, "HTTP/1.1 200 OK");
+    let refused = |reason: &'static str| {
+        let client = client.clone();
+        let gw = gws[0];
+        async move {
+            gateway_metric(
+                &client,
+                gw,
+                &format!("shoal_gateway_proxy_protocol_refused_total{{reason=\"{reason}\"}}"),
+            )
+            .await
+        }
+    };
+    assert_eq!(refused("untrusted").await, 1.0);
+    assert_eq!(refused("missing").await, 1.0);
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+}

@@ -100,10 +100,30 @@ async fn accept_loop(listener: TcpListener, kind: Kind, gw: Arc<Gateway>) {
                 };
                 let gw = gw.clone();
                 let watch = drain.watch(Work::Connection);
-                let stream = crate::edge::stall::Stall::new(stream, gw.config.proxy.client_write_timeout);
                 let kind = kind.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
+                    // The PROXY header, from a trusted balancer: the client
+                    // is the address it names.
+                    let mut stream = stream;
+                    let proxy = &gw.config.proxy;
+                    let peer = match crate::edge::proxy_protocol::accept(
+                        &mut stream,
+                        peer,
+                        proxy.proxy_protocol,
+                        &proxy.trusted_proxies,
+                        proxy.header_timeout,
+                    )
+                    .await
+                    {
+                        Ok(client) => client,
+                        Err(refused) => {
+                            gw.metrics.proxy_protocol_refused(refused.reason());
+                            debug!(%peer, error = %refused, "connection refused");
+                            return;
+                        }
+                    };
+                    let stream = crate::edge::stall::Stall::new(stream, proxy.client_write_timeout);
                     match kind {
                         Kind::Plain { h2c } => {
                             let proto = if h2c { Proto::Auto } else { Proto::Http1 };

@@ -85,6 +85,13 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// `reason` label of refused connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why (a fixed word).
+    pub reason: &'static str,
+}
+
 /// Every metric of the gateway.
 pub struct Metrics {
     registry: Registry,
@@ -121,6 +128,8 @@ pub struct Metrics {
     pub tls_loads: Family<ResultLabel, Counter>,
     /// Failed TLS handshakes.
     pub tls_handshake_failures: Counter,
+    /// Connections closed for their PROXY header, by reason.
+    proxy_protocol_refused: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -144,6 +153,14 @@ impl Default for Metrics {
         let protocols = Family::<ProtocolLabels, Counter>::default();
         let tls_loads = Family::<ResultLabel, Counter>::default();
         let tls_handshake_failures = Counter::default();
+        let proxy_protocol_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "proxy_protocol_refused",
+            "Connections closed before a request for their PROXY header, by reason \
+             (untrusted: a header from a peer not in SHOAL_TRUSTED_PROXIES; missing: none \
+             from a trusted one with SHOAL_PROXY_PROTOCOL=true; malformed; timeout; io)",
+            proxy_protocol_refused.clone(),
+        );
         registry.register(
             "rate_limited",
             "Requests answered 429, by service and limit (service: in total, client: per client IP)",
@@ -260,6 +277,7 @@ impl Default for Metrics {
             protocols,
             tls_loads,
             tls_handshake_failures,
+            proxy_protocol_refused,
         }
     }
 }
@@ -380,6 +398,13 @@ impl Metrics {
                 transport: if tls { "tls" } else { "plain" }.to_string(),
             })
             .clone()
+    }
+
+    /// Counts a connection closed for its PROXY header.
+    pub fn proxy_protocol_refused(&self, reason: &'static str) {
+        self.proxy_protocol_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts a request that matched no service.
