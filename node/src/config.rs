@@ -90,7 +90,7 @@ pub enum GossipProtocol {
     /// Compressed digests; a reply's digest lists only what the asker lacks.
     V2,
     /// V2, and digests go by position in the member set when both sides
-    /// know the same members, naming none (default). A member answers in
+    /// know the same members, naming none. A member answers in
     /// the version it was asked in, and speaks to a peer the older version
     /// it last heard from it: members of releases speaking V1 or V2 and V3
     /// form one cluster during a rolling upgrade.
@@ -100,9 +100,9 @@ pub enum GossipProtocol {
     /// heartbeats in every digest (ARCHITECTURE.md, "Membership at scale").
     /// Every member must speak it.
     V4,
-    /// V4 while every live member can speak it, V3 as soon as one cannot:
-    /// members of releases without V4, or pinned to V3, form one cluster
-    /// with these, and a rolling upgrade ends on V4.
+    /// V4 while every live member can speak it, V3 as soon as one cannot
+    /// (default): members of releases without V4, or pinned to V3, form one
+    /// cluster with these, and a rolling upgrade ends on V4.
     Auto,
 }
 
@@ -238,8 +238,8 @@ impl NodeConfig {
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
-            Some("auto") => GossipProtocol::Auto,
-            None | Some("v3") => GossipProtocol::V3,
+            None | Some("auto") => GossipProtocol::Auto,
+            Some("v3") => GossipProtocol::V3,
             Some("v2") => GossipProtocol::V2,
             Some("v1") => GossipProtocol::V1,
             Some("v0") => GossipProtocol::V0,

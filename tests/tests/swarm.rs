@@ -445,49 +445,43 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
     })
     .await;
 
-    // 5b. A rolling upgrade to protocol V4 and a rollback, under load: every
-    // service updated to `SHOAL_GOSSIP_PROTOCOL=auto` in turn (the cluster
-    // stays on V3 while a V3 task lives, then every member switches), then
-    // story-service pinned back to `v3` (what a task of a release without
-    // V4 speaks): every member back on V3 at once. No failed GET.
-    protocol_everywhere("v3", Duration::from_secs(30), "after deploy");
-    let update = |service: &'static str, env: &'static str| async move {
+    // 5b. A rollback to protocol V3 and the upgrade back to V4, under load:
+    // the stack runs V4 (`auto`, the default, once every member can);
+    // story-service pinned to `v3` (what a task of a release without V4
+    // speaks) task by task brings every member back to V3 at once; the pin
+    // removed task by task, every member is on V4 again once the last V3
+    // task is gone. No failed GET either way.
+    protocol_everywhere("v4", Duration::from_secs(30), "after deploy");
+    let update = |service: &'static str, change: [&'static str; 2]| async move {
         let service = format!("{STACK}_{service}");
         docker_ok(&[
             "service",
             "update",
             "--update-monitor",
             "2s",
-            "--env-add",
-            env,
+            change[0],
+            change[1],
             &service,
         ]);
     };
-    for service in [
-        "gateway",
-        "story-service",
-        "notice-service",
-        "board-service",
-    ] {
-        under_load(
-            &client,
-            &format!("{service} updated to protocol auto (rolling)"),
-            update(service, "SHOAL_GOSSIP_PROTOCOL=auto"),
-        )
-        .await;
-    }
-    let on_v4 = protocol_everywhere("v4", Duration::from_secs(30), "after the upgrade");
-    eprintln!(
-        "SWARM rolling upgrade to V4: every gateway on V4 {:.1} s after the last service's update returned",
-        on_v4.as_secs_f64()
-    );
     under_load(
         &client,
         "story-service pinned to protocol V3 (rolling rollback)",
-        update("story-service", "SHOAL_GOSSIP_PROTOCOL=v3"),
+        update("story-service", ["--env-add", "SHOAL_GOSSIP_PROTOCOL=v3"]),
     )
     .await;
     protocol_everywhere("v3", Duration::from_secs(10), "with V3 tasks");
+    under_load(
+        &client,
+        "story-service back to the default, auto (rolling upgrade)",
+        update("story-service", ["--env-rm", "SHOAL_GOSSIP_PROTOCOL"]),
+    )
+    .await;
+    let on_v4 = protocol_everywhere("v4", Duration::from_secs(30), "after the upgrade");
+    eprintln!(
+        "SWARM rolling upgrade to V4: every gateway on V4 {:.1} s after the last V3 task was replaced",
+        on_v4.as_secs_f64()
+    );
 
     // 6. Key rotation without downtime: [old, new] → [new, old] → [new],
     // each a rolling update of every service.

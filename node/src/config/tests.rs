@@ -22,14 +22,9 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.gossip_port, DEFAULT_GOSSIP_PORT);
     assert_eq!(c.advertise, AdvertiseSpec::Auto);
     assert_eq!(c.cluster, "shoal");
-    assert_eq!(c.protocol, GossipProtocol::V3);
-    assert_eq!(c.timings, Timings::default());
-    assert_eq!(
-        (c.timings.gossip_interval, c.timings.gossip_fanout),
-        (Duration::from_millis(100), 3)
-    );
-    // auto: V4 once every member can (phi 6, no random members pulsed),
-    // V3's settings meanwhile; what is set holds for both.
+    // auto (the default): V4 once every member can (phi 6, no random
+    // members pulsed), V3's settings meanwhile; what is set holds for both.
+    assert_eq!(c.protocol, GossipProtocol::Auto);
     let auto = |extra: &[(&str, &str)]| {
         let mut vars = vec![
             ("SHOAL_CLUSTER_KEY", KEY),
@@ -40,6 +35,20 @@ fn defaults_are_the_documented_ones() {
     };
     let a = auto(&[]);
     assert_eq!(a.protocol, GossipProtocol::Auto);
+    assert_eq!(a.timings, c.timings);
+    // Pinned to V3: V3's own settings.
+    let v3 = NodeConfig::from_env(
+        &env(&[("SHOAL_CLUSTER_KEY", KEY), ("SHOAL_GOSSIP_PROTOCOL", "v3")]),
+        "s",
+        1,
+    )
+    .unwrap();
+    assert_eq!(v3.protocol, GossipProtocol::V3);
+    assert_eq!(v3.timings, Timings::default());
+    assert_eq!(
+        (v3.timings.gossip_interval, v3.timings.gossip_fanout),
+        (Duration::from_millis(100), 3)
+    );
     assert_eq!(
         a.timings,
         Timings {

@@ -110,10 +110,11 @@ fn bench(n: usize, net_id: u8) -> Row {
             .all(|p| p.view().is_some_and(|v| v.members.len() == n))
     });
     eprintln!("N={n}: converged={converged}");
-    // With SHOAL_GOSSIP_PROTOCOL=auto, members switch to V4 3 s after
-    // all can, and bridge with V3's SYNs for 10 s after: the idle cluster
-    // is the one after that.
-    let auto = std::env::var("SHOAL_GOSSIP_PROTOCOL").is_ok_and(|p| p.eq_ignore_ascii_case("auto"));
+    // On auto (the default: the variable unset), members switch to V4 3 s
+    // after all can, and bridge with V3's SYNs for 10 s after: the idle
+    // cluster is the one after that.
+    let auto =
+        std::env::var("SHOAL_GOSSIP_PROTOCOL").map_or(true, |p| p.eq_ignore_ascii_case("auto"));
     let v4 = auto
         && wait("every member on V4", Duration::from_secs(30), || {
             members

@@ -103,14 +103,14 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
     .with_context(|| format!("N = {n}: no convergence in 300 simulated seconds"))?;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // On `auto` or `v4`, the idle window starts once every member speaks
-    // V4 and has stopped bridging (V3's SYNs for 10 s after the switch):
-    // what a cluster costs from then on.
+    // On `auto` (the default) or `v4`, the idle window starts once every
+    // member speaks V4 and has stopped bridging (V3's SYNs for 10 s after
+    // the switch): what a cluster costs from then on.
     let protocol = args
         .set
         .iter()
         .find(|(k, _)| k == "SHOAL_GOSSIP_PROTOCOL")
-        .map_or("v3", |(_, v)| v.as_str());
+        .map_or("auto", |(_, v)| v.as_str());
     if matches!(protocol, "auto" | "v4") {
         let upgrading = Instant::now();
         loop {
