@@ -7,4 +7,5 @@
 //! [`crate::route`], [`crate::meter`], [`crate::eureka`], [`crate::config`].
 
 pub mod admin;
+pub mod delta;
 pub mod stats;

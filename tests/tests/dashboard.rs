@@ -246,6 +246,76 @@ fn dashboard_in_a_browser_shows_the_cluster_live() {
         let reloads = page.eval("performance.getEntriesByType('navigation').length").await.unwrap();
         assert_eq!(reloads, 1, "one page load, {updates} live updates");
 
+        // 1,000 Eureka instances in the view: the open page lists them all,
+        // grouped by service; after the first update, an update carries
+        // only the rows that changed (the figures printed are the
+        // measurement of docs/membership.md).
+        let admin = format!("http://{NET}.10.3:8761");
+        for i in 0..1000 {
+            let app = format!("BULK{}", i % 5);
+            let body = serde_json::json!({"instance": {
+                "instanceId": format!("bulk-{i}"), "hostName": format!("bulk-{i}"), "app": app,
+                "ipAddr": format!("10.9.{}.{}", i / 256, i % 256), "status": "UP",
+                "port": {"$": 8080, "@enabled": "true"},
+                "dataCenterInfo": {"@class": "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo", "name": "MyOwn"},
+                "leaseInfo": {"durationInSecs": 600}}});
+            let r = client
+                .post(format!("{admin}/eureka/apps/{app}"))
+                .json(&body)
+                .send()
+                .await
+                .expect("a registration");
+            assert!(r.status().is_success(), "registration {i}: {}", r.status());
+        }
+        let shown = until(
+            &mut page,
+            "1,000 Eureka instances on the open page",
+            Duration::from_secs(30),
+            "document.querySelectorAll('tr.instance[data-service^=\"bulk\"]').length === 1000 \
+             && document.querySelectorAll('#instances tbody tr.group').length >= 7",
+        )
+        .await;
+        let before = page.eval("window.shoalUpdates").await.unwrap().as_u64().unwrap_or(0);
+        let mut render_ms = vec![];
+        while render_ms.len() < 5 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let v = page.eval("window.shoalRenderMs").await.unwrap();
+            render_ms.push(v.as_f64().unwrap_or(f64::NAN));
+        }
+        let after = page.eval("window.shoalUpdates").await.unwrap().as_u64().unwrap_or(0);
+        // What an open page receives: the first update, then the next ones.
+        let mut events = client
+            .get(format!("{admin}/events"))
+            .send()
+            .await
+            .expect("/events");
+        let mut sizes = vec![];
+        let mut pending = String::new();
+        let read_until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < read_until {
+            let chunk = tokio::time::timeout(Duration::from_secs(2), events.chunk()).await;
+            let Ok(Ok(Some(chunk))) = chunk else { break };
+            pending.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = pending.find("\n\n") {
+                let event: String = pending.drain(..end + 2).collect();
+                if event.starts_with("data:") {
+                    sizes.push(event.len());
+                }
+            }
+        }
+        eprintln!(
+            "1,000 Eureka instances: on the open page {shown:?} after the last registration; \
+             {} updates in 5.5 s, render {render_ms:.1?} ms; /events: first update {} B, then {:?} B",
+            after - before,
+            sizes.first().copied().unwrap_or(0),
+            &sizes[1.min(sizes.len())..]
+        );
+        assert!(sizes.len() >= 3, "updates on /events: {sizes:?}");
+        assert!(
+            sizes[1..].iter().all(|s| *s * 10 < sizes[0]),
+            "later updates carry only what changed: {sizes:?}"
+        );
+
         // Under load, for the README.
         if let Some(path) = std::env::var_os("SHOAL_SCREENSHOT") {
             let load = shoal_tests::chaos::Load::start(&format!("http://{NET}.10.1:4000"), 4, 1);

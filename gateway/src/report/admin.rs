@@ -21,6 +21,7 @@ use shoal_node::{Cluster, ClusterView};
 use tokio::sync::watch;
 
 use crate::forward::state::Gateway;
+use crate::report::delta::Shown;
 use crate::report::stats::{Event, follow_events, stats_doc};
 use shoal_node::now_ms;
 
@@ -122,8 +123,9 @@ fn edge_doc(gw: &Gateway) -> serde_json::Value {
     })
 }
 
-/// One update of the page: who answers, the figures, the latest events.
-async fn update(a: &Admin, view: &ClusterView) -> String {
+/// One update of the page: who answers, the figures, the latest events —
+/// what `shown` says the page lacks of them (see [`Shown`]).
+async fn update(a: &Admin, view: &ClusterView, shown: &mut Shown) -> String {
     let events = a.events.borrow().clone();
     let skip = events.len().saturating_sub(EVENTS_SENT);
     let doc = serde_json::json!({
@@ -133,18 +135,20 @@ async fn update(a: &Admin, view: &ClusterView) -> String {
         "edge": edge_doc(&a.gw),
         "events": events.iter().skip(skip).collect::<Vec<_>>(),
     });
-    doc.to_string()
+    shown.delta(doc).to_string()
 }
 
 /// Server-Sent Events: an update at once, then at once on every change of
 /// who is a member or of their health, and every second otherwise. A view
 /// that changed only in figures or lease times (an Eureka heartbeat
 /// renews a lease: with 1,000 instances, 33 a second) waits for the next
-/// second: each update carries every instance's row.
+/// second. The first update holds every instance's row, the next ones
+/// the rows that changed ([`Shown`]).
 async fn live(State(a): State<Admin>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let views = a.cluster.view();
+    let start = (a, views, None::<u64>, Shown::default());
     let stream =
-        futures_util::stream::unfold((a, views, None::<u64>), |(a, mut views, sent)| async move {
+        futures_util::stream::unfold(start, |(a, mut views, sent, mut shown)| async move {
             if let Some(sent) = sent {
                 let tick = tokio::time::sleep(UPDATE_EVERY);
                 tokio::pin!(tick);
@@ -163,9 +167,12 @@ async fn live(State(a): State<Admin>) -> Sse<impl Stream<Item = Result<SseEvent,
                 }
             }
             let view = views.borrow_and_update().clone();
-            let shown = membership(&view);
-            let data = update(&a, &view).await;
-            Some((Ok(SseEvent::default().data(data)), (a, views, Some(shown))))
+            let membership_now = membership(&view);
+            let data = update(&a, &view, &mut shown).await;
+            Some((
+                Ok(SseEvent::default().data(data)),
+                (a, views, Some(membership_now), shown),
+            ))
         });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -80,10 +80,112 @@ function circuit(name, s, gateways) {
   return [card, canvas];
 }
 
+// What the page knows: per service its figures and its instance rows by
+// key. The first update holds everything (`full`); each next one the
+// figures, the rows that changed, the keys of those gone.
+const state = new Map(); // service -> { fig, rows: Map(key -> row) }
+let events = [];
+
+function merge(u) {
+  if (u.full) state.clear();
+  for (const name of u.stats.services_gone || []) state.delete(name);
+  const changed = new Map(); // service -> { rows: [keys], gone: [keys] }
+  for (const [name, s] of Object.entries(u.stats.services)) {
+    const { rows, gone, ...fig } = s;
+    let cur = state.get(name);
+    if (!cur) { cur = { fig, rows: new Map() }; state.set(name, cur); }
+    cur.fig = fig;
+    for (const k of gone || []) cur.rows.delete(k);
+    for (const r of rows || []) cur.rows.set(r.key, r);
+    changed.set(name, { rows: (rows || []).map((r) => r.key), gone: gone || [] });
+  }
+  if (u.events) events = u.events;
+  return changed;
+}
+
+// The instance table: one tbody per service (a heading row, then one row
+// per instance), rows rebuilt only when theirs changed.
+const groups = new Map(); // service -> { body, head, rows: Map(key -> tr) }
+
+function instanceRow(name, i, now, gateways) {
+  const tr = el("tr", null, "instance");
+  tr.dataset.service = name;
+  if (i.member) tr.dataset.member = i.member;
+  tr.dataset.addr = i.addr;
+  const started = el("td", age(i.started_ms, now), "age");
+  started.dataset.started = i.started_ms || "";
+  tr.append(
+    el("td", name),
+    el("td", i.host || "–", "wrap"),
+    el("td", i.addr),
+    el("td", i.health + (i.eureka ? " (eureka)" : ""), "h-" + i.health),
+    el("td", i.label || "", "label"),
+    el("td", i.weight === undefined ? "" : i.weight + (i.share === undefined ? "" : " → " + fmt(100 * i.share, 1) + " %"), "weight"),
+    started,
+    el("td", (i.routes || []).join(", "), "wrap"),
+    el("td", fmt(i.rps, 1), "num"),
+    el("td", fmt(i.error_pct, 2), "num"),
+    el("td", fmt(i.p50_ms, 2), "num"),
+    el("td", fmt(i.p99_ms, 2), "num"),
+    el("td", fmt(i.in_flight, 0), "num"),
+    el("td", fmt(i.requests, 0), "num requests"),
+    el("td", i.tripped_on > 0 ? "by " + i.tripped_on + " of " + gateways : "")
+  );
+  return tr;
+}
+
+function renderInstances(changed, now, gateways) {
+  const table = $("instances");
+  for (const [name, g] of groups) {
+    if (!state.has(name)) { g.body.remove(); groups.delete(name); }
+  }
+  let total = 0;
+  for (const [name, cur] of state) {
+    let g = groups.get(name);
+    if (!g) {
+      const body = document.createElement("tbody");
+      const head = el("tr", null, "group");
+      const th = el("th");
+      th.colSpan = 15;
+      head.append(th);
+      body.append(head);
+      g = { body, head: th, rows: new Map() };
+      groups.set(name, g);
+    }
+    const c = changed.get(name) || { rows: [], gone: [] };
+    for (const k of c.gone) { const tr = g.rows.get(k); if (tr) tr.remove(); g.rows.delete(k); }
+    for (const k of c.rows) {
+      const row = cur.rows.get(k);
+      if (!row) continue;
+      const tr = instanceRow(name, row, now, gateways);
+      const old = g.rows.get(k);
+      if (old) old.replaceWith(tr); else g.body.append(tr);
+      g.rows.set(k, tr);
+    }
+    // Ages move with the clock, not with the updates.
+    for (const tr of g.rows.values()) {
+      const td = tr.querySelector("td.age");
+      const text = age(Number(td.dataset.started), now);
+      if (td.textContent !== text) td.textContent = text;
+    }
+    const up = [...cur.rows.values()].filter((i) => i.health === "up").length;
+    g.head.textContent = name + " · " + up + " up of " + cur.rows.size;
+    total += cur.rows.size;
+  }
+  // Services in name order (the server sends them so).
+  const order = [...state.keys()].map((name) => groups.get(name).body);
+  if (order.some((b, i) => table.tBodies[i] !== b)) {
+    for (const b of [...table.tBodies]) b.remove();
+    table.append(...order);
+  }
+  $("no-members").hidden = total > 0;
+}
+
 function render(u) {
+  const changed = merge(u);
   const now = u.at_ms;
   const st = u.stats;
-  const services = Object.entries(st.services);
+  const services = [...state].map(([name, c]) => [name, { ...c.fig, instances: [...c.rows.values()] }]);
   $("gateways").textContent = st.gateways;
   $("window").textContent = st.window_secs;
   $("self").textContent = u.gateway;
@@ -92,7 +194,7 @@ function render(u) {
     (e.redirect ? " → HTTPS" : "") + (e.tls_port ? " · HTTPS (h2, http/1.1) :" + e.tls_port +
     " · " + fmt(e.h2_requests, 0) + " HTTP/2 requests · certificate loaded " + fmt(e.certificate_loads, 0) + "×" : "");
   let members = 0, rps = 0, errors = 0;
-  for (const [, s] of services) { members += (s.instances || []).filter((i) => i.member).length; rps += s.rps; errors += s.errors; }
+  for (const [, s] of services) { members += s.instances.filter((i) => i.member).length; rps += s.rps; errors += s.errors; }
   $("members").textContent = members;
   $("rps").textContent = fmt(rps, 1);
   $("errors").textContent = fmt(errors, 0);
@@ -108,44 +210,16 @@ function render(u) {
     const p = s.policy || {};
     if (s.requests > 0 || p.sticky || p.rate_limit || p.rate_limit_per_client) cards.push([circuit(name, s, st.gateways), points]);
   }
-  for (const name of [...history.keys()]) if (!st.services[name]) history.delete(name);
+  for (const name of [...history.keys()]) if (!state.has(name)) history.delete(name);
   circuits.replaceChildren(...cards.map(([[card]]) => card));
   if (cards.length === 0) circuits.append(el("p", "no traffic yet", "empty"));
   for (const [[, canvas], points] of cards) sparkline(canvas, points);
 
-  // Instances.
-  const rows = [];
-  for (const [name, s] of services) {
-    for (const i of s.instances || []) {
-      const tr = el("tr", null, "instance");
-      tr.dataset.service = name;
-      if (i.member) tr.dataset.member = i.member;
-      tr.dataset.addr = i.addr;
-      tr.append(
-        el("td", name),
-        el("td", i.host || "–", "wrap"),
-        el("td", i.addr),
-        el("td", i.health + (i.eureka ? " (eureka)" : ""), "h-" + i.health),
-        el("td", i.label || "", "label"),
-        el("td", i.weight === undefined ? "" : i.weight + (i.share === undefined ? "" : " → " + fmt(100 * i.share, 1) + " %"), "weight"),
-        el("td", age(i.started_ms, now)),
-        el("td", (i.routes || []).join(", "), "wrap"),
-        el("td", fmt(i.rps, 1), "num"),
-        el("td", fmt(i.error_pct, 2), "num"),
-        el("td", fmt(i.p50_ms, 2), "num"),
-        el("td", fmt(i.p99_ms, 2), "num"),
-        el("td", fmt(i.in_flight, 0), "num"),
-        el("td", fmt(i.requests, 0), "num requests"),
-        el("td", i.tripped_on > 0 ? "by " + i.tripped_on + " of " + st.gateways : "")
-      );
-      rows.push(tr);
-    }
-  }
-  $("instances").tBodies[0].replaceChildren(...rows);
-  $("no-members").hidden = rows.length > 0;
+  renderInstances(changed, now, st.gateways);
 
-  // Events, newest first.
-  const events = u.events.slice().reverse().map((e) => {
+  // Events, newest first (only when there are new ones).
+  if (!u.events) return;
+  const rows = events.slice().reverse().map((e) => {
     const tr = el("tr", null, "event");
     tr.dataset.member = e.id;
     tr.dataset.event = e.event;
@@ -159,7 +233,7 @@ function render(u) {
     );
     return tr;
   });
-  $("events").tBodies[0].replaceChildren(...events);
+  $("events").tBodies[0].replaceChildren(...rows);
 }
 
 function connect() {
@@ -167,7 +241,13 @@ function connect() {
   const source = new EventSource("events");
   source.onopen = () => { status.textContent = "live"; status.className = "status live"; };
   source.onmessage = (m) => {
-    try { render(JSON.parse(m.data)); window.shoalUpdates = (window.shoalUpdates || 0) + 1; }
+    try {
+      const start = performance.now();
+      render(JSON.parse(m.data));
+      // For the tests and the curious: updates taken, the last one's cost.
+      window.shoalUpdates = (window.shoalUpdates || 0) + 1;
+      window.shoalRenderMs = performance.now() - start;
+    }
     catch (e) { status.textContent = "bad update: " + e.message; status.className = "status lost"; }
   };
   source.onerror = () => { status.textContent = "reconnecting…"; status.className = "status lost"; };
