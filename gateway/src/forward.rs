@@ -1,5 +1,6 @@
 //! **forward** — taking a routed request to an instance and its answer
-//! back: the entry of every request ([`proxy`]), the request past its route
+//! back: the entry of every request ([`proxy`]), forward auth before it
+//! ([`auth`]), the request past its route
 //! ([`call`]), attempts by the rules that never send a write twice
 //! ([`retry`], with bodies kept for retries in [`replay`]), WebSocket
 //! tunnels ([`upgrade`]), the worker's upstream connections ([`pool`]),
@@ -9,6 +10,7 @@
 //!
 //! May import: [`crate::route`], [`crate::meter`], [`crate::config`].
 
+pub mod auth;
 pub mod body;
 pub mod call;
 pub mod error;

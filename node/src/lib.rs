@@ -66,7 +66,7 @@ pub use key::{ClusterKey, KeyRing};
 pub use lease::{Lease, LeaseError, LeaseLimits, LeaseOp, Registration, Status};
 pub use lease::{parse_renewal as lease_renewal, renewal_key as lease_renewal_key};
 pub use member::{Health, Member, MemberId};
-pub use policy::{Policy, RateLimit, Weight};
+pub use policy::{AuthForward, Policy, RateLimit, Weight};
 pub use stats::{
     BUCKETS, ClusterStats, Counts, Figures, GatewayStats, Histogram, Merged, WINDOW_SECS, bucket,
 };

@@ -4,8 +4,9 @@
 //! (per service: gateways take them from the newest up instance).
 //!
 //! Read from `SHOAL_WEIGHT`, `SHOAL_VERSION_LABEL`, `SHOAL_STICKY`,
-//! `SHOAL_RATE_LIMIT` and `SHOAL_RATE_LIMIT_PER_CLIENT`; published only when
-//! not the default, so a member without policies gossips no extra byte.
+//! `SHOAL_RATE_LIMIT`, `SHOAL_RATE_LIMIT_PER_CLIENT`, `SHOAL_AUTH_FORWARD`
+//! and `SHOAL_AUTH_COPY_HEADERS`; published only when not the default, so
+//! a member without policies gossips no extra byte.
 
 use std::fmt;
 use std::str::FromStr;
@@ -26,6 +27,72 @@ pub mod keys {
     pub const RATE_LIMIT: &str = "rate_limit";
     /// [`super::RateLimit`] of each client IP, across gateways.
     pub const RATE_LIMIT_PER_CLIENT: &str = "rate_limit_client";
+    /// [`super::AuthForward`] as text: `auth-service:/verify`.
+    pub const AUTH_FORWARD: &str = "auth";
+    /// The headers of the auth service's answer passed on, comma-separated.
+    pub const AUTH_COPY_HEADERS: &str = "auth_copy";
+}
+
+/// Forward auth: before a request reaches the service, a gateway asks
+/// `service` at `path` (a member like any) whether it may; Traefik
+/// ForwardAuth's and nginx `auth_request`'s semantics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AuthForward {
+    /// The service asked.
+    pub service: String,
+    /// The path asked on it (`/verify`).
+    pub path: String,
+}
+
+impl fmt::Display for AuthForward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.service, self.path)
+    }
+}
+
+impl FromStr for AuthForward {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected = || {
+            "a service and the path to ask it on, e.g. auth-service:/verify (letters, digits, \
+             '-', '_' and '.' in the name; the path starts with /)"
+                .to_string()
+        };
+        let (service, path) = s.trim().split_once(':').ok_or_else(expected)?;
+        let name_ok = !service.is_empty()
+            && service.len() <= 64
+            && service
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        let path_ok = path.starts_with('/')
+            && path.len() <= 256
+            && path.bytes().all(|b| b.is_ascii_graphic());
+        if !name_ok || !path_ok {
+            return Err(expected());
+        }
+        Ok(AuthForward {
+            service: service.to_string(),
+            path: path.to_string(),
+        })
+    }
+}
+
+/// `X-User, X-Roles` → `["x-user", "x-roles"]`: header names, lowercase.
+fn parse_header_names(s: &str) -> Result<Vec<String>, String> {
+    let names: Vec<String> = s
+        .split(',')
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let valid = |n: &str| {
+        n.len() <= 64
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+    };
+    if names.is_empty() || names.len() > 16 || !names.iter().all(|n| valid(n)) {
+        return Err("1 to 16 header names separated by commas, e.g. X-User,X-Roles".to_string());
+    }
+    Ok(names)
 }
 
 /// The largest relative weight.
@@ -151,6 +218,13 @@ pub struct Policy {
     /// Its service's rate limit per client IP, across every gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_client: Option<RateLimit>,
+    /// Its service's requests are first checked by this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_forward: Option<AuthForward>,
+    /// The headers of the auth service's answer passed on to the service
+    /// (lowercase); what a client sent under those names never is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub auth_copy_headers: Vec<String>,
 }
 
 /// The longest version label.
@@ -192,6 +266,15 @@ impl Policy {
             sticky: env.bool_or("SHOAL_STICKY", false)?,
             rate_limit: parsed(env, "SHOAL_RATE_LIMIT")?,
             rate_limit_per_client: parsed(env, "SHOAL_RATE_LIMIT_PER_CLIENT")?,
+            auth_forward: parsed(env, "SHOAL_AUTH_FORWARD")?,
+            auth_copy_headers: env
+                .get("SHOAL_AUTH_COPY_HEADERS")
+                .map(|raw| {
+                    parse_header_names(raw)
+                        .map_err(|why| invalid("SHOAL_AUTH_COPY_HEADERS", raw, &why))
+                })
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 
@@ -213,6 +296,12 @@ impl Policy {
         if let Some(limit) = self.rate_limit_per_client {
             kv.push((keys::RATE_LIMIT_PER_CLIENT, limit.to_string()));
         }
+        if let Some(auth) = &self.auth_forward {
+            kv.push((keys::AUTH_FORWARD, auth.to_string()));
+        }
+        if !self.auth_copy_headers.is_empty() {
+            kv.push((keys::AUTH_COPY_HEADERS, self.auth_copy_headers.join(",")));
+        }
         kv
     }
 
@@ -228,12 +317,19 @@ impl Policy {
             sticky: get(keys::STICKY) == Some("1"),
             rate_limit: get(keys::RATE_LIMIT).and_then(|v| v.parse().ok()),
             rate_limit_per_client: get(keys::RATE_LIMIT_PER_CLIENT).and_then(|v| v.parse().ok()),
+            auth_forward: get(keys::AUTH_FORWARD).and_then(|v| v.parse().ok()),
+            auth_copy_headers: get(keys::AUTH_COPY_HEADERS)
+                .and_then(|v| parse_header_names(v).ok())
+                .unwrap_or_default(),
         }
     }
 
     /// Whether it announces anything of its service (not only of itself).
     pub fn has_service_policy(&self) -> bool {
-        self.sticky || self.rate_limit.is_some() || self.rate_limit_per_client.is_some()
+        self.sticky
+            || self.rate_limit.is_some()
+            || self.rate_limit_per_client.is_some()
+            || self.auth_forward.is_some()
     }
 }
 
@@ -282,8 +378,15 @@ mod tests {
             ("SHOAL_STICKY", "true"),
             ("SHOAL_RATE_LIMIT", "300/s"),
             ("SHOAL_RATE_LIMIT_PER_CLIENT", "20"),
+            ("SHOAL_AUTH_FORWARD", "auth-service:/verify"),
+            ("SHOAL_AUTH_COPY_HEADERS", "X-User, X-Roles"),
         ]);
         let p = Policy::from_env(&env).unwrap();
+        assert_eq!(
+            p.auth_forward.as_ref().map(ToString::to_string).as_deref(),
+            Some("auth-service:/verify")
+        );
+        assert_eq!(p.auth_copy_headers, ["x-user", "x-roles"]);
         let kv = p.key_values();
         let back = Policy::from_keys(|k| {
             kv.iter()
@@ -302,6 +405,9 @@ mod tests {
             ("SHOAL_STICKY", "maybe"),
             ("SHOAL_RATE_LIMIT", "lots"),
             ("SHOAL_RATE_LIMIT_PER_CLIENT", "5/d"),
+            ("SHOAL_AUTH_FORWARD", "auth-service/verify"),
+            ("SHOAL_AUTH_FORWARD", "auth service:/verify"),
+            ("SHOAL_AUTH_COPY_HEADERS", "X User"),
         ] {
             let err = Policy::from_env(&Env::from_pairs([(var, value)])).unwrap_err();
             assert!(err.to_string().contains(var), "{err}");

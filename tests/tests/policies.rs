@@ -993,3 +993,102 @@ async fn proxy_protocol_from_haproxy_names_the_client_to_every_gateway() {
     let _ = haproxy.kill();
     let _ = haproxy.wait();
 }
+
+/// Forward auth announced by the service: `echo` names `auth` (two
+/// replicas of a checker) in its own environment, no gateway setting. A
+/// request without a good token gets the checker's 401 as it came; with
+/// one, it reaches echo carrying the checker's `X-User` and `X-Asked` (not
+/// the client's forged `X-User`, nor a header the service did not name),
+/// a body intact; with every checker gone, a 503 that names it.
+#[tokio::test]
+async fn forward_auth_announced_by_the_service_checks_every_request() {
+    let net = Net::new(80);
+    let mut stack = Stack::new(&net);
+    let client = http();
+    let gw = stack.gateway(1, &[]);
+    for i in 1..=2 {
+        stack.service("test-upstream", "auth", 3, i, &[]);
+    }
+    stack.service(
+        "test-upstream",
+        "echo",
+        2,
+        1,
+        &[
+            ("SHOAL_AUTH_FORWARD", "auth:/verify"),
+            ("SHOAL_AUTH_COPY_HEADERS", "X-User, X-Asked"),
+        ],
+    );
+    wait_routable(&client, gw, "auth", 2).await;
+    wait_routable(&client, gw, "echo", 1).await;
+    let url = format!("http://{gw}/api/echo/headers?x=1");
+
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"test\"");
+    assert_eq!(r.text().await.unwrap(), "who are you?");
+    let r = client
+        .get(&url)
+        .header("authorization", "Bearer forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let seen: Value = client
+        .get(&url)
+        .header("authorization", "Bearer good-alice")
+        .header("x-user", "mallory")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["x-user"], "alice", "{seen}");
+    assert_eq!(seen["x-asked"], "GET /api/echo/headers?x=1", "{seen}");
+    assert!(seen.get("x-other").is_none(), "{seen}");
+    assert_eq!(seen["authorization"], "Bearer good-alice");
+
+    let r = client
+        .post(format!("http://{gw}/api/echo/echo"))
+        .header("authorization", "Bearer good-bob")
+        .body("a body the checker never sees")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "a body the checker never sees");
+    let r = client
+        .post(format!("http://{gw}/api/echo/echo"))
+        .body("refused")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Both checkers gone: nothing passes unchecked.
+    for i in 1..=2 {
+        stack.proc(&format!("auth-{i}")).sigkill();
+    }
+    let answer = wait_for_async("a 503 naming the checker", Duration::from_secs(10), || {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let r = client
+                .get(&url)
+                .header("authorization", "Bearer good-alice")
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 503).then_some(())?;
+            r.text().await.ok()
+        }
+    })
+    .await;
+    assert!(
+        answer.contains("auth") && answer.contains("SHOAL_AUTH_FORWARD"),
+        "{answer}"
+    );
+    eprintln!("AUTH every checker gone: {answer}");
+}

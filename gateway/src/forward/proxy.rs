@@ -3,8 +3,10 @@
 //!
 //! 1. [`crate::route::path`]: the path names a service (`/api/{service}/**`, or a
 //!    path route it announced) and the path to send on;
-//! 2. [`crate::route::admission`]: an instance is up, the breaker is closed, the
-//!    gateway is under its limit;
+//! 2. [`crate::route::limit`] and [`crate::forward::auth`]: within the
+//!    service's rate limits, allowed by the service that checks its requests
+//!    (when it names one); [`crate::route::admission`]: an instance is up,
+//!    the breaker is closed, the gateway is under its limit;
 //! 3. [`crate::forward::retry`] (with [`crate::forward::replay`], [`crate::route::balance`] and
 //!    [`crate::forward::headers`]): attempts on instances picked by P2C, by the rules
 //!    that never duplicate a write — or [`crate::forward::upgrade`] for a WebSocket;
@@ -27,10 +29,10 @@ use crate::forward::body::ProxyBody;
 use crate::forward::call::{Call, Log};
 use crate::forward::error::GatewayMade;
 use crate::forward::error::error_response;
-use crate::forward::headers::{TRACEPARENT, client_ip, traceparent};
+use crate::forward::headers::{ClientTls, TRACEPARENT, client_ip, traceparent};
 use crate::forward::state::Gateway;
 use crate::forward::upgrade::is_upgrade;
-use crate::forward::{retry, upgrade};
+use crate::forward::{auth, retry, upgrade};
 use crate::route::admission::{Refusal, admit};
 use crate::route::limit::{Limited, client_key};
 use crate::route::path::{NoRoute, resolve};
@@ -111,7 +113,7 @@ fn rate_limited(service: &ServiceState, limited: &Limited, path: &str) -> Respon
 /// `client`: the client's address (the peer, or as a trusted proxy names it).
 async fn dispatch(
     gw: &Gateway,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     path: &str,
     peer: SocketAddr,
     client: IpAddr,
@@ -157,6 +159,38 @@ async fn dispatch(
         let key = client_key(client, gw.config.proxy.client_v6_prefix);
         if let Err(limited) = service.limiter.check(key, Instant::now()) {
             return rate_limited(service, &limited, path);
+        }
+    }
+    // Forward auth: the service announced who checks its requests.
+    if let Some(auth) = service.policy.auth.as_ref() {
+        if auth.forward.service != *service.name {
+            let tls = req.extensions().get::<ClientTls>().is_some();
+            let uri = req.uri().clone();
+            let checked = auth::check(
+                gw,
+                &table,
+                auth,
+                route.service,
+                req.method(),
+                &uri,
+                req.headers(),
+                peer,
+                tls,
+                traceparent,
+            )
+            .await;
+            match checked {
+                Ok(pass) => {
+                    let headers = req.headers_mut();
+                    for name in &auth.copy {
+                        headers.remove(name);
+                    }
+                    for (name, value) in pass {
+                        headers.append(name, value);
+                    }
+                }
+                Err(answer) => return answer,
+            }
         }
     }
     let (admitted, slot) = match admit(&gw.in_flight, service) {

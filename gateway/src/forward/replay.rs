@@ -73,6 +73,14 @@ impl Replay {
         })
     }
 
+    /// No body (a request the gateway makes itself).
+    pub fn empty() -> Self {
+        Self {
+            kept: Some(Bytes::new()),
+            stream: None,
+        }
+    }
+
     /// The body of the next attempt; `None` once a streamed body was sent.
     pub fn next(&mut self) -> Option<ProxyBody> {
         next_body(&self.kept, &mut self.stream)

@@ -113,6 +113,29 @@ pub async fn forward(
     req: Request<Incoming>,
     call: Call<'_>,
 ) -> (Response<ProxyBody>, Verdict) {
+    let (parts, body) = req.into_parts();
+    let limit = gw.config.proxy.retry_body_limit;
+    let replay = match Replay::new(&parts.headers, body, limit).await {
+        Ok(replay) => replay,
+        Err(why) => {
+            return (
+                error_response(StatusCode::BAD_REQUEST, &why, call.path),
+                Verdict::None,
+            );
+        }
+    };
+    forward_parts(gw, service, parts, replay, call).await
+}
+
+/// [`forward`] of a request already taken apart, its body in `replay`
+/// (also how the gateway sends a request of its own: forward auth).
+pub async fn forward_parts(
+    gw: &Gateway,
+    service: &Arc<ServiceState>,
+    parts: http::request::Parts,
+    mut replay: Replay,
+    call: Call<'_>,
+) -> (Response<ProxyBody>, Verdict) {
     let Call {
         path,
         upstream_path,
@@ -121,7 +144,6 @@ pub async fn forward(
         log,
     } = call;
     let name = &*service.name;
-    let (parts, body) = req.into_parts();
     let Some(path_and_query) = upstream_path_and_query(upstream_path) else {
         return (
             error_response(
@@ -133,15 +155,6 @@ pub async fn forward(
         );
     };
     let proxy = &gw.config.proxy;
-    let mut replay = match Replay::new(&parts.headers, body, proxy.retry_body_limit).await {
-        Ok(replay) => replay,
-        Err(why) => {
-            return (
-                error_response(StatusCode::BAD_REQUEST, &why, path),
-                Verdict::None,
-            );
-        }
-    };
     let secure = parts
         .extensions
         .get::<crate::forward::headers::ClientTls>()

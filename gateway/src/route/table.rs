@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use shoal_node::{ClusterView, Member, MemberId, RateLimit};
+use shoal_node::{AuthForward, ClusterView, Member, MemberId, RateLimit};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -50,6 +50,18 @@ pub struct ServicePolicy {
     pub rate_limit: Option<RateLimit>,
     /// Its rate limit per client IP across every gateway.
     pub rate_limit_per_client: Option<RateLimit>,
+    /// Forward auth: the service that checks its requests first.
+    pub auth: Option<AuthPolicy>,
+}
+
+/// Forward auth as a service announces it (`SHOAL_AUTH_FORWARD`,
+/// `SHOAL_AUTH_COPY_HEADERS`).
+#[derive(Debug, Clone)]
+pub struct AuthPolicy {
+    /// Whom to ask, on which path.
+    pub forward: AuthForward,
+    /// The auth answer's headers passed on to the service.
+    pub copy: Vec<http::HeaderName>,
 }
 
 impl ServicePolicy {
@@ -67,6 +79,14 @@ impl ServicePolicy {
             sticky_cookie: p.sticky.then(|| format!("shoal-{service}")),
             rate_limit: p.rate_limit,
             rate_limit_per_client: p.rate_limit_per_client,
+            auth: p.auth_forward.clone().map(|forward| AuthPolicy {
+                forward,
+                copy: p
+                    .auth_copy_headers
+                    .iter()
+                    .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+                    .collect(),
+            }),
         }
     }
 }

@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         .route("/answer/{code}", post(set_answer))
         .route("/echo", any(echo))
         .route("/headers", any(headers))
+        .route("/verify", get(verify))
         .route("/status/{code}", any(status))
         .route("/write/{id}", post(slow_write))
         .route("/ws", get(ws))
@@ -123,6 +124,34 @@ async fn headers(State(s): State<Upstream>, headers: HeaderMap) -> axum::Json<se
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
         .collect();
     axum::Json(map.into())
+}
+
+/// A forward-auth checker: `Authorization: Bearer good-{user}` is allowed,
+/// the user in `X-User`, what was asked in `X-Asked` (`X-Forwarded-Method`
+/// and `-Uri`); anything else is 401 with a `WWW-Authenticate` and a body.
+async fn verify(headers: HeaderMap) -> Response {
+    let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let asked = format!("{} {}", get("x-forwarded-method"), get("x-forwarded-uri"));
+    match get("authorization").strip_prefix("Bearer good-") {
+        Some(user) => (
+            StatusCode::NO_CONTENT,
+            [
+                ("x-user", user.to_string()),
+                ("x-asked", asked),
+                ("x-other", "not copied".into()),
+            ],
+        )
+            .into_response(),
+        None => (
+            StatusCode::UNAUTHORIZED,
+            [
+                ("www-authenticate", "Bearer realm=\"test\"".to_string()),
+                ("x-asked", asked),
+            ],
+            "who are you?",
+        )
+            .into_response(),
+    }
 }
 
 async fn status(State(s): State<Upstream>, Path(code): Path<u16>) -> Response {
