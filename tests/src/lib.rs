@@ -593,6 +593,30 @@ pub fn skip_unless_ci(why: &str) {
     eprintln!("!!!!! SKIPPED: {why} !!!!!");
 }
 
+/// Sends raw bytes to `to` on a new connection (from `from`, when given)
+/// and reads the answer's status line — empty when the connection closed
+/// without one.
+pub async fn raw_exchange(from: Option<IpAddr>, to: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    if let Some(from) = from {
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .expect("bind the source");
+    }
+    let mut s = socket.connect(to).await.expect("connect");
+    let _ = s.write_all(bytes).await;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .map_or(0, |r| r.unwrap_or(0));
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
 /// An HTTP client for the tests (no pooling surprises: fresh per test).
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()

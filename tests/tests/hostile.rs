@@ -50,17 +50,7 @@ async fn probe(client: &reqwest::Client, gw: SocketAddr, n: usize) -> (Duration,
 /// Sends raw bytes on a new connection and reads the answer's status line
 /// (empty when the connection closed without one).
 async fn raw(gw: SocketAddr, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(gw).await.unwrap();
-    let _ = s.write_all(bytes).await;
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .map_or(0, |r| r.unwrap_or(0));
-    String::from_utf8_lossy(&buf[..n])
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string()
+    shoal_tests::raw_exchange(None, gw, bytes).await
 }
 
 /// An upstream that is not a shoal member, registered through the Eureka

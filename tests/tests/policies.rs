@@ -945,23 +945,7 @@ async fn proxy_protocol_from_haproxy_names_the_client_to_every_gateway() {
     // is the balancer's address without one; the client without one is
     // served as itself.
     let send_from = |from: std::net::IpAddr, bytes: &'static [u8]| {
-        let to = gws[0];
-        async move {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.bind(SocketAddr::new(from, 0)).unwrap();
-            let mut s = socket.connect(to).await.unwrap();
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let _ = s.write_all(bytes).await;
-            let mut buf = vec![0u8; 4096];
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-                .await
-                .map_or(0, |r| r.unwrap_or(0));
-            String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string()
-        }
+        shoal_tests::raw_exchange(Some(from), gws[0], bytes)
     };
     let get: &[u8] = b"GET /api/echo/host HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
     let forged: &[u8] = b"PROXY TCP4 1.2.3.4 10.0.0.1 1 4000\r\nGET /api/echo/host HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
