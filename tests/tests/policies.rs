@@ -1051,6 +1051,17 @@ async fn forward_auth_announced_by_the_service_checks_every_request() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
+    // Counted per service, and shown in /stats.
+    let outcome =
+        |o: &str| format!("shoal_gateway_auth_checks_total{{service=\"echo\",outcome=\"{o}\"}}");
+    assert_eq!(gateway_metric(&client, gw, &outcome("allowed")).await, 2.0);
+    assert_eq!(gateway_metric(&client, gw, &outcome("refused")).await, 3.0);
+    let stats = get_json(&client, &format!("http://{}:8761/stats", gw.ip())).await;
+    assert_eq!(
+        stats["services"]["echo"]["policy"]["auth_forward"],
+        "auth:/verify"
+    );
+
     // Both checkers gone: nothing passes unchecked.
     for i in 1..=2 {
         stack.proc(&format!("auth-{i}")).sigkill();

@@ -181,6 +181,7 @@ async fn dispatch(
             .await;
             match checked {
                 Ok(pass) => {
+                    service.metrics.auth_allowed.inc();
                     let headers = req.headers_mut();
                     for name in &auth.copy {
                         headers.remove(name);
@@ -189,7 +190,17 @@ async fn dispatch(
                         headers.append(name, value);
                     }
                 }
-                Err(answer) => return answer,
+                Err(answer) => {
+                    // Made by the gateway: no checker answered.
+                    let made = answer.extensions().get::<GatewayMade>().is_some();
+                    let counter = if made {
+                        &service.metrics.auth_unavailable
+                    } else {
+                        &service.metrics.auth_refused
+                    };
+                    counter.inc();
+                    return answer;
+                }
             }
         }
     }

@@ -46,13 +46,16 @@ pub struct ScopeLabels {
     pub scope: String,
 }
 
-/// `service` and `outcome` labels of sticky sessions.
+/// `service` and `outcome` labels: of sticky sessions, of forward auth.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StickyLabels {
+pub struct OutcomeLabels {
     /// Service name.
     pub service: String,
-    /// `kept` (the cookie's instance served), `pinned` (a new client got a
-    /// cookie), `repinned` (its instance was gone: moved, cookie re-issued).
+    /// Sticky: `kept` (the cookie's instance served), `pinned` (a new client
+    /// got a cookie), `repinned` (its instance was gone: moved, cookie
+    /// re-issued). Forward auth: `allowed`, `refused` (the checker's answer
+    /// went to the client), `unavailable` (no checker answered: the
+    /// gateway's 503, 502 or 504).
     pub outcome: String,
 }
 
@@ -119,7 +122,9 @@ pub struct Metrics {
     rate_limited: Family<ScopeLabels, Counter>,
     /// This gateway's share of each service's rate limit (req/s).
     pub rate_limit_share: Family<ServiceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    sticky: Family<StickyLabels, Counter>,
+    sticky: Family<OutcomeLabels, Counter>,
+    /// Forward auth's outcomes by service.
+    auth: Family<OutcomeLabels, Counter>,
     /// Each instance's expected share of its service's traffic (0-1).
     pub instance_share: Family<InstanceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Requests by client protocol.
@@ -148,7 +153,8 @@ impl Default for Metrics {
         let members = Family::<HealthLabels, Gauge>::default();
         let rate_limited = Family::<ScopeLabels, Counter>::default();
         let rate_limit_share = Family::default();
-        let sticky = Family::<StickyLabels, Counter>::default();
+        let sticky = Family::<OutcomeLabels, Counter>::default();
+        let auth = Family::<OutcomeLabels, Counter>::default();
         let instance_share = Family::default();
         let protocols = Family::<ProtocolLabels, Counter>::default();
         let tls_loads = Family::<ResultLabel, Counter>::default();
@@ -175,6 +181,12 @@ impl Default for Metrics {
             "sticky",
             "Sticky-session requests: kept (the cookie's instance), pinned (new cookie), repinned (instance gone)",
             sticky.clone(),
+        );
+        registry.register(
+            "auth_checks",
+            "Requests checked by the service's forward auth (SHOAL_AUTH_FORWARD): allowed, refused \
+             (the checker's answer went to the client), unavailable (no checker answered)",
+            auth.clone(),
         );
         registry.register(
             "instance_share",
@@ -273,6 +285,7 @@ impl Default for Metrics {
             rate_limited,
             rate_limit_share,
             sticky,
+            auth,
             instance_share,
             protocols,
             tls_loads,
@@ -311,6 +324,12 @@ pub struct ServiceMetrics {
     pub sticky_pinned: Counter,
     /// Sticky requests whose instance was gone (cookie re-issued).
     pub sticky_repinned: Counter,
+    /// Requests forward auth let through.
+    pub auth_allowed: Counter,
+    /// Requests forward auth refused (the checker's answer given).
+    pub auth_refused: Counter,
+    /// Requests no checker answered (the gateway's 503, 502 or 504).
+    pub auth_unavailable: Counter,
 }
 
 impl ServiceMetrics {
@@ -360,7 +379,7 @@ impl Metrics {
             service: service.to_string(),
             scope: scope.to_string(),
         };
-        let outcome = |outcome: &str| StickyLabels {
+        let outcome = |outcome: &str| OutcomeLabels {
             service: service.to_string(),
             outcome: outcome.to_string(),
         };
@@ -372,6 +391,9 @@ impl Metrics {
         let sticky_kept = self.sticky.get_or_create(&outcome("kept")).clone();
         let sticky_pinned = self.sticky.get_or_create(&outcome("pinned")).clone();
         let sticky_repinned = self.sticky.get_or_create(&outcome("repinned")).clone();
+        let auth_allowed = self.auth.get_or_create(&outcome("allowed")).clone();
+        let auth_refused = self.auth.get_or_create(&outcome("refused")).clone();
+        let auth_unavailable = self.auth.get_or_create(&outcome("unavailable")).clone();
         ServiceMetrics {
             service: service.to_string(),
             requests: self.requests.clone(),
@@ -387,6 +409,9 @@ impl Metrics {
             sticky_kept,
             sticky_pinned,
             sticky_repinned,
+            auth_allowed,
+            auth_refused,
+            auth_unavailable,
         }
     }
 

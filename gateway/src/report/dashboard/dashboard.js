@@ -72,6 +72,7 @@ function circuit(name, s, gateways) {
   if (p.sticky) add("sticky", "cookie " + p.sticky_cookie, "policy");
   if (p.rate_limit) add("limit", p.rate_limit + " in total", "policy");
   if (p.rate_limit_per_client) add("limit/client", p.rate_limit_per_client, "policy");
+  if (p.auth_forward) add("auth", p.auth_forward, "policy");
   if (p.limit_here) {
     if (p.limit_here.share_rps !== null) add("share here", fmt(p.limit_here.share_rps, 1) + "/s", "policy");
     add("429 here", fmt(p.limit_here.refused, 0), p.limit_here.refused > 0 ? "h-draining" : "");
@@ -208,7 +209,7 @@ function render(u) {
     while (points.length > HISTORY) points.shift();
     history.set(name, points);
     const p = s.policy || {};
-    if (s.requests > 0 || p.sticky || p.rate_limit || p.rate_limit_per_client) cards.push([circuit(name, s, st.gateways), points]);
+    if (s.requests > 0 || p.sticky || p.rate_limit || p.rate_limit_per_client || p.auth_forward) cards.push([circuit(name, s, st.gateways), points]);
   }
   for (const name of [...history.keys()]) if (!state.has(name)) history.delete(name);
   circuits.replaceChildren(...cards.map(([[card]]) => card));
