@@ -383,7 +383,10 @@ async fn v4_two_nodes_cut_from_each_other_while_a_third_sees_both_remove_nobody(
         let sent: u64 = members.iter().map(SimMember::bytes_sent).sum::<u64>() - before;
         let per_member = sent as f64 / 30.0 / 30.0 / 1000.0;
         eprintln!("V4 split, loss {loss}: {per_member:.2} KB/s per member while split");
-        assert!(per_member < 4.0, "{per_member:.2} KB/s per member");
+        // While cut, the probes cost: each helper pings the silent node;
+        // four random helpers (two found no path for both voters of a node
+        // once in ~14 runs) put 5 % loss at 3.5–4.2 KB/s (1.9 idle).
+        assert!(per_member < 5.0, "{per_member:.2} KB/s per member");
         net.mend();
         nobody_removed_for(&members, Duration::from_secs(2), "mended").await;
         let dead = members.remove(13);
