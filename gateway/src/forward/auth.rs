@@ -11,12 +11,14 @@
 
 use std::net::SocketAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
 
 use crate::forward::body::ProxyBody;
 use crate::forward::call::{Call, Log};
 use crate::forward::error::error_response;
+use crate::forward::headers::ClientTls;
 use crate::forward::replay::Replay;
 use crate::forward::retry::forward_parts;
 use crate::forward::state::Gateway;
@@ -31,22 +33,19 @@ const NOT_SENT: [HeaderName; 4] = [
     header::EXPECT,
 ];
 
-/// Asks `auth` about a request of `service` (`method`, `uri`, `headers`,
-/// from `peer`, `tls` or not): the headers to set on it when allowed, else
-/// the answer the client gets.
-#[allow(clippy::too_many_arguments)]
+/// Asks `auth` about `req`, a request of `service` from `peer`: the
+/// headers to set on it when allowed, else the answer the client gets.
 pub async fn check(
     gw: &Gateway,
     table: &Table,
     auth: &AuthPolicy,
     service: &str,
-    method: &Method,
-    uri: &http::Uri,
-    headers: &HeaderMap,
+    req: &Request<Incoming>,
     peer: SocketAddr,
-    tls: bool,
     traceparent: &HeaderValue,
 ) -> Result<Vec<(HeaderName, HeaderValue)>, Response<ProxyBody>> {
+    let (method, uri, headers) = (req.method(), req.uri(), req.headers());
+    let tls = req.extensions().get::<ClientTls>().is_some();
     let path = uri.path();
     let name = &auth.forward.service;
     let unavailable = |why: String| {

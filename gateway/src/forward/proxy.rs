@@ -29,7 +29,7 @@ use crate::forward::body::ProxyBody;
 use crate::forward::call::{Call, Log};
 use crate::forward::error::GatewayMade;
 use crate::forward::error::error_response;
-use crate::forward::headers::{ClientTls, TRACEPARENT, client_ip, traceparent};
+use crate::forward::headers::{TRACEPARENT, client_ip, traceparent};
 use crate::forward::state::Gateway;
 use crate::forward::upgrade::is_upgrade;
 use crate::forward::{auth, retry, upgrade};
@@ -164,21 +164,8 @@ async fn dispatch(
     // Forward auth: the service announced who checks its requests.
     if let Some(auth) = service.policy.auth.as_ref() {
         if auth.forward.service != *service.name {
-            let tls = req.extensions().get::<ClientTls>().is_some();
-            let uri = req.uri().clone();
-            let checked = auth::check(
-                gw,
-                &table,
-                auth,
-                route.service,
-                req.method(),
-                &uri,
-                req.headers(),
-                peer,
-                tls,
-                traceparent,
-            )
-            .await;
+            let checked =
+                auth::check(gw, &table, auth, route.service, &req, peer, traceparent).await;
             match checked {
                 Ok(pass) => {
                     service.metrics.auth_allowed.inc();
