@@ -238,7 +238,7 @@ pub fn eureka_register(data: &[u8]) {
         let registry = shoal_gateway::eureka::Registry::of(&ClusterView::from_members([member]));
         let mut x = shoal_gateway::eureka::Xml::default();
         for i in registry.instances() {
-            i.xml(0, "ADDED", &mut x);
+            i.xml(0, "ADDED", shoal_gateway::eureka::Form::Full, &mut x);
         }
         let xml = x.finish();
         if let Err(e) = shoal_gateway::eureka::well_formed(&xml) {

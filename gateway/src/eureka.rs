@@ -8,9 +8,13 @@
 //!   under `/eureka/` and `/eureka/v2/`, with and without a trailing slash:
 //!   `apps`, `apps/delta`, `apps/{APP}`, `apps/{APP}/{ID}`, `instances/{ID}`,
 //!   `vips/{vip}`, `svips/{svip}`. JSON when `Accept` contains `json`, XML
-//!   otherwise (the Python client reads only XML). Shapes follow
-//!   `../shared/EUREKA.md`: `application` and `instance` always arrays,
-//!   `versions__delta` always present, `apps__hashcode` `STATUS_count_`.
+//!   otherwise (the Python client reads only XML); the compact form when
+//!   `X-Eureka-Accept: compact`; `?regions=` taken and ignored (one
+//!   region). Shapes are Eureka 2.x's, pinned field by field against its
+//!   encoders (`eureka/fixtures/`): `application` and `instance` always
+//!   arrays, `versions__delta` `1` for the registry, the delta's version
+//!   for a delta, `-1` for a VIP, `apps__hashcode` `STATUS_count_` over
+//!   what the answer holds (the whole registry for a delta).
 //! - **Writes**: register (`POST apps/{APP}`, JSON or XML → 204), heartbeat
 //!   (`PUT apps/{APP}/{ID}` → 200 or 404, empty bodies), cancel, status
 //!   override, metadata. Each becomes a lease in gossip
@@ -46,7 +50,7 @@ use shoal_node::now_ms;
 
 pub use access::{Access, parse_users};
 pub use changes::Snapshot;
-pub use record::{Instance, Registry, Xml, well_formed};
+pub use record::{Form, Instance, Registry, Xml, well_formed};
 
 /// The largest registration body taken (Eureka's own records are ~1.5 KB).
 const MAX_BODY: usize = 64 * 1024;
@@ -87,21 +91,48 @@ fn wants_json(headers: &HeaderMap) -> bool {
         .any(|v| v.to_ascii_lowercase().contains("json"))
 }
 
-/// `applications` (the full registry, a delta, or a VIP), in either form:
-/// each application with its `(action, instance)` list.
-fn applications(
-    snapshot: &Snapshot,
-    apps: &BTreeMap<&str, Vec<(&str, &Instance)>>,
+/// What an answer looks like: JSON or XML, full or compact.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
     json: bool,
-) -> Response {
-    let now = now_ms();
-    let hashcode = snapshot.registry.hashcode();
-    let version = snapshot.version.to_string();
-    if json {
+    form: Form,
+}
+
+impl Answer {
+    /// JSON when `Accept` names it; compact when `X-Eureka-Accept` says so.
+    fn of(headers: &HeaderMap) -> Self {
+        let compact = headers
+            .get("x-eureka-accept")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("compact"));
+        Self {
+            json: wants_json(headers),
+            form: if compact { Form::Compact } else { Form::Full },
+        }
+    }
+}
+
+/// Applications grouped by name, each with its `(action, instance)` list.
+type Apps<'a> = BTreeMap<&'a str, Vec<(&'a str, &'a Instance)>>;
+
+/// The body of an `applications` answer (the full registry, a delta, or a
+/// VIP) with its `versions__delta` and `apps__hashcode`.
+fn applications_body(
+    apps: &Apps,
+    version: &str,
+    hashcode: &str,
+    answer: Answer,
+    now: u64,
+) -> String {
+    if answer.json {
         let application: Vec<Value> = apps
             .iter()
             .map(|(name, list)| {
-                json!({"name": name, "instance": list.iter().map(|(a, i)| i.json(now, a)).collect::<Vec<_>>()})
+                let instances: Vec<Value> = list
+                    .iter()
+                    .map(|(a, i)| i.json(now, a, answer.form))
+                    .collect();
+                json!({"name": name, "instance": instances})
             })
             .collect();
         let body = json!({"applications": {
@@ -109,30 +140,38 @@ fn applications(
             "apps__hashcode": hashcode,
             "application": application,
         }});
-        return json_response(&body);
+        return body.to_string();
     }
     let mut x = Xml::default();
     x.open("applications");
-    x.leaf("versions__delta", &version);
-    x.leaf("apps__hashcode", &hashcode);
+    x.leaf("versions__delta", version);
+    x.leaf("apps__hashcode", hashcode);
     for (name, list) in apps {
         x.open("application");
         x.leaf("name", name);
         for (action, i) in list {
-            i.xml(now, action, &mut x);
+            i.xml(now, action, answer.form, &mut x);
         }
         x.close("application");
     }
     x.close("applications");
-    xml_response(x)
+    x.finish()
+}
+
+/// [`applications_body`] as a response.
+fn applications(apps: &Apps, version: &str, hashcode: &str, answer: Answer) -> Response {
+    let body = applications_body(apps, version, hashcode, answer, now_ms());
+    let kind = if answer.json {
+        "application/json"
+    } else {
+        "application/xml"
+    };
+    ([(header::CONTENT_TYPE, kind)], body).into_response()
 }
 
 /// The registry's instances that `keep`, grouped by application, as ADDED.
-fn select(
-    registry: &Registry,
-    keep: impl Fn(&Instance) -> bool,
-) -> BTreeMap<&str, Vec<(&'static str, &Instance)>> {
-    let mut apps: BTreeMap<&str, Vec<(&str, &Instance)>> = BTreeMap::new();
+fn select(registry: &Registry, keep: impl Fn(&Instance) -> bool) -> Apps<'_> {
+    let mut apps: Apps = BTreeMap::new();
     for i in registry.instances().filter(|i| keep(i)) {
         apps.entry(i.app.as_str()).or_default().push(("ADDED", i));
     }
@@ -151,13 +190,15 @@ fn xml_response(x: Xml) -> Response {
     ([(header::CONTENT_TYPE, "application/xml")], x.finish()).into_response()
 }
 
+/// One instance, always in full (Eureka's instance lookups have no
+/// compact form).
 fn one_instance(instance: &Instance, headers: &HeaderMap) -> Response {
     let now = now_ms();
     if wants_json(headers) {
-        return json_response(&json!({"instance": instance.json(now, "ADDED")}));
+        return json_response(&json!({"instance": instance.json(now, "ADDED", Form::Full)}));
     }
     let mut x = Xml::default();
-    instance.xml(now, "ADDED", &mut x);
+    instance.xml(now, "ADDED", Form::Full, &mut x);
     xml_response(x)
 }
 
@@ -195,20 +236,30 @@ fn lease_answer(result: Result<(), LeaseError>, ok: StatusCode) -> Response {
     }
 }
 
+/// The whole registry: version `1`, as Eureka's (`setVersion(1L)`).
 async fn all(State(e): State<Eureka>, headers: HeaderMap) -> Response {
     let s = e.snapshot();
-    applications(&s, &select(&s.registry, |_| true), wants_json(&headers))
+    let apps = select(&s.registry, |_| true);
+    applications(&apps, "1", &s.registry.hashcode(), Answer::of(&headers))
 }
 
+/// The recent changes, at the delta's version, with the hash code of the
+/// whole registry (what a client reconciles against).
 async fn delta(State(e): State<Eureka>, headers: HeaderMap) -> Response {
     let s = e.snapshot();
-    let mut apps: BTreeMap<&str, Vec<(&str, &Instance)>> = BTreeMap::new();
+    let mut apps: Apps = BTreeMap::new();
     for (action, i) in &s.changes {
         apps.entry(i.app.as_str())
             .or_default()
             .push((action.as_str(), i));
     }
-    applications(&s, &apps, wants_json(&headers))
+    let version = s.version.to_string();
+    applications(
+        &apps,
+        &version,
+        &s.registry.hashcode(),
+        Answer::of(&headers),
+    )
 }
 
 async fn one_app(State(e): State<Eureka>, Path(app): Path<String>, headers: HeaderMap) -> Response {
@@ -218,17 +269,18 @@ async fn one_app(State(e): State<Eureka>, Path(app): Path<String>, headers: Head
         return StatusCode::NOT_FOUND.into_response();
     };
     let now = now_ms();
-    if wants_json(&headers) {
+    let answer = Answer::of(&headers);
+    if answer.json {
         return json_response(&json!({"application": {
             "name": app,
-            "instance": list.iter().map(|i| i.json(now, "ADDED")).collect::<Vec<_>>(),
+            "instance": list.iter().map(|i| i.json(now, "ADDED", answer.form)).collect::<Vec<_>>(),
         }}));
     }
     let mut x = Xml::default();
     x.open("application");
     x.leaf("name", &app);
     for i in list {
-        i.xml(now, "ADDED", &mut x);
+        i.xml(now, "ADDED", answer.form, &mut x);
     }
     x.close("application");
     xml_response(x)
@@ -257,15 +309,39 @@ async fn by_id(State(e): State<Eureka>, Path(id): Path<String>, headers: HeaderM
     }
 }
 
+/// The instances whose `vipAddress` lists `vip` (comma-separated, exact),
+/// as Eureka's `getApplicationsForVip` answers: version `-1`, the hash
+/// code of what it holds, an empty list when none.
 async fn by_vip(State(e): State<Eureka>, Path(vip): Path<String>, headers: HeaderMap) -> Response {
+    vip_answer(&e, &headers, |i| &i.vip, &vip)
+}
+
+/// The same over `secureVipAddress`.
+async fn by_svip(State(e): State<Eureka>, Path(vip): Path<String>, headers: HeaderMap) -> Response {
+    vip_answer(&e, &headers, |i| &i.secure_vip, &vip)
+}
+
+fn vip_answer(
+    e: &Eureka,
+    headers: &HeaderMap,
+    field: impl Fn(&Instance) -> &String,
+    vip: &str,
+) -> Response {
     let s = e.snapshot();
-    let apps = select(&s.registry, |i| {
-        i.vip.eq_ignore_ascii_case(&vip) || i.secure_vip.eq_ignore_ascii_case(&vip)
-    });
-    if apps.is_empty() {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    applications(&s, &apps, wants_json(&headers))
+    let (apps, hashcode) = vip_apps(&s.registry, field, vip);
+    applications(&apps, "-1", &hashcode, Answer::of(headers))
+}
+
+/// The instances whose `field` (a comma-separated list) holds `vip`, and
+/// their hash code.
+fn vip_apps<'a>(
+    registry: &'a Registry,
+    field: impl Fn(&Instance) -> &String,
+    vip: &str,
+) -> (Apps<'a>, String) {
+    let apps = select(registry, |i| field(i).split(',').any(|v| v == vip));
+    let hashcode = record::hashcode(apps.values().flatten().map(|(_, i)| *i));
+    (apps, hashcode)
 }
 
 async fn register(
@@ -397,7 +473,7 @@ pub fn router(eureka: Eureka, access: Access) -> Router {
         .route("/apps/{app}/{id}/metadata", put(set_metadata))
         .route("/instances/{id}", get(by_id))
         .route("/vips/{vip}", get(by_vip))
-        .route("/svips/{vip}", get(by_vip))
+        .route("/svips/{vip}", get(by_svip))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(access, access::check));
     Router::new()

@@ -676,8 +676,49 @@ async fn eureka_clients_discover_every_member_in_json_and_xml() {
     );
     let r = get("/eureka/vips/echo", "application/json").await.unwrap();
     assert_eq!(r.status(), 200);
+    let vip: Value = r.json().await.unwrap();
+    assert_eq!(vip["applications"]["versions__delta"], "-1");
+    assert_eq!(vip["applications"]["apps__hashcode"], "UP_2_");
     assert_eq!(get("/eureka/apps/NOPE", "*/*").await.unwrap().status(), 404);
-    assert_eq!(get("/eureka/vips/nope", "*/*").await.unwrap().status(), 404);
+    // A VIP nobody holds: Eureka's empty list, not a 404.
+    let r = get("/eureka/vips/nope", "application/json").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let none: Value = r.json().await.unwrap();
+    assert_eq!(none["applications"]["application"], serde_json::json!([]));
+
+    // Remote regions asked for (Spring's `fetch-remote-regions-registry`):
+    // one region here, the same registry; the compact form on request.
+    let r = get(
+        "/eureka/apps/?regions=us-west-2,eu-west-1",
+        "application/json",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let with_regions: Value = r.json().await.unwrap();
+    assert_eq!(with_regions["applications"]["apps__hashcode"], "UP_3_");
+    let r = client
+        .get(format!(
+            "http://{admin}/eureka/apps/delta?regions=us-west-2"
+        ))
+        .header("accept", "application/json")
+        .header("x-eureka-accept", "compact")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .get(format!("http://{admin}/eureka/apps/ECHO"))
+        .header("accept", "application/json")
+        .header("x-eureka-accept", "compact")
+        .send()
+        .await
+        .unwrap();
+    let compact: Value = r.json().await.unwrap();
+    let first = &compact["application"]["instance"][0];
+    assert_eq!(first["port"]["$"], 9000);
+    assert!(first.get("leaseInfo").is_none(), "{first}");
+    assert!(first.get("metadata").is_none(), "{first}");
 }
 
 /// A replica frozen (SIGSTOP: alive, sockets open, no answers, no gossip —

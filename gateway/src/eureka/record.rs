@@ -50,6 +50,31 @@ pub struct Instance {
     pub dirty_ms: u64,
 }
 
+/// How much of each instance an answer shows: all of it, or the compact
+/// form a client asks for with `X-Eureka-Accept: compact` (Eureka's
+/// `MiniInstanceInfoMixIn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    Full,
+    Compact,
+}
+
+/// The fields the compact form leaves out (those of them we write).
+const NOT_COMPACT: [&str; 9] = [
+    "overriddenStatus",
+    "countryId",
+    "leaseInfo",
+    "metadata",
+    "homePageUrl",
+    "statusPageUrl",
+    "healthCheckUrl",
+    "isCoordinatingDiscoveryServer",
+    "lastDirtyTimestamp",
+];
+
+/// What Eureka writes for an empty metadata map (for old clients).
+const EMPTY_METADATA: (&str, &str) = ("class", "java.util.Collections$EmptyMap");
+
 /// Eureka's status for a member's health.
 pub fn status(health: Health) -> &'static str {
     match health {
@@ -132,10 +157,16 @@ impl Instance {
         a != *other
     }
 
-    /// The JSON record (`{"instanceId":…}`), field order as Eureka's.
-    pub fn json(&self, now_ms: u64, action: &str) -> Value {
+    /// The JSON record (`{"instanceId":…}`), field order as Eureka's
+    /// (`EurekaJacksonCodec.InstanceInfoSerializer`).
+    pub fn json(&self, now_ms: u64, action: &str, form: Form) -> Value {
         let (renewal, duration) = self.lease_secs;
-        json!({
+        let metadata = if self.metadata.is_empty() {
+            json!({ format!("@{}", EMPTY_METADATA.0): EMPTY_METADATA.1 })
+        } else {
+            json!(self.metadata)
+        };
+        let mut record = json!({
             "instanceId": self.instance_id,
             "hostName": self.host_name,
             "app": self.app,
@@ -157,7 +188,7 @@ impl Instance {
                 "evictionTimestamp": 0,
                 "serviceUpTimestamp": self.registered_ms
             },
-            "metadata": self.metadata,
+            "metadata": metadata,
             "homePageUrl": self.urls[0],
             "statusPageUrl": self.urls[1],
             "healthCheckUrl": self.urls[2],
@@ -167,19 +198,28 @@ impl Instance {
             "lastUpdatedTimestamp": self.updated_ms.to_string(),
             "lastDirtyTimestamp": self.dirty_ms.to_string(),
             "actionType": action
-        })
+        });
+        if form == Form::Compact
+            && let Some(fields) = record.as_object_mut()
+        {
+            fields.retain(|k, _| !NOT_COMPACT.contains(&k.as_str()));
+        }
+        record
     }
 
-    /// The XML record (`<instance>…</instance>`), in Eureka's field order.
-    pub fn xml(&self, now_ms: u64, action: &str, x: &mut Xml) {
-        let (renewal, duration) = self.lease_secs;
+    /// The XML record (`<instance>…</instance>`), in Eureka's field order
+    /// (`Converters.InstanceInfoConverter`).
+    pub fn xml(&self, now_ms: u64, action: &str, form: Form, x: &mut Xml) {
+        let full = form == Form::Full;
         x.open("instance");
         x.leaf("instanceId", &self.instance_id);
         x.leaf("hostName", &self.host_name);
         x.leaf("app", &self.app);
         x.leaf("ipAddr", &self.ip);
         x.leaf("status", self.status);
-        x.leaf("overriddenstatus", self.overridden);
+        if full {
+            x.leaf("overriddenstatus", self.overridden);
+        }
         x.leaf_with("port", ("enabled", "true"), &self.port.to_string());
         let secure_on = if self.secure_port.is_some() {
             "true"
@@ -188,7 +228,9 @@ impl Instance {
         };
         let secure = self.secure_port.unwrap_or(443).to_string();
         x.leaf_with("securePort", ("enabled", secure_on), &secure);
-        x.leaf("countryId", "1");
+        if full {
+            x.leaf("countryId", "1");
+        }
         x.open_with(
             "dataCenterInfo",
             (
@@ -198,6 +240,28 @@ impl Instance {
         );
         x.leaf("name", &self.data_center);
         x.close("dataCenterInfo");
+        if full {
+            self.xml_lease_and_metadata(now_ms, x);
+            x.leaf("homePageUrl", &self.urls[0]);
+            x.leaf("statusPageUrl", &self.urls[1]);
+            x.leaf("healthCheckUrl", &self.urls[2]);
+        }
+        x.leaf("vipAddress", &self.vip);
+        x.leaf("secureVipAddress", &self.secure_vip);
+        if full {
+            x.leaf("isCoordinatingDiscoveryServer", "false");
+        }
+        x.leaf("lastUpdatedTimestamp", &self.updated_ms.to_string());
+        if full {
+            x.leaf("lastDirtyTimestamp", &self.dirty_ms.to_string());
+        }
+        x.leaf("actionType", action);
+        x.close("instance");
+    }
+
+    /// `<leaseInfo>` and `<metadata>` (`class="…EmptyMap"` when empty).
+    fn xml_lease_and_metadata(&self, now_ms: u64, x: &mut Xml) {
+        let (renewal, duration) = self.lease_secs;
         let registered = self.registered_ms.to_string();
         x.open("leaseInfo");
         x.leaf("renewalIntervalInSecs", &renewal.to_string());
@@ -210,22 +274,16 @@ impl Instance {
         x.leaf("evictionTimestamp", "0");
         x.leaf("serviceUpTimestamp", &registered);
         x.close("leaseInfo");
-        x.open("metadata");
+        if self.metadata.is_empty() {
+            x.open_with("metadata", EMPTY_METADATA);
+        } else {
+            x.open("metadata");
+        }
         for (k, v) in &self.metadata {
             // Keys are valid XML names: ours are, and registrations are checked.
             x.leaf(k, v);
         }
         x.close("metadata");
-        x.leaf("homePageUrl", &self.urls[0]);
-        x.leaf("statusPageUrl", &self.urls[1]);
-        x.leaf("healthCheckUrl", &self.urls[2]);
-        x.leaf("vipAddress", &self.vip);
-        x.leaf("secureVipAddress", &self.secure_vip);
-        x.leaf("isCoordinatingDiscoveryServer", "false");
-        x.leaf("lastUpdatedTimestamp", &self.updated_ms.to_string());
-        x.leaf("lastDirtyTimestamp", &self.dirty_ms.to_string());
-        x.leaf("actionType", action);
-        x.close("instance");
     }
 }
 
@@ -319,6 +377,19 @@ fn carriable(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Eureka's hash code of `instances`: `STATUS_count_` per status,
+/// alphabetical; `""` when there are none.
+pub fn hashcode<'a>(instances: impl Iterator<Item = &'a Instance>) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for instance in instances {
+        *counts.entry(instance.status).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(status, n)| format!("{status}_{n}_"))
+        .collect()
+}
+
 /// The registry seen by this gateway: application name → instances.
 #[derive(Debug, Default, Clone)]
 pub struct Registry {
@@ -338,14 +409,7 @@ impl Registry {
 
     /// `STATUS_count_` per status, alphabetical; `""` when empty.
     pub fn hashcode(&self) -> String {
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for instance in self.apps.values().flatten() {
-            *counts.entry(instance.status).or_default() += 1;
-        }
-        counts
-            .iter()
-            .map(|(status, n)| format!("{status}_{n}_"))
-            .collect()
+        hashcode(self.instances())
     }
 
     /// Every instance.
