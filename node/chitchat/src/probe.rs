@@ -104,6 +104,15 @@ struct Watch {
     waiting: Vec<(SocketAddr, Instant, Heartbeat)>,
 }
 
+impl Watch {
+    /// Forgets those who asked more than `PROBE_ROUNDS` ago: their vote
+    /// has gone, a vouch would come too late.
+    fn drop_stale_waits(&mut self, now: Instant, round: Duration) {
+        self.waiting
+            .retain(|(_, at, _)| now.duration_since(*at) <= round * PROBE_ROUNDS);
+    }
+}
+
 impl Probes {
     /// Whether `id` is being pinged for others.
     pub(crate) fn watching(&self, id: &ChitchatId) -> bool {
@@ -194,8 +203,7 @@ impl Probes {
         self.watched
             .get_mut(id)
             .map(|w| {
-                w.waiting
-                    .retain(|(_, at, _)| now.duration_since(*at) <= round * PROBE_ROUNDS);
+                w.drop_stale_waits(now, round);
                 let (answered, waiting) = std::mem::take(&mut w.waiting)
                     .into_iter()
                     .partition(|(_, _, since)| echo >= *since);
@@ -368,8 +376,7 @@ impl Chitchat {
             return Vec::new();
         };
         for w in p.probes.watched.values_mut() {
-            w.waiting
-                .retain(|(_, at, _)| now.duration_since(*at) <= round * PROBE_ROUNDS);
+            w.drop_stale_waits(now, round);
         }
         let due = p.probes.due_pings(now, round, |w| !w.waiting.is_empty());
         due.iter()
