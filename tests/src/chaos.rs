@@ -437,8 +437,22 @@ pub async fn run(plan: &Plan) -> Report {
     let mut kills = vec![];
     let mut seed = std::process::id() as u64 | 1;
     let mut gateway_killed = false;
-    while started.elapsed() + plan.every <= plan.duration {
-        tokio::time::sleep(plan.every).await;
+    // Kills on a fixed schedule (every `plan.every` from the start), not a
+    // pause after each kill's measurement: the time spent watching a kill
+    // leave the views does not push the next one back (that made a 60 s run
+    // every 5 s kill 9 times, not 12, when views were slow to read).
+    // A kill whose measurement ran past the next one's time is followed by
+    // the next half an interval later, never at once.
+    let mut k = 0;
+    let mut last = started;
+    loop {
+        k += 1;
+        let at = (started + plan.every * k).max(last + plan.every / 2);
+        if at > started + plan.duration {
+            break;
+        }
+        tokio::time::sleep_until(at.into()).await;
+        last = Instant::now();
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
