@@ -127,13 +127,7 @@ fn applications_body(
     if answer.json {
         let application: Vec<Value> = apps
             .iter()
-            .map(|(name, list)| {
-                let instances: Vec<Value> = list
-                    .iter()
-                    .map(|(a, i)| i.json(now, a, answer.form))
-                    .collect();
-                json!({"name": name, "instance": instances})
-            })
+            .map(|(name, list)| application_json(name, list, answer.form, now))
             .collect();
         let body = json!({"applications": {
             "versions__delta": version,
@@ -147,15 +141,26 @@ fn applications_body(
     x.leaf("versions__delta", version);
     x.leaf("apps__hashcode", hashcode);
     for (name, list) in apps {
-        x.open("application");
-        x.leaf("name", name);
-        for (action, i) in list {
-            i.xml(now, action, answer.form, &mut x);
-        }
-        x.close("application");
+        application_xml(name, list, answer.form, now, &mut x);
     }
     x.close("applications");
     x.finish()
+}
+
+/// One application: its name and its `(action, instance)` list.
+fn application_json(name: &str, list: &[(&str, &Instance)], form: Form, now: u64) -> Value {
+    let instances: Vec<Value> = list.iter().map(|(a, i)| i.json(now, a, form)).collect();
+    json!({"name": name, "instance": instances})
+}
+
+/// [`application_json`] in XML.
+fn application_xml(name: &str, list: &[(&str, &Instance)], form: Form, now: u64, x: &mut Xml) {
+    x.open("application");
+    x.leaf("name", name);
+    for (action, i) in list {
+        i.xml(now, action, form, x);
+    }
+    x.close("application");
 }
 
 /// [`applications_body`] as a response.
@@ -270,19 +275,13 @@ async fn one_app(State(e): State<Eureka>, Path(app): Path<String>, headers: Head
     };
     let now = now_ms();
     let answer = Answer::of(&headers);
+    let list: Vec<(&str, &Instance)> = list.iter().map(|i| ("ADDED", i)).collect();
     if answer.json {
-        return json_response(&json!({"application": {
-            "name": app,
-            "instance": list.iter().map(|i| i.json(now, "ADDED", answer.form)).collect::<Vec<_>>(),
-        }}));
+        let application = application_json(&app, &list, answer.form, now);
+        return json_response(&json!({ "application": application }));
     }
     let mut x = Xml::default();
-    x.open("application");
-    x.leaf("name", &app);
-    for i in list {
-        i.xml(now, "ADDED", answer.form, &mut x);
-    }
-    x.close("application");
+    application_xml(&app, &list, answer.form, now, &mut x);
     xml_response(x)
 }
 

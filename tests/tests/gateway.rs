@@ -697,23 +697,18 @@ async fn eureka_clients_discover_every_member_in_json_and_xml() {
     assert_eq!(r.status(), 200);
     let with_regions: Value = r.json().await.unwrap();
     assert_eq!(with_regions["applications"]["apps__hashcode"], "UP_3_");
-    let r = client
-        .get(format!(
-            "http://{admin}/eureka/apps/delta?regions=us-west-2"
-        ))
-        .header("accept", "application/json")
-        .header("x-eureka-accept", "compact")
-        .send()
+    let get_compact = |path: &str| {
+        client
+            .get(format!("http://{admin}{path}"))
+            .header("accept", "application/json")
+            .header("x-eureka-accept", "compact")
+            .send()
+    };
+    let r = get_compact("/eureka/apps/delta?regions=us-west-2")
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = client
-        .get(format!("http://{admin}/eureka/apps/ECHO"))
-        .header("accept", "application/json")
-        .header("x-eureka-accept", "compact")
-        .send()
-        .await
-        .unwrap();
+    let r = get_compact("/eureka/apps/ECHO").await.unwrap();
     let compact: Value = r.json().await.unwrap();
     let first = &compact["application"]["instance"][0];
     assert_eq!(first["port"]["$"], 9000);

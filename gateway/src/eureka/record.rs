@@ -210,14 +210,15 @@ impl Instance {
     /// The XML record (`<instance>…</instance>`), in Eureka's field order
     /// (`Converters.InstanceInfoConverter`).
     pub fn xml(&self, now_ms: u64, action: &str, form: Form, x: &mut Xml) {
-        let full = form == Form::Full;
+        // Named as in JSON: one list says what the compact form leaves out.
+        let shown = |field: &str| form == Form::Full || !NOT_COMPACT.contains(&field);
         x.open("instance");
         x.leaf("instanceId", &self.instance_id);
         x.leaf("hostName", &self.host_name);
         x.leaf("app", &self.app);
         x.leaf("ipAddr", &self.ip);
         x.leaf("status", self.status);
-        if full {
+        if shown("overriddenStatus") {
             x.leaf("overriddenstatus", self.overridden);
         }
         x.leaf_with("port", ("enabled", "true"), &self.port.to_string());
@@ -228,7 +229,7 @@ impl Instance {
         };
         let secure = self.secure_port.unwrap_or(443).to_string();
         x.leaf_with("securePort", ("enabled", secure_on), &secure);
-        if full {
+        if shown("countryId") {
             x.leaf("countryId", "1");
         }
         x.open_with(
@@ -240,27 +241,33 @@ impl Instance {
         );
         x.leaf("name", &self.data_center);
         x.close("dataCenterInfo");
-        if full {
-            self.xml_lease_and_metadata(now_ms, x);
-            x.leaf("homePageUrl", &self.urls[0]);
-            x.leaf("statusPageUrl", &self.urls[1]);
-            x.leaf("healthCheckUrl", &self.urls[2]);
+        if shown("leaseInfo") {
+            self.xml_lease(now_ms, x);
         }
-        x.leaf("vipAddress", &self.vip);
-        x.leaf("secureVipAddress", &self.secure_vip);
-        if full {
-            x.leaf("isCoordinatingDiscoveryServer", "false");
+        if shown("metadata") {
+            self.xml_metadata(x);
         }
-        x.leaf("lastUpdatedTimestamp", &self.updated_ms.to_string());
-        if full {
-            x.leaf("lastDirtyTimestamp", &self.dirty_ms.to_string());
+        let later = [
+            ("homePageUrl", &*self.urls[0]),
+            ("statusPageUrl", &self.urls[1]),
+            ("healthCheckUrl", &self.urls[2]),
+            ("vipAddress", &self.vip),
+            ("secureVipAddress", &self.secure_vip),
+            ("isCoordinatingDiscoveryServer", "false"),
+            ("lastUpdatedTimestamp", &self.updated_ms.to_string()),
+            ("lastDirtyTimestamp", &self.dirty_ms.to_string()),
+            ("actionType", action),
+        ];
+        for (name, value) in later {
+            if shown(name) {
+                x.leaf(name, value);
+            }
         }
-        x.leaf("actionType", action);
         x.close("instance");
     }
 
-    /// `<leaseInfo>` and `<metadata>` (`class="…EmptyMap"` when empty).
-    fn xml_lease_and_metadata(&self, now_ms: u64, x: &mut Xml) {
+    /// `<leaseInfo>`.
+    fn xml_lease(&self, now_ms: u64, x: &mut Xml) {
         let (renewal, duration) = self.lease_secs;
         let registered = self.registered_ms.to_string();
         x.open("leaseInfo");
@@ -274,6 +281,10 @@ impl Instance {
         x.leaf("evictionTimestamp", "0");
         x.leaf("serviceUpTimestamp", &registered);
         x.close("leaseInfo");
+    }
+
+    /// `<metadata>` (`class="…EmptyMap"` when empty).
+    fn xml_metadata(&self, x: &mut Xml) {
         if self.metadata.is_empty() {
             x.open_with("metadata", EMPTY_METADATA);
         } else {
