@@ -47,47 +47,179 @@ pub struct GatewayConfig {
 /// TLS termination at the gateway.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
-    /// PEM certificate chain (`SHOAL_TLS_CERT`, e.g. a Docker secret),
-    /// reloaded when it changes.
-    pub cert: std::path::PathBuf,
-    /// PEM private key (`SHOAL_TLS_KEY`), reloaded when it changes.
-    pub key: std::path::PathBuf,
+    /// Where the certificate comes from: files, or an ACME CA.
+    pub source: CertSource,
     /// Port of HTTPS, HTTP/2 over ALPN and HTTP/1.1 (`SHOAL_TLS_PORT`, 4443).
     pub port: u16,
     /// The plain port answers every request with a redirect to HTTPS
-    /// (`SHOAL_TLS_REDIRECT`, default false: it serves as before).
+    /// (`SHOAL_TLS_REDIRECT`, default false: it serves as before). ACME's
+    /// HTTP-01 challenges are answered on it all the same.
     pub redirect: bool,
-    /// How often the files are checked for a change (`SHOAL_TLS_RELOAD_EVERY`, 2s).
-    pub reload_every: Duration,
+}
+
+/// Where the edge's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum CertSource {
+    /// PEM files, reloaded when they change.
+    Files {
+        /// PEM certificate chain (`SHOAL_TLS_CERT`, e.g. a Docker secret).
+        cert: std::path::PathBuf,
+        /// PEM private key (`SHOAL_TLS_KEY`).
+        key: std::path::PathBuf,
+        /// How often the files are checked for a change (`SHOAL_TLS_RELOAD_EVERY`, 2s).
+        reload_every: Duration,
+    },
+    /// An ACME CA, the certificate shared by the gateways (`SHOAL_ACME_*`).
+    Acme(AcmeConfig),
+}
+
+/// ACME (RFC 8555, HTTP-01): one certificate for `domains`, ordered by one
+/// gateway at a time and shared with the others sealed with the edge key.
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    /// The names the certificate covers (`SHOAL_ACME_DOMAINS`, comma-separated).
+    pub domains: Vec<String>,
+    /// The CA's directory URL (`SHOAL_ACME_DIRECTORY`, Let's Encrypt's).
+    pub directory: String,
+    /// The account's contact (`SHOAL_ACME_EMAIL`), optional.
+    pub email: Option<String>,
+    /// PEM certificates of a private CA to trust for the directory, besides
+    /// the public roots (`SHOAL_ACME_CA_FILE`, e.g. pebble's).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The keys only gateways have, that seal the certificate's private
+    /// key as it travels between them (`SHOAL_EDGE_KEY` / `SHOAL_EDGE_KEY_FILE`).
+    pub edge_keys: shoal_node::KeyRing,
+    /// The share of a certificate's lifetime after which it is renewed
+    /// (`SHOAL_ACME_RENEW_AT`, 0.67: two thirds).
+    pub renew_at: f64,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+impl AcmeConfig {
+    fn from_env(env: &Env) -> Result<Option<Self>, ConfigError> {
+        let Some(raw) = env.get("SHOAL_ACME_DOMAINS") else {
+            return Ok(None);
+        };
+        let mut domains = Vec::new();
+        for name in raw.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let name = name.to_ascii_lowercase();
+            let label_ok = |l: &str| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            };
+            if name.len() > 253 || !name.contains('.') || !name.split('.').all(label_ok) {
+                return Err(shoal_node::invalid(
+                    "SHOAL_ACME_DOMAINS",
+                    raw,
+                    &format!(
+                        "a comma list of DNS names such as api.example.com (`{name}` is not one; \
+                         HTTP-01 cannot prove a wildcard)"
+                    ),
+                ));
+            }
+            if !domains.contains(&name) {
+                domains.push(name);
+            }
+        }
+        if domains.is_empty() {
+            return Err(shoal_node::invalid(
+                "SHOAL_ACME_DOMAINS",
+                raw,
+                "at least one DNS name, e.g. api.example.com",
+            ));
+        }
+        let directory = env.get("SHOAL_ACME_DIRECTORY").unwrap_or(LETS_ENCRYPT);
+        if !directory.starts_with("https://") {
+            return Err(shoal_node::invalid(
+                "SHOAL_ACME_DIRECTORY",
+                directory,
+                "the https:// URL of the CA's ACME directory",
+            ));
+        }
+        let edge_keys = shoal_node::read_key_ring(env, "SHOAL_EDGE_KEY", "SHOAL_EDGE_KEY_FILE")?
+            .ok_or(ConfigError::Missing {
+                var: "SHOAL_EDGE_KEY",
+                hint: "the certificate's private key travels between gateways sealed with a \
+                           key only gateways have (not the cluster key every replica holds): \
+                           create one with `shoal keygen` and give it to the gateways alone \
+                           (SHOAL_EDGE_KEY, or SHOAL_EDGE_KEY_FILE for a Docker secret)"
+                    .into(),
+            })?;
+        let renew_at = env.parse_or("SHOAL_ACME_RENEW_AT", 0.67, "a share of the lifetime")?;
+        if !(0.01..=0.95).contains(&renew_at) {
+            return Err(shoal_node::invalid(
+                "SHOAL_ACME_RENEW_AT",
+                &renew_at.to_string(),
+                "a share of the certificate's lifetime from 0.01 to 0.95 (0.67: two thirds)",
+            ));
+        }
+        Ok(Some(Self {
+            domains,
+            directory: directory.to_string(),
+            email: env.get("SHOAL_ACME_EMAIL").map(str::to_string),
+            ca_file: env.get("SHOAL_ACME_CA_FILE").map(Into::into),
+            edge_keys,
+            renew_at,
+        }))
+    }
+
+    /// The certificate's name among the gateways: its domains.
+    pub fn name(&self) -> String {
+        self.domains.join(",")
+    }
 }
 
 impl TlsConfig {
     fn from_env(env: &Env, plain_port: u16) -> Result<Option<Self>, ConfigError> {
         let redirect = env.bool_or("SHOAL_TLS_REDIRECT", false)?;
-        let (cert, key) = match (env.get("SHOAL_TLS_CERT"), env.get("SHOAL_TLS_KEY")) {
-            (None, None) if redirect => {
+        let acme = AcmeConfig::from_env(env)?;
+        let source = match (env.get("SHOAL_TLS_CERT"), env.get("SHOAL_TLS_KEY"), acme) {
+            (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+                return Err(shoal_node::invalid(
+                    "SHOAL_ACME_DOMAINS",
+                    env.get("SHOAL_ACME_DOMAINS").unwrap_or_default(),
+                    "either SHOAL_ACME_DOMAINS or SHOAL_TLS_CERT/SHOAL_TLS_KEY, not both: \
+                     the certificate comes from the CA or from files",
+                ));
+            }
+            (None, None, Some(acme)) => CertSource::Acme(acme),
+            (None, None, None) if redirect => {
                 return Err(ConfigError::Missing {
                     var: "SHOAL_TLS_CERT",
                     hint:
                         "SHOAL_TLS_REDIRECT=true needs TLS: set SHOAL_TLS_CERT and SHOAL_TLS_KEY \
-                           to PEM files"
+                           to PEM files, or SHOAL_ACME_DOMAINS"
                             .into(),
                 });
             }
-            (None, None) => return Ok(None),
-            (Some(_), None) => {
+            (None, None, None) => return Ok(None),
+            (Some(_), None, None) => {
                 return Err(ConfigError::Missing {
                     var: "SHOAL_TLS_KEY",
                     hint: "SHOAL_TLS_CERT is set: name the PEM private key file too".into(),
                 });
             }
-            (None, Some(_)) => {
+            (None, Some(_), None) => {
                 return Err(ConfigError::Missing {
                     var: "SHOAL_TLS_CERT",
                     hint: "SHOAL_TLS_KEY is set: name the PEM certificate chain file too".into(),
                 });
             }
-            (Some(c), Some(k)) => (c.into(), k.into()),
+            (Some(c), Some(k), None) => CertSource::Files {
+                cert: c.into(),
+                key: k.into(),
+                reload_every: env.duration_in(
+                    "SHOAL_TLS_RELOAD_EVERY",
+                    Duration::from_secs(2),
+                    Duration::from_millis(100)..,
+                    "a duration of 100ms or more",
+                )?,
+            },
         };
         let port = env.parse_in("SHOAL_TLS_PORT", 4443, 1.., "a TCP port, 1-65535")?;
         if port == plain_port {
@@ -98,17 +230,18 @@ impl TlsConfig {
             ));
         }
         Ok(Some(Self {
-            cert,
-            key,
+            source,
             port,
             redirect,
-            reload_every: env.duration_in(
-                "SHOAL_TLS_RELOAD_EVERY",
-                Duration::from_secs(2),
-                Duration::from_millis(100)..,
-                "a duration of 100ms or more",
-            )?,
         }))
+    }
+
+    /// The ACME settings, when the certificate comes from a CA.
+    pub fn acme(&self) -> Option<&AcmeConfig> {
+        match &self.source {
+            CertSource::Acme(acme) => Some(acme),
+            CertSource::Files { .. } => None,
+        }
     }
 }
 
@@ -125,6 +258,10 @@ pub struct ProxyConfig {
     pub max_in_flight: usize,
     /// Upstream requests in flight per instance (`SHOAL_MAX_CONNECTIONS_PER_INSTANCE`, 1024).
     pub max_in_flight_per_instance: u32,
+    /// Upstream connections this gateway opens to one instance, split among
+    /// its workers (`SHOAL_UPSTREAM_CONNECTIONS`, 64): a request that finds
+    /// them all busy waits for the next free one.
+    pub upstream_connections: usize,
     /// Idle pooled connections are closed after this (`SHOAL_POOL_IDLE_TIMEOUT`, 60s),
     /// far below the 900 s after which Swarm's IPVS silently drops them.
     pub pool_idle_timeout: Duration,
@@ -198,6 +335,7 @@ impl Default for ProxyConfig {
             request_timeout: Duration::from_secs(20),
             max_in_flight: 4096,
             max_in_flight_per_instance: 1024,
+            upstream_connections: 64,
             pool_idle_timeout: Duration::from_secs(60),
             retry_body_limit: 64 * 1024,
             max_client_connections: 10_000,
@@ -305,6 +443,12 @@ impl GatewayConfig {
                 p.max_in_flight_per_instance,
                 1..=1_000_000,
                 "a whole number, 1-1000000",
+            )?,
+            upstream_connections: env.parse_in(
+                "SHOAL_UPSTREAM_CONNECTIONS",
+                p.upstream_connections,
+                1..=100_000,
+                "a whole number, 1-100000",
             )?,
             max_client_connections: env.parse_in(
                 "SHOAL_MAX_CLIENT_CONNECTIONS",
@@ -446,6 +590,72 @@ mod tests {
         assert_eq!(off.stats_every, None);
         let err = GatewayConfig::from_env(&env(&[("SHOAL_STATS_EVERY", "2h")])).unwrap_err();
         assert!(err.to_string().contains("SHOAL_STATS_EVERY"), "{err}");
+    }
+
+    #[test]
+    fn acme_settings_take_defaults_and_name_what_is_wrong() {
+        let key = shoal_node::ClusterKey::generate().to_base64();
+        let c = |pairs: &[(&str, &str)]| GatewayConfig::from_env(&env(pairs));
+        let ok = c(&[
+            (
+                "SHOAL_ACME_DOMAINS",
+                " Api.Example.com, www.example.com,api.example.com ",
+            ),
+            ("SHOAL_EDGE_KEY", &key),
+        ])
+        .unwrap();
+        let tls = ok.tls.expect("TLS on");
+        let acme = tls.acme().expect("from ACME");
+        assert_eq!(acme.domains, ["api.example.com", "www.example.com"]);
+        assert_eq!(acme.name(), "api.example.com,www.example.com");
+        assert_eq!(acme.directory, LETS_ENCRYPT);
+        assert_eq!((acme.renew_at, tls.port), (0.67, 4443));
+        let refused = |pairs: &[(&str, &str)], var: &str, why: &str| {
+            let err = c(pairs).unwrap_err().to_string();
+            assert!(err.contains(var) && err.contains(why), "{err}");
+        };
+        let domains = ("SHOAL_ACME_DOMAINS", "api.example.com");
+        let edge = ("SHOAL_EDGE_KEY", key.as_str());
+        refused(&[domains], "SHOAL_EDGE_KEY", "only gateways have");
+        refused(
+            &[("SHOAL_ACME_DOMAINS", "*.example.com"), edge],
+            "SHOAL_ACME_DOMAINS",
+            "wildcard",
+        );
+        refused(
+            &[("SHOAL_ACME_DOMAINS", "localhost"), edge],
+            "SHOAL_ACME_DOMAINS",
+            "DNS names",
+        );
+        refused(
+            &[
+                domains,
+                edge,
+                ("SHOAL_ACME_DIRECTORY", "http://ca.example/dir"),
+            ],
+            "SHOAL_ACME_DIRECTORY",
+            "https://",
+        );
+        refused(
+            &[domains, edge, ("SHOAL_ACME_RENEW_AT", "1.5")],
+            "SHOAL_ACME_RENEW_AT",
+            "0.01 to 0.95",
+        );
+        refused(
+            &[
+                domains,
+                edge,
+                ("SHOAL_TLS_CERT", "c.pem"),
+                ("SHOAL_TLS_KEY", "k.pem"),
+            ],
+            "SHOAL_ACME_DOMAINS",
+            "not both",
+        );
+        refused(
+            &[domains, ("SHOAL_EDGE_KEY", "short")],
+            "SHOAL_EDGE_KEY",
+            "shoal keygen",
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! ([`retry`], with bodies kept for retries in [`replay`]), WebSocket
 //! tunnels ([`upgrade`]), the worker's upstream connections ([`pool`]),
 //! headers sent on ([`headers`]), the one body type ([`body`]), the
-//! gateway's own error answers ([`error`]), and what a request reads
+//! gateway's own error answers ([`error`]) and GETs ([`fetch`]), and what a request reads
 //! ([`state`]).
 //!
 //! May import: [`crate::route`], [`crate::meter`], [`crate::config`].
@@ -14,7 +14,9 @@ pub mod auth;
 pub mod body;
 pub mod call;
 pub mod error;
+pub mod fetch;
 pub mod headers;
+pub mod jwt;
 pub mod pool;
 pub mod proxy;
 pub mod replay;

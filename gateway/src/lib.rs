@@ -21,7 +21,9 @@
 //! and report above them all; `tests/tests/layout.rs` fails on an import
 //! against that order or on any cycle.
 
-#![forbid(unsafe_code)]
+// One `unsafe` call in the crate, allowed where it is made: glibc's
+// `malloc_trim` (edge/trim.rs).
+#![deny(unsafe_code)]
 
 pub mod config;
 mod edge;
@@ -45,7 +47,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 pub use crate::config::GatewayConfig;
-use crate::edge::{server, tls, workers};
+use crate::edge::{acme, server, tls, trim, workers};
 use crate::forward::state::Gateway;
 use crate::report::{admin, stats};
 use crate::route::demand;
@@ -72,13 +74,24 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         _ => server::Kind::Plain { h2c: gw.config.h2c },
     };
     listeners.push((public_addr, plain, "SHOAL_PORT"));
+    let mut certificates = None;
     if let Some((tls, t)) = &tls {
         let addr = SocketAddr::new(gw.config.listen, t.port);
         listeners.push((addr, server::Kind::Tls(tls.clone()), "SHOAL_TLS_PORT"));
         tls.spawn_reloader(t.clone(), gw.metrics.clone());
+        certificates = t.acme().map(|a| acme::Acme::new(a.clone(), tls.clone()));
     }
     workers::start(&gw, listeners, workers, drain_timeout).await?;
+    trim::spawn(
+        gw.connections.clone(),
+        gw.config.proxy.max_client_connections,
+    );
     let cluster = Cluster::join(&gw.config.node, Role::Service { routes: Vec::new() }).await?;
+    // Already set only if `run` were called twice on one gateway.
+    let _ = gw.cluster.set(cluster.clone());
+    if let Some(certificates) = &certificates {
+        certificates.spawn(cluster.clone(), admin_addr);
+    }
 
     // Every new view rebuilds the routing table.
     let mut views = cluster.view();
@@ -101,7 +114,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         stats::spawn_publisher(gw.upstreams.clone(), cluster.clone(), every);
     }
     let tls_port = gw.config.tls.as_ref().map(|t| t.port);
-    let admin_app = admin::router(Arc::new(gw), cluster.clone());
+    let admin_app = admin::router(Arc::new(gw), cluster.clone(), certificates);
     tokio::spawn(async move {
         if let Err(err) = axum::serve(admin, admin_app).await {
             warn!(error = %err, "admin server stopped");

@@ -3,7 +3,8 @@
 //! events, Eureka's API mounted beside them) and the figures it publishes by
 //! gossip and merges from every gateway ([`stats`]).
 //!
-//! May import: every layer beneath it — [`crate::forward`],
+//! May import: every layer beneath it — [`crate::edge`] (the ACME
+//! certificate it serves sealed and shows), [`crate::forward`],
 //! [`crate::route`], [`crate::meter`], [`crate::eureka`], [`crate::config`].
 
 pub mod admin;

@@ -15,6 +15,7 @@ use chitchat::ChitchatHandle;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use crate::acme::{self, CertAnnouncement};
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
 use crate::demand::Demand;
@@ -141,6 +142,45 @@ impl Cluster {
                 }
             }
         });
+    }
+
+    /// Publishes (`Some`) or withdraws (`None`) the key authorization of
+    /// ACME challenge `token`, for any gateway the CA reaches to answer.
+    pub async fn set_acme_challenge(&self, token: &str, key_authorization: Option<&str>) {
+        let chitchat = self.inner.handle.chitchat();
+        acme::set_challenge(&mut *chitchat.lock().await, token, key_authorization);
+    }
+
+    /// The key authorization a live member publishes for `token`.
+    pub async fn acme_challenge(&self, token: &str) -> Option<String> {
+        let chitchat = self.inner.handle.chitchat();
+        acme::challenge(&*chitchat.lock().await, token)
+    }
+
+    /// Claims (`Some(since_ms)`) or gives up (`None`) the ordering of the
+    /// certificate `name`.
+    pub async fn set_acme_claim(&self, name: &str, since_ms: Option<u64>) {
+        let chitchat = self.inner.handle.chitchat();
+        acme::set_claim(&mut *chitchat.lock().await, name, since_ms);
+    }
+
+    /// The live claims to order `name`, the one that orders first.
+    pub async fn acme_claims(&self, name: &str) -> Vec<(MemberId, u64)> {
+        let chitchat = self.inner.handle.chitchat();
+        acme::claims(&*chitchat.lock().await, name)
+    }
+
+    /// Announces (`Some`) or withdraws (`None`) this member's copy of the
+    /// certificate `name`.
+    pub async fn set_acme_cert(&self, name: &str, held: Option<&CertAnnouncement>) {
+        let chitchat = self.inner.handle.chitchat();
+        acme::set_cert(&mut *chitchat.lock().await, name, held);
+    }
+
+    /// The other live members' copies of `name`, the longest-lived first.
+    pub async fn acme_certs(&self, name: &str) -> Vec<(MemberId, CertAnnouncement)> {
+        let chitchat = self.inner.handle.chitchat();
+        acme::certs(&*chitchat.lock().await, name)
     }
 
     /// Publishes this gateway's traffic figures to the other gateways

@@ -352,41 +352,49 @@ fn read_timings(env: &Env, protocol: GossipProtocol) -> Result<Timings, ConfigEr
 /// The first key seals what this member sends; all of them open.
 fn read_keys(env: &Env) -> Result<Option<KeyRing>, ConfigError> {
     let insecure = env.bool_or("SHOAL_INSECURE", false)?;
-    let (var, text) = match (
-        env.get("SHOAL_CLUSTER_KEY"),
-        env.get("SHOAL_CLUSTER_KEY_FILE"),
-    ) {
-        (Some(_), Some(_)) => {
+    match read_key_ring(env, "SHOAL_CLUSTER_KEY", "SHOAL_CLUSTER_KEY_FILE")? {
+        Some(ring) => Ok(Some(ring)),
+        None if insecure => Ok(None),
+        None => Err(ConfigError::Missing {
+            var: "SHOAL_CLUSTER_KEY",
+            hint: "gossip is sealed with a cluster key; create one with `shoal keygen` and set \
+                   SHOAL_CLUSTER_KEY (or SHOAL_CLUSTER_KEY_FILE, e.g. a Docker secret), or set \
+                   SHOAL_INSECURE=true for a throwaway local cluster"
+                .into(),
+        }),
+    }
+}
+
+/// Reads a key ring from `var` (comma list of base64 keys made by `shoal
+/// keygen`) or from the file `file_var` names (one key per line or comma
+/// separated); `None` when neither is set. The first key seals, all open.
+pub fn read_key_ring(
+    env: &Env,
+    var: &'static str,
+    file_var: &'static str,
+) -> Result<Option<KeyRing>, ConfigError> {
+    let (var, text) = match (env.get(var), env.get(file_var)) {
+        (Some(_), Some(path)) => {
             return Err(invalid(
-                "SHOAL_CLUSTER_KEY_FILE",
-                env.get("SHOAL_CLUSTER_KEY_FILE").unwrap_or_default(),
-                "only one of SHOAL_CLUSTER_KEY and SHOAL_CLUSTER_KEY_FILE",
+                file_var,
+                path,
+                &format!("only one of {var} and {file_var}"),
             ));
         }
-        (Some(k), None) => ("SHOAL_CLUSTER_KEY", k.to_string()),
+        (Some(k), None) => (var, k.to_string()),
         (None, Some(path)) => {
             #[allow(
                 clippy::disallowed_methods,
                 reason = "read once at start, before the member gossips or serves"
             )]
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
-                var: "SHOAL_CLUSTER_KEY_FILE",
+                var: file_var,
                 path: path.into(),
                 source,
             })?;
-            ("SHOAL_CLUSTER_KEY_FILE", text)
+            (file_var, text)
         }
-        (None, None) if insecure => return Ok(None),
-        (None, None) => {
-            return Err(ConfigError::Missing {
-                var: "SHOAL_CLUSTER_KEY",
-                hint:
-                    "gossip is sealed with a cluster key; create one with `shoal keygen` and set \
-                       SHOAL_CLUSTER_KEY (or SHOAL_CLUSTER_KEY_FILE, e.g. a Docker secret), or set \
-                       SHOAL_INSECURE=true for a throwaway local cluster"
-                        .into(),
-            });
-        }
+        (None, None) => return Ok(None),
     };
     let mut keys = Vec::new();
     for part in text

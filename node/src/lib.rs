@@ -15,6 +15,8 @@
 //! - `transport`: gossip datagrams sealed with ChaCha20-Poly1305.
 //! - `member`: the gossip keys a member publishes and the typed record;
 //!   `view`: [`ClusterView`], service → members.
+//! - `acme`: what gateways share to obtain an ACME certificate together
+//!   (challenges, the claim to order, who holds the certificate);
 //! - `lease`: an instance registered through Eureka's API (pure);
 //!   `leases`: the leases held in gossip, adopted when their gateway dies.
 //! - `stats`, `demand`: what gateways share — traffic figures, rate-limit
@@ -32,6 +34,7 @@
 
 #![forbid(unsafe_code)]
 
+mod acme;
 mod advertise;
 mod clock;
 mod cluster;
@@ -52,12 +55,13 @@ mod testkit;
 mod transport;
 mod view;
 
+pub use acme::CertAnnouncement;
 pub use advertise::{AdvertiseError, AdvertiseSpec};
 pub use clock::now_ms;
 pub use cluster::Cluster;
 pub use config::{
     DEFAULT_GOSSIP_MTU, DEFAULT_GOSSIP_PORT, GossipProtocol, NodeConfig, ServiceName, Timings,
-    log_json,
+    log_json, read_key_ring,
 };
 pub use demand::Demand;
 pub use env::{ConfigError, Env, invalid, parse_duration};
@@ -66,11 +70,11 @@ pub use key::{ClusterKey, KeyRing};
 pub use lease::{Lease, LeaseError, LeaseLimits, LeaseOp, Registration, Status};
 pub use lease::{parse_renewal as lease_renewal, renewal_key as lease_renewal_key};
 pub use member::{Health, Member, MemberId};
-pub use policy::{AuthForward, Policy, RateLimit, Weight};
+pub use policy::{AuthForward, AuthJwt, Policy, RateLimit, Weight};
 pub use stats::{
     BUCKETS, ClusterStats, Counts, Figures, GatewayStats, Histogram, Merged, WINDOW_SECS, bucket,
 };
-pub use transport::{GossipStats, MessageKind};
+pub use transport::{GossipStats, MessageKind, OpenError, Sealer};
 pub use view::{ClusterView, MemberEvent, MembersDoc};
 
 /// The gossip itself, for the membership simulator, the fuzz targets and

@@ -88,6 +88,15 @@ pub struct MemberId {
     pub generation: u64,
 }
 
+impl From<&chitchat::ChitchatId> for MemberId {
+    fn from(id: &chitchat::ChitchatId) -> Self {
+        Self {
+            node: id.node_id.to_string(),
+            generation: id.generation_id,
+        }
+    }
+}
+
 impl fmt::Display for MemberId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}#{}", self.node, self.generation)

@@ -4,9 +4,9 @@
 //! (per service: gateways take them from the newest up instance).
 //!
 //! Read from `SHOAL_WEIGHT`, `SHOAL_VERSION_LABEL`, `SHOAL_STICKY`,
-//! `SHOAL_RATE_LIMIT`, `SHOAL_RATE_LIMIT_PER_CLIENT`, `SHOAL_AUTH_FORWARD`
-//! and `SHOAL_AUTH_COPY_HEADERS`; published only when not the default, so
-//! a member without policies gossips no extra byte.
+//! `SHOAL_RATE_LIMIT`, `SHOAL_RATE_LIMIT_PER_CLIENT`, `SHOAL_AUTH_FORWARD`,
+//! `SHOAL_AUTH_COPY_HEADERS` and `SHOAL_AUTH_JWT_*`; published only when
+//! not the default, so a member without policies gossips no extra byte.
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,6 +31,167 @@ pub mod keys {
     pub const AUTH_FORWARD: &str = "auth";
     /// The headers of the auth service's answer passed on, comma-separated.
     pub const AUTH_COPY_HEADERS: &str = "auth_copy";
+    /// [`super::AuthJwt`]'s key set URL.
+    pub const JWT_JWKS: &str = "jwt_jwks";
+    /// [`super::AuthJwt`]'s issuer.
+    pub const JWT_ISSUER: &str = "jwt_iss";
+    /// [`super::AuthJwt`]'s audience.
+    pub const JWT_AUDIENCE: &str = "jwt_aud";
+    /// [`super::AuthJwt`]'s claims passed on: `sub=x-user,email=x-email`.
+    pub const JWT_CLAIMS: &str = "jwt_claims";
+}
+
+/// Bearer tokens (JWT) checked by the gateway before a request reaches the
+/// service: signed with a key of the issuer's JWKS (RS256, ES256, EdDSA),
+/// `exp` and `nbf` in force, `iss` and `aud` as announced; chosen claims
+/// passed on as headers. Spring Security's OAuth2 resource server.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AuthJwt {
+    /// Where the issuer publishes its keys (`http://` or `https://`).
+    pub jwks: String,
+    /// The `iss` a token must carry, if announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The `aud` a token must carry (one of its audiences), if announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Claims passed on, each as a request header (lowercase).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<(String, String)>,
+}
+
+/// The longest URL, issuer or audience announced.
+const MAX_JWT_TEXT: usize = 512;
+
+fn parse_jwks_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"));
+    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or_default());
+    let ok = host.is_some_and(|h| !h.is_empty() && !h.starts_with(':') && !h.contains('@'))
+        && s.len() <= MAX_JWT_TEXT
+        && s.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "the http:// or https:// URL of the issuer's JSON Web Key Set, at most \
+             {MAX_JWT_TEXT} characters (e.g. https://idp.example.com/.well-known/jwks.json)"
+        ))
+    }
+}
+
+fn parse_jwt_text(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.len() <= MAX_JWT_TEXT && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "1 to {MAX_JWT_TEXT} printable characters without spaces, as the token carries it"
+        ))
+    }
+}
+
+/// `sub=X-User, email=X-Email` → `[("sub", "x-user"), ("email", "x-email")]`.
+fn parse_claims(s: &str) -> Result<Vec<(String, String)>, String> {
+    let expected = || {
+        "1 to 16 claim=header pairs separated by commas, e.g. sub=X-User,email=X-Email".to_string()
+    };
+    let mut out = Vec::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (claim, header) = pair.split_once('=').ok_or_else(expected)?;
+        let claim = claim.trim();
+        let claim_ok = !claim.is_empty()
+            && claim.len() <= 64
+            && claim
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        let header = parse_header_names(header).map_err(|_| expected())?;
+        if !claim_ok || header.len() != 1 {
+            return Err(expected());
+        }
+        out.push((claim.to_string(), header[0].clone()));
+    }
+    if out.is_empty() || out.len() > 16 {
+        return Err(expected());
+    }
+    Ok(out)
+}
+
+impl AuthJwt {
+    fn from_env(env: &Env) -> Result<Option<Self>, ConfigError> {
+        let text = |var: &'static str| {
+            env.get(var)
+                .map(|raw| parse_jwt_text(raw).map_err(|why| invalid(var, raw, &why)))
+                .transpose()
+        };
+        let issuer = text("SHOAL_AUTH_JWT_ISSUER")?;
+        let audience = text("SHOAL_AUTH_JWT_AUDIENCE")?;
+        let claims = env
+            .get("SHOAL_AUTH_JWT_CLAIMS")
+            .map(|raw| parse_claims(raw).map_err(|why| invalid("SHOAL_AUTH_JWT_CLAIMS", raw, &why)))
+            .transpose()?
+            .unwrap_or_default();
+        let Some(raw) = env.get("SHOAL_AUTH_JWT_JWKS") else {
+            let orphan = [
+                ("SHOAL_AUTH_JWT_ISSUER", issuer.is_some()),
+                ("SHOAL_AUTH_JWT_AUDIENCE", audience.is_some()),
+                ("SHOAL_AUTH_JWT_CLAIMS", !claims.is_empty()),
+            ];
+            if let Some((var, _)) = orphan.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    var,
+                    env.get(var).unwrap_or_default(),
+                    "it applies to JWT checks, which need SHOAL_AUTH_JWT_JWKS (the issuer's key \
+                     set URL) too",
+                ));
+            }
+            return Ok(None);
+        };
+        let jwks = parse_jwks_url(raw).map_err(|why| invalid("SHOAL_AUTH_JWT_JWKS", raw, &why))?;
+        Ok(Some(AuthJwt {
+            jwks,
+            issuer,
+            audience,
+            claims,
+        }))
+    }
+
+    fn key_values(&self, kv: &mut Vec<(&'static str, String)>) {
+        kv.push((keys::JWT_JWKS, self.jwks.clone()));
+        if let Some(iss) = &self.issuer {
+            kv.push((keys::JWT_ISSUER, iss.clone()));
+        }
+        if let Some(aud) = &self.audience {
+            kv.push((keys::JWT_AUDIENCE, aud.clone()));
+        }
+        if !self.claims.is_empty() {
+            let claims: Vec<String> = self
+                .claims
+                .iter()
+                .map(|(c, h)| format!("{c}={h}"))
+                .collect();
+            kv.push((keys::JWT_CLAIMS, claims.join(",")));
+        }
+    }
+
+    fn from_keys<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<Self> {
+        let jwks = get(keys::JWT_JWKS).and_then(|v| parse_jwks_url(v).ok())?;
+        // A value this version cannot read keeps the check, never drops it:
+        // an unreadable issuer or audience matches no token.
+        let checked = |key| {
+            get(key).map(|v| parse_jwt_text(v).unwrap_or_else(|_| "\u{0}unreadable".to_string()))
+        };
+        Some(AuthJwt {
+            jwks,
+            issuer: checked(keys::JWT_ISSUER),
+            audience: checked(keys::JWT_AUDIENCE),
+            claims: get(keys::JWT_CLAIMS)
+                .and_then(|v| parse_claims(v).ok())
+                .unwrap_or_default(),
+        })
+    }
 }
 
 /// Forward auth: before a request reaches the service, a gateway asks
@@ -225,6 +386,9 @@ pub struct Policy {
     /// (lowercase); what a client sent under those names never is.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub auth_copy_headers: Vec<String>,
+    /// Its service's requests need a bearer token (JWT) that checks out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_jwt: Option<AuthJwt>,
 }
 
 /// The longest version label.
@@ -275,6 +439,7 @@ impl Policy {
                 })
                 .transpose()?
                 .unwrap_or_default(),
+            auth_jwt: AuthJwt::from_env(env)?,
         })
     }
 
@@ -302,6 +467,9 @@ impl Policy {
         if !self.auth_copy_headers.is_empty() {
             kv.push((keys::AUTH_COPY_HEADERS, self.auth_copy_headers.join(",")));
         }
+        if let Some(jwt) = &self.auth_jwt {
+            jwt.key_values(&mut kv);
+        }
         kv
     }
 
@@ -321,6 +489,7 @@ impl Policy {
             auth_copy_headers: get(keys::AUTH_COPY_HEADERS)
                 .and_then(|v| parse_header_names(v).ok())
                 .unwrap_or_default(),
+            auth_jwt: AuthJwt::from_keys(&get),
         }
     }
 
@@ -330,6 +499,7 @@ impl Policy {
             || self.rate_limit.is_some()
             || self.rate_limit_per_client.is_some()
             || self.auth_forward.is_some()
+            || self.auth_jwt.is_some()
     }
 }
 
@@ -380,8 +550,24 @@ mod tests {
             ("SHOAL_RATE_LIMIT_PER_CLIENT", "20"),
             ("SHOAL_AUTH_FORWARD", "auth-service:/verify"),
             ("SHOAL_AUTH_COPY_HEADERS", "X-User, X-Roles"),
+            (
+                "SHOAL_AUTH_JWT_JWKS",
+                "https://idp.example.com/.well-known/jwks.json",
+            ),
+            ("SHOAL_AUTH_JWT_ISSUER", "https://idp.example.com/"),
+            ("SHOAL_AUTH_JWT_AUDIENCE", "story-service"),
+            ("SHOAL_AUTH_JWT_CLAIMS", "sub=X-User, email=X-Email"),
         ]);
         let p = Policy::from_env(&env).unwrap();
+        let jwt = p.auth_jwt.as_ref().expect("JWT announced");
+        assert_eq!(jwt.audience.as_deref(), Some("story-service"));
+        assert_eq!(
+            jwt.claims,
+            [
+                ("sub".to_string(), "x-user".to_string()),
+                ("email".to_string(), "x-email".to_string())
+            ]
+        );
         assert_eq!(
             p.auth_forward.as_ref().map(ToString::to_string).as_deref(),
             Some("auth-service:/verify")
@@ -408,6 +594,11 @@ mod tests {
             ("SHOAL_AUTH_FORWARD", "auth-service/verify"),
             ("SHOAL_AUTH_FORWARD", "auth service:/verify"),
             ("SHOAL_AUTH_COPY_HEADERS", "X User"),
+            ("SHOAL_AUTH_JWT_JWKS", "idp.example.com/jwks"),
+            ("SHOAL_AUTH_JWT_JWKS", "https:///jwks"),
+            // Without the key set, the rest means nothing: said so.
+            ("SHOAL_AUTH_JWT_AUDIENCE", "story-service"),
+            ("SHOAL_AUTH_JWT_CLAIMS", "sub"),
         ] {
             let err = Policy::from_env(&Env::from_pairs([(var, value)])).unwrap_err();
             assert!(err.to_string().contains(var), "{err}");
@@ -415,5 +606,14 @@ mod tests {
         // Garbage in gossip is the default, not an error.
         let p = Policy::from_keys(|k| (k == keys::WEIGHT).then_some("lots"));
         assert_eq!(p, Policy::default());
+        // An issuer this version cannot read keeps the check (nothing
+        // matches it), never drops it.
+        let p = Policy::from_keys(|k| match k {
+            keys::JWT_JWKS => Some("http://idp:8000/jwks"),
+            keys::JWT_ISSUER => Some("an issuer with spaces"),
+            _ => None,
+        });
+        let jwt = p.auth_jwt.expect("still checked");
+        assert!(jwt.issuer.is_some_and(|i| i.starts_with('\u{0}')));
     }
 }

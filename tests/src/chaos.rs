@@ -53,6 +53,9 @@ pub struct Report {
     pub gets: u64,
     /// GETs that failed, by status (0: no answer).
     pub get_failures: HashMap<u16, u64>,
+    /// The first failed GETs' answers, `status body` (or the client's
+    /// error): what went wrong, for the log.
+    pub failure_texts: Vec<String>,
     /// POSTs sent, by status.
     pub posts: HashMap<u16, u64>,
     /// GET latency p50, p99 (ms).
@@ -100,6 +103,9 @@ impl Report {
             self.duplicated,
             self.unverified
         );
+        for text in &self.failure_texts {
+            out.push_str(&format!("  failed GET: {text}\n"));
+        }
         if !self.kills.is_empty() {
             out.push_str("kills:\n");
         }
@@ -250,7 +256,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// What one GET worker saw: sent, failures by status (0: no answer), and
 /// latencies (ms) of the successes.
-type GetterTally = (u64, HashMap<u16, u64>, Vec<f64>);
+/// GETs sent, failed by status, latencies (ms), and the first failures'
+/// answers (what the gateway said went wrong).
+type GetterTally = (u64, HashMap<u16, u64>, Vec<f64>, Vec<String>);
+
+/// Failed answers a report keeps the text of.
+const FAILURES_KEPT: usize = 10;
 
 /// Bounded load through a gateway, as a patient client sends it: GETs of
 /// `/api/story-service/story` and `…/story/service/host` (the answering
@@ -296,8 +307,8 @@ impl Load {
                     answered.clone(),
                 );
                 tokio::spawn(async move {
-                    let (mut sent, mut failures, mut lat) =
-                        (0u64, HashMap::<u16, u64>::new(), Vec::new());
+                    let (mut sent, mut failures, mut lat, mut texts) =
+                        (0u64, HashMap::<u16, u64>::new(), Vec::new(), Vec::new());
                     while !stop.load(Ordering::Relaxed) {
                         if !pause.is_zero() {
                             tokio::time::sleep(pause).await;
@@ -323,11 +334,23 @@ impl Load {
                                         .or_insert_with(Instant::now);
                                 }
                             }
-                            Ok(r) => *failures.entry(r.status().as_u16()).or_default() += 1,
-                            Err(_) => *failures.entry(0).or_default() += 1,
+                            Ok(r) => {
+                                let status = r.status();
+                                *failures.entry(status.as_u16()).or_default() += 1;
+                                if texts.len() < FAILURES_KEPT {
+                                    let body = r.text().await.unwrap_or_default();
+                                    texts.push(format!("{status} {body}"));
+                                }
+                            }
+                            Err(e) => {
+                                *failures.entry(0).or_default() += 1;
+                                if texts.len() < FAILURES_KEPT {
+                                    texts.push(format!("no answer: {e}"));
+                                }
+                            }
                         }
                     }
-                    (sent, failures, lat)
+                    (sent, failures, lat, texts)
                 })
             })
             .collect();
@@ -394,8 +417,10 @@ impl Load {
         let mut report = Report::default();
         let mut lat = vec![];
         for g in self.getters {
-            if let Ok((s, f, l)) = g.await {
+            if let Ok((s, f, l, texts)) = g.await {
                 report.gets += s;
+                let room = FAILURES_KEPT.saturating_sub(report.failure_texts.len());
+                report.failure_texts.extend(texts.into_iter().take(room));
                 for (k, v) in f {
                     *report.get_failures.entry(k).or_default() += v;
                 }

@@ -30,6 +30,8 @@ pub mod chaos;
 pub mod cut;
 pub mod layout;
 pub mod nodes;
+pub mod oidc;
+pub mod pebble;
 pub mod sim;
 
 /// The repository's root.
@@ -118,6 +120,20 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn new_key() -> String {
     shoal_node::ClusterKey::generate().to_base64()
 }
+
+/// `openssl` arguments for a new self-signed P-256 certificate and key,
+/// valid two days (followed by `-subj`, `-keyout`, `-out`…).
+pub const OPENSSL_SELF_SIGNED: [&str; 9] = [
+    "req",
+    "-x509",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+    "-days",
+    "2",
+];
 
 /// A test's private slice of loopback: 127.N.g.i.
 #[derive(Debug, Clone)]

@@ -64,6 +64,9 @@ struct NetState {
 pub struct SimNet {
     state: Arc<Mutex<NetState>>,
     latency: Duration,
+    /// Each datagram waits a further random time up to this (so datagrams
+    /// overtake each other, as on a loaded network).
+    jitter: Duration,
 }
 
 impl SimNet {
@@ -82,7 +85,15 @@ impl SimNet {
                 rng: SmallRng::seed_from_u64(seed),
             })),
             latency,
+            jitter: Duration::ZERO,
         }
+    }
+
+    /// The same network, each datagram delayed by a further random time
+    /// from 0 to `jitter` (uniform).
+    pub fn with_jitter(mut self, jitter: Duration) -> Self {
+        self.jitter = jitter;
+        self
     }
 
     /// Cuts `ip` off both ways: what others see of a killed member.
@@ -150,6 +161,15 @@ impl Drop for SimSocket {
     }
 }
 
+impl SimSocket {
+    /// Keeps `p` until its time, in the order of delivery (with jitter a
+    /// later datagram may be due first).
+    fn queue(&mut self, p: Packet) {
+        let at = self.pending.partition_point(|q| q.at <= p.at);
+        self.pending.insert(at, p);
+    }
+}
+
 #[async_trait]
 impl WireSocket for SimSocket {
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -180,9 +200,14 @@ impl WireSocket for SimSocket {
         if state.loss > 0.0 && state.rng.random::<f64>() < lost {
             return Ok(datagram.len());
         }
+        let jitter = if self.net.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            self.net.jitter.mul_f64(state.rng.random::<f64>())
+        };
         if let Some(tx) = state.sockets.get(&to) {
             let _ = tx.send(Packet {
-                at: Instant::now() + self.net.latency,
+                at: Instant::now() + self.net.latency + jitter,
                 from: self.addr,
                 bytes: datagram.to_vec(),
             });
@@ -205,13 +230,13 @@ impl WireSocket for SimSocket {
                 tokio::select! {
                     () = tokio::time::sleep_until(at) => {}
                     p = self.rx.recv() => match p {
-                        Some(p) => self.pending.push_back(p),
+                        Some(p) => self.queue(p),
                         None => return Err(io::ErrorKind::BrokenPipe.into()),
                     },
                 }
             } else {
                 match self.rx.recv().await {
-                    Some(p) => self.pending.push_back(p),
+                    Some(p) => self.queue(p),
                     None => return Err(io::ErrorKind::BrokenPipe.into()),
                 }
             }
@@ -306,6 +331,16 @@ impl SimMember {
         net.cut(self.ip);
         self.gossip.handle.abort();
     }
+}
+
+/// Each member's gossip sent since `before` (its [`SimMember::bytes_sent`]
+/// then), in KB/s over `secs`.
+pub fn kb_per_s_since(members: &[SimMember], before: &[u64], secs: f64) -> Vec<f64> {
+    members
+        .iter()
+        .zip(before)
+        .map(|(m, b)| (m.bytes_sent() - b) as f64 / secs / 1000.0)
+        .collect()
 }
 
 /// The simulated address of member `i`: 10.x.y.z.

@@ -756,67 +756,96 @@ async fn requests_in_flight_to_a_frozen_replica_move_on_when_it_is_declared_dead
     );
 }
 
-/// Drops every packet to `ip` (host iptables) until dropped: on loopback,
-/// a one-way partition — the member at `ip` still sends, receives nothing.
-struct InboundCut(String);
+/// Drops every packet to `ips` (host iptables) until dropped: on loopback,
+/// a one-way partition — the members there still send, receive nothing.
+struct InboundCut(Vec<String>);
 
 impl InboundCut {
-    fn new(ip: std::net::IpAddr) -> Option<Self> {
-        let ip = ip.to_string();
-        let ok = std::process::Command::new("iptables")
-            .args(["-I", "INPUT", "-d", &ip, "-j", "DROP"])
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(Self(ip))
+    fn new(ips: &[std::net::IpAddr]) -> Option<Self> {
+        let mut cut = Self(vec![]);
+        for ip in ips {
+            let ip = ip.to_string();
+            let ok = std::process::Command::new("iptables")
+                .args(["-I", "INPUT", "-d", &ip, "-j", "DROP"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return None;
+            }
+            cut.0.push(ip);
+        }
+        Some(cut)
     }
 }
 
 impl Drop for InboundCut {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("iptables")
-            .args(["-D", "INPUT", "-d", &self.0, "-j", "DROP"])
-            .status();
+        for ip in &self.0 {
+            let _ = std::process::Command::new("iptables")
+                .args(["-D", "INPUT", "-d", ip, "-j", "DROP"])
+                .status();
+        }
     }
 }
 
-/// A one-way partition: a replica that still sends (its gossip goes out)
-/// but receives nothing. It must leave the view — its own gossip is no
-/// proof it can be reached — and the requests in flight to it move on.
+/// A one-way partition: two of four replicas (a Swarm node's share) still
+/// send (their gossip goes out) but receive nothing. They must leave the
+/// view — their own gossip is no proof they can be reached — and the
+/// requests in flight to them move on: not one GET fails.
 #[tokio::test]
-async fn a_replica_that_can_send_but_not_receive_leaves_rotation() {
+async fn replicas_that_can_send_but_not_receive_leave_rotation() {
     let net = Net::new(45);
-    let (mut stack, gw, client) = setup(&net, 2, &[("SHOAL_RESPONSE_TIMEOUT", "10s")], |_| {
+    let (mut stack, gw, client) = setup(&net, 4, &[("SHOAL_RESPONSE_TIMEOUT", "10s")], |_| {
         vec![("TEST_DELAY_MS", "20".to_string())]
     })
     .await;
     let stop = Arc::new(AtomicBool::new(false));
     let workers = timed_load(&client, gw, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let Some(cut) = InboundCut::new(net.ip(2, 1)) else {
+    let Some(cut) = InboundCut::new(&[net.ip(2, 1), net.ip(2, 2)]) else {
         stop.store(true, Ordering::Relaxed);
         shoal_tests::skip_unless_ci("iptables is not usable here (root and iptables needed)");
         return;
     };
     let cut_at = Instant::now();
-    wait_out_of_view(&client, gw, "echo-1", Duration::from_secs(10)).await;
-    let detected = cut_at.elapsed();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut detected = vec![];
+    for host in ["echo-1", "echo-2"] {
+        wait_out_of_view(&client, gw, host, Duration::from_secs(10)).await;
+        detected.push(cut_at.elapsed());
+    }
+    // Out for as long as the cut lasts: their own gossip still goes out,
+    // and must not bring them back while nothing reaches them.
+    let mut returns = 0;
+    while cut_at.elapsed() < Duration::from_secs(5) {
+        if let Some(view) = gateway_view(&client, gw).await {
+            let echo = view.get("echo").cloned().unwrap_or_default();
+            returns += echo
+                .iter()
+                .filter(|(h, _)| h == "echo-1" || h == "echo-2")
+                .count();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(cut);
     let healed = Instant::now();
-    wait_routable(&client, gw, "echo", 2).await;
+    wait_routable(&client, gw, "echo", 4).await;
     let back = healed.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let (sent, failed, slowest) = timed_totals(workers).await;
     let _ = stack.proc("echo-1").is_running();
     eprintln!(
-        "inbound-only cut: {sent} GETs, {failed} failed, slowest {slowest:?}; out of the view after {detected:?}, back {back:?} after healing"
+        "inbound-only cut of 2 of 4: {sent} GETs, {failed} failed, slowest {slowest:?}; out of the view after {detected:?}, back {back:?} after healing; seen back while cut {returns} times"
     );
     assert_eq!(failed, 0);
+    assert_eq!(
+        returns, 0,
+        "a cut replica came back into the view while cut"
+    );
     assert!(
         // README: 1.5 s (the detection time); held to 3x of it.
         slowest < Duration::from_millis(4500),
-        "a GET waited {slowest:?} on the cut replica"
+        "a GET waited {slowest:?} on a cut replica"
     );
 }
 

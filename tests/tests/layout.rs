@@ -47,7 +47,10 @@ fn no_import_cycle_between_files_or_folders() {
 /// them all together).
 const GATEWAY_LAYERS: &[(&str, &[&str])] = &[
     ("edge", &["forward", "meter", "config"]),
-    ("report", &["forward", "route", "meter", "eureka", "config"]),
+    (
+        "report",
+        &["edge", "forward", "route", "meter", "eureka", "config"],
+    ),
     ("forward", &["route", "meter", "config"]),
     ("route", &["meter", "config"]),
     ("meter", &["config"]),

@@ -628,17 +628,7 @@ fn openssl_cert(dir: &Path, name: &str, ips: &[std::net::IpAddr]) -> (String, St
         .collect::<Vec<_>>()
         .join(",");
     let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-        ])
+        .args(shoal_tests::OPENSSL_SELF_SIGNED)
         .args([
             "-subj",
             &format!("/CN={name}"),
@@ -1086,4 +1076,146 @@ async fn forward_auth_announced_by_the_service_checks_every_request() {
         "{answer}"
     );
     eprintln!("AUTH every checker gone: {answer}");
+}
+
+/// JWT checks announced by the service (`SHOAL_AUTH_JWT_*` in its own
+/// record), against a real OpenID Connect provider (django-oidc-provider,
+/// RS256): its tokens pass with their claims as headers (never a client's
+/// own), a token of another audience or issuer, a tampered one and none at
+/// all are 401s with `WWW-Authenticate: Bearer`; the provider rotates its
+/// key under load and no request with a valid token is refused.
+#[tokio::test]
+async fn jwt_from_a_real_openid_provider_checked_before_routing_and_its_key_rotated_under_load() {
+    let net = Net::new(81);
+    let Some(provider) = shoal_tests::oidc::Provider::start(&net.ip(9, 1).to_string(), 8000).await
+    else {
+        return;
+    };
+    let mut stack = Stack::new(&net);
+    let client = http();
+    let gw = stack.gateway(1, &[]);
+    let (jwks, issuer) = (provider.jwks_url(), provider.issuer());
+    let announce = |audience: &'static str| {
+        vec![
+            ("SHOAL_AUTH_JWT_JWKS", jwks.clone()),
+            ("SHOAL_AUTH_JWT_ISSUER", issuer.clone()),
+            ("SHOAL_AUTH_JWT_AUDIENCE", audience.to_string()),
+            (
+                "SHOAL_AUTH_JWT_CLAIMS",
+                "sub=X-User, email=X-Email".to_string(),
+            ),
+        ]
+    };
+    let echo_env = announce(shoal_tests::oidc::CLIENT_ID);
+    stack.service("test-upstream", "echo", 2, 1, &owned(&echo_env));
+    // Another service that wants tokens for another audience.
+    let other_env = announce("billing");
+    stack.service("test-upstream", "billing", 3, 1, &owned(&other_env));
+    wait_routable(&client, gw, "echo", 1).await;
+    wait_routable(&client, gw, "billing", 1).await;
+    let url = format!("http://{gw}/api/echo/headers");
+    let get = |token: Option<String>, url: String| bearer_get(client.clone(), token, url);
+
+    let token = provider.token(&client).await;
+    let r = get(Some(token.clone()), url.clone()).await;
+    assert_eq!(r.status(), 200);
+    let seen: Value = r.json().await.unwrap();
+    assert_eq!(
+        seen["x-user"], "1",
+        "the provider's sub, not the client's: {seen}"
+    );
+    assert_eq!(seen["x-email"], "alice@example.com", "{seen}");
+
+    let r = get(None, url.clone()).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], 401, "Spring's error JSON: {body}");
+    let billing = format!("http://{gw}/api/billing/headers");
+    let r = get(Some(token.clone()), billing).await;
+    assert_eq!(r.status(), 401, "a token for another audience");
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.starts_with("Bearer error=\"invalid_token\""),
+        "{challenge}"
+    );
+    assert!(challenge.contains("aud"), "{challenge}");
+    // One character inside the signature changed (not the last: its low
+    // bits are base64 padding, and a decoder may refuse it as malformed).
+    let mut tampered = token.clone().into_bytes();
+    let at = tampered.len() - 10;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).expect("base64url is ASCII");
+    assert_eq!(get(Some(tampered), url.clone()).await.status(), 401);
+
+    // Under load, the provider rotates its key: clients take new tokens,
+    // the gateway fetches the new key on its first token; nothing valid is
+    // refused.
+    let current = std::sync::Arc::new(tokio::sync::RwLock::new(token));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (current, stop, client, url) =
+            (current.clone(), stop.clone(), client.clone(), url.clone());
+        load.push(tokio::spawn(async move {
+            let mut statuses: HashMap<u16, usize> = HashMap::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let token = current.read().await.clone();
+                let answer = bearer_get(client.clone(), Some(token), url.clone()).await;
+                let status = answer.status().as_u16();
+                *statuses.entry(status).or_default() += 1;
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let kid = provider.rotate();
+    let fresh = provider.token(&client).await;
+    *current.write().await = fresh.clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    for task in load {
+        for (status, n) in task.await.unwrap() {
+            *statuses.entry(status).or_default() += n;
+        }
+    }
+    eprintln!("JWT key rotated to {kid} under load: {statuses:?}");
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{statuses:?}"
+    );
+    assert!(statuses[&200] > 100, "{statuses:?}");
+
+    let outcome =
+        |o: &str| format!("shoal_gateway_jwt_checks_total{{service=\"echo\",outcome=\"{o}\"}}");
+    assert!(gateway_metric(&client, gw, &outcome("allowed")).await > 100.0);
+    assert_eq!(gateway_metric(&client, gw, &outcome("missing")).await, 1.0);
+    assert_eq!(
+        gateway_metric(&client, gw, &outcome("signature")).await,
+        1.0
+    );
+    let stats = get_json(&client, &format!("http://{}:8761/stats", gw.ip())).await;
+    assert_eq!(
+        stats["services"]["echo"]["policy"]["auth_jwt"]["jwks"],
+        Value::String(jwks.clone())
+    );
+}
+
+/// A GET of `url` with `token` as its bearer token (if any), and a forged
+/// `X-User` that must never pass.
+async fn bearer_get(
+    client: reqwest::Client,
+    token: Option<String>,
+    url: String,
+) -> reqwest::Response {
+    let mut r = client.get(url).header("x-user", "mallory");
+    if let Some(t) = token {
+        r = r.header("authorization", format!("Bearer {t}"));
+    }
+    r.send().await.expect("the gateway answers")
 }

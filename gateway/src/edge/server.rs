@@ -20,6 +20,7 @@ use shoal_http::Work;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
+use crate::edge::acme;
 use crate::forward::headers::ClientTls;
 use crate::forward::proxy;
 use crate::forward::state::Gateway;
@@ -195,7 +196,12 @@ async fn connection<I>(
         if tls {
             req.extensions_mut().insert(ClientTls);
         }
-        async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer).await) }
+        async move {
+            if let Some(answer) = acme_challenge(&gw, &req).await {
+                return Ok::<_, Infallible>(answer);
+            }
+            Ok::<_, Infallible>(proxy::handle(gw, req, peer).await)
+        }
     });
     let io = TokioIo::new(io);
     let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match proto {
@@ -271,15 +277,48 @@ async fn redirect<I>(io: I, port: u16, gw: Arc<Gateway>, mut watch: shoal_http::
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(
-        move |req: hyper::Request<hyper::body::Incoming>| async move {
+    let header_timeout = gw.config.proxy.header_timeout;
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let gw = gw.clone();
+        async move {
+            if let Some(answer) = acme_challenge(&gw, &req).await {
+                return Ok::<_, Infallible>(answer);
+            }
             Ok::<_, Infallible>(redirect_response(&req, port))
-        },
-    );
+        }
+    });
     let _ = until_drained!(
-        http1_builder(gw.config.proxy.header_timeout).serve_connection(TokioIo::new(io), service),
+        http1_builder(header_timeout).serve_connection(TokioIo::new(io), service),
         watch
     );
+}
+
+/// The answer to an ACME HTTP-01 challenge, when the certificate comes
+/// from a CA and `req` asks for one on the plain port: the key
+/// authorization whichever gateway published it (200), or 404.
+async fn acme_challenge(
+    gw: &Gateway,
+    req: &hyper::Request<hyper::body::Incoming>,
+) -> Option<hyper::Response<crate::forward::body::ProxyBody>> {
+    let path = req.uri().path();
+    if !path.starts_with(acme::CHALLENGE_PREFIX)
+        || req.extensions().get::<ClientTls>().is_some()
+        || gw.config.tls.as_ref().and_then(|t| t.acme()).is_none()
+    {
+        return None;
+    }
+    let cluster = gw.cluster.get()?;
+    let (status, body) = match acme::challenge_answer(cluster, path).await {
+        Some(answer) => (http::StatusCode::OK, answer),
+        None => (http::StatusCode::NOT_FOUND, "no such challenge".to_string()),
+    };
+    let mut response = hyper::Response::new(crate::forward::body::ProxyBody::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    Some(response)
 }
 
 /// The redirect of `req` to HTTPS on `port`.

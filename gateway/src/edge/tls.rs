@@ -1,6 +1,7 @@
 //! TLS at the edge: rustls with the certificate chain and key from files
-//! (Docker secrets in the stack), offered with HTTP/2 and HTTP/1.1 over
-//! ALPN, and reloaded without a restart when the files change.
+//! (Docker secrets in the stack) or from an ACME CA (`edge::acme`), offered
+//! with HTTP/2 and HTTP/1.1 over ALPN, and replaced without a restart: when
+//! the files change, or when a new certificate is obtained or renewed.
 //!
 //! The files are read again every `SHOAL_TLS_RELOAD_EVERY` (2 s): a
 //! changed pair that parses and matches is used for every handshake from
@@ -22,18 +23,19 @@ use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{ServerConfig, version};
 use tracing::{info, warn};
 
-use crate::config::TlsConfig;
+use crate::config::{CertSource, TlsConfig};
 use crate::meter::metrics::{Metrics, ResultLabel};
 
-/// The certificate in use, swapped whole on a reload.
+/// The certificate in use, swapped whole on a reload; none yet while an
+/// ACME certificate is being obtained (handshakes then fail).
 #[derive(Debug)]
 struct Current {
-    key: RwLock<Arc<CertifiedKey>>,
+    key: RwLock<Option<Arc<CertifiedKey>>>,
 }
 
 impl ResolvesServerCert for Current {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.key.read().unwrap_or_else(|p| p.into_inner()).clone())
+        self.key.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -45,12 +47,13 @@ pub struct Tls {
     current: Arc<Current>,
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// The crypto provider certificates are loaded and checked with (ring).
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 
-/// Reads and checks a certificate chain and key.
-fn load(cert: &[u8], key: &[u8], provider: &CryptoProvider) -> anyhow::Result<CertifiedKey> {
+/// Reads and checks a certificate chain and key (PEM).
+pub fn load(cert: &[u8], key: &[u8], provider: &CryptoProvider) -> anyhow::Result<CertifiedKey> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow!("the certificate file is not PEM: {e}"))?;
@@ -84,23 +87,28 @@ async fn read_off_runtime(path: &Path) -> Option<Vec<u8>> {
 }
 
 impl Tls {
-    /// Loads the certificate and key named by `config`; fails (at start)
-    /// with what is wrong and which setting to fix.
+    /// The TLS edge `config` describes: with the certificate and key its
+    /// files name (read now: fails at start with what is wrong and which
+    /// setting to fix), or with none yet (ACME: [`Tls::install`] puts it in).
     pub fn new(config: &TlsConfig) -> anyhow::Result<Self> {
         let provider = provider();
-        let (cert, key) = (
-            read(&config.cert, "SHOAL_TLS_CERT")?,
-            read(&config.key, "SHOAL_TLS_KEY")?,
-        );
-        let certified = load(&cert, &key, &provider).with_context(|| {
-            format!(
-                "SHOAL_TLS_CERT={} / SHOAL_TLS_KEY={}",
-                config.cert.display(),
-                config.key.display()
-            )
-        })?;
+        let certified = match &config.source {
+            CertSource::Files { cert, key, .. } => {
+                let (cert_pem, key_pem) =
+                    (read(cert, "SHOAL_TLS_CERT")?, read(key, "SHOAL_TLS_KEY")?);
+                let certified = load(&cert_pem, &key_pem, &provider).with_context(|| {
+                    format!(
+                        "SHOAL_TLS_CERT={} / SHOAL_TLS_KEY={}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+                Some(Arc::new(certified))
+            }
+            CertSource::Acme(_) => None,
+        };
         let current = Arc::new(Current {
-            key: RwLock::new(Arc::new(certified)),
+            key: RwLock::new(certified),
         });
         let mut server = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&version::TLS13, &version::TLS12])
@@ -114,15 +122,29 @@ impl Tls {
         })
     }
 
-    /// Checks the files every `config.reload_every` and takes a changed
-    /// pair that is valid; keeps the old one otherwise.
+    /// Serves `certified` for every handshake from now on (connections
+    /// already open keep theirs).
+    pub fn install(&self, certified: CertifiedKey) {
+        *self.current.key.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(certified));
+    }
+
+    /// Checks the files every `reload_every` and takes a changed pair that
+    /// is valid; keeps the old one otherwise. Nothing to do for ACME.
     pub fn spawn_reloader(&self, config: TlsConfig, metrics: Arc<Metrics>) {
-        let current = self.current.clone();
+        let CertSource::Files {
+            cert: cert_path,
+            key: key_path,
+            reload_every,
+        } = config.source
+        else {
+            return;
+        };
+        let tls = self.clone();
         tokio::spawn(async move {
             let provider = provider();
             let mut last = (
-                read_off_runtime(&config.cert).await,
-                read_off_runtime(&config.key).await,
+                read_off_runtime(&cert_path).await,
+                read_off_runtime(&key_path).await,
             );
             let count = |result: &str| {
                 metrics
@@ -133,13 +155,13 @@ impl Tls {
                     .inc();
             };
             count("ok");
-            let mut tick = tokio::time::interval(config.reload_every);
+            let mut tick = tokio::time::interval(reload_every);
             tick.tick().await;
             loop {
                 tick.tick().await;
                 let now = (
-                    read_off_runtime(&config.cert).await,
-                    read_off_runtime(&config.key).await,
+                    read_off_runtime(&cert_path).await,
+                    read_off_runtime(&key_path).await,
                 );
                 if now == last {
                     continue;
@@ -150,16 +172,15 @@ impl Tls {
                 };
                 match load(cert, key, &provider) {
                     Ok(certified) => {
-                        *current.key.write().unwrap_or_else(|p| p.into_inner()) =
-                            Arc::new(certified);
-                        info!(cert = %config.cert.display(), "TLS certificate reloaded");
+                        tls.install(certified);
+                        info!(cert = %cert_path.display(), "TLS certificate reloaded");
                         count("ok");
                         last = now;
                     }
                     Err(err) => {
                         // A half-written pair is retried next time; a bad
                         // one is reported once per change.
-                        warn!(error = %err, cert = %config.cert.display(), key = %config.key.display(),
+                        warn!(error = %err, cert = %cert_path.display(), key = %key_path.display(),
                             "TLS certificate not reloaded: keeping the previous one");
                         count("failed");
                         last = now;

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 
 use crate::forward::body::ProxyBody;
 use crate::forward::call::{Call, Log};
-use crate::forward::error::error_response;
+use crate::forward::error::{GatewayMade, error_response};
 use crate::forward::headers::ClientTls;
 use crate::forward::replay::Replay;
 use crate::forward::retry::forward_parts;
@@ -48,13 +48,14 @@ pub async fn check(
     let tls = req.extensions().get::<ClientTls>().is_some();
     let path = uri.path();
     let name = &auth.forward.service;
-    let unavailable = |why: String| {
+    let unavailable_as = |status, why: String| {
         error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
+            status,
             &format!("{service} checks its requests with {name} (SHOAL_AUTH_FORWARD), which {why}"),
             path,
         )
     };
+    let unavailable = |why: String| unavailable_as(StatusCode::SERVICE_UNAVAILABLE, why);
     let Some(checker) = table.service(name) else {
         return Err(unavailable("this gateway does not know".into()));
     };
@@ -102,6 +103,15 @@ pub async fn check(
     };
     let (answer, verdict) = forward_parts(gw, checker, parts, Replay::empty(), call).await;
     admitted.settle(verdict);
+    if let Some(GatewayMade(why)) = answer.extensions().get::<GatewayMade>() {
+        // No checker answered (all ejected, gone, timed out): the client
+        // learns which policy stopped its request, not only the checker's
+        // name.
+        return Err(unavailable_as(
+            answer.status(),
+            format!("could not answer: {why}"),
+        ));
+    }
     if !answer.status().is_success() {
         return Err(answer);
     }

@@ -7,9 +7,9 @@ use http::{HeaderValue, Response, StatusCode, header};
 use crate::forward::body::ProxyBody;
 
 /// Marks a response the gateway made itself (an error it answers, rather
-/// than an instance's answer passed on).
-#[derive(Debug, Clone, Copy)]
-pub struct GatewayMade;
+/// than an instance's answer passed on), with the message it gave.
+#[derive(Debug, Clone)]
+pub struct GatewayMade(pub Box<str>);
 
 /// A JSON error answer.
 pub fn error_response(status: StatusCode, message: &str, path: &str) -> Response<ProxyBody> {
@@ -20,7 +20,9 @@ pub fn error_response(status: StatusCode, message: &str, path: &str) -> Response
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    response.extensions_mut().insert(GatewayMade);
+    response
+        .extensions_mut()
+        .insert(GatewayMade(message.into()));
     response
 }
 

@@ -41,6 +41,22 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Sets what a check let through: every header named in `owned` (the
+/// check's to give, whatever the client sent under those names) goes, then
+/// `pass` is added. Forward auth's copied headers and a JWT's claims.
+pub fn pass_checked<N: header::AsHeaderName>(
+    headers: &mut HeaderMap,
+    owned: impl IntoIterator<Item = N>,
+    pass: Vec<(HeaderName, HeaderValue)>,
+) {
+    for name in owned {
+        headers.remove(name);
+    }
+    for (name, value) in pass {
+        headers.append(name, value);
+    }
+}
+
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers

@@ -29,10 +29,10 @@ use crate::forward::body::ProxyBody;
 use crate::forward::call::{Call, Log};
 use crate::forward::error::GatewayMade;
 use crate::forward::error::error_response;
-use crate::forward::headers::{TRACEPARENT, client_ip, traceparent};
+use crate::forward::headers::{TRACEPARENT, client_ip, pass_checked, traceparent};
 use crate::forward::state::Gateway;
 use crate::forward::upgrade::is_upgrade;
-use crate::forward::{auth, retry, upgrade};
+use crate::forward::{auth, jwt, retry, upgrade};
 use crate::route::admission::{Refusal, admit};
 use crate::route::limit::{Limited, client_key};
 use crate::route::path::{NoRoute, resolve};
@@ -161,6 +161,20 @@ async fn dispatch(
             return rate_limited(service, &limited, path);
         }
     }
+    // Bearer tokens: the service announced whose it takes.
+    if let Some(policy) = service.policy.jwt.as_ref() {
+        match jwt::check(&gw.jwt_keys, policy, req.headers()).await {
+            Ok(pass) => {
+                service.metrics.jwt(None);
+                let owned = policy.claims.iter().map(|(_, name)| name.as_str());
+                pass_checked(req.headers_mut(), owned, pass);
+            }
+            Err(refused) => {
+                service.metrics.jwt(Some(refused.reason.label()));
+                return refused.response(path);
+            }
+        }
+    }
     // Forward auth: the service announced who checks its requests.
     if let Some(auth) = service.policy.auth.as_ref() {
         if auth.forward.service != *service.name {
@@ -169,13 +183,7 @@ async fn dispatch(
             match checked {
                 Ok(pass) => {
                     service.metrics.auth_allowed.inc();
-                    let headers = req.headers_mut();
-                    for name in &auth.copy {
-                        headers.remove(name);
-                    }
-                    for (name, value) in pass {
-                        headers.append(name, value);
-                    }
+                    pass_checked(req.headers_mut(), &auth.copy, pass);
                 }
                 Err(answer) => {
                     // Made by the gateway: no checker answered.

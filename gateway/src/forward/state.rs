@@ -32,20 +32,28 @@ pub struct Gateway {
     pub pool: Pool,
     /// Client connections open, bounded by `SHOAL_MAX_CLIENT_CONNECTIONS` (shared).
     pub connections: Arc<Semaphore>,
+    /// The issuers' keys of the services' JWT checks (shared).
+    pub jwt_keys: Arc<crate::forward::jwt::KeySets>,
+    /// This gateway's place in the cluster, once joined (shared): what
+    /// answers ACME challenges published by another gateway.
+    pub cluster: Arc<std::sync::OnceLock<shoal_node::Cluster>>,
 }
 
 impl Gateway {
     /// A gateway built from `config`, stopped by `drain`.
     pub fn new(config: GatewayConfig, drain: Drain) -> Self {
+        let metrics = Arc::new(Metrics::default());
         Self {
             upstreams: Arc::new(Upstreams::new(
                 config.resilience.clone(),
                 StickyKeys::new(config.node.keys.as_ref(), &config.node.cluster),
             )),
-            metrics: Arc::new(Metrics::default()),
             in_flight: Arc::new(Semaphore::new(config.proxy.max_in_flight)),
             connections: Arc::new(Semaphore::new(config.proxy.max_client_connections)),
-            pool: pool(&config),
+            pool: pool(&config, &metrics),
+            jwt_keys: Arc::default(),
+            cluster: Arc::default(),
+            metrics,
             drain,
             config: Arc::new(config),
         }
@@ -61,15 +69,23 @@ impl Gateway {
             drain: self.drain.clone(),
             in_flight: self.in_flight.clone(),
             connections: self.connections.clone(),
-            pool: pool(&self.config),
+            pool: pool(&self.config, &self.metrics),
+            jwt_keys: self.jwt_keys.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 }
 
-fn pool(config: &GatewayConfig) -> Pool {
+/// A worker's pool: its share of `SHOAL_UPSTREAM_CONNECTIONS`, counted in
+/// the gateway's metrics.
+fn pool(config: &GatewayConfig, metrics: &Metrics) -> Pool {
     Pool::new(
         config.proxy.connect_timeout,
         config.proxy.pool_idle_timeout,
-        config.proxy.max_in_flight_per_instance as usize,
+        config
+            .proxy
+            .upstream_connections
+            .div_ceil(config.workers.max(1)),
+        metrics.pool.clone(),
     )
 }

@@ -12,6 +12,17 @@ use prometheus_client::registry::Registry;
 use shoal_node::ClusterView;
 use shoal_node::GossipStats;
 
+/// What the upstream connection pools of all workers count (`forward::pool`), for `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct PoolMetrics {
+    /// Connections opened to instances.
+    pub opened: Counter,
+    /// Connections open now.
+    pub open: Gauge,
+    /// Requests that found their instance at its limit and waited.
+    pub waited: Counter,
+}
+
 /// `service` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabel {
@@ -125,6 +136,8 @@ pub struct Metrics {
     sticky: Family<OutcomeLabels, Counter>,
     /// Forward auth's outcomes by service.
     auth: Family<OutcomeLabels, Counter>,
+    /// JWT checks' outcomes by service.
+    jwt: Family<OutcomeLabels, Counter>,
     /// Each instance's expected share of its service's traffic (0-1).
     pub instance_share: Family<InstanceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Requests by client protocol.
@@ -135,6 +148,8 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter,
     /// Connections closed for their PROXY header, by reason.
     proxy_protocol_refused: Family<ReasonLabel, Counter>,
+    /// The upstream connection pools' counts (all workers).
+    pub pool: PoolMetrics,
 }
 
 impl Default for Metrics {
@@ -155,11 +170,28 @@ impl Default for Metrics {
         let rate_limit_share = Family::default();
         let sticky = Family::<OutcomeLabels, Counter>::default();
         let auth = Family::<OutcomeLabels, Counter>::default();
+        let jwt = Family::<OutcomeLabels, Counter>::default();
         let instance_share = Family::default();
         let protocols = Family::<ProtocolLabels, Counter>::default();
         let tls_loads = Family::<ResultLabel, Counter>::default();
         let tls_handshake_failures = Counter::default();
         let proxy_protocol_refused = Family::<ReasonLabel, Counter>::default();
+        let pool = PoolMetrics::default();
+        registry.register(
+            "upstream_connections_opened",
+            "Connections opened to instances",
+            pool.opened.clone(),
+        );
+        registry.register(
+            "upstream_connections",
+            "Connections open to instances (SHOAL_UPSTREAM_CONNECTIONS bounds them per instance)",
+            pool.open.clone(),
+        );
+        registry.register(
+            "upstream_connection_waits",
+            "Requests that found every connection to their instance busy and waited for one",
+            pool.waited.clone(),
+        );
         registry.register(
             "proxy_protocol_refused",
             "Connections closed before a request for their PROXY header, by reason \
@@ -187,6 +219,13 @@ impl Default for Metrics {
             "Requests checked by the service's forward auth (SHOAL_AUTH_FORWARD): allowed, refused \
              (the checker's answer went to the client), unavailable (no checker answered)",
             auth.clone(),
+        );
+        registry.register(
+            "jwt_checks",
+            "Requests checked for the service's bearer token (SHOAL_AUTH_JWT_JWKS): allowed, or \
+             refused by reason (missing, malformed, algorithm, unknown_key, signature, expired, \
+             not_yet_valid, issuer, audience, unavailable: the issuer's keys out of reach)",
+            jwt.clone(),
         );
         registry.register(
             "instance_share",
@@ -286,11 +325,13 @@ impl Default for Metrics {
             rate_limit_share,
             sticky,
             auth,
+            jwt,
             instance_share,
             protocols,
             tls_loads,
             tls_handshake_failures,
             proxy_protocol_refused,
+            pool,
         }
     }
 }
@@ -330,6 +371,9 @@ pub struct ServiceMetrics {
     pub auth_refused: Counter,
     /// Requests no checker answered (the gateway's 503, 502 or 504).
     pub auth_unavailable: Counter,
+    /// JWT checks by outcome (made on first use: most services have none).
+    jwt: Family<OutcomeLabels, Counter>,
+    jwt_allowed: std::sync::OnceLock<Counter>,
 }
 
 impl ServiceMetrics {
@@ -357,6 +401,21 @@ impl ServiceMetrics {
             counter
         });
         counter.inc();
+    }
+
+    /// Counts a JWT check: allowed (`None`) or refused for `reason`.
+    pub fn jwt(&self, refused: Option<&str>) {
+        let labels = |outcome: &str| OutcomeLabels {
+            service: self.service.clone(),
+            outcome: outcome.to_string(),
+        };
+        match refused {
+            None => self
+                .jwt_allowed
+                .get_or_init(|| self.jwt.get_or_create(&labels("allowed")).clone())
+                .inc(),
+            Some(reason) => self.jwt.get_or_create(&labels(reason)).inc(),
+        };
     }
 
     /// Sets the breaker gauge: 0 closed, 1 open, 2 half-open.
@@ -412,6 +471,8 @@ impl Metrics {
             auth_allowed,
             auth_refused,
             auth_unavailable,
+            jwt: self.jwt.clone(),
+            jwt_allowed: std::sync::OnceLock::new(),
         }
     }
 

@@ -20,6 +20,7 @@ use futures_util::Stream;
 use shoal_node::{Cluster, ClusterView};
 use tokio::sync::watch;
 
+use crate::edge::acme::Acme;
 use crate::forward::state::Gateway;
 use crate::report::delta::Shown;
 use crate::report::stats::{Event, follow_events, stats_doc};
@@ -35,10 +36,11 @@ struct Admin {
     gw: Arc<Gateway>,
     cluster: Cluster,
     events: watch::Receiver<Arc<VecDeque<Event>>>,
+    acme: Option<Arc<Acme>>,
 }
 
-/// The admin router.
-pub fn router(gw: Arc<Gateway>, cluster: Cluster) -> Router {
+/// The admin router; `acme`, when the edge's certificate comes from a CA.
+pub fn router(gw: Arc<Gateway>, cluster: Cluster, acme: Option<Arc<Acme>>) -> Router {
     let events = follow_events(cluster.view());
     let access = gw.config.eureka.clone();
     tracing::info!("{}", access.describe());
@@ -54,10 +56,12 @@ pub fn router(gw: Arc<Gateway>, cluster: Cluster) -> Router {
         .route("/metrics", get(metrics))
         .route("/members", get(members))
         .route("/health", get(health))
+        .route("/acme/certificate", get(certificate))
         .with_state(Admin {
             gw,
             cluster: cluster.clone(),
             events,
+            acme,
         })
         .merge(crate::eureka::router(
             crate::eureka::Eureka::start(cluster, access.limits),
@@ -101,19 +105,34 @@ async fn health(State(a): State<Admin>) -> Response {
 
 async fn stats(State(a): State<Admin>) -> Response {
     let view = a.cluster.view().borrow().clone();
-    Json(stats_doc(
+    let mut doc = stats_doc(
         &a.cluster.cluster_stats().await,
         &view,
         &a.gw.upstreams.snapshot(),
-    ))
-    .into_response()
+    );
+    if let (Some(acme), Some(doc)) = (&a.acme, doc.as_object_mut()) {
+        doc.insert("acme".into(), serde_json::json!(acme.status()));
+    }
+    Json(doc).into_response()
 }
 
-/// What this gateway serves at the edge: ports, TLS, HTTP/2.
-fn edge_doc(gw: &Gateway) -> serde_json::Value {
+/// This gateway's copy of the ACME certificate, sealed with the edge key
+/// (only gateways open it): what another gateway fetches.
+async fn certificate(State(a): State<Admin>) -> Response {
+    match a.acme.as_ref().and_then(|acme| acme.sealed()) {
+        Some(sealed) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], sealed).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "no ACME certificate held here").into_response(),
+    }
+}
+
+/// What this gateway serves at the edge: ports, TLS, HTTP/2, ACME.
+fn edge_doc(gw: &Gateway, acme: Option<&Acme>) -> serde_json::Value {
     let c = &gw.config;
     let m = &gw.metrics;
     serde_json::json!({
+        "acme": acme.map(Acme::status),
         "port": c.port,
         "h2c": c.h2c,
         "tls_port": c.tls.as_ref().map(|t| t.port),
@@ -132,7 +151,7 @@ async fn update(a: &Admin, view: &ClusterView, shown: &mut Shown) -> String {
         "gateway": a.cluster.id().to_string(),
         "at_ms": now_ms(),
         "stats": stats_doc(&a.cluster.cluster_stats().await, view, &a.gw.upstreams.snapshot()),
-        "edge": edge_doc(&a.gw),
+        "edge": edge_doc(&a.gw, a.acme.as_deref()),
         "events": events.iter().skip(skip).collect::<Vec<_>>(),
     });
     shown.delta(doc).to_string()

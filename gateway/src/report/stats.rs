@@ -320,6 +320,7 @@ pub fn stats_doc(stats: &ClusterStats, view: &ClusterView, table: &Table) -> ser
             "rate_limit": policy.rate_limit.map(|l| l.to_string()),
             "rate_limit_per_client": policy.rate_limit_per_client.map(|l| l.to_string()),
             "auth_forward": policy.auth.as_ref().map(|a| a.forward.to_string()),
+            "auth_jwt": policy.jwt,
             "limit_here": here.filter(|_| policy.rate_limit.is_some() || policy.rate_limit_per_client.is_some()).map(|f| serde_json::json!({
                 "share_rps": f.share.map(|v| round(v, 1)),
                 "demand_rps": round(f.demand, 1),

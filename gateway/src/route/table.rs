@@ -52,6 +52,8 @@ pub struct ServicePolicy {
     pub rate_limit_per_client: Option<RateLimit>,
     /// Forward auth: the service that checks its requests first.
     pub auth: Option<AuthPolicy>,
+    /// The bearer tokens (JWT) its requests need.
+    pub jwt: Option<shoal_node::AuthJwt>,
 }
 
 /// Forward auth as a service announces it (`SHOAL_AUTH_FORWARD`,
@@ -87,6 +89,7 @@ impl ServicePolicy {
                     .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
                     .collect(),
             }),
+            jwt: p.auth_jwt.clone(),
         }
     }
 }

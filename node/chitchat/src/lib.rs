@@ -476,6 +476,7 @@ impl Chitchat {
         | ChitchatMessage::Verdict { .. }
         | ChitchatMessage::Probe { .. }
         | ChitchatMessage::Vouch { .. }
+        | ChitchatMessage::Silent { .. }
         | ChitchatMessage::SynScoped { .. } = &msg
         {
             self.heard_v4();
@@ -590,6 +591,12 @@ impl Chitchat {
             ChitchatMessage::Vouch { node } => {
                 if let Some(from) = from {
                     self.on_vouch(from, node);
+                }
+                None
+            }
+            ChitchatMessage::Silent { node } => {
+                if let Some(from) = from {
+                    self.on_silent(from, node);
                 }
                 None
             }

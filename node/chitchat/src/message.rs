@@ -84,6 +84,11 @@ pub enum ChitchatMessage {
     /// (shoal patch, protocol V4) The answer to a [`Self::Probe`]: the
     /// sender hears `node` steadily; the asker does not vote yet.
     Vouch { node: crate::ChitchatId },
+    /// (shoal patch, protocol V4) The other answer to a [`Self::Probe`]:
+    /// the sender pinged `node` since the ask and heard nothing back. The
+    /// asker's vote, when it goes, carries the sender as a second voter
+    /// (the node's other neighbours may have died with it).
+    Silent { node: crate::ChitchatId },
     /// (shoal patch) Bytes for one member only, handed to its application
     /// (see `ChitchatHandle::send_direct`): what only some members read
     /// travels to them alone, not into every member's state.

@@ -38,6 +38,7 @@ enum MessageType {
     SynScoped = 12u8,
     Probe = 13u8,
     Vouch = 14u8,
+    Silent = 15u8,
     #[cfg(test)]
     PanicForTest = 255u8,
 }
@@ -60,6 +61,7 @@ impl MessageType {
             12 => Some(Self::SynScoped),
             13 => Some(Self::Probe),
             14 => Some(Self::Vouch),
+            15 => Some(Self::Silent),
             #[cfg(test)]
             255 => Some(Self::PanicForTest),
             _ => None,
@@ -167,6 +169,10 @@ impl ChitchatEnvelope {
                 buf.push(MessageType::Vouch.to_code());
                 node.serialize(buf);
             }
+            ChitchatMessage::Silent { node } => {
+                buf.push(MessageType::Silent.to_code());
+                node.serialize(buf);
+            }
             ChitchatMessage::Direct {
                 cluster_id,
                 payload,
@@ -218,6 +224,7 @@ impl ChitchatEnvelope {
                 | ChitchatMessage::Buckets { .. }
                 | ChitchatMessage::Probe { .. }
                 | ChitchatMessage::Vouch { .. }
+                | ChitchatMessage::Silent { .. }
                 | ChitchatMessage::SynScoped { .. } => {
                     self.serialize_to_vec().len() - Self::HEADER_LEN
                 }
@@ -323,6 +330,9 @@ impl ChitchatEnvelope {
                 node: crate::ChitchatId::deserialize(buf)?,
             },
             MessageType::Vouch => ChitchatMessage::Vouch {
+                node: crate::ChitchatId::deserialize(buf)?,
+            },
+            MessageType::Silent => ChitchatMessage::Silent {
                 node: crate::ChitchatId::deserialize(buf)?,
             },
             MessageType::Direct => {

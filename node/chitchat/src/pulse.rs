@@ -66,6 +66,20 @@ const ECHO_ROUNDS: usize = 4;
 /// flap in and out of every view.
 const REVIVAL_PULSES: usize = 8;
 const REVIVAL_ROUNDS: u32 = 10;
+/// A node dead here of which a newer heartbeat arrives second-hand (so it
+/// lives somewhere) is pinged for `REVIVAL_PING_ROUNDS` rounds, again
+/// after `REVIVAL_GAP` (doubling) while the news keeps coming: if it
+/// answers steadily it comes back (`REVIVAL_PULSES`). A member can hold a
+/// node dead that the rest of the cluster holds live — dead in its V3
+/// failure detector at the switch to V4, or voted dead while it starved —
+/// and a heartbeat second-hand revives only `REFUTE` past the death, which
+/// takes the node hearing of a death no one else believes (at N = 500 and
+/// 1,000 in the simulator, a member or a few missed a live node for good).
+/// A node truly dead sends no newer heartbeat: never pinged.
+const REVIVAL_PING_ROUNDS: u32 = 12;
+const REVIVAL_GAP: u32 = 100;
+/// Most dead nodes pinged in one round (a Swarm node's death is many).
+const MAX_REVIVAL_PINGS: usize = 4;
 /// A member that still finds a neighbour silent votes again every that
 /// many rounds (a vote is one datagram to each of the node's other
 /// neighbours, and may be lost).
@@ -161,8 +175,8 @@ pub(crate) struct Pulses {
     history: VecDeque<Heartbeat>,
     /// Votes against nodes not (yet) dead here: voter → when.
     votes: HashMap<ChitchatId, HashMap<SocketAddr, Instant>>,
-    /// When we last voted against each node.
-    voted_at: HashMap<ChitchatId, Instant>,
+    /// When we last voted against each node, and with how many helpers.
+    voted_at: HashMap<ChitchatId, (Instant, usize)>,
     /// Nodes dead by votes, and when they died here.
     deaths: HashMap<ChitchatId, (Death, Instant)>,
     deaths_epoch: u64,
@@ -194,6 +208,74 @@ pub(crate) struct Pulses {
     marked_for: Option<(u64, u64, bool)>,
     /// Indirect probes, ours and those we help with (see `probe`).
     pub(crate) probes: crate::probe::Probes,
+    /// The share of our neighbours' pulses lost on the way (see `probe`:
+    /// on a lossy network probes start later).
+    pub(crate) loss: LossMeter,
+    /// Dead nodes heard of second-hand (see `REVIVAL_PING_ROUNDS`).
+    revival: HashMap<ChitchatId, Revival>,
+}
+
+/// The pings of a dead node heard of second-hand.
+#[derive(Debug)]
+struct Revival {
+    /// Pinged until then.
+    until: Option<Instant>,
+    /// The next pings may start then…
+    next: Instant,
+    /// …and the ones after that this much later.
+    gap: Duration,
+}
+
+/// How many of our neighbours' pulses are lost on the way, from the time
+/// between two pulses of a neighbour in rounds: a neighbour pulses once a
+/// round, so over a span the rounds that passed against the pulses heard
+/// give the share lost — whatever the timing (a late pulse and the early
+/// one after it, or a burst after a stall, add up to the rounds that
+/// passed). A gap longer than [`LOSS_GAP`] rounds is a silence (a pause, a
+/// cut, a new neighbour), not loss. Sums decay by [`LOSS_DECAY`] a pulse,
+/// so the figure follows the last few hundred pulses (a few seconds).
+#[derive(Debug, Default)]
+pub(crate) struct LossMeter {
+    /// When each neighbour's last pulse came.
+    last: HashMap<SocketAddr, Instant>,
+    /// Rounds that passed between pulses (decayed sum).
+    rounds: f64,
+    /// Pulses heard (decayed sum).
+    heard: f64,
+}
+
+/// Gaps between a neighbour's pulses beyond this many rounds are
+/// silences, not losses.
+const LOSS_GAP: f64 = 4.5;
+/// Decay of the loss meter's sums per pulse heard.
+const LOSS_DECAY: f64 = 1.0 - 1.0 / 256.0;
+
+impl LossMeter {
+    /// A pulse from our neighbour at `from`, now; a round is `interval`.
+    pub(crate) fn observe(&mut self, from: SocketAddr, now: Instant, interval: Duration) {
+        let Some(last) = self.last.insert(from, now) else {
+            return;
+        };
+        let gap = now.duration_since(last).as_secs_f64() / interval.as_secs_f64();
+        if gap > LOSS_GAP {
+            return;
+        }
+        self.rounds = self.rounds * LOSS_DECAY + gap;
+        self.heard = self.heard * LOSS_DECAY + 1.0;
+        // Former neighbours' entries go once they are silences anyway.
+        if self.last.len() > 64 {
+            let silence = interval.mul_f64(LOSS_GAP);
+            self.last.retain(|_, at| now.duration_since(*at) <= silence);
+        }
+    }
+
+    /// The share of pulses lost, 0 to 1 (0 until enough were heard).
+    pub(crate) fn share(&self) -> f64 {
+        if self.rounds < 50.0 {
+            return 0.0;
+        }
+        (1.0 - self.heard / self.rounds).max(0.0)
+    }
 }
 
 /// The hash of a member's state, whole and by bucket (see
@@ -375,6 +457,47 @@ impl Pulses {
         (addr, pulse)
     }
 
+    /// The dead nodes to ping this round (see `REVIVAL_PING_ROUNDS`).
+    fn revival_pings(&mut self, now: Instant, round: Duration) -> Vec<ChitchatId> {
+        let Self {
+            deaths, revival, ..
+        } = self;
+        revival.retain(|id, _| deaths.contains_key(id));
+        let mut out = Vec::new();
+        for (id, r) in revival.iter_mut() {
+            if out.len() >= MAX_REVIVAL_PINGS {
+                break;
+            }
+            match r.until {
+                Some(end) if now < end => out.push(id.clone()),
+                Some(_) => r.until = None,
+                None => {}
+            }
+        }
+        for (id, r) in revival.iter_mut() {
+            if out.len() >= MAX_REVIVAL_PINGS {
+                break;
+            }
+            if r.until.is_none() && now >= r.next {
+                r.until = Some(now + round * REVIVAL_PING_ROUNDS);
+                r.next = now + r.gap;
+                r.gap = (r.gap * 2).min(round * REVIVAL_GAP * 8);
+                out.push(id.clone());
+            }
+        }
+        out
+    }
+
+    /// A newer heartbeat of `id`, dead here, came second-hand: ping it
+    /// (see `REVIVAL_PING_ROUNDS`).
+    fn heard_of_dead(&mut self, id: &ChitchatId, now: Instant, round: Duration) {
+        self.revival.entry(id.clone()).or_insert_with(|| Revival {
+            until: None,
+            next: now,
+            gap: round * REVIVAL_GAP,
+        });
+    }
+
     /// Whether `id` is one of our neighbours.
     pub(crate) fn is_neighbour(&self, id: &ChitchatId) -> bool {
         self.neighbours.contains(id)
@@ -466,6 +589,15 @@ impl Pulses {
 }
 
 impl Chitchat {
+    /// The death this member holds for `id` (V4): the heartbeat it died
+    /// with, its voters, and how long ago — for diagnostics (the
+    /// simulator explains differing state hashes with it).
+    #[doc(hidden)]
+    pub fn death_record(&self, id: &ChitchatId) -> Option<(Heartbeat, usize, Duration)> {
+        let (death, at) = self.pulses.as_ref()?.deaths.get(id)?;
+        Some((death.heartbeat, death.voters.len(), at.elapsed()))
+    }
+
     /// The heartbeat `addr` last pulsed us (what a pulse to it echoes).
     pub(crate) fn heard_from(&self, addr: SocketAddr) -> Heartbeat {
         self.pulses
@@ -703,14 +835,22 @@ impl Chitchat {
         let window = self.config.gossip_interval * IN_FLIGHT_ROUNDS;
         note_hash(&mut p.our_hashes, state_hash, now, window);
         // Our neighbours, and the nodes others asked us to probe.
-        let pings = p
+        let mut pings = p
             .probes
             .pings(&p.neighbours, now, self.config.gossip_interval);
-        p.neighbours
+        for id in p.revival_pings(now, self.config.gossip_interval) {
+            if !pings.contains(&id) {
+                pings.push(id);
+            }
+        }
+        let mut out: Vec<_> = p
+            .neighbours
             .iter()
             .chain(pings.iter().filter(|id| !p.neighbours.contains(id)))
             .map(|id| p.pulse_to(id, state_hash, heartbeat))
-            .collect()
+            .collect();
+        out.extend(self.silences(now));
+        out
     }
 
     /// A pulse from `from`.
@@ -733,6 +873,9 @@ impl Chitchat {
         let receives = echo.0 > 0 && p.history.front().is_some_and(|oldest| echo >= *oldest);
         let id = p.by_addr.get(&from).cloned();
         let neighbour = id.as_ref().is_some_and(|id| p.neighbours.contains(id));
+        if neighbour {
+            p.loss.observe(from, now, interval);
+        }
         // A node we ping for a probe is not answered: we ping it anyway.
         // Others are answered at most every third of a round (a helper
         // pings every half round; the rest is room for jitter).
@@ -844,15 +987,22 @@ impl Chitchat {
                 heartbeat.0 >= death.heartbeat.0.saturating_add(REFUTE)
             }
         };
-        if p.deaths.get(id).is_some_and(|(death, _)| back(death)) {
-            p.deaths.remove(id);
-            p.votes.remove(id);
-            p.revived.insert(id.clone(), heartbeat);
-            p.note_news(id);
-            p.deaths_epoch += 1;
-            p.touch();
-            self.news = true;
+        let Some((death, _)) = p.deaths.get(id) else {
+            return;
+        };
+        if !back(death) {
+            if heartbeat > death.heartbeat {
+                p.heard_of_dead(id, Instant::now(), self.config.gossip_interval);
+            }
+            return;
         }
+        p.deaths.remove(id);
+        p.votes.remove(id);
+        p.revived.insert(id.clone(), heartbeat);
+        p.note_news(id);
+        p.deaths_epoch += 1;
+        p.touch();
+        self.news = true;
     }
 
     /// Votes received.
@@ -1005,6 +1155,9 @@ impl Chitchat {
             if !self.may_vote(&id, silent, threshold, now) {
                 continue;
             }
+            // Helpers that heard nothing either vote with us: the node's
+            // other neighbours may have died with it.
+            let helpers = self.silent_helpers(&id, now);
             let heartbeat = self
                 .cluster_state
                 .node_state(&id)
@@ -1012,18 +1165,23 @@ impl Chitchat {
             let Some(p) = self.pulses.as_mut() else {
                 return;
             };
-            if p.voted_at.get(&id).is_some_and(|at| {
-                now.duration_since(*at) < self.config.gossip_interval * REVOTE_ROUNDS
+            // Again every few rounds, or at once when helpers' word joins.
+            let round = self.config.gossip_interval;
+            if p.voted_at.get(&id).is_some_and(|(at, with)| {
+                !crate::probe::rounds_past(now.duration_since(*at), round, REVOTE_ROUNDS)
+                    && *with >= helpers.len()
             }) {
                 continue;
             }
-            debug!(node = %id.node_id, silent, "vote");
-            p.voted_at.insert(id.clone(), now);
-            p.votes.entry(id.clone()).or_default().insert(me, now);
+            debug!(node = %id.node_id, silent, helpers = helpers.len(), "vote");
+            p.voted_at.insert(id.clone(), (now, helpers.len()));
+            let voters: Vec<SocketAddr> = std::iter::once(me).chain(helpers).collect();
+            let votes = p.votes.entry(id.clone()).or_default();
+            votes.extend(voters.iter().map(|voter| (*voter, now)));
             let vote = Death {
                 node: id.clone(),
                 heartbeat,
-                voters: vec![me],
+                voters,
             };
             for other in p.neighbours_of(&id) {
                 if other.gossip_advertise_addr != me {
@@ -1041,7 +1199,7 @@ impl Chitchat {
         let Some(p) = self.pulses.as_mut() else {
             return;
         };
-        p.voted_at.retain(|id, at| {
+        p.voted_at.retain(|id, (at, _)| {
             now.duration_since(*at) < self.config.gossip_interval * REVOTE_ROUNDS
                 && !p.deaths.contains_key(id)
         });
@@ -1124,15 +1282,23 @@ mod tests {
     use crate::{ChitchatConfig, ProtocolVersion};
 
     fn member(port: u16) -> Chitchat {
+        member_with(port, |_| {})
+    }
+
+    fn member_with(port: u16, tune: impl FnOnce(&mut ChitchatConfig)) -> Chitchat {
         let mut config = ChitchatConfig::for_test(port);
         config.protocol_version = ProtocolVersion::V4;
+        tune(&mut config);
         let seeds = watch::channel(HashSet::new()).1;
         Chitchat::with_chitchat_id_and_seeds(config, seeds, Vec::new())
     }
 
     /// `me` knowing `others` (live, each with a first heartbeat).
     fn knowing(port: u16, others: &[u16]) -> Chitchat {
-        let mut chitchat = member(port);
+        knowing_with(member(port), others)
+    }
+
+    fn knowing_with(mut chitchat: Chitchat, others: &[u16]) -> Chitchat {
         for &other in others {
             let id = ChitchatId::for_local_test(other);
             chitchat.report_heartbeat(&id, Heartbeat(5));
@@ -1160,6 +1326,52 @@ mod tests {
     fn is_live(chitchat: &Chitchat, port: u16) -> bool {
         let id = ChitchatId::for_local_test(port);
         chitchat.live_nodes().any(|live| *live == id)
+    }
+
+    /// Pulses from three neighbours, one a round each for `rounds` rounds,
+    /// each lost when `lost(round, neighbour)`, each late by `late(round,
+    /// neighbour)` (under a round): the meter's share at the end.
+    fn metered(
+        rounds: u32,
+        lost: impl Fn(u32, u16) -> bool,
+        late: impl Fn(u32, u16) -> Duration,
+    ) -> f64 {
+        let interval = Duration::from_millis(100);
+        let start = Instant::now();
+        let mut pulses = vec![];
+        for round in 0..rounds {
+            for n in 0..3u16 {
+                if !lost(round, n) {
+                    pulses.push((start + interval * round + late(round, n), addr(n)));
+                }
+            }
+        }
+        pulses.sort();
+        let mut meter = LossMeter::default();
+        for (at, from) in pulses {
+            meter.observe(from, at, interval);
+        }
+        meter.share()
+    }
+
+    #[test]
+    fn the_loss_meter_counts_lost_pulses_not_late_ones_nor_silences() {
+        let never = |_, _| false;
+        let on_time = |_, _| Duration::ZERO;
+        assert_eq!(metered(500, never, on_time), 0.0);
+        // One pulse in twenty lost: 5 %.
+        let share = metered(500, |r, n| (r + u32::from(n) * 7) % 20 == 0, on_time);
+        assert!((0.04..0.06).contains(&share), "{share}");
+        // Late by up to 90 % of a round, at random: nothing lost.
+        let jitter =
+            |r: u32, n: u16| Duration::from_millis(u64::from((r * 37 + u32::from(n) * 11) % 90));
+        let share = metered(500, never, jitter);
+        assert!(share < 0.005, "{share}");
+        // A neighbour silent for 3 s (paused, cut off) is no loss.
+        let share = metered(500, |r, n| n == 0 && (100..130).contains(&r), on_time);
+        assert!(share < 0.005, "{share}");
+        // Too few pulses yet to say.
+        assert_eq!(metered(10, |r, _| r % 2 == 0, on_time), 0.0);
     }
 
     #[test]
@@ -1222,6 +1434,65 @@ mod tests {
         }
     }
 
+    /// A node dead here that the rest of the cluster holds live: a newer
+    /// heartbeat of it comes second-hand (not `REFUTE` newer: it never
+    /// heard of its death), so it is pinged, answers, and is back. A dead
+    /// node nobody hears of is never pinged.
+    #[tokio::test(start_paused = true)]
+    async fn a_node_held_dead_here_alone_is_pinged_and_comes_back_when_it_answers() {
+        let mut a = knowing(39_000, &[39_001, 39_002, 39_003, 39_004]);
+        let round = a.config.gossip_interval;
+        let (x, y) = (
+            ChitchatId::for_local_test(39_003),
+            ChitchatId::for_local_test(39_004),
+        );
+        let now = Instant::now();
+        for id in [&x, &y] {
+            a.pulses
+                .as_mut()
+                .expect("V4")
+                .seed_death(id.clone(), Heartbeat(5), now);
+        }
+        a.update_nodes_liveness();
+        assert!(!is_live(&a, 39_003) && !is_live(&a, 39_004));
+        let pinged = |out: &[(SocketAddr, ChitchatMessage)], port: u16| {
+            out.iter()
+                .any(|(to, m)| *to == addr(port) && matches!(m, ChitchatMessage::Pulse { .. }))
+        };
+        let mut pings = (0, 0);
+        for _ in 0..20 {
+            tokio::time::advance(round).await;
+            let out = a.pulse_round();
+            pings = (
+                pings.0 + usize::from(pinged(&out, 39_003)),
+                pings.1 + usize::from(pinged(&out, 39_004)),
+            );
+        }
+        assert_eq!(pings, (0, 0), "nothing heard of either: not pinged");
+        // x's heartbeat, second-hand, newer than its death (not by REFUTE):
+        // still dead, pinged from the next round; it answers each ping.
+        a.note_heartbeat(&x, Heartbeat(50), false);
+        assert!(!is_live(&a, 39_003));
+        let mut heartbeat = 100;
+        for _ in 0..REVIVAL_PING_ROUNDS {
+            tokio::time::advance(round).await;
+            let out = a.pulse_round();
+            pings.1 += usize::from(pinged(&out, 39_004));
+            if pinged(&out, 39_003) {
+                pings.0 += 1;
+                heartbeat += 1;
+                let echo = a.own_heartbeat();
+                a.on_pulse(addr(39_003), 0, Heartbeat(heartbeat), echo);
+            }
+            a.update_nodes_liveness();
+        }
+        assert!(pings.0 >= REVIVAL_PULSES, "{pings:?}");
+        assert!(is_live(&a, 39_003), "x answered: back");
+        assert!(a.death_record(&x).is_none());
+        assert!(!is_live(&a, 39_004), "y: still dead");
+        assert_eq!(pings.1, 0, "y never heard of: never pinged");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_member_that_hears_no_one_holds_no_one_live_until_it_hears_again() {
         let mut a = knowing(37_000, &[37_001, 37_002, 37_003]);
@@ -1255,6 +1526,77 @@ mod tests {
         a.process_message_from(pulse(7), Some(addr(37_002)), crate::ProtocolVersion::V4);
         a.update_nodes_liveness();
         assert!(is_live(&a, 37_001) && is_live(&a, 37_002) && is_live(&a, 37_003));
+    }
+
+    /// A silent neighbour whose other neighbours died with it: a helper
+    /// that hears nothing from it either votes with us — once the wider ask
+    /// its silence set off had its rounds and nobody vouched.
+    #[tokio::test(start_paused = true)]
+    async fn a_helper_that_hears_nothing_votes_with_us_unless_someone_vouches() {
+        for vouch in [false, true] {
+            let others: Vec<u16> = (38_001..38_010).collect();
+            // shoal's timing: a round's silence is a unit of phi, a vote
+            // at six.
+            let a = member_with(38_000, |config| {
+                let fd = &mut config.failure_detector_config;
+                fd.initial_interval = config.gossip_interval;
+                fd.phi_threshold = 6.0;
+            });
+            let mut a = knowing_with(a, &others);
+            let x = a.neighbours()[0].clone();
+            let live: Vec<SocketAddr> = others
+                .iter()
+                .map(|&o| addr(o))
+                .filter(|o| *o != x.gossip_advertise_addr)
+                .collect();
+            let (helper, voucher) = (live[0], live[1]);
+            let probes_of_x = |out: &[(SocketAddr, ChitchatMessage)]| {
+                out.iter()
+                    .filter(|(_, m)| matches!(m, ChitchatMessage::Probe { node } if *node == x))
+                    .count()
+            };
+            let round = a.config.gossip_interval;
+            let mut wider = None;
+            for _ in 0..400 {
+                tokio::time::advance(round).await;
+                // Others are heard from: this member is not cut off.
+                let pulse = ChitchatMessage::Pulse {
+                    state_hash: 0,
+                    heartbeat: Heartbeat(6),
+                    echo: Heartbeat(0),
+                };
+                a.process_message_from(pulse, Some(voucher), ProtocolVersion::V4);
+                a.update_nodes_liveness();
+                let out = a.take_outbox();
+                if wider.is_none() && probes_of_x(&out) > 0 {
+                    a.on_silent(helper, x.clone());
+                    wider = Some(probes_of_x(&a.take_outbox()));
+                    if vouch {
+                        a.on_vouch(voucher, x.clone());
+                    }
+                }
+                if !a.live_nodes().any(|n| *n == x) {
+                    break;
+                }
+            }
+            assert!(
+                wider.is_some_and(|n| n >= 6),
+                "the first silence asks more members: {wider:?}"
+            );
+            let dead = a.take_newly_dead();
+            if vouch {
+                assert!(a.live_nodes().any(|n| *n == x), "vouched for: live");
+                assert!(dead.is_empty());
+                continue;
+            }
+            assert_eq!(dead, vec![x.clone()], "dead by our vote and the helper's");
+            let deaths = a.deaths_of(&dead);
+            let mut voters = deaths[0].voters.clone();
+            voters.sort();
+            let mut expected = vec![a.config.chitchat_id.gossip_advertise_addr, helper];
+            expected.sort();
+            assert_eq!(voters, expected);
+        }
     }
 
     #[test]

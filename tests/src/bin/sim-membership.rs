@@ -11,7 +11,12 @@
 //!   largest datagram, and datagrams over the MTU (and, on stderr, the
 //!   share of each message kind in those bytes).
 //!
-//! Usage: `sim-membership [--loss P] [--trials K] [--set VAR=VALUE]... N...`
+//! With `--soak SECS`, no trials: the formed cluster runs SECS simulated
+//! seconds untouched (with `--loss` and `--jitter-ms`), and every member's
+//! view is sampled every 100 ms: a view missing a live member is a false
+//! removal (issue 21: 0 at N = 1,000, 5 % loss, 0–50 ms jitter, 10 min).
+//!
+//! Usage: `sim-membership [--loss P] [--jitter-ms J] [--trials K] [--soak SECS] [--set VAR=VALUE]... N...`
 //! (`--set` passes a `SHOAL_*` setting to every member, e.g.
 //! `--set SHOAL_GOSSIP_FANOUT=1`). Prints one Markdown row per N.
 
@@ -22,7 +27,7 @@ use clap::Parser;
 use shoal_node::ClusterKey;
 use shoal_node::MessageKind;
 use shoal_tests::percentile;
-use shoal_tests::sim::{SimMember, SimNet, spawn_member, until_all};
+use shoal_tests::sim::{SimMember, SimNet, kb_per_s_since, spawn_member, until_all};
 use tokio::time::Instant;
 
 #[derive(Parser)]
@@ -41,6 +46,14 @@ struct Args {
     /// rounds it up to whole milliseconds).
     #[arg(long, default_value_t = 1000)]
     latency_us: u64,
+    /// Each datagram delayed by a further random 0 to this many
+    /// milliseconds (uniform), so that datagrams overtake each other.
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u64,
+    /// Instead of the trials: run the formed cluster this many simulated
+    /// seconds untouched and count the views missing a live member.
+    #[arg(long)]
+    soak: Option<u64>,
     /// A `SHOAL_*` setting for every member, `VAR=VALUE` (repeatable).
     #[arg(long = "set", value_parser = parse_set)]
     set: Vec<(String, String)>,
@@ -82,12 +95,22 @@ struct Row {
     by_kind: Vec<u64>,
 }
 
-async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
+/// A formed cluster: every member sees every other, on V4 with its bridge
+/// over (on `auto` or `v4`), their state hashes agreeing (or 60 s passed).
+struct Formed {
+    net: SimNet,
+    key: String,
+    members: Vec<SimMember>,
+    converged: f64,
+}
+
+async fn form(args: &Args, n: usize) -> anyhow::Result<Formed> {
     let net = SimNet::new(
         Duration::from_micros(args.latency_us),
         args.loss,
         args.seed ^ n as u64,
-    );
+    )
+    .with_jitter(Duration::from_millis(args.jitter_ms));
     let key = ClusterKey::generate().to_base64();
     let start = Instant::now();
     let mut members = Vec::with_capacity(n + 16);
@@ -148,21 +171,145 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
         "N={n}: {distinct} distinct state hashes at the idle window, {:.1} s after convergence + 2 s",
         settling.elapsed().as_secs_f64()
     );
+    if distinct > 1 {
+        explain_hashes(&members).await;
+    }
+    Ok(Formed {
+        net,
+        key,
+        members,
+        converged,
+    })
+}
+
+/// Why members' state hashes differ (on stderr): the members by hash,
+/// and how a member of each smaller group differs from one of the largest
+/// (nodes live for one and not the other, nodes whose versions differ).
+async fn explain_hashes(members: &[SimMember]) {
+    let mut by_hash: std::collections::HashMap<u64, Vec<usize>> = Default::default();
+    for (i, m) in members.iter().enumerate() {
+        by_hash
+            .entry(m.chitchat().lock().await.state_hash())
+            .or_default()
+            .push(i);
+    }
+    let mut groups: Vec<Vec<usize>> = by_hash.into_values().collect();
+    groups.sort_by_key(|g| std::cmp::Reverse(g.len()));
+    let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+    eprintln!("  members by state hash: {sizes:?}");
+    let summary = async |i: usize| {
+        let c = members[i].chitchat();
+        let c = c.lock().await;
+        c.live_nodes()
+            .map(|id| {
+                let version = c.node_state(id).map_or(0, |s| s.max_version());
+                (id.clone(), version)
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let base = summary(groups[0][0]).await;
+    for group in groups.iter().skip(1).take(5) {
+        let odd = summary(group[0]).await;
+        let only_base: Vec<_> = base.keys().filter(|k| !odd.contains_key(*k)).collect();
+        let only_odd: Vec<_> = odd.keys().filter(|k| !base.contains_key(*k)).collect();
+        let versions: Vec<_> = base
+            .iter()
+            .filter_map(|(k, v)| odd.get(k).filter(|o| *o != v).map(|o| (&k.node_id, *v, *o)))
+            .take(5)
+            .collect();
+        // How the odd member holds the nodes it misses, and what the
+        // majority member knows of them.
+        for id in only_base.iter().take(3) {
+            let odd_c = members[group[0]].chitchat();
+            let odd_c = odd_c.lock().await;
+            let base_c = members[groups[0][0]].chitchat();
+            let base_c = base_c.lock().await;
+            eprintln!(
+                "    {}: its death record {:?}, its heartbeat of it {:?}, the majority's {:?}",
+                id.node_id,
+                odd_c.death_record(id),
+                odd_c.node_state(id).map(|s| s.heartbeat()),
+                base_c.node_state(id).map(|s| s.heartbeat()),
+            );
+        }
+        eprintln!(
+            "  member {} ({} like it): live only for the majority {:?}, only for it {:?}, versions (majority, it) {:?}",
+            members[group[0]].node,
+            group.len(),
+            only_base
+                .iter()
+                .take(5)
+                .map(|k| &k.node_id)
+                .collect::<Vec<_>>(),
+            only_odd
+                .iter()
+                .take(5)
+                .map(|k| &k.node_id)
+                .collect::<Vec<_>>(),
+            versions
+        );
+    }
+}
+
+/// What a soak saw.
+struct Soak {
+    /// Views sampled (members × samples).
+    views: u64,
+    /// Of those, views missing a live member.
+    short: u64,
+    /// The fewest members one view held.
+    fewest: usize,
+    /// Gossip sent per member over the soak, mean and p99 (KB/s).
+    kb_per_s: (f64, f64),
+}
+
+async fn soak(args: &Args, n: usize, secs: u64) -> anyhow::Result<Soak> {
+    let Formed { members, .. } = form(args, n).await?;
+    let before: Vec<u64> = members.iter().map(SimMember::bytes_sent).collect();
+    let start = Instant::now();
+    let (mut views, mut short, mut fewest) = (0u64, 0u64, n);
+    let mut next_report = Duration::from_secs(60);
+    while start.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for m in &members {
+            let seen = m.live_count().await;
+            views += 1;
+            if seen < n {
+                short += 1;
+                fewest = fewest.min(seen);
+            }
+        }
+        if start.elapsed() >= next_report {
+            eprintln!(
+                "N={n}: {:.0} simulated s, {views} views, {short} missing a live member",
+                start.elapsed().as_secs_f64()
+            );
+            next_report += Duration::from_secs(60);
+        }
+    }
+    let per_member = kb_per_s_since(&members, &before, start.elapsed().as_secs_f64());
+    let mean = per_member.iter().sum::<f64>() / n as f64;
+    Ok(Soak {
+        views,
+        short,
+        fewest,
+        kb_per_s: (mean, percentile(&per_member, 0.99)),
+    })
+}
+
+async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
+    let Formed {
+        net,
+        key,
+        mut members,
+        converged,
+    } = form(args, n).await?;
     let before: Vec<u64> = members.iter().map(SimMember::bytes_sent).collect();
     let kinds_before = bytes_by_kind(&members);
     let window = Duration::from_secs(args.window.unwrap_or(if n >= 500 { 4 } else { 10 }));
     tokio::time::sleep(window).await;
-    let sent: u64 = members
-        .iter()
-        .zip(&before)
-        .map(|(m, b)| m.bytes_sent() - b)
-        .sum();
-    let kb_per_s = sent as f64 / n as f64 / window.as_secs_f64() / 1000.0;
-    let per_member: Vec<f64> = members
-        .iter()
-        .zip(&before)
-        .map(|(m, b)| (m.bytes_sent() - b) as f64 / window.as_secs_f64() / 1000.0)
-        .collect();
+    let per_member = kb_per_s_since(&members, &before, window.as_secs_f64());
+    let kb_per_s = per_member.iter().sum::<f64>() / n as f64;
     let kb_per_s_p99 = percentile(&per_member, 0.99);
     let by_kind: Vec<u64> = bytes_by_kind(&members)
         .iter()
@@ -307,9 +454,14 @@ fn main() -> anyhow::Result<()> {
     }
     let settings: Vec<String> = args.set.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!(
-        "simulated: loss {:.0} %, latency {} µs, {}",
+        "simulated: loss {:.0} %, latency {} µs{}, {}",
         args.loss * 100.0,
         args.latency_us,
+        if args.jitter_ms > 0 {
+            format!(" + 0–{} ms jitter", args.jitter_ms)
+        } else {
+            String::new()
+        },
         if settings.is_empty() {
             "default settings".to_string()
         } else {
@@ -317,6 +469,25 @@ fn main() -> anyhow::Result<()> {
         }
     );
     println!();
+    if let Some(secs) = args.soak {
+        println!(
+            "| N | simulated time | views sampled (every 100 ms) | views missing a live member | fewest members in a view | gossip sent per member, mean / p99 |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for &n in &args.sizes {
+            let wall = std::time::Instant::now();
+            let s = rt.block_on(soak(&args, n, secs))?;
+            println!(
+                "| {n} | {secs} s | {} | {} | {} | {:.1} / {:.1} KB/s |",
+                s.views, s.short, s.fewest, s.kb_per_s.0, s.kb_per_s.1
+            );
+            eprintln!(
+                "N={n}: soak of {secs} simulated s took {:.0} s of real time",
+                wall.elapsed().as_secs_f64()
+            );
+        }
+        return Ok(());
+    }
     println!(
         "| N | join p50 | join p99 | SIGKILL → gone p50 | SIGKILL → gone p99 | 10 % killed at once → gone p50 / p99 | gossip sent per member, mean / p99 | largest datagram | over MTU / dropped | converged | trials failed |"
     );

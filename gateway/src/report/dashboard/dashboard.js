@@ -73,6 +73,7 @@ function circuit(name, s, gateways) {
   if (p.rate_limit) add("limit", p.rate_limit + " in total", "policy");
   if (p.rate_limit_per_client) add("limit/client", p.rate_limit_per_client, "policy");
   if (p.auth_forward) add("auth", p.auth_forward, "policy");
+  if (p.auth_jwt) add("jwt", p.auth_jwt.issuer || p.auth_jwt.jwks, "policy");
   if (p.limit_here) {
     if (p.limit_here.share_rps !== null) add("share here", fmt(p.limit_here.share_rps, 1) + "/s", "policy");
     add("429 here", fmt(p.limit_here.refused, 0), p.limit_here.refused > 0 ? "h-draining" : "");
@@ -182,6 +183,18 @@ function renderInstances(changed, now, gateways) {
   $("no-members").hidden = total > 0;
 }
 
+// The ACME certificate as this gateway holds it: its state, its end, where
+// it came from, and the last failure's cause.
+function acmeText(a) {
+  if (!a) return "";
+  let t = " · ACME " + a.name + ": " + a.state;
+  if (a.not_after_ms) t += " until " + new Date(a.not_after_ms).toISOString().slice(0, 10);
+  if (a.from) t += " (" + a.from + ")";
+  if (a.ordering) t += " · ordering: " + a.ordering;
+  if (a.last_error) t += " · last failure: " + a.last_error;
+  return t;
+}
+
 function render(u) {
   const changed = merge(u);
   const now = u.at_ms;
@@ -193,7 +206,8 @@ function render(u) {
   const e = u.edge || {};
   $("edge").textContent = "this gateway: HTTP/1.1" + (e.h2c ? " + h2c" : "") + " :" + e.port +
     (e.redirect ? " → HTTPS" : "") + (e.tls_port ? " · HTTPS (h2, http/1.1) :" + e.tls_port +
-    " · " + fmt(e.h2_requests, 0) + " HTTP/2 requests · certificate loaded " + fmt(e.certificate_loads, 0) + "×" : "");
+    " · " + fmt(e.h2_requests, 0) + " HTTP/2 requests · certificate loaded " + fmt(e.certificate_loads, 0) + "×" : "") +
+    acmeText(e.acme);
   let members = 0, rps = 0, errors = 0;
   for (const [, s] of services) { members += s.instances.filter((i) => i.member).length; rps += s.rps; errors += s.errors; }
   $("members").textContent = members;
@@ -209,7 +223,7 @@ function render(u) {
     while (points.length > HISTORY) points.shift();
     history.set(name, points);
     const p = s.policy || {};
-    if (s.requests > 0 || p.sticky || p.rate_limit || p.rate_limit_per_client || p.auth_forward) cards.push([circuit(name, s, st.gateways), points]);
+    if (s.requests > 0 || p.sticky || p.rate_limit || p.rate_limit_per_client || p.auth_forward || p.auth_jwt) cards.push([circuit(name, s, st.gateways), points]);
   }
   for (const name of [...history.keys()]) if (!state.has(name)) history.delete(name);
   circuits.replaceChildren(...cards.map(([[card]]) => card));
