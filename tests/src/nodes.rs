@@ -415,3 +415,59 @@ pub fn until_gone(
     }
     gone
 }
+
+/// What one gateway saw change in its view, sampled every 100 ms from the
+/// start until [`ViewLog::finish`]: `(time, "+service host addr health")`
+/// and `-…` lines, for the log when a phase fails.
+pub struct ViewLog {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Duration, String)>>,
+}
+
+impl ViewLog {
+    /// Starts sampling the view of the gateway task whose process is `pid`.
+    pub fn start(pid: u32) -> ViewLog {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let start = Instant::now();
+                let mut seen: HashSet<String> = HashSet::new();
+                let mut changes = vec![];
+                while !stop.load(Ordering::Relaxed) {
+                    let now: Option<HashSet<String>> = Nodes::admin(pid, "/members")
+                        .and_then(|j| serde_json::from_str::<shoal_node::MembersDoc>(&j).ok())
+                        .map(|d| {
+                            d.members()
+                                .map(|m| {
+                                    format!("{} {} {} {:?}", m.service, m.host, m.addr, m.health)
+                                })
+                                .collect()
+                        });
+                    if let Some(now) = now {
+                        let at = start.elapsed();
+                        changes.extend(seen.difference(&now).map(|m| (at, format!("-{m}"))));
+                        changes.extend(now.difference(&seen).map(|m| (at, format!("+{m}"))));
+                        seen = now;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                changes
+            }
+        });
+        ViewLog { stop, thread }
+    }
+
+    /// Stops sampling; the changes after the first sample, one per line.
+    pub fn finish(self) -> String {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let changes = self.thread.join().unwrap_or_default();
+        let first = changes.first().map(|(t, _)| *t);
+        changes
+            .iter()
+            .filter(|(t, _)| Some(*t) != first)
+            .map(|(t, c)| format!("  {:>7.2} s {c}\n", t.as_secs_f64()))
+            .collect()
+    }
+}

@@ -50,6 +50,8 @@ struct NetState {
     down: HashSet<IpAddr>,
     /// Members that send but receive nothing (a one-way partition).
     deaf: HashSet<IpAddr>,
+    /// Groups that receive only from each other (a Swarm node cut inbound).
+    deaf_groups: Vec<HashSet<IpAddr>>,
     /// Members that lose this share of what they send and receive.
     lossy: HashMap<IpAddr, f64>,
     /// Pairs of groups that cannot reach each other (each side still
@@ -79,6 +81,7 @@ impl SimNet {
                 sockets: HashMap::new(),
                 down: HashSet::new(),
                 deaf: HashSet::new(),
+                deaf_groups: Vec::new(),
                 lossy: HashMap::new(),
                 splits: Vec::new(),
                 loss,
@@ -104,6 +107,15 @@ impl SimNet {
     /// Cuts `ip` off inbound only: it sends, and receives nothing.
     pub fn deafen(&self, ip: IpAddr) {
         self.lock().deaf.insert(ip);
+    }
+
+    /// Cuts the members of `group` off inbound from everyone else: they
+    /// hear each other and send to all, and receive nothing from outside
+    /// (a Swarm node whose inbound traffic from the other nodes is cut).
+    pub fn deafen_group(&self, group: &[IpAddr]) {
+        self.lock()
+            .deaf_groups
+            .push(group.iter().copied().collect());
     }
 
     /// Makes `ip` lose `share` (0 to 1) of the datagrams it sends and of
@@ -181,6 +193,10 @@ impl WireSocket for SimSocket {
         if state.down.contains(&self.addr.ip())
             || state.down.contains(&to.ip())
             || state.deaf.contains(&to.ip())
+            || state
+                .deaf_groups
+                .iter()
+                .any(|g| g.contains(&to.ip()) && !g.contains(&self.addr.ip()))
             || state.splits.iter().any(|(a, b)| {
                 let (from, to) = (self.addr.ip(), to.ip());
                 (a.contains(&from) && b.contains(&to)) || (b.contains(&from) && a.contains(&to))

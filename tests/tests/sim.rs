@@ -330,6 +330,63 @@ async fn v4_a_deaf_or_lossy_member_leaves_every_view_and_removes_nobody() {
     }
 }
 
+/// A Swarm node cut inbound from the others (what the three-node Swarm
+/// test does with iptables): its members hear each other and send to
+/// everyone, and hear nothing from outside. To them every other member
+/// falls silent at once, and their votes reach the others: they must leave
+/// every view, and never take a healthy member out of one.
+#[tokio::test(start_paused = true)]
+async fn v4_a_deaf_node_of_members_leaves_every_view_and_removes_nobody() {
+    // Three-node Swarms (9 members, a third deaf) and bigger clusters.
+    for (n, size, seed) in [
+        (9, 3, 20),
+        (9, 3, 21),
+        (30, 3, 22),
+        (30, 5, 23),
+        (30, 10, 24),
+    ] {
+        let net = SimNet::new(Duration::from_millis(1), 0.0, seed);
+        let key = key();
+        let members = cluster(&net, &key, n, v4).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let deaf: Vec<&SimMember> = members.iter().skip(4).step_by(3).take(size).collect();
+        let deaf_ips: Vec<std::net::IpAddr> = deaf.iter().map(|m| m.ip).collect();
+        let healthy: Vec<&SimMember> = members
+            .iter()
+            .filter(|m| !deaf_ips.contains(&m.ip))
+            .collect();
+        net.deafen_group(&deaf_ips);
+        let start = Instant::now();
+        let mut out_at = None;
+        while start.elapsed() < Duration::from_secs(6) {
+            let mut all_out = true;
+            for m in &healthy {
+                for o in &healthy {
+                    assert!(
+                        m.ip == o.ip || m.sees(&o.chitchat_id()).await,
+                        "{size} of {n} deaf together (seed {seed}): {} lost healthy {} after {:.2} s",
+                        m.node,
+                        o.node,
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+                for d in &deaf {
+                    all_out &= !m.sees(&d.chitchat_id()).await;
+                }
+            }
+            if all_out && out_at.is_none() {
+                out_at = Some(start.elapsed().as_secs_f64());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let out_at = out_at.unwrap_or(f64::INFINITY);
+        eprintln!(
+            "V4, {size} deaf together: out of every healthy view in {out_at:.2} s, nobody removed"
+        );
+        assert!(out_at < 2.0, "{size} deaf together: still in a view at 2 s");
+    }
+}
+
 /// Kills `dead` in the same instant: simulated seconds until every one is
 /// out of the view of every member of `members` (at most 5).
 async fn killed_at_once(net: &SimNet, members: &[SimMember], dead: &[SimMember]) -> f64 {

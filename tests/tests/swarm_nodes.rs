@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use shoal_tests::chaos::{Load, Report};
-use shoal_tests::nodes::{Haproxy, NodeCut, Nodes, Way, until_gone};
+use shoal_tests::nodes::{Haproxy, NodeCut, Nodes, ViewLog, Way, until_gone};
 use shoal_tests::run_script as script;
 
 const STACK: &str = "shoalnodes";
@@ -142,10 +142,13 @@ fn views(on: &[usize]) -> Vec<HashSet<String>> {
 /// Node `victim` cut off from `peers` (`way`) for `hold` under load through
 /// `base`: its members out of the other nodes' gateway views (when
 /// `leaves`), back after healing, no request failed.
-async fn partition(victim: usize, peers: &[usize], way: Way, hold: Duration, base: &str) {
+async fn partition(victim: usize, peers: &[usize], way: Way, hold: Duration, through: usize) {
     let watchers: Vec<usize> = ALL.iter().copied().filter(|i| *i != victim).collect();
     let cut_hosts = hosts_of(&members_on(&[victim]));
-    let load = Load::start(base, 6, 2);
+    let view_log = Nodes::tasks_on(&[through], STACK, "gateway")
+        .pop()
+        .map(|g| (Instant::now(), ViewLog::start(g.pid)));
+    let load = Load::start(&gateway(through), 6, 2);
     more_answers(&load, 20).await;
     let cut = NodeCut::new(victim, peers, way);
     let cut_at = Instant::now();
@@ -179,6 +182,14 @@ async fn partition(victim: usize, peers: &[usize], way: Way, hold: Duration, bas
     more_answers(&load, 50).await;
     let report = load.finish().await;
     let what = format!("node {victim} cut from {peers:?} ({way:?}) for {hold:?}");
+    if let Some((started, log)) = view_log {
+        eprintln!(
+            "NODES {what}: node {through}'s gateway view changed (cut at {:.2} s, healed at {:.2} s):\n{}",
+            (cut_at - started).as_secs_f64(),
+            (healed - started).as_secs_f64(),
+            log.finish()
+        );
+    }
     eprintln!(
         "NODES {what}: its {} members out of the other nodes' gateway views after {:?}; back {back:?} after healing",
         cut_hosts.len(),
@@ -336,15 +347,8 @@ async fn swarm_nodes_three_hosts_placement_partitions_drain_and_a_node_death() {
     // members leave every other view and come back; nodes 2 and 3 cut from
     // each other only (node 1 still sees both), load through node 2's
     // gateway — nobody removed, nothing failed.
-    partition(3, &[1, 2], Way::Both, Duration::from_secs(6), &gateway(1)).await;
-    partition(
-        3,
-        &[1, 2],
-        Way::Inbound,
-        Duration::from_secs(6),
-        &gateway(1),
-    )
-    .await;
+    partition(3, &[1, 2], Way::Both, Duration::from_secs(6), 1).await;
+    partition(3, &[1, 2], Way::Inbound, Duration::from_secs(6), 1).await;
     {
         let everyone: Vec<String> = hosts_of(&members_on(&ALL));
         let stop = Arc::new(AtomicBool::new(false));

@@ -6,6 +6,7 @@ mod configuration;
 mod delta;
 mod digest;
 mod failure_detector;
+mod hearing;
 mod listener;
 mod message;
 mod message_serialize;

@@ -185,6 +185,11 @@ impl Watch {
 }
 
 impl Probes {
+    /// Whether we probe `id` (a silent neighbour).
+    pub(crate) fn probing(&self, id: &ChitchatId) -> bool {
+        self.asked.contains_key(id)
+    }
+
     /// Whether `id` is being pinged for others.
     pub(crate) fn watching(&self, id: &ChitchatId) -> bool {
         self.watched.contains_key(id)
@@ -305,7 +310,9 @@ impl Probes {
             .unwrap_or_default()
     }
 
-    fn steady(&self, id: &ChitchatId, now: Instant, round: Duration) -> bool {
+    /// Whether `id`'s pulses echo ours steadily (a neighbour, or a node we
+    /// watch for others): it is alive and hears us.
+    pub(crate) fn steady(&self, id: &ChitchatId, now: Instant, round: Duration) -> bool {
         self.heard.get(id).is_some_and(|times| {
             times
                 .back()
@@ -556,6 +563,11 @@ impl Chitchat {
             return;
         }
         asked.wider_at = Some(now);
+        // The vote this may lead to will want our hearing checked (`hearing`).
+        self.check_hearing(now);
+        let Some(p) = self.pulses.as_mut() else {
+            return;
+        };
         let me = self.config.chitchat_id.gossip_advertise_addr;
         for helper in random_live(p.live(), WIDER_HELPERS) {
             if helper != me && helper != node.gossip_advertise_addr {

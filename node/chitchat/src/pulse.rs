@@ -213,6 +213,9 @@ pub(crate) struct Pulses {
     pub(crate) loss: LossMeter,
     /// Dead nodes heard of second-hand (see `REVIVAL_PING_ROUNDS`).
     revival: HashMap<ChitchatId, Revival>,
+    /// This member's own hearing, checked before it declares a death (see
+    /// `hearing`).
+    pub(crate) hearing: crate::hearing::Hearing,
 }
 
 /// The pings of a dead node heard of second-hand.
@@ -496,6 +499,14 @@ impl Pulses {
             next: now,
             gap: round * REVIVAL_GAP,
         });
+    }
+
+    /// Whether this member suspects `id` itself: it probes it, or holds its
+    /// death. (Not votes from others: a deaf node's members vote against
+    /// healthy ones, and a hearing check that left those out would ask
+    /// the deaf node's members alone.)
+    pub(crate) fn suspects(&self, id: &ChitchatId) -> bool {
+        self.probes.probing(id) || self.hearing.doubts(id)
     }
 
     /// Whether `id` is one of our neighbours.
@@ -1066,6 +1077,7 @@ impl Chitchat {
             return;
         };
         let Some(votes) = p.votes.get_mut(node) else {
+            p.hearing.retain_doubts(|id| id != node);
             return;
         };
         votes.retain(|_, at| now.duration_since(*at) < ttl);
@@ -1086,6 +1098,23 @@ impl Chitchat {
         if voters.len() < need {
             return;
         }
+        // First-hand evidence over hearsay: a node whose pulses echo ours
+        // steadily is alive, whoever voted (the voters may be deaf).
+        let round = self.config.gossip_interval;
+        if p.probes.steady(node, now, round) {
+            debug!(node = %node.node_id, "votes against a node heard steadily: ignored");
+            p.hearing.retain_doubts(|id| id != node);
+            return;
+        }
+        // Where this member would make the death (its neighbour, or a
+        // voter), it first makes sure it is not the deaf one (`hearing`).
+        let originates = p.is_neighbour(node) || voters.contains(&me);
+        if originates && !self.hears_enough_to_declare(node, now) {
+            return;
+        }
+        let Some(p) = self.pulses.as_mut() else {
+            return;
+        };
         debug!(node = %node.node_id, voters = voters.len(), need, "dead by votes");
         let death = Death {
             node: node.clone(),
@@ -1193,6 +1222,19 @@ impl Chitchat {
                     ));
                 }
             }
+            self.count_votes(&id, heartbeat);
+        }
+        // Deaths held while our hearing was in doubt: counted again.
+        let doubted = self
+            .pulses
+            .as_ref()
+            .map(|p| p.hearing.doubted())
+            .unwrap_or_default();
+        for id in doubted {
+            let heartbeat = self
+                .cluster_state
+                .node_state(&id)
+                .map_or(Heartbeat(0), |s| s.heartbeat());
             self.count_votes(&id, heartbeat);
         }
         // Every known node is live but those dead by votes.
