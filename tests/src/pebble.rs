@@ -37,6 +37,94 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// pebble's own HTTPS certificate in `dir`, for the names `san` (openssl's
+/// `subjectAltName` form, `DNS:pebble`), from a CA of the test's:
+/// `ca.pem` (what a client of its API trusts: `SHOAL_ACME_CA_FILE`),
+/// `api.pem` and `api.key`.
+pub fn api_certificate(dir: &Path, san: &str) {
+    let mut ca = crate::OPENSSL_SELF_SIGNED.to_vec();
+    ca.extend([
+        "-subj",
+        "/CN=shoal test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(dir, &ca);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=pebble",
+            "-keyout",
+            "api.key",
+            "-out",
+            "api.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("api.ext"),
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\n"),
+    )
+    .expect("extensions");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "api.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "api.ext",
+            "-out",
+            "api.pem",
+        ],
+    );
+}
+
+/// pebble's configuration: its API on `listen`, its management API on
+/// `management`, its HTTPS certificate and key, HTTP-01 checked on
+/// `http_port`, certificates lasting `validity` seconds when given.
+pub fn config(
+    listen: &str,
+    management: &str,
+    certificate: &Path,
+    key: &Path,
+    http_port: u16,
+    validity: Option<u64>,
+) -> serde_json::Value {
+    let mut config = serde_json::json!({
+        "pebble": {
+            "listenAddress": listen,
+            "managementListenAddress": management,
+            "certificate": certificate,
+            "privateKey": key,
+            "httpPort": http_port,
+            "tlsPort": 5001,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false
+        }
+    });
+    if let Some(secs) = validity {
+        config["pebble"]["certificateValidityPeriod"] = secs.into();
+    }
+    config
+}
+
 impl Pebble {
     /// Starts pebble at 127.N.9.1 (API 14000, management 15000; HTTP-01
     /// checked on `http_port`) and its DNS at 127.N.9.2:8053 answering
@@ -62,74 +150,15 @@ impl Pebble {
         let dir = net.dir().join("pebble");
         std::fs::create_dir_all(&dir).expect("pebble's folder");
         let (api, dns) = (net.ip(9, 1), net.ip(9, 2));
-        // pebble's own HTTPS certificate, from a CA of the test's.
-        let mut ca = crate::OPENSSL_SELF_SIGNED.to_vec();
-        ca.extend([
-            "-subj",
-            "/CN=shoal test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ]);
-        openssl(&dir, &ca);
-        openssl(
-            &dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-subj",
-                "/CN=pebble",
-                "-keyout",
-                "api.key",
-                "-out",
-                "api.csr",
-            ],
+        api_certificate(&dir, &format!("IP:{api},DNS:localhost"));
+        let config = config(
+            &format!("{api}:14000"),
+            &format!("{api}:15000"),
+            &dir.join("api.pem"),
+            &dir.join("api.key"),
+            http_port,
+            validity,
         );
-        std::fs::write(
-            dir.join("api.ext"),
-            format!("subjectAltName=IP:{api},DNS:localhost\nbasicConstraints=CA:FALSE\n"),
-        )
-        .expect("extensions");
-        openssl(
-            &dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "api.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "api.ext",
-                "-out",
-                "api.pem",
-            ],
-        );
-        let mut config = serde_json::json!({
-            "pebble": {
-                "listenAddress": format!("{api}:14000"),
-                "managementListenAddress": format!("{api}:15000"),
-                "certificate": dir.join("api.pem"),
-                "privateKey": dir.join("api.key"),
-                "httpPort": http_port,
-                "tlsPort": 5001,
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": false
-            }
-        });
-        if let Some(secs) = validity {
-            config["pebble"]["certificateValidityPeriod"] = secs.into();
-        }
         std::fs::write(dir.join("pebble.json"), config.to_string()).expect("pebble's config");
         let dns_proc = Proc::spawn(
             net,

@@ -118,6 +118,11 @@ impl SimNet {
             .push(group.iter().copied().collect());
     }
 
+    /// Ends every [`Self::deafen_group`].
+    pub fn hear_again(&self) {
+        self.lock().deaf_groups.clear();
+    }
+
     /// Makes `ip` lose `share` (0 to 1) of the datagrams it sends and of
     /// those sent to it, besides the network's own loss.
     pub fn make_lossy(&self, ip: IpAddr, share: f64) {

@@ -330,60 +330,91 @@ async fn v4_a_deaf_or_lossy_member_leaves_every_view_and_removes_nobody() {
     }
 }
 
-/// A Swarm node cut inbound from the others (what the three-node Swarm
-/// test does with iptables): its members hear each other and send to
-/// everyone, and hear nothing from outside. To them every other member
-/// falls silent at once, and their votes reach the others: they must leave
-/// every view, and never take a healthy member out of one.
+/// A Swarm node cut from the others — inbound only (what the three-node
+/// Swarm test does with iptables), or both ways — then mended: during the
+/// cut its members hear each other and nothing from outside, every other
+/// member falls silent to them at once, and (inbound only) their votes
+/// reach the others; once mended, what they judged while cut off reaches
+/// everyone. They must leave every healthy view within 2 s and come back
+/// after, and no healthy member may leave a healthy view, during the cut
+/// or after it.
 #[tokio::test(start_paused = true)]
-async fn v4_a_deaf_node_of_members_leaves_every_view_and_removes_nobody() {
-    // Three-node Swarms (9 members, a third deaf) and bigger clusters.
-    for (n, size, seed) in [
-        (9, 3, 20),
-        (9, 3, 21),
-        (30, 3, 22),
-        (30, 5, 23),
-        (30, 10, 24),
-    ] {
+async fn v4_a_node_cut_off_leaves_every_view_comes_back_and_removes_nobody() {
+    // Three-node Swarms (9 members, a third cut off) and bigger clusters.
+    let cases = [
+        (9, 3, true, 20),
+        (9, 3, true, 21),
+        (9, 3, false, 22),
+        (30, 3, true, 23),
+        (30, 5, true, 24),
+        (30, 10, true, 25),
+        (30, 10, false, 26),
+    ];
+    for (n, size, inbound, seed) in cases {
+        let way = if inbound { "inbound" } else { "both ways" };
+        let what = format!("{size} of {n} cut off {way} (seed {seed})");
         let net = SimNet::new(Duration::from_millis(1), 0.0, seed);
         let key = key();
         let members = cluster(&net, &key, n, v4).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let deaf: Vec<&SimMember> = members.iter().skip(4).step_by(3).take(size).collect();
-        let deaf_ips: Vec<std::net::IpAddr> = deaf.iter().map(|m| m.ip).collect();
+        let cut: Vec<&SimMember> = members.iter().skip(4).step_by(3).take(size).collect();
+        let cut_ips: Vec<std::net::IpAddr> = cut.iter().map(|m| m.ip).collect();
         let healthy: Vec<&SimMember> = members
             .iter()
-            .filter(|m| !deaf_ips.contains(&m.ip))
+            .filter(|m| !cut_ips.contains(&m.ip))
             .collect();
-        net.deafen_group(&deaf_ips);
+        let healthy_ips: Vec<std::net::IpAddr> = healthy.iter().map(|m| m.ip).collect();
+        if inbound {
+            net.deafen_group(&cut_ips);
+        } else {
+            net.split(&cut_ips, &healthy_ips);
+        }
         let start = Instant::now();
         let mut out_at = None;
-        while start.elapsed() < Duration::from_secs(6) {
-            let mut all_out = true;
+        let mut back_at = None;
+        let mended_at = Duration::from_secs(5);
+        let mut mended = false;
+        while start.elapsed() < Duration::from_secs(10) {
+            if !mended && start.elapsed() >= mended_at {
+                net.hear_again();
+                net.mend();
+                mended = true;
+            }
+            let (mut all_out, mut all_back) = (true, true);
             for m in &healthy {
                 for o in &healthy {
                     assert!(
                         m.ip == o.ip || m.sees(&o.chitchat_id()).await,
-                        "{size} of {n} deaf together (seed {seed}): {} lost healthy {} after {:.2} s",
+                        "{what}: {} lost healthy {} after {:.2} s",
                         m.node,
                         o.node,
                         start.elapsed().as_secs_f64()
                     );
                 }
-                for d in &deaf {
-                    all_out &= !m.sees(&d.chitchat_id()).await;
+                for d in &cut {
+                    let seen = m.sees(&d.chitchat_id()).await;
+                    all_out &= !seen;
+                    all_back &= seen;
                 }
             }
             if all_out && out_at.is_none() {
                 out_at = Some(start.elapsed().as_secs_f64());
             }
+            if mended && all_back && back_at.is_none() {
+                back_at = Some((start.elapsed() - mended_at).as_secs_f64());
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let out_at = out_at.unwrap_or(f64::INFINITY);
+        let back_at = back_at.unwrap_or(f64::INFINITY);
         eprintln!(
-            "V4, {size} deaf together: out of every healthy view in {out_at:.2} s, nobody removed"
+            "V4, {what}: out of every healthy view in {out_at:.2} s, back {back_at:.2} s after mending, nobody removed"
         );
-        assert!(out_at < 2.0, "{size} deaf together: still in a view at 2 s");
+        assert!(out_at < 2.0, "{what}: still in a view at 2 s");
+        assert!(
+            back_at < 3.0,
+            "{what}: not back in every view 3 s after mending"
+        );
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use shoal_tests::chaos::{self, Plan, containers, docker, gateway_views};
 use shoal_tests::run_script as script;
-use shoal_tests::wait_for_async;
+use shoal_tests::{pebble, wait_for, wait_for_async};
 
 const STACK: &str = "shoaltest";
 /// Published gateway port of the test stack (not 4000: see the module doc).
@@ -163,12 +163,18 @@ async fn wait_converged(service: &str, replicas: usize, timeout: Duration) {
 
 /// Removes the test stack and its key secrets (before and after the test).
 fn remove_stack() {
+    docker(&["service", "rm", "shoaltest_pebble"]);
     script("swarm-down", &[("STACK", STACK)]);
     for s in [
         "shoaltest_key_1",
         "shoaltest_key_2",
         "shoaltest_key_3",
         "shoaltest_key_4",
+        "shoaltest_pebble_cert",
+        "shoaltest_pebble_key",
+        "shoaltest_pebble_config",
+        "shoaltest_pebble_ca",
+        "shoaltest_edge_key",
     ] {
         docker(&["secret", "rm", s]);
     }
@@ -602,7 +608,150 @@ async fn swarm_stack_deploys_scales_survives_chaos_rolls_and_rotates_keys() {
     let distinct: HashSet<&String> = views.iter().flatten().collect();
     assert!(distinct.len() >= 7, "the cluster is intact: {distinct:?}");
 
+    // 7. A certificate from an ACME CA on the stack's network.
+    acme_from_pebble_in_the_stack();
+
     remove_stack();
+}
+
+/// pebble (Let's Encrypt's test CA, `shoal/pebble`) as a service on
+/// msa-network; the gateways moved from their certificate files to ACME by
+/// a rolling update (`SHOAL_ACME_DOMAINS`, the CA's root as a secret, the
+/// edge key as a secret only they hold). The CA's HTTP-01 check comes to
+/// port 4000 of the name's addresses — `tasks.gateway`, every gateway task
+/// — whichever gateway it reaches answers from gossip; one order in all,
+/// and HTTPS then answers with a certificate for the name that chains to
+/// pebble's root.
+fn acme_from_pebble_in_the_stack() {
+    const NAME: &str = "tasks.gateway";
+    let dir = std::env::temp_dir().join(format!("shoal-swarm-pebble-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("pebble's folder");
+    pebble::api_certificate(&dir, "DNS:pebble");
+    let config = pebble::config(
+        "0.0.0.0:14000",
+        "0.0.0.0:15000",
+        std::path::Path::new("/run/secrets/pebble_cert"),
+        std::path::Path::new("/run/secrets/pebble_key"),
+        4000,
+        None,
+    );
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).expect("pebble's files");
+    let secret = |name: &str, value: &str| shoal_tests::create_docker_secret(&[], name, value);
+    secret("shoaltest_pebble_cert", &read("api.pem"));
+    secret("shoaltest_pebble_key", &read("api.key"));
+    secret("shoaltest_pebble_config", &config.to_string());
+    secret("shoaltest_pebble_ca", &read("ca.pem"));
+    secret(
+        "shoaltest_edge_key",
+        &shoal_node::ClusterKey::generate().to_base64(),
+    );
+    docker_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "shoaltest_pebble",
+        "--network",
+        "name=msa-network,alias=pebble",
+        "--secret",
+        "source=shoaltest_pebble_cert,target=pebble_cert",
+        "--secret",
+        "source=shoaltest_pebble_key,target=pebble_key",
+        "--secret",
+        "source=shoaltest_pebble_config,target=pebble_config",
+        // No random sleeps before validating, no nonces refused at random.
+        "-e",
+        "PEBBLE_VA_NOSLEEP=1",
+        "-e",
+        "PEBBLE_WFE_NONCEREJECT=0",
+        "shoal/pebble:latest",
+        "-config",
+        "/run/secrets/pebble_config",
+    ]);
+    let switched = Instant::now();
+    docker_ok(&[
+        "service",
+        "update",
+        "--update-monitor",
+        "2s",
+        "--env-rm",
+        "SHOAL_TLS_CERT",
+        "--env-rm",
+        "SHOAL_TLS_KEY",
+        "--env-add",
+        &format!("SHOAL_ACME_DOMAINS={NAME}"),
+        "--env-add",
+        "SHOAL_ACME_DIRECTORY=https://pebble:14000/dir",
+        "--env-add",
+        "SHOAL_ACME_CA_FILE=/run/secrets/pebble_ca",
+        "--env-add",
+        "SHOAL_EDGE_KEY_FILE=/run/secrets/shoal_edge_key",
+        "--secret-add",
+        "source=shoaltest_pebble_ca,target=pebble_ca",
+        "--secret-add",
+        "source=shoaltest_edge_key,target=shoal_edge_key",
+        &format!("{STACK}_gateway"),
+    ]);
+    // The root pebble issues from (new each run), read inside its task.
+    let pebble_task = containers("shoaltest", "pebble")
+        .pop()
+        .expect("pebble's task runs");
+    let pid = chaos::task_pid(&pebble_task).to_string();
+    let root = wait_for("pebble's issuing root", Duration::from_secs(30), || {
+        let out = Command::new("nsenter")
+            .args(["-t", &pid, "-n", "curl", "-ksSf", "--max-time", "2"])
+            .arg("https://127.0.0.1:15000/roots/0")
+            .output()
+            .ok()?;
+        (out.status.success() && !out.stdout.is_empty()).then_some(out.stdout)
+    });
+    std::fs::write(dir.join("root.pem"), root).expect("root file");
+    let url = format!("https://{NAME}:{TLS_PORT}/api/story-service/story");
+    let resolve = format!("{NAME}:{TLS_PORT}:127.0.0.1");
+    let https = || {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args(["--resolve", &resolve, "--cacert"])
+            .arg(dir.join("root.pem"))
+            .arg(&url)
+            .output()
+            .ok()
+            .filter(|o| String::from_utf8_lossy(&o.stdout) == "200")
+    };
+    wait_for(
+        "HTTPS for the name with pebble's certificate",
+        Duration::from_secs(180),
+        https,
+    );
+    let served = switched.elapsed();
+    // Every gateway holds it; one order in all.
+    let stats: Vec<serde_json::Value> = chaos::gateway_admin(STACK, "/stats")
+        .iter()
+        .filter_map(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        .filter_map(|doc| doc.get("acme").cloned())
+        .collect();
+    eprintln!(
+        "SWARM ACME: HTTPS with pebble's certificate {served:?} after the switch; /stats: {stats:?}"
+    );
+    assert!(!stats.is_empty(), "no gateway answers /stats with acme");
+    assert!(
+        stats.iter().all(|s| s["state"] == "valid"),
+        "every gateway holds the certificate: {stats:?}"
+    );
+    let ordered: u64 = stats
+        .iter()
+        .map(|s| s["orders"].as_u64().unwrap_or(0) - s["failed"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(ordered, 1, "one order in all: {stats:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Whether every gateway's view has (or lacks) `host`, polled until it does

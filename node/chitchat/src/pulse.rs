@@ -180,9 +180,10 @@ pub(crate) struct Pulses {
     /// Nodes dead by votes, and when they died here.
     deaths: HashMap<ChitchatId, (Death, Instant)>,
     deaths_epoch: u64,
-    /// Nodes back from the dead, and the heartbeat they came back with:
-    /// votes from before it are stale.
-    revived: HashMap<ChitchatId, Heartbeat>,
+    /// Nodes back from the dead: the heartbeat they came back with (votes
+    /// against them from before it are stale), and when (their own votes
+    /// count again only a vote's lifetime later: see `count_votes`).
+    revived: HashMap<ChitchatId, (Heartbeat, Instant)>,
     /// When we last answered, synced with, or sent deaths to each peer.
     answered_at: HashMap<SocketAddr, Instant>,
     synced_at: HashMap<SocketAddr, Instant>,
@@ -1009,7 +1010,7 @@ impl Chitchat {
         }
         p.deaths.remove(id);
         p.votes.remove(id);
-        p.revived.insert(id.clone(), heartbeat);
+        p.revived.insert(id.clone(), (heartbeat, Instant::now()));
         p.note_news(id);
         p.deaths_epoch += 1;
         p.touch();
@@ -1052,7 +1053,7 @@ impl Chitchat {
             let stale = p
                 .revived
                 .get(&death.node)
-                .is_some_and(|back| death.heartbeat < *back);
+                .is_some_and(|(back, _)| death.heartbeat < *back);
             if p.deaths.contains_key(&death.node) || stale {
                 continue;
             }
@@ -1082,16 +1083,23 @@ impl Chitchat {
         };
         votes.retain(|_, at| now.duration_since(*at) < ttl);
         // Only live members' votes count: one taken for dead (that may have
-        // been paused, and hears no one) judges no one here.
+        // been paused, and hears no one) judges no one here — nor, for a
+        // vote's lifetime, one back from the dead: what it voted while cut
+        // off (every member on the other side of the cut dead) reaches us
+        // the moment the cut heals.
         let me = self.config.chitchat_id.gossip_advertise_addr;
         let voters: Vec<SocketAddr> = votes
             .keys()
             .copied()
             .filter(|voter| {
                 *voter == me
-                    || p.by_addr
-                        .get(voter)
-                        .is_some_and(|id| !p.deaths.contains_key(id))
+                    || p.by_addr.get(voter).is_some_and(|id| {
+                        !p.deaths.contains_key(id)
+                            && !p
+                                .revived
+                                .get(id)
+                                .is_some_and(|(_, at)| now.duration_since(*at) < ttl)
+                    })
             })
             .collect();
         let need = QUORUM.min(p.neighbours_of(node).len()).max(1);
