@@ -1095,10 +1095,9 @@ impl Chitchat {
                 *voter == me
                     || p.by_addr.get(voter).is_some_and(|id| {
                         !p.deaths.contains_key(id)
-                            && !p
-                                .revived
+                            && p.revived
                                 .get(id)
-                                .is_some_and(|(_, at)| now.duration_since(*at) < ttl)
+                                .is_none_or(|(_, at)| now.duration_since(*at) >= ttl)
                     })
             })
             .collect();
