@@ -653,6 +653,10 @@ fn acme_from_pebble_in_the_stack() {
         "shoaltest_pebble",
         "--network",
         "name=msa-network,alias=pebble",
+        // DNS names to task addresses: Swarm's VIPs need IPVS, which not
+        // every kernel has (scripts/swarm-up).
+        "--endpoint-mode",
+        "dnsrr",
         "--secret",
         "source=shoaltest_pebble_cert,target=pebble_cert",
         "--secret",
