@@ -595,16 +595,11 @@ impl Cut {
 
     fn iptables(&self, op: &str, r: &[&str; 5]) {
         let pid = self.pid.to_string();
-        let out = Command::new("nsenter")
-            .args([
+        crate::run_ok(
+            Command::new("nsenter").args([
                 "-t", &pid, "-n", "iptables", op, r[0], r[1], r[2], r[3], "-j", r[4],
-            ])
-            .output()
-            .expect("nsenter iptables");
-        assert!(
-            out.status.success(),
-            "iptables {op} {r:?} in the netns of {pid}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            ]),
+            &format!("iptables {op} {r:?} in the netns of {pid}"),
         );
     }
 

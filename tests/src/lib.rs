@@ -94,6 +94,21 @@ pub fn create_docker_secret(docker_args: &[&str], name: &str, value: &str) {
     );
 }
 
+/// Runs `command`; its stdout, trimmed. Panics naming `what` and with the
+/// command's stderr when it cannot start or fails.
+pub fn run_ok(command: &mut std::process::Command, what: &str) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: could not start: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// The directory holding the workspace's binaries.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("executable path");

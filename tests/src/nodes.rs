@@ -101,18 +101,13 @@ impl Nodes {
 
     /// Like [`Nodes::docker`], panicking with stderr on failure.
     pub fn docker_ok(i: usize, args: &[&str]) -> String {
-        let out = Command::new("docker")
-            .arg("-H")
-            .arg(Self::sock(i))
-            .args(args)
-            .output()
-            .expect("docker");
-        assert!(
-            out.status.success(),
-            "docker (node {i}) {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        crate::run_ok(
+            Command::new("docker")
+                .arg("-H")
+                .arg(Self::sock(i))
+                .args(args),
+            &format!("docker (node {i}) {args:?}"),
+        )
     }
 
     /// Running tasks of `stack`'s `service` on every node in `on`.
@@ -309,18 +304,13 @@ impl NodeCut {
     }
 
     fn iptables(&self, op: &str, rule: &[String]) {
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/shoal-n{}", self.node))
-            .arg("iptables")
-            .arg(op)
-            .args(rule)
-            .output()
-            .expect("nsenter iptables");
-        assert!(
-            out.status.success(),
-            "iptables {op} {rule:?} on node {}: {}",
-            self.node,
-            String::from_utf8_lossy(&out.stderr)
+        crate::run_ok(
+            Command::new("nsenter")
+                .arg(format!("--net=/var/run/netns/shoal-n{}", self.node))
+                .arg("iptables")
+                .arg(op)
+                .args(rule),
+            &format!("iptables {op} {rule:?} on node {}", self.node),
         );
     }
 

@@ -74,17 +74,14 @@ impl Provider {
 
     fn run(&self, command: &str) -> String {
         let script = repo_root().join("tests/oidc/provider.py");
-        let out = Command::new(&self.python)
-            .arg(&script)
-            .args([command.as_ref(), self.dir.as_os_str(), self.url.as_ref()])
-            .output()
-            .expect("run tests/oidc/provider.py");
-        assert!(
-            out.status.success(),
-            "provider.py {command}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        crate::run_ok(
+            Command::new(&self.python).arg(&script).args([
+                command.as_ref(),
+                self.dir.as_os_str(),
+                self.url.as_ref(),
+            ]),
+            &format!("tests/oidc/provider.py {command}"),
+        )
     }
 
     /// Where it publishes its keys.

@@ -627,24 +627,20 @@ fn openssl_cert(dir: &Path, name: &str, ips: &[std::net::IpAddr]) -> (String, St
         .map(|ip| format!("IP:{ip}"))
         .collect::<Vec<_>>()
         .join(",");
-    let out = Command::new("openssl")
-        .args(shoal_tests::OPENSSL_SELF_SIGNED)
-        .args([
-            "-subj",
-            &format!("/CN={name}"),
-            "-addext",
-            &format!("subjectAltName={san}"),
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl (scripts/test installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    shoal_tests::run_ok(
+        Command::new("openssl")
+            .args(shoal_tests::OPENSSL_SELF_SIGNED)
+            .args([
+                "-subj",
+                &format!("/CN={name}"),
+                "-addext",
+                &format!("subjectAltName={san}"),
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        "openssl (scripts/test installs it)",
     );
     (cert.display().to_string(), key.display().to_string())
 }

@@ -181,11 +181,9 @@ fn remove_stack() {
 }
 
 fn docker_ok(args: &[&str]) {
-    let out = Command::new("docker").args(args).output().expect("docker");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    shoal_tests::run_ok(
+        Command::new("docker").args(args),
+        &format!("docker {args:?}"),
     );
 }
 
