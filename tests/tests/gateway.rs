@@ -756,23 +756,42 @@ async fn requests_in_flight_to_a_frozen_replica_move_on_when_it_is_declared_dead
     );
 }
 
-/// Drops every packet to `ips` (host iptables) until dropped: on loopback,
-/// a one-way partition — the members there still send, receive nothing.
-struct InboundCut(Vec<String>);
+/// Drops every packet to `ips` (host iptables) but those between them,
+/// until dropped: on loopback, a one-way partition of a group — like the
+/// tasks of one Swarm node cut inbound, they hear each other, still send,
+/// and receive nothing from anyone else.
+struct InboundCut(Vec<Vec<String>>);
 
 impl InboundCut {
     fn new(ips: &[std::net::IpAddr]) -> Option<Self> {
         let mut cut = Self(vec![]);
-        for ip in ips {
-            let ip = ip.to_string();
+        let mut rules: Vec<Vec<String>> = ips
+            .iter()
+            .map(|ip| vec!["-d".into(), ip.to_string(), "-j".into(), "DROP".into()])
+            .collect();
+        // Inserted last, so first in the chain: the group's own traffic.
+        for from in ips {
+            for to in ips.iter().filter(|to| *to != from) {
+                rules.push(vec![
+                    "-s".into(),
+                    from.to_string(),
+                    "-d".into(),
+                    to.to_string(),
+                    "-j".into(),
+                    "ACCEPT".into(),
+                ]);
+            }
+        }
+        for rule in rules {
             let ok = std::process::Command::new("iptables")
-                .args(["-I", "INPUT", "-d", &ip, "-j", "DROP"])
+                .args(["-I", "INPUT"])
+                .args(&rule)
                 .status()
                 .is_ok_and(|s| s.success());
             if !ok {
                 return None;
             }
-            cut.0.push(ip);
+            cut.0.push(rule);
         }
         Some(cut)
     }
@@ -780,18 +799,21 @@ impl InboundCut {
 
 impl Drop for InboundCut {
     fn drop(&mut self) {
-        for ip in &self.0 {
+        for rule in &self.0 {
             let _ = std::process::Command::new("iptables")
-                .args(["-D", "INPUT", "-d", ip, "-j", "DROP"])
+                .args(["-D", "INPUT"])
+                .args(rule)
                 .status();
         }
     }
 }
 
 /// A one-way partition: two of four replicas (a Swarm node's share) still
-/// send (their gossip goes out) but receive nothing. They must leave the
-/// view — their own gossip is no proof they can be reached — and the
-/// requests in flight to them move on: not one GET fails.
+/// send (their gossip goes out) and hear each other, but receive nothing
+/// from anyone else. They must leave the view — their own gossip is no
+/// proof they can be reached — the requests in flight to them move on (not
+/// one GET fails), and their votes against the members they cannot hear
+/// take no healthy replica out of the view, during the cut or after it.
 #[tokio::test]
 async fn replicas_that_can_send_but_not_receive_leave_rotation() {
     let net = Net::new(45);
@@ -814,23 +836,37 @@ async fn replicas_that_can_send_but_not_receive_leave_rotation() {
         detected.push(cut_at.elapsed());
     }
     // Out for as long as the cut lasts: their own gossip still goes out,
-    // and must not bring them back while nothing reaches them.
+    // and must not bring them back while nothing reaches them. The healthy
+    // two stay in, then and after healing.
     let mut returns = 0;
-    while cut_at.elapsed() < Duration::from_secs(5) {
+    let mut healthy_missing = vec![];
+    let watch = async |returns: &mut usize, missing: &mut Vec<String>, at: Instant| {
         if let Some(view) = gateway_view(&client, gw).await {
             let echo = view.get("echo").cloned().unwrap_or_default();
-            returns += echo
+            *returns += echo
                 .iter()
                 .filter(|(h, _)| h == "echo-1" || h == "echo-2")
                 .count();
+            for healthy in ["echo-3", "echo-4"] {
+                if !echo.iter().any(|(h, _)| h == healthy) {
+                    missing.push(format!("{healthy} at {:?}", at.elapsed()));
+                }
+            }
         }
+    };
+    while cut_at.elapsed() < Duration::from_secs(5) {
+        watch(&mut returns, &mut healthy_missing, cut_at).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(cut);
     let healed = Instant::now();
     wait_routable(&client, gw, "echo", 4).await;
     let back = healed.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut after = 0;
+    while healed.elapsed() < Duration::from_secs(3) {
+        watch(&mut after, &mut healthy_missing, cut_at).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let (sent, failed, slowest) = timed_totals(workers).await;
     let _ = stack.proc("echo-1").is_running();
@@ -841,6 +877,10 @@ async fn replicas_that_can_send_but_not_receive_leave_rotation() {
     assert_eq!(
         returns, 0,
         "a cut replica came back into the view while cut"
+    );
+    assert!(
+        healthy_missing.is_empty(),
+        "healthy replicas left the view: {healthy_missing:?}"
     );
     assert!(
         // README: 1.5 s (the detection time); held to 3x of it.

@@ -956,7 +956,11 @@ mod tests {
             state.remove_node(&id(i));
         }
         assert_eq!(state.garbage_collected_nodes.len(), cap);
-        assert_eq!(state.last_heartbeat_if_deleted(&id(0)), None, "the oldest went");
+        assert_eq!(
+            state.last_heartbeat_if_deleted(&id(0)),
+            None,
+            "the oldest went"
+        );
         assert!(state.last_heartbeat_if_deleted(&id(1)).is_some());
         assert!(state.last_heartbeat_if_deleted(&id(cap)).is_some());
     }
