@@ -410,6 +410,8 @@ pub fn until_gone(
 /// start until [`ViewLog::finish`]: `(time, "+service host addr health")`
 /// and `-…` lines, for the log when a phase fails.
 pub struct ViewLog {
+    /// When sampling started: the changes' times count from it.
+    pub started: Instant,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<Vec<(Duration, String)>>,
 }
@@ -419,10 +421,10 @@ impl ViewLog {
     pub fn start(pid: u32) -> ViewLog {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started = Instant::now();
         let thread = std::thread::spawn({
             let stop = stop.clone();
             move || {
-                let start = Instant::now();
                 let mut seen: HashSet<String> = HashSet::new();
                 let mut changes = vec![];
                 while !stop.load(Ordering::Relaxed) {
@@ -436,7 +438,7 @@ impl ViewLog {
                                 .collect()
                         });
                     if let Some(now) = now {
-                        let at = start.elapsed();
+                        let at = started.elapsed();
                         changes.extend(seen.difference(&now).map(|m| (at, format!("-{m}"))));
                         changes.extend(now.difference(&seen).map(|m| (at, format!("+{m}"))));
                         seen = now;
@@ -446,7 +448,11 @@ impl ViewLog {
                 changes
             }
         });
-        ViewLog { stop, thread }
+        ViewLog {
+            started,
+            stop,
+            thread,
+        }
     }
 
     /// Stops sampling; the changes after the first sample, one per line.

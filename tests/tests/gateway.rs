@@ -838,33 +838,36 @@ async fn replicas_that_can_send_but_not_receive_leave_rotation() {
     // Out for as long as the cut lasts: their own gossip still goes out,
     // and must not bring them back while nothing reaches them. The healthy
     // two stay in, then and after healing.
+    // In the view now: how many of the cut two, and which healthy ones not.
+    let look = async || -> Option<(usize, Vec<&'static str>)> {
+        let view = gateway_view(&client, gw).await?;
+        let echo = view.get("echo").cloned().unwrap_or_default();
+        let has = |host: &str| echo.iter().any(|(h, _)| h == host);
+        Some((
+            ["echo-1", "echo-2"].into_iter().filter(|h| has(h)).count(),
+            ["echo-3", "echo-4"]
+                .into_iter()
+                .filter(|h| !has(h))
+                .collect(),
+        ))
+    };
     let mut returns = 0;
     let mut healthy_missing = vec![];
-    let watch = async |returns: &mut usize, missing: &mut Vec<String>, at: Instant| {
-        if let Some(view) = gateway_view(&client, gw).await {
-            let echo = view.get("echo").cloned().unwrap_or_default();
-            *returns += echo
-                .iter()
-                .filter(|(h, _)| h == "echo-1" || h == "echo-2")
-                .count();
-            for healthy in ["echo-3", "echo-4"] {
-                if !echo.iter().any(|(h, _)| h == healthy) {
-                    missing.push(format!("{healthy} at {:?}", at.elapsed()));
-                }
-            }
-        }
-    };
     while cut_at.elapsed() < Duration::from_secs(5) {
-        watch(&mut returns, &mut healthy_missing, cut_at).await;
+        if let Some((cut_seen, missing)) = look().await {
+            returns += cut_seen;
+            healthy_missing.extend(missing.iter().map(|h| (*h, cut_at.elapsed())));
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(cut);
     let healed = Instant::now();
     wait_routable(&client, gw, "echo", 4).await;
     let back = healed.elapsed();
-    let mut after = 0;
     while healed.elapsed() < Duration::from_secs(3) {
-        watch(&mut after, &mut healthy_missing, cut_at).await;
+        if let Some((_, missing)) = look().await {
+            healthy_missing.extend(missing.iter().map(|h| (*h, cut_at.elapsed())));
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::Relaxed);

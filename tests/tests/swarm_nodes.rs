@@ -140,14 +140,15 @@ fn views(on: &[usize]) -> Vec<HashSet<String>> {
 }
 
 /// Node `victim` cut off from `peers` (`way`) for `hold` under load through
-/// `base`: its members out of the other nodes' gateway views (when
-/// `leaves`), back after healing, no request failed.
+/// node `through`'s gateway: its members out of the other nodes' gateway
+/// views (when `leaves`), back after healing, no request failed; how that
+/// gateway's view changed, printed.
 async fn partition(victim: usize, peers: &[usize], way: Way, hold: Duration, through: usize) {
     let watchers: Vec<usize> = ALL.iter().copied().filter(|i| *i != victim).collect();
     let cut_hosts = hosts_of(&members_on(&[victim]));
     let view_log = Nodes::tasks_on(&[through], STACK, "gateway")
         .pop()
-        .map(|g| (Instant::now(), ViewLog::start(g.pid)));
+        .map(|g| ViewLog::start(g.pid));
     let load = Load::start(&gateway(through), 6, 2);
     more_answers(&load, 20).await;
     let cut = NodeCut::new(victim, peers, way);
@@ -182,11 +183,11 @@ async fn partition(victim: usize, peers: &[usize], way: Way, hold: Duration, thr
     more_answers(&load, 50).await;
     let report = load.finish().await;
     let what = format!("node {victim} cut from {peers:?} ({way:?}) for {hold:?}");
-    if let Some((started, log)) = view_log {
+    if let Some(log) = view_log {
         eprintln!(
             "NODES {what}: node {through}'s gateway view changed (cut at {:.2} s, healed at {:.2} s):\n{}",
-            (cut_at - started).as_secs_f64(),
-            (healed - started).as_secs_f64(),
+            (cut_at - log.started).as_secs_f64(),
+            (healed - log.started).as_secs_f64(),
             log.finish()
         );
     }

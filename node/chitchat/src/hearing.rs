@@ -44,7 +44,7 @@ use crate::probe::rounds_past;
 use crate::{Chitchat, ChitchatId};
 
 /// Members pinged to check our hearing.
-pub(crate) const HEARING_PINGS: usize = 24;
+const HEARING_PINGS: usize = 24;
 /// A check's result stands that many rounds.
 const FRESH_ROUNDS: u32 = 6;
 /// Most rounds a death waits on a member's poor hearing.
@@ -76,8 +76,8 @@ impl Hearing {
     }
 
     /// The last check's verdict: `None` while it has no fresh result (none,
-    /// stale, or its answers still on their way); `Some(true)` if half of
-    /// those pinged (or nobody to ping) answered since.
+    /// stale, or its answers still on their way); `Some(true)` if more than
+    /// half of those pinged (or nobody to ping) answered since.
     fn verdict(
         &self,
         now: Instant,
@@ -128,18 +128,14 @@ impl Chitchat {
             .iter()
             .filter(|id| **id != me && !p.suspects(id))
             .collect();
-        let picked: Vec<ChitchatId> = rand::seq::index::sample(
+        let pings: Vec<_> = rand::seq::index::sample(
             &mut rand::rng(),
             candidates.len(),
             HEARING_PINGS.min(candidates.len()),
         )
         .into_iter()
-        .map(|i| candidates[i].clone())
+        .map(|i| p.pulse_to(candidates[i], state_hash, heartbeat))
         .collect();
-        let pings: Vec<_> = picked
-            .iter()
-            .map(|id| p.pulse_to(id, state_hash, heartbeat))
-            .collect();
         p.hearing.check = Some((now, pings.iter().map(|(addr, _)| *addr).collect()));
         debug!(pinged = pings.len(), "hearing check");
         self.outbox.extend(pings);
