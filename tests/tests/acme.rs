@@ -245,6 +245,17 @@ async fn short_lived_certificates_are_renewed_under_load_with_no_failed_request(
         (sent, failed)
     });
     let (sent, failed) = load.await.unwrap();
+    // A renewal ordered as the load ends reaches the other gateway by
+    // gossip a round or two later: wait for the two to agree.
+    wait_for_async(
+        "both gateways serving the newest certificate",
+        Duration::from_secs(5),
+        || async {
+            let (a, b) = (not_after(1).await?, not_after(2).await?);
+            (a == b).then_some(())
+        },
+    )
+    .await;
     let mut renewed = vec![];
     let mut orders = 0;
     for i in 1..=2 {
