@@ -7,6 +7,7 @@ mod delta;
 mod digest;
 mod failure_detector;
 mod hearing;
+mod kv;
 mod listener;
 mod message;
 mod message_serialize;

@@ -694,6 +694,19 @@ impl Chitchat {
         for id in new {
             self.failure_detector.forget(&id);
         }
+        if !self.bridging() {
+            self.keep_neighbours_windows();
+        }
+    }
+
+    /// Drops the failure detector's windows of every node but our
+    /// neighbours (see the failure detector's `retain_windows`).
+    pub(crate) fn keep_neighbours_windows(&mut self) {
+        let Some(p) = self.pulses.as_ref() else {
+            return;
+        };
+        self.failure_detector
+            .retain_windows(|id| p.neighbours.contains(id));
     }
 
     /// The hash of the state — each live member's id and versions (not its

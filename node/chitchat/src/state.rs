@@ -1,9 +1,7 @@
 use std::cmp::Ordering;
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, btree_map};
 use std::fmt::{Debug, Formatter};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::delta::{Delta, DeltaSerializer, NodeDelta};
 use crate::digest::{Digest, NodeDigest};
+use crate::kv::KeyValues;
 use crate::listener::Listeners;
 use crate::types::{DeletionStatus, DeletionStatusMutation};
 use crate::{
@@ -29,7 +28,7 @@ use crate::{
 pub struct NodeState {
     chitchat_id: ChitchatId,
     heartbeat: Heartbeat,
-    key_values: BTreeMap<String, VersionedValue>,
+    key_values: KeyValues,
     #[serde(skip)]
     listeners: Listeners,
     max_version: Version,
@@ -123,9 +122,7 @@ impl NodeState {
     /// Returns an iterator over keys matching the given predicate.
     /// Disclaimer: This also returns keys marked for deletion.
     pub fn key_values_including_deleted(&self) -> impl Iterator<Item = (&str, &VersionedValue)> {
-        self.key_values
-            .iter()
-            .map(|(key, versioned_value)| (key.as_str(), versioned_value))
+        self.key_values.iter()
     }
 
     /// Returns an iterator over all of the (non-deleted) key-values.
@@ -244,12 +241,10 @@ impl NodeState {
         &'a self,
         prefix: &'a str,
     ) -> impl Iterator<Item = (&'a str, &'a VersionedValue)> + 'a {
-        let range = (Bound::Included(prefix), Bound::Unbounded);
         self.key_values
-            .range::<str, _>(range)
+            .iter_from(prefix)
             .take_while(move |(key, _)| key.starts_with(prefix))
             .filter(|&(_, versioned_value)| !versioned_value.is_deleted())
-            .map(|(key, versioned_value)| (key.as_str(), versioned_value))
     }
 
     /// Returns the number of key-value pairs, excluding keys marked for deletion.
@@ -456,17 +451,16 @@ impl NodeState {
         };
         self.max_version = versioned_value_update.version.max(self.max_version);
 
-        match self.key_values.entry(key) {
-            Entry::Occupied(mut occupied) => {
-                let occupied_versioned_value = occupied.get_mut();
+        match self.key_values.get_mut(&key) {
+            Some(occupied_versioned_value) => {
                 // The current version is more recent than the newer version.
                 if occupied_versioned_value.version >= versioned_value_update.version {
                     return;
                 }
                 *occupied_versioned_value = versioned_value_update.clone();
             }
-            Entry::Vacant(vacant) => {
-                vacant.insert(versioned_value_update.clone());
+            None => {
+                self.key_values.insert(key, versioned_value_update.clone());
             }
         };
         if !versioned_value_update.is_deleted() {
@@ -569,8 +563,8 @@ impl ClusterState {
         // this if statement.
         let entry = self.node_states.entry(chitchat_id.clone());
         match entry {
-            Entry::Occupied(value) => value.into_mut(),
-            Entry::Vacant(vacant) => {
+            btree_map::Entry::Occupied(value) => value.into_mut(),
+            btree_map::Entry::Vacant(vacant) => {
                 self.set_epoch += 1;
                 self.garbage_collected_nodes.pop(chitchat_id);
                 let new_node_state = NodeState::new(chitchat_id.clone(), self.listeners.clone());

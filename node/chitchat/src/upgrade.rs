@@ -201,7 +201,13 @@ impl Chitchat {
             }
             (false, _) => u.able_since = None,
             (true, Ability::NotAll) => self.switch_to_v3(now),
-            (true, _) => {}
+            (true, _) => {
+                // Bridging over: V3's windows are of no more use.
+                if u.bridge_until.is_some_and(|until| now >= until) {
+                    u.bridge_until = None;
+                    self.keep_neighbours_windows();
+                }
+            }
         }
     }
 
