@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::edge::acme;
-use crate::forward::headers::ClientTls;
+use crate::forward::headers::{ClientTls, detach_head};
 use crate::forward::proxy;
 use crate::forward::state::Gateway;
 
@@ -35,6 +35,19 @@ macro_rules! until_drained {
     ($conn:expr, $watch:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = $watch.draining() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+    // The connection on the heap: for the kinds a connection's task is not
+    // sized for (its task holds the largest of its futures inline, for
+    // every connection).
+    (boxed $conn:expr, $watch:expr) => {{
+        let mut conn = Box::pin($conn);
         tokio::select! {
             r = conn.as_mut() => r,
             _ = $watch.draining() => {
@@ -130,7 +143,9 @@ async fn accept_loop(listener: TcpListener, kind: Kind, gw: Arc<Gateway>) {
                             let proto = if h2c { Proto::Auto } else { Proto::Http1 };
                             connection(stream, proto, false, gw, peer, watch).await;
                         }
-                        Kind::Tls(tls) => {
+                        // On the heap: a TLS connection's futures are twice
+                        // a plain one's, and the task is sized for the largest.
+                        Kind::Tls(tls) => Box::pin(async move {
                             let handshake = tokio::time::timeout(
                                 gw.config.proxy.header_timeout,
                                 tls.acceptor.accept(stream),
@@ -151,8 +166,11 @@ async fn accept_loop(listener: TcpListener, kind: Kind, gw: Arc<Gateway>) {
                             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                             let proto = if h2 { Proto::Http2 } else { Proto::Http1 };
                             connection(stream, proto, true, gw, peer, watch).await;
+                        })
+                        .await,
+                        Kind::Redirect { port } => {
+                            Box::pin(redirect(stream, port, gw, watch)).await
                         }
-                        Kind::Redirect { port } => redirect(stream, port, gw, watch).await,
                     }
                 });
             }
@@ -196,9 +214,14 @@ async fn connection<I>(
         if tls {
             req.extensions_mut().insert(ClientTls);
         }
+        // Here, not in the future: hyper reads on before it polls it.
+        detach_head(&mut req);
         async move {
-            if let Some(answer) = acme_challenge(&gw, &req).await {
-                return Ok::<_, Infallible>(answer);
+            // Boxed: a rare path, kept out of every request's future.
+            if req.uri().path().starts_with(acme::CHALLENGE_PREFIX) {
+                if let Some(answer) = Box::pin(acme_challenge(&gw, &req)).await {
+                    return Ok::<_, Infallible>(answer);
+                }
             }
             Ok::<_, Infallible>(proxy::handle(gw, req, peer).await)
         }
@@ -213,7 +236,7 @@ async fn connection<I>(
         )
         .map_err(Into::into),
         Proto::Http2 => until_drained!(
-            http2_builder(header_timeout).serve_connection(io, service),
+            boxed http2_builder(header_timeout).serve_connection(io, service),
             watch
         )
         .map_err(Into::into),
@@ -234,7 +257,10 @@ async fn connection<I>(
                 .max_header_list_size(MAX_HEADER_BYTES as u32)
                 .keep_alive_interval(Some(H2_KEEP_ALIVE_INTERVAL))
                 .keep_alive_timeout(h2_keep_alive_timeout(header_timeout));
-            until_drained!(builder.serve_connection_with_upgrades(io, service), watch)
+            until_drained!(
+                boxed builder.serve_connection_with_upgrades(io, service),
+                watch
+            )
         }
     };
     if let Err(err) = result {

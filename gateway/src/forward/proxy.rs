@@ -163,7 +163,10 @@ async fn dispatch(
     }
     // Bearer tokens: the service announced whose it takes.
     if let Some(policy) = service.policy.jwt.as_ref() {
-        match jwt::check(&gw.jwt_keys, policy, req.headers()).await {
+        // Boxed, as the other checks below: only the services that ask
+        // for them pay for their futures' room (a request's future is held
+        // for each connection).
+        match Box::pin(jwt::check(&gw.jwt_keys, policy, req.headers())).await {
             Ok(pass) => {
                 service.metrics.jwt(None);
                 let owned = policy.claims.iter().map(|(_, name)| name.as_str());
@@ -178,8 +181,16 @@ async fn dispatch(
     // Forward auth: the service announced who checks its requests.
     if let Some(auth) = service.policy.auth.as_ref() {
         if auth.forward.service != *service.name {
-            let checked =
-                auth::check(gw, &table, auth, route.service, &req, peer, traceparent).await;
+            let checked = Box::pin(auth::check(
+                gw,
+                &table,
+                auth,
+                route.service,
+                &req,
+                peer,
+                traceparent,
+            ))
+            .await;
             match checked {
                 Ok(pass) => {
                     service.metrics.auth_allowed.inc();
@@ -211,7 +222,7 @@ async fn dispatch(
         log,
     };
     let (response, verdict) = if is_upgrade(&req) {
-        upgrade::forward(gw, service, req, slot, call).await
+        Box::pin(upgrade::forward(gw, service, req, slot, call)).await
     } else {
         let _slot = slot;
         retry::forward(gw, service, req, call).await
