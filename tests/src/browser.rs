@@ -57,10 +57,12 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        // Chromium writes the port it took into the profile.
+        // Chromium writes the port it took into the profile: within a second
+        // or two, but its first start on a fresh machine builds font caches,
+        // and the suite shares the two cores (60 s).
         let port_file = profile.join("DevToolsActivePort");
         let mut port = None;
-        for _ in 0..200 {
+        for _ in 0..1200 {
             if let Ok(text) = std::fs::read_to_string(&port_file) {
                 port = text
                     .lines()

@@ -75,11 +75,12 @@ fn dashboard_in_a_browser_shows_the_cluster_live() {
         let mut page = Browser::start(net.dir(), 1400, 1100).await.expect("chromium starts");
         page.open(&format!("http://{NET}.10.3:8761/")).await.unwrap();
 
-        // Every replica: 3 gateways, 3 story, 1 notice.
+        // Every replica: 3 gateways, 3 story, 1 notice (a first page load
+        // in a fresh browser, on cores the suite shares: 30 s).
         until(
             &mut page,
             "every replica listed",
-            Duration::from_secs(15),
+            Duration::from_secs(30),
             "document.querySelectorAll('tr.instance[data-member]').length === 7",
         )
         .await;
