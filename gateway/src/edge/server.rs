@@ -32,22 +32,17 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Drives a hyper connection; when the drain starts, asks it to finish its
 /// in-flight request and close, and waits for that.
 macro_rules! until_drained {
-    ($conn:expr, $watch:expr) => {{
-        let conn = $conn;
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = $watch.draining() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
-    }};
+    ($conn:expr, $watch:expr) => {
+        until_drained!(@pinned std::pin::pin!($conn), $watch)
+    };
     // The connection on the heap: for the kinds a connection's task is not
     // sized for (its task holds the largest of its futures inline, for
     // every connection).
-    (boxed $conn:expr, $watch:expr) => {{
-        let mut conn = Box::pin($conn);
+    (boxed $conn:expr, $watch:expr) => {
+        until_drained!(@pinned Box::pin($conn), $watch)
+    };
+    (@pinned $pinned:expr, $watch:expr) => {{
+        let mut conn = $pinned;
         tokio::select! {
             r = conn.as_mut() => r,
             _ = $watch.draining() => {
@@ -218,10 +213,10 @@ async fn connection<I>(
         detach_head(&mut req);
         async move {
             // Boxed: a rare path, kept out of every request's future.
-            if req.uri().path().starts_with(acme::CHALLENGE_PREFIX) {
-                if let Some(answer) = Box::pin(acme_challenge(&gw, &req)).await {
-                    return Ok::<_, Infallible>(answer);
-                }
+            if asks_acme_challenge(&gw, &req)
+                && let Some(answer) = Box::pin(acme_challenge(&gw, &req)).await
+            {
+                return Ok::<_, Infallible>(answer);
             }
             Ok::<_, Infallible>(proxy::handle(gw, req, peer).await)
         }
@@ -307,7 +302,9 @@ where
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let gw = gw.clone();
         async move {
-            if let Some(answer) = acme_challenge(&gw, &req).await {
+            if asks_acme_challenge(&gw, &req)
+                && let Some(answer) = acme_challenge(&gw, &req).await
+            {
                 return Ok::<_, Infallible>(answer);
             }
             Ok::<_, Infallible>(redirect_response(&req, port))
@@ -319,22 +316,24 @@ where
     );
 }
 
-/// The answer to an ACME HTTP-01 challenge, when the certificate comes
-/// from a CA and `req` asks for one on the plain port: the key
-/// authorization whichever gateway published it (200), or 404.
+/// Whether `req` asks for an ACME HTTP-01 challenge on the plain port of a
+/// gateway whose certificate comes from a CA (checked before the answer's
+/// future is made: most requests never need it).
+fn asks_acme_challenge(gw: &Gateway, req: &hyper::Request<hyper::body::Incoming>) -> bool {
+    req.uri().path().starts_with(acme::CHALLENGE_PREFIX)
+        && req.extensions().get::<ClientTls>().is_none()
+        && gw.config.tls.as_ref().and_then(|t| t.acme()).is_some()
+}
+
+/// The answer to a request [`asks_acme_challenge`] says is one: the key
+/// authorization whichever gateway published it (200), or 404; `None`
+/// before the gateway has joined its cluster.
 async fn acme_challenge(
     gw: &Gateway,
     req: &hyper::Request<hyper::body::Incoming>,
 ) -> Option<hyper::Response<crate::forward::body::ProxyBody>> {
-    let path = req.uri().path();
-    if !path.starts_with(acme::CHALLENGE_PREFIX)
-        || req.extensions().get::<ClientTls>().is_some()
-        || gw.config.tls.as_ref().and_then(|t| t.acme()).is_none()
-    {
-        return None;
-    }
     let cluster = gw.cluster.get()?;
-    let (status, body) = match acme::challenge_answer(cluster, path).await {
+    let (status, body) = match acme::challenge_answer(cluster, req.uri().path()).await {
         Some(answer) => (http::StatusCode::OK, answer),
         None => (http::StatusCode::NOT_FOUND, "no such challenge".to_string()),
     };
