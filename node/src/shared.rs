@@ -307,7 +307,7 @@ fn published_as_keys(c: &Chitchat, prefix: &str) -> Vec<Vec<(String, String)>> {
         .map(|state| {
             state
                 .iter_prefix(prefix)
-                .map(|(k, v)| (k.to_string(), v.value.clone()))
+                .map(|(k, v)| (k.to_string(), v.value.to_string()))
                 .collect::<Vec<_>>()
         })
         .filter(|kv| !kv.is_empty())

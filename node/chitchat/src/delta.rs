@@ -467,7 +467,7 @@ impl DeltaSerializer {
     pub fn try_add_kv(&mut self, key: &str, versioned_value: VersionedValue) -> bool {
         let key_value_mutation = KeyValueMutation {
             key: key.to_string(),
-            value: versioned_value.value,
+            value: versioned_value.value.to_string(),
             version: versioned_value.version,
             status: versioned_value.status.into(),
         };
@@ -540,7 +540,7 @@ mod tests {
         assert!(delta_writer.try_add_kv(
             "key11",
             VersionedValue {
-                value: "val11".to_string(),
+                value: "val11".into(),
                 version: 1,
                 status: DeletionStatus::Set,
             },
@@ -550,7 +550,7 @@ mod tests {
         assert!(delta_writer.try_add_kv(
             "key12",
             VersionedValue {
-                value: "".to_string(),
+                value: "".into(),
                 version: 2,
                 status: DeletionStatus::Deleted(Instant::now()),
             },
@@ -564,7 +564,7 @@ mod tests {
         assert!(delta_writer.try_add_kv(
             "key21",
             VersionedValue {
-                value: "val21".to_string(),
+                value: "val21".into(),
                 version: 2,
                 status: DeletionStatus::Set,
             },
@@ -573,7 +573,7 @@ mod tests {
         assert!(delta_writer.try_add_kv(
             "key22",
             VersionedValue {
-                value: "val22".to_string(),
+                value: "val22".into(),
                 version: 3,
                 status: DeletionStatus::Set,
             },
@@ -595,7 +595,7 @@ mod tests {
         assert!(delta_writer.try_add_kv(
             "key11",
             VersionedValue {
-                value: "val11".to_string(),
+                value: "val11".into(),
                 version: 1,
                 status: DeletionStatus::Set,
             }
@@ -605,7 +605,7 @@ mod tests {
         assert!(delta_writer.try_add_kv(
             "key12",
             VersionedValue {
-                value: "val12".to_string(),
+                value: "val12".into(),
                 version: 2,
                 status: DeletionStatus::Set,
             }
@@ -642,7 +642,7 @@ mod tests {
         assert!(delta_writer.try_add_kv(
             "key11",
             VersionedValue {
-                value: "val11".to_string(),
+                value: "val11".into(),
                 version: 1,
                 status: DeletionStatus::Set,
             }
@@ -652,7 +652,7 @@ mod tests {
         assert!(delta_writer.try_add_kv(
             "key12",
             VersionedValue {
-                value: "val12".to_string(),
+                value: "val12".into(),
                 version: 2,
                 status: DeletionStatus::Set,
             }
@@ -679,7 +679,7 @@ mod tests {
         assert!(delta_writer.try_add_kv(
             "key11",
             VersionedValue {
-                value: "val11".to_string(),
+                value: "val11".into(),
                 version: 1,
                 status: DeletionStatus::Set,
             }
@@ -688,7 +688,7 @@ mod tests {
         assert!(delta_writer.try_add_kv(
             "key12",
             VersionedValue {
-                value: "val12".to_string(),
+                value: "val12".into(),
                 version: 2,
                 status: DeletionStatus::Set,
             }
@@ -718,7 +718,7 @@ mod tests {
         assert!(delta_writer.try_add_kv(
             "key11",
             VersionedValue {
-                value: "val11".to_string(),
+                value: "val11".into(),
                 version: 1,
                 status: DeletionStatus::Set,
             }
@@ -729,7 +729,7 @@ mod tests {
         assert!(!delta_writer.try_add_kv(
             "key12",
             VersionedValue {
-                value: "val12aaaaaaaaaabcc".to_string(),
+                value: "val12aaaaaaaaaabcc".into(),
                 version: 2,
                 status: DeletionStatus::Set,
             }
@@ -748,7 +748,7 @@ mod tests {
         assert!(delta_writer.try_add_kv(
             "key11",
             VersionedValue {
-                value: "val11".to_string(),
+                value: "val11".into(),
                 version: 1,
                 status: DeletionStatus::Set,
             }
@@ -756,7 +756,7 @@ mod tests {
         assert!(!delta_writer.try_add_kv(
             "key12",
             VersionedValue {
-                value: "val12".to_string(),
+                value: "val12".into(),
                 version: 2,
                 status: DeletionStatus::Set,
             }
@@ -764,7 +764,7 @@ mod tests {
         delta_writer.try_add_kv(
             "key13",
             VersionedValue {
-                value: "val12".to_string(),
+                value: "val12".into(),
                 version: 2,
                 status: DeletionStatus::Set,
             },

@@ -9,19 +9,21 @@
 //! binary search) at the size of what is in it.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{Deserialize, Deserializer};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::VersionedValue;
 
-/// Sorted by key, keys unique.
+/// Sorted by key, keys unique; keys interned (`crate::intern`), and no
+/// room kept beyond the entries (a node's keys change rarely).
 #[derive(Clone, Default)]
-pub(crate) struct KeyValues(Vec<(String, VersionedValue)>);
+pub(crate) struct KeyValues(Vec<(Arc<str>, VersionedValue)>);
 
 impl KeyValues {
     fn find(&self, key: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+        self.0.binary_search_by(|(k, _)| (**k).cmp(key))
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&VersionedValue> {
@@ -38,10 +40,13 @@ impl KeyValues {
     }
 
     /// Sets `key` to `value`, replacing what was there.
-    pub(crate) fn insert(&mut self, key: String, value: VersionedValue) {
-        match self.find(&key) {
+    pub(crate) fn insert(&mut self, key: &str, value: VersionedValue) {
+        match self.find(key) {
             Ok(i) => self.0[i].1 = value,
-            Err(i) => self.0.insert(i, (key, value)),
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (crate::intern::intern(key), value));
+            }
         }
     }
 
@@ -63,9 +68,7 @@ impl KeyValues {
     /// Gives back room left by removals (a node's keys are few, and held by
     /// every member).
     fn shrink(&mut self) {
-        if self.0.capacity() > 2 * self.0.len().max(2) {
-            self.0.shrink_to_fit();
-        }
+        self.0.shrink_to_fit();
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -73,13 +76,13 @@ impl KeyValues {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &VersionedValue)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v))
+        self.0.iter().map(|(k, v)| (&**k, v))
     }
 
     /// The entries whose key is `from` or after it, in order.
     pub(crate) fn iter_from(&self, from: &str) -> impl Iterator<Item = (&str, &VersionedValue)> {
         let start = self.find(from).unwrap_or_else(|i| i);
-        self.0[start..].iter().map(|(k, v)| (k.as_str(), v))
+        self.0[start..].iter().map(|(k, v)| (&**k, v))
     }
 }
 
@@ -103,7 +106,11 @@ impl Serialize for KeyValues {
 impl<'de> Deserialize<'de> for KeyValues {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let map = std::collections::BTreeMap::<String, VersionedValue>::deserialize(deserializer)?;
-        Ok(KeyValues(map.into_iter().collect()))
+        let mut kv = KeyValues(Vec::with_capacity(map.len()));
+        for (k, v) in map {
+            kv.0.push((crate::intern::intern(&k), v));
+        }
+        Ok(kv)
     }
 }
 
@@ -119,7 +126,7 @@ mod tests {
     fn keys_stay_sorted_and_unique_whatever_the_order_of_inserts() {
         let mut kv = KeyValues::default();
         for (k, version) in [("m", 1), ("a", 2), ("z", 3), ("m", 4), ("b", 5)] {
-            kv.insert(k.to_string(), value(k, version));
+            kv.insert(k, value(k, version));
         }
         let keys: Vec<&str> = kv.iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["a", "b", "m", "z"]);
@@ -139,14 +146,14 @@ mod tests {
     #[test]
     fn serialized_as_the_map_upstream_wrote() {
         let mut kv = KeyValues::default();
-        kv.insert("b".into(), value("2", 2));
-        kv.insert("a".into(), value("1", 1));
+        kv.insert("b", value("2", 2));
+        kv.insert("a", value("1", 1));
         let json = serde_json::to_string(&kv).unwrap();
         let map: std::collections::BTreeMap<String, VersionedValue> =
             serde_json::from_str(&json).unwrap();
         assert_eq!(map.len(), 2);
         let back: KeyValues = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.get("a").map(|v| v.value.as_str()), Some("1"));
+        assert_eq!(back.get("a").map(|v| &*v.value), Some("1"));
         assert_eq!(back.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["a", "b"]);
     }
 }

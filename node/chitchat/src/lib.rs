@@ -7,6 +7,7 @@ mod delta;
 mod digest;
 mod failure_detector;
 mod hearing;
+mod intern;
 mod kv;
 mod listener;
 mod message;
@@ -43,7 +44,9 @@ pub use crate::message::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 pub use crate::pulse::{Death, Scope};
 pub use crate::server::{ChitchatHandle, spawn_chitchat};
 use crate::state::ClusterState;
-pub use crate::types::{ChitchatId, DeletionStatus, Heartbeat, Version, VersionedValue};
+pub use crate::types::{
+    ChitchatId, ChitchatIdFields, DeletionStatus, Heartbeat, Version, VersionedValue,
+};
 
 /// Sets up a tracing subscriber writing to the test harness's captured
 /// output, so `cargo test` can display logs on failure.
@@ -1042,7 +1045,7 @@ impl Chitchat {
             .collect();
         for (key, value) in key_values {
             previous_keys.remove(&key);
-            node_state.set_versioned_value(key, value)
+            node_state.set_versioned_value(&key, value)
         }
         for key in previous_keys {
             node_state.remove_key_value_internal(&key);
@@ -1759,7 +1762,9 @@ mod tests {
 
         // Restart node at localhost:40001 with new name
         let mut new_config = ChitchatConfig::for_test(40_001);
-        new_config.chitchat_id.node_id = Arc::from("new_node");
+        let mut fields = new_config.chitchat_id.fields();
+        fields.node_id = Arc::from("new_node");
+        new_config.chitchat_id = ChitchatId::from_fields(fields);
         let new_chitchat_id = new_config.chitchat_id.clone();
         let seed_addr = ChitchatId::for_local_test(40_002).gossip_advertise_addr;
         new_config.seed_nodes = vec![seed_addr.to_string()];
@@ -2136,7 +2141,7 @@ mod tests {
         let chitchat_id = ChitchatId::for_local_test(10_013);
         let node_state = node.cluster_state.node_state_mut_or_init(&chitchat_id);
         node_state.set_versioned_value(
-            "old".to_string(),
+            "old",
             VersionedValue::new("x".to_string(), 50, false),
         );
         node_state.set_last_gc_version(10);
@@ -2287,11 +2292,11 @@ mod tests {
         let config = ChitchatConfig::for_test(10_006);
 
         fn id(i: usize) -> ChitchatId {
-            ChitchatId {
-                node_id: Arc::from("a".repeat(1000).as_str()),
-                generation_id: i as u64,
-                gossip_advertise_addr: SocketAddr::from(([127, 0, 0, 1], 10000u16 + i as u16)),
-            }
+            ChitchatId::new(
+                "a".repeat(1000),
+                i as u64,
+                SocketAddr::from(([127, 0, 0, 1], 10000u16 + i as u16)),
+            )
         }
 
         fn random_string(len: usize) -> String {

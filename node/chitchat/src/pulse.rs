@@ -44,7 +44,7 @@ use tracing::debug;
 
 use crate::compact::Fnv;
 use crate::serialize::{Deserializable, Serializable};
-use crate::{Chitchat, ChitchatId, ChitchatMessage, Heartbeat};
+use crate::{Chitchat, ChitchatId, ChitchatIdFields, ChitchatMessage, Heartbeat};
 
 /// Buckets of nodes (by the id's place on the first ring) whose hashes two
 /// members compare when their whole-state hashes differ: an exchange then
@@ -149,8 +149,6 @@ impl Deserializable for Death {
 /// What a V4 member keeps to judge liveness (see the module's doc).
 #[derive(Default)]
 pub(crate) struct Pulses {
-    /// Each id's place on each ring.
-    keys: HashMap<ChitchatId, [u64; RINGS]>,
     /// The live set the neighbours were computed for: `(set epoch, deaths
     /// epoch)`.
     computed_for: Option<(u64, u64)>,
@@ -390,7 +388,7 @@ impl Deserializable for Scope {
 
 /// Whether `id`'s bucket is in `scope`.
 pub(crate) fn in_scope(id: &ChitchatId, scope: &Scope) -> bool {
-    *scope == Scope::ALL || scope.contains(bucket_of(ring_key(id, 0)))
+    *scope == Scope::ALL || scope.contains(bucket_of(id.ring_keys()[0]))
 }
 
 /// `true` (and notes `now`) if nothing was noted for `key` within `every`.
@@ -423,13 +421,13 @@ fn note_hash(hashes: &mut VecDeque<(u64, Instant)>, hash: u64, now: Instant, win
     }
 }
 
-/// `id`'s place on each ring: FNV-1a over the ring's number and the id's
-/// fields (no allocation: this runs for every node of every scope check).
-fn ring_keys(id: &ChitchatId) -> [u64; RINGS] {
+/// An id's place on each ring: FNV-1a over the ring's number and the id's
+/// fields, computed once when the id is made (`ChitchatId::ring_keys`).
+pub(crate) fn ring_keys_of(id: &ChitchatIdFields) -> [u64; RINGS] {
     std::array::from_fn(|ring| ring_key(id, ring))
 }
 
-fn ring_key(id: &ChitchatId, ring: usize) -> u64 {
+fn ring_key(id: &ChitchatIdFields, ring: usize) -> u64 {
     let mut hash = Fnv::default();
     hash.write(&[ring as u8]);
     hash.write(id.node_id.as_bytes());
@@ -560,13 +558,104 @@ impl Pulses {
         self.news_scope.insert(bucket_of(keys[0]));
     }
 
-    fn key(&mut self, id: &ChitchatId) -> [u64; RINGS] {
-        if let Some(keys) = self.keys.get(id) {
-            return *keys;
+    fn key(&self, id: &ChitchatId) -> [u64; RINGS] {
+        *id.ring_keys()
+    }
+
+    /// The live set, the rings and the addresses from the whole node set
+    /// (`nodes`, in order); the state hash is recomputed on next use.
+    fn recompute_live<'a>(&mut self, nodes: impl Iterator<Item = &'a ChitchatId>) {
+        let nodes: Vec<ChitchatId> = nodes.cloned().collect();
+        self.by_addr.clear();
+        for id in &nodes {
+            self.note_addr(id);
         }
-        let keys = ring_keys(id);
-        self.keys.insert(id.clone(), keys);
-        keys
+        self.forget_unknown_addrs();
+        let known: HashSet<&ChitchatId> = nodes.iter().collect();
+        self.probes.retain_known(|id| known.contains(id));
+        self.live = nodes
+            .into_iter()
+            .filter(|id| !self.deaths.contains_key(id))
+            .collect();
+        let mut rings: [Vec<(u64, ChitchatId)>; RINGS] =
+            std::array::from_fn(|_| Vec::with_capacity(self.live.len()));
+        for id in &self.live {
+            for (ring, key) in self.key(id).into_iter().enumerate() {
+                rings[ring].push((key, id.clone()));
+            }
+        }
+        for ring in &mut rings {
+            ring.sort_unstable();
+        }
+        self.rings = rings;
+        self.touch();
+    }
+
+    /// `id` joined the node set: in the live set and on the rings unless
+    /// it died here, and its share of the state hash added.
+    fn node_added(&mut self, id: &ChitchatId) {
+        self.note_addr(id);
+        if self.deaths.contains_key(id) {
+            return;
+        }
+        self.live.push(id.clone());
+        for (ring, key) in self.key(id).into_iter().enumerate() {
+            let place = (key, id.clone());
+            let r = &mut self.rings[ring];
+            if let Err(at) = r.binary_search(&place) {
+                r.insert(at, place);
+            }
+        }
+        self.touch_node(id);
+    }
+
+    /// `id` left the node set (`nodes`, what is left of it).
+    fn node_removed<'a>(&mut self, id: &ChitchatId, nodes: impl Iterator<Item = &'a ChitchatId>) {
+        let addr = id.gossip_advertise_addr;
+        if self.by_addr.get(&addr) == Some(id) {
+            // Another generation at the same address, if one is known.
+            self.by_addr.remove(&addr);
+            for other in nodes.filter(|other| other.gossip_advertise_addr == addr) {
+                self.note_addr(other);
+            }
+            if !self.by_addr.contains_key(&addr) {
+                self.forget_unknown_addrs();
+            }
+        }
+        self.probes.retain_known(|known| known != id);
+        if let Some(at) = self.live.iter().position(|live| live == id) {
+            self.live.swap_remove(at);
+        }
+        for (ring, key) in self.key(id).into_iter().enumerate() {
+            let place = (key, id.clone());
+            let r = &mut self.rings[ring];
+            if let Ok(at) = r.binary_search(&place) {
+                r.remove(at);
+            }
+        }
+        self.touch_node(id);
+    }
+
+    /// `id` is the newest known at its address unless a later generation is.
+    fn note_addr(&mut self, id: &ChitchatId) {
+        let newest = self
+            .by_addr
+            .get(&id.gossip_advertise_addr)
+            .is_none_or(|known| known.generation_id <= id.generation_id);
+        if newest {
+            self.by_addr.insert(id.gossip_advertise_addr, id.clone());
+        }
+    }
+
+    /// What is kept by address, for addresses no node has any more.
+    fn forget_unknown_addrs(&mut self) {
+        let known = &self.by_addr;
+        self.heard.retain(|addr, _| known.contains_key(addr));
+        self.answered_at.retain(|addr, _| known.contains_key(addr));
+        self.synced_at.retain(|addr, _| known.contains_key(addr));
+        self.their_hashes.retain(|addr, _| known.contains_key(addr));
+        self.deaths_sent_at
+            .retain(|addr, _| known.contains_key(addr));
     }
 
     /// `of`'s neighbours among `self.live` (it need not be live itself): on
@@ -633,47 +722,30 @@ impl Chitchat {
             return;
         }
         let me = self.config.chitchat_id.clone();
-        let nodes: Vec<ChitchatId> = self.cluster_state.nodes().cloned().collect();
         let Some(p) = self.pulses.as_mut() else {
             return;
         };
+        // The node set's changes since the last time, one by one, when
+        // the deaths are the same and the changes are all remembered (a
+        // cluster forming changes the set once per join: recomputing over
+        // every node each time is N² per member); else the whole set again.
+        let since = p
+            .computed_for
+            .filter(|(_, deaths)| *deaths == signature.1)
+            .map(|(set, _)| set);
         p.computed_for = Some(signature);
-        p.by_addr.clear();
-        for id in &nodes {
-            let newest = p
-                .by_addr
-                .get(&id.gossip_advertise_addr)
-                .is_none_or(|known| known.generation_id <= id.generation_id);
-            if newest {
-                p.by_addr.insert(id.gossip_advertise_addr, id.clone());
+        match since.and_then(|set| self.cluster_state.set_changes_since(set)) {
+            Some(changes) => {
+                for (id, added) in changes {
+                    if added {
+                        p.node_added(id);
+                    } else {
+                        p.node_removed(id, self.cluster_state.nodes());
+                    }
+                }
             }
+            None => p.recompute_live(self.cluster_state.nodes()),
         }
-        let known = &p.by_addr;
-        p.heard.retain(|addr, _| known.contains_key(addr));
-        p.answered_at.retain(|addr, _| known.contains_key(addr));
-        p.synced_at.retain(|addr, _| known.contains_key(addr));
-        p.their_hashes.retain(|addr, _| known.contains_key(addr));
-        p.deaths_sent_at.retain(|addr, _| known.contains_key(addr));
-        let known: HashSet<&ChitchatId> = nodes.iter().collect();
-        p.keys.retain(|id, _| known.contains(id) || *id == me);
-        p.probes.retain_known(|id| known.contains(id));
-        p.live = nodes
-            .into_iter()
-            .filter(|id| !p.deaths.contains_key(id))
-            .collect();
-        let mut rings: [Vec<(u64, ChitchatId)>; RINGS] =
-            std::array::from_fn(|_| Vec::with_capacity(p.live.len()));
-        for i in 0..p.live.len() {
-            let id = p.live[i].clone();
-            let keys = p.key(&id);
-            for (ring, key) in keys.into_iter().enumerate() {
-                rings[ring].push((key, id.clone()));
-            }
-        }
-        for ring in &mut rings {
-            ring.sort_unstable();
-        }
-        p.rings = rings;
         let neighbours = p.neighbours_of(&me);
         let now = Instant::now();
         p.assigned.retain(|id, _| neighbours.contains(id));
@@ -688,7 +760,6 @@ impl Chitchat {
             }
         }
         p.neighbours = neighbours;
-        p.touch();
         // A new neighbour is judged from now: pulses heard from it when it
         // was one before say nothing of the gap since.
         for id in new {
@@ -728,10 +799,7 @@ impl Chitchat {
                     let Some(state) = self.cluster_state.node_state(id) else {
                         continue;
                     };
-                    let key = p
-                        .keys
-                        .get(id)
-                        .map_or_else(|| ring_key(id, 0), |keys| keys[0]);
+                    let key = id.ring_keys()[0];
                     let (bucket, share) = share_of(key, state);
                     hashes.add(id.clone(), bucket, share);
                 }
@@ -750,10 +818,7 @@ impl Chitchat {
                     let Some(state) = self.cluster_state.node_state(&id) else {
                         continue;
                     };
-                    let key = p
-                        .keys
-                        .get(&id)
-                        .map_or_else(|| ring_key(&id, 0), |keys| keys[0]);
+                    let key = id.ring_keys()[0];
                     let (bucket, share) = share_of(key, state);
                     hashes.add(id, bucket, share);
                 }
@@ -1278,19 +1343,45 @@ impl Chitchat {
                 *at = now;
             }
         }
+        // Only the node set's changes when nothing else changed (see
+        // `refresh_neighbours`).
+        let since = p
+            .marked_for
+            .filter(|(_, deaths, was)| *deaths == marks.1 && *was == isolated)
+            .map(|(set, _, _)| set);
         p.marked_for = Some(marks);
-        let nodes: HashSet<&ChitchatId> = self.cluster_state.nodes().collect();
-        p.deaths.retain(|id, _| nodes.contains(id));
-        p.revived.retain(|id, _| nodes.contains(id));
-        p.votes.retain(|id, _| nodes.contains(id));
-        for id in nodes {
-            if *id == self.config.chitchat_id {
-                continue;
+        let me = &self.config.chitchat_id;
+        let mark =
+            |fd: &mut crate::failure_detector::FailureDetector, p: &Pulses, id: &ChitchatId| {
+                if id == me {
+                    return;
+                }
+                if isolated || p.deaths.contains_key(id) {
+                    fd.mark_dead(id);
+                } else {
+                    fd.mark_live(id);
+                }
+            };
+        match since.and_then(|set| self.cluster_state.set_changes_since(set)) {
+            Some(changes) => {
+                for (id, added) in changes {
+                    if added {
+                        mark(&mut self.failure_detector, p, id);
+                    } else {
+                        p.deaths.remove(id);
+                        p.revived.remove(id);
+                        p.votes.remove(id);
+                    }
+                }
             }
-            if isolated || p.deaths.contains_key(id) {
-                self.failure_detector.mark_dead(id);
-            } else {
-                self.failure_detector.mark_live(id);
+            None => {
+                let nodes: HashSet<&ChitchatId> = self.cluster_state.nodes().collect();
+                p.deaths.retain(|id, _| nodes.contains(id));
+                p.revived.retain(|id, _| nodes.contains(id));
+                p.votes.retain(|id, _| nodes.contains(id));
+                for id in nodes {
+                    mark(&mut self.failure_detector, p, id);
+                }
             }
         }
     }

@@ -278,11 +278,7 @@ impl Deserializable for ChitchatId {
         let node_id: Arc<str> = Arc::<str>::deserialize(buf)?;
         let generation_id = u64::deserialize(buf)?;
         let gossip_advertise_addr = SocketAddr::deserialize(buf)?;
-        Ok(Self {
-            node_id,
-            generation_id,
-            gossip_advertise_addr,
-        })
+        Ok(Self::new(node_id, generation_id, gossip_advertise_addr))
     }
 }
 

@@ -1,8 +1,7 @@
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashSet, btree_map};
+use std::collections::{BTreeMap, HashSet, VecDeque, btree_map};
 use std::fmt::{Debug, Formatter};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use itertools::Itertools;
@@ -96,11 +95,11 @@ impl NodeState {
 
     pub fn for_test() -> NodeState {
         NodeState {
-            chitchat_id: ChitchatId {
-                node_id: Arc::from("test-node"),
-                generation_id: 0,
-                gossip_advertise_addr: SocketAddr::new(Ipv4Addr::new(127, 0, 0, 1).into(), 7280),
-            },
+            chitchat_id: ChitchatId::new(
+                "test-node",
+                0,
+                SocketAddr::new(Ipv4Addr::new(127, 0, 0, 1).into(), 7280),
+            ),
             heartbeat: Heartbeat(0),
             key_values: Default::default(),
             max_version: Default::default(),
@@ -129,7 +128,7 @@ impl NodeState {
     pub fn key_values(&self) -> impl Iterator<Item = (&str, &str)> {
         self.key_values_including_deleted()
             .filter(|(_, versioned_value)| !versioned_value.is_deleted())
-            .map(|(key, versioned_value)| (key, versioned_value.value.as_str()))
+            .map(|(key, versioned_value)| (key, &*versioned_value.value))
     }
 
     pub fn set_max_version(&mut self, max_version: Version) {
@@ -224,11 +223,11 @@ impl NodeState {
                 }
             }
             let new_versioned_value = VersionedValue {
-                value: key_value_mutation.value,
+                value: crate::intern::intern(&key_value_mutation.value),
                 version: key_value_mutation.version,
                 status: key_value_mutation.status.into_status(now),
             };
-            self.set_versioned_value(key_value_mutation.key, new_versioned_value);
+            self.set_versioned_value(&key_value_mutation.key, new_versioned_value);
         }
 
         assert!(node_delta.max_version >= self.max_version);
@@ -262,7 +261,7 @@ impl NodeState {
         if versioned_value.is_deleted() {
             return None;
         }
-        Some(versioned_value.value.as_str())
+        Some(&*versioned_value.value)
     }
 
     /// If the key is tombstoned, this method will still return the versioned value.
@@ -279,7 +278,7 @@ impl NodeState {
         let key = key.to_string();
         let value = value.to_string();
         if let Some(previous_versioned_value) = self.get_versioned(&key) {
-            if previous_versioned_value.value == value
+            if *previous_versioned_value.value == *value
                 && matches!(previous_versioned_value.status, DeletionStatus::Set)
             {
                 // No need to change anything, the value is already set!
@@ -296,7 +295,7 @@ impl NodeState {
         let key = key.to_string();
         let value = value.to_string();
         if let Some(previous_versioned_value) = self.get_versioned(&key) {
-            if previous_versioned_value.value == value
+            if *previous_versioned_value.value == *value
                 && matches!(
                     previous_versioned_value.status,
                     DeletionStatus::DeleteAfterTtl(_)
@@ -308,9 +307,9 @@ impl NodeState {
         }
         let new_version = self.max_version + 1;
         self.set_versioned_value(
-            key.to_string(),
+            &key,
             VersionedValue {
-                value: value.to_string(),
+                value: crate::intern::intern(&value),
                 version: new_version,
                 status: DeletionStatus::DeleteAfterTtl(Instant::now()),
             },
@@ -332,7 +331,7 @@ impl NodeState {
         };
         self.max_version += 1;
         versioned_value.version = self.max_version;
-        versioned_value.value = "".to_string();
+        versioned_value.value = crate::intern::intern("");
         versioned_value.status = DeletionStatusMutation::Delete.into_status(Instant::now());
     }
 
@@ -440,18 +439,12 @@ impl NodeState {
     /// This method also update the max_version if necessary.
     pub(crate) fn set_versioned_value(
         &mut self,
-        key: String,
+        key: &str,
         versioned_value_update: VersionedValue,
     ) {
-        let key_clone = key.clone();
-        let key_change_event = KeyChangeEvent {
-            key: key_clone.as_str(),
-            value: &versioned_value_update.value,
-            node: &self.chitchat_id,
-        };
         self.max_version = versioned_value_update.version.max(self.max_version);
 
-        match self.key_values.get_mut(&key) {
+        match self.key_values.get_mut(key) {
             Some(occupied_versioned_value) => {
                 // The current version is more recent than the newer version.
                 if occupied_versioned_value.version >= versioned_value_update.version {
@@ -464,16 +457,20 @@ impl NodeState {
             }
         };
         if !versioned_value_update.is_deleted() {
-            self.listeners.trigger_event(key_change_event);
+            self.listeners.trigger_event(KeyChangeEvent {
+                key,
+                value: &versioned_value_update.value,
+                node: &self.chitchat_id,
+            });
         }
     }
 
     fn set_with_version(&mut self, key: impl ToString, value: impl ToString, version: Version) {
         assert!(version > self.max_version);
         self.set_versioned_value(
-            key.to_string(),
+            &key.to_string(),
             VersionedValue {
-                value: value.to_string(),
+                value: crate::intern::intern(&value.to_string()),
                 version,
                 status: DeletionStatus::Set,
             },
@@ -510,6 +507,29 @@ pub(crate) struct ClusterState {
     /// shoal patch: bumped whenever a node is added or removed, so that what
     /// depends on the set of nodes alone (the V3 set hash) can be cached.
     set_epoch: u64,
+    /// shoal patch: the last changes of the node set — the node, whether
+    /// it was added — so that what is derived from
+    /// the set (V4's rings, the live marks) follows it change by change
+    /// instead of recomputing over every node (at N members, N changes
+    /// each: N² per member while a cluster forms).
+    set_changes: VecDeque<(ChitchatId, bool)>,
+}
+
+/// How many node set changes [`ClusterState`] remembers; whoever is further
+/// behind recomputes from the whole set.
+const SET_CHANGES_KEPT: usize = 256;
+
+fn note_set_change(
+    epoch: &mut u64,
+    changes: &mut VecDeque<(ChitchatId, bool)>,
+    id: &ChitchatId,
+    added: bool,
+) {
+    *epoch += 1;
+    if changes.len() == SET_CHANGES_KEPT {
+        changes.pop_front();
+    }
+    changes.push_back((id.clone(), added));
 }
 
 impl Debug for ClusterState {
@@ -531,6 +551,7 @@ impl Default for ClusterState {
             listeners: Default::default(),
             garbage_collected_nodes: LruCache::unbounded(),
             set_epoch: 0,
+            set_changes: VecDeque::new(),
         }
     }
 }
@@ -543,12 +564,36 @@ impl ClusterState {
             listeners: Default::default(),
             garbage_collected_nodes: LruCache::unbounded(),
             set_epoch: 0,
+            set_changes: VecDeque::new(),
         }
     }
 
     /// shoal patch: changes whenever the set of nodes does.
     pub(crate) fn set_epoch(&self) -> u64 {
         self.set_epoch
+    }
+
+    /// shoal patch: the changes of the node set since `epoch` (the node,
+    /// whether it was added), oldest first; `None` when they are no longer
+    /// all remembered.
+    pub(crate) fn set_changes_since(
+        &self,
+        epoch: u64,
+    ) -> Option<impl Iterator<Item = (&ChitchatId, bool)>> {
+        if epoch > self.set_epoch {
+            return None;
+        }
+        let missing = self.set_epoch - epoch;
+        if missing > self.set_changes.len() as u64 {
+            return None;
+        }
+        let skip = self.set_changes.len() - missing as usize;
+        Some(
+            self.set_changes
+                .iter()
+                .skip(skip)
+                .map(|(id, added)| (id, *added)),
+        )
     }
 
     pub(crate) fn node_states(&self) -> &BTreeMap<ChitchatId, NodeState> {
@@ -565,7 +610,12 @@ impl ClusterState {
         match entry {
             btree_map::Entry::Occupied(value) => value.into_mut(),
             btree_map::Entry::Vacant(vacant) => {
-                self.set_epoch += 1;
+                note_set_change(
+                    &mut self.set_epoch,
+                    &mut self.set_changes,
+                    chitchat_id,
+                    true,
+                );
                 self.garbage_collected_nodes.pop(chitchat_id);
                 let new_node_state = NodeState::new(chitchat_id.clone(), self.listeners.clone());
                 vacant.insert(new_node_state)
@@ -593,7 +643,12 @@ impl ClusterState {
     pub(crate) fn remove_node(&mut self, chitchat_id: &ChitchatId) {
         let node_state = self.node_states.remove(chitchat_id);
         if let Some(node_state) = node_state {
-            self.set_epoch += 1;
+            note_set_change(
+                &mut self.set_epoch,
+                &mut self.set_changes,
+                chitchat_id,
+                false,
+            );
             self.garbage_collected_nodes
                 .push(chitchat_id.clone(), node_state.heartbeat);
             // shoal patch: bounded by hand, so that the map grows with what
@@ -976,13 +1031,13 @@ mod tests {
             let mut node_state = NodeState::for_test();
             node_state
                 .key_values
-                .insert("key_a".to_string(), VersionedValue::for_test("value_a", 3));
+                .insert("key_a", VersionedValue::for_test("value_a", 3));
             node_state
                 .key_values
-                .insert("key_b".to_string(), VersionedValue::for_test("value_b", 2));
+                .insert("key_b", VersionedValue::for_test("value_b", 2));
             node_state
                 .key_values
-                .insert("key_c".to_string(), VersionedValue::for_test("value_c", 1));
+                .insert("key_c", VersionedValue::for_test("value_c", 1));
 
             let stale_node = StaleNode {
                 chitchat_id: &node,
@@ -1147,7 +1202,7 @@ mod tests {
         assert_eq!(
             node_state.get_versioned("key_a").unwrap(),
             &VersionedValue {
-                value: "".to_string(),
+                value: "".into(),
                 version: 1,
                 status: DeletionStatus::Set,
             }
@@ -1162,7 +1217,7 @@ mod tests {
         assert_eq!(
             node_state.get_versioned("key_a").unwrap(),
             &VersionedValue {
-                value: "1".to_string(),
+                value: "1".into(),
                 version: 1,
                 status: DeletionStatus::Set,
             }
@@ -1171,7 +1226,7 @@ mod tests {
         assert_eq!(
             node_state.get_versioned("key_a").unwrap(),
             &VersionedValue {
-                value: "1".to_string(),
+                value: "1".into(),
                 version: 1,
                 status: DeletionStatus::Set,
             }
@@ -1179,7 +1234,7 @@ mod tests {
         assert_eq!(
             node_state.get_versioned("key_b").unwrap(),
             &VersionedValue {
-                value: "2".to_string(),
+                value: "2".into(),
                 version: 2,
                 status: DeletionStatus::Set,
             }
@@ -1188,7 +1243,7 @@ mod tests {
         assert_eq!(
             node_state.get_versioned("key_a").unwrap(),
             &VersionedValue {
-                value: "3".to_string(),
+                value: "3".into(),
                 version: 3,
                 status: DeletionStatus::Set
             }
@@ -1203,7 +1258,7 @@ mod tests {
         assert_eq!(
             node_state.get_versioned("key").unwrap(),
             &VersionedValue {
-                value: "1".to_string(),
+                value: "1".into(),
                 version: 1,
                 status: DeletionStatus::Set
             }
@@ -1212,7 +1267,7 @@ mod tests {
         assert_eq!(
             node_state.get_versioned("key").unwrap(),
             &VersionedValue {
-                value: "1".to_string(),
+                value: "1".into(),
                 version: 1,
                 status: DeletionStatus::Set,
             }
@@ -1229,7 +1284,7 @@ mod tests {
         assert!(node_state.get("key").is_none());
         {
             let versioned_value = node_state.get_versioned("key").unwrap();
-            assert_eq!(&versioned_value.value, "");
+            assert_eq!(&*versioned_value.value, "");
             assert_eq!(versioned_value.version, 2u64);
             assert!(versioned_value.is_deleted());
             assert!(
@@ -1244,7 +1299,7 @@ mod tests {
         node_state.set("key", "2");
         {
             let versioned_value = node_state.get_versioned("key").unwrap();
-            assert_eq!(&versioned_value.value, "2");
+            assert_eq!(&*versioned_value.value, "2");
             assert_eq!(versioned_value.version, 3u64);
             assert!(!versioned_value.is_deleted());
             assert!(
@@ -1267,7 +1322,7 @@ mod tests {
             let value = node_state.get("key").unwrap();
             assert_eq!(value, "1");
             let versioned_value = node_state.get_versioned("key").unwrap();
-            assert_eq!(&versioned_value.value, "1");
+            assert_eq!(&*versioned_value.value, "1");
             assert_eq!(versioned_value.version, 2u64);
             assert!(
                 versioned_value
@@ -1286,7 +1341,7 @@ mod tests {
         node_state.set("key", "2");
         {
             let versioned_value = node_state.get_versioned("key").unwrap();
-            assert_eq!(&versioned_value.value, "2");
+            assert_eq!(&*versioned_value.value, "2");
             assert_eq!(versioned_value.version, 3u64);
             assert!(!versioned_value.is_deleted());
             assert!(
@@ -1393,7 +1448,7 @@ mod tests {
         assert_eq!(
             node1_state.get_versioned("key_a").unwrap(),
             &VersionedValue {
-                value: "4".to_string(),
+                value: "4".into(),
                 version: 4,
                 status: DeletionStatus::Set,
             }
@@ -1402,7 +1457,7 @@ mod tests {
         assert_eq!(
             node1_state.get_versioned("key_b").unwrap(),
             &VersionedValue {
-                value: "3".to_string(),
+                value: "3".into(),
                 version: 3,
                 status: DeletionStatus::Set,
             }
@@ -1414,7 +1469,7 @@ mod tests {
         assert_eq!(
             node2_state.get_versioned("key_d").unwrap(),
             &VersionedValue {
-                value: "4".to_string(),
+                value: "4".into(),
                 version: 4,
                 status: DeletionStatus::Set
             }
@@ -1732,7 +1787,7 @@ mod tests {
         let versioned_a = node_state.get_versioned("key_a").unwrap();
         assert_eq!(versioned_a.version, 3);
         assert_eq!(versioned_a.status, DeletionStatus::Set);
-        assert_eq!(&versioned_a.value, "val_a");
+        assert_eq!(&*versioned_a.value, "val_a");
     }
 
     #[test]
@@ -1756,7 +1811,7 @@ mod tests {
         let versioned_a = node_state.get_versioned("key_a").unwrap();
         assert_eq!(versioned_a.version, 5);
         assert_eq!(versioned_a.status, DeletionStatus::Set);
-        assert_eq!(&versioned_a.value, "val_a");
+        assert_eq!(&*versioned_a.value, "val_a");
     }
 
     #[tokio::test]
@@ -1788,7 +1843,7 @@ mod tests {
         assert_eq!(versioned_a.version, 32);
         assert_eq!(node_state.max_version(), 32);
         assert_eq!(versioned_a.status, DeletionStatus::Set);
-        assert_eq!(&versioned_a.value, "new_val");
+        assert_eq!(&*versioned_a.value, "new_val");
     }
 
     #[tokio::test]
@@ -1840,7 +1895,7 @@ mod tests {
         assert_eq!(node_state.max_version, 32);
         let versioned_b = node_state.get_versioned("key_b").unwrap();
         assert_eq!(versioned_b.version, 32);
-        assert_eq!(versioned_b.value, "val_b2");
+        assert_eq!(&*versioned_b.value, "val_b2");
     }
 
     // Regression test for https://github.com/quickwit-oss/chitchat/issues/178
@@ -1985,6 +2040,6 @@ mod tests {
             versioned_value.status,
             DeletionStatus::DeleteAfterTtl(_)
         ));
-        assert_eq!(versioned_value.value, "val_b");
+        assert_eq!(&*versioned_value.value, "val_b");
     }
 }

@@ -1,6 +1,8 @@
+use std::collections::HashMap;
 use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -18,14 +20,138 @@ use crate::serialize::Deserializable;
 /// increasing to differentiate the most recent state and must be incremented every time a node
 /// leaves and rejoins the cluster. Backends such as Cassandra or Quickwit typically use the node's
 /// startup time as the `generation_id`.
-#[derive(Clone, Eq, PartialEq, Hash, Ord, PartialOrd, Serialize, Deserialize)]
-pub struct ChitchatId {
+///
+/// shoal patch: an id is a handle (one pointer) to its fields, interned
+/// process-wide — every member holds every other's id in half a dozen
+/// maps, and in the simulator thousands of members hold the same ids — with
+/// its hash and its places on the V4 rings computed once. Two ids are equal
+/// when they are the same handle (interning makes equal fields the same
+/// handle); they order by their fields, as upstream's did.
+#[derive(Clone)]
+pub struct ChitchatId(Arc<Interned>);
+
+/// A [`ChitchatId`]'s fields: read them through the id (`id.node_id`).
+#[derive(Clone, Debug, Eq, PartialEq, Hash, Ord, PartialOrd, Serialize, Deserialize)]
+pub struct ChitchatIdFields {
     /// An identifier unique across the cluster.
     pub node_id: Arc<str>,
     /// A numeric identifier incremented every time the node leaves and rejoins the cluster.
     pub generation_id: u64,
     /// The socket address peers should use to gossip with the node.
     pub gossip_advertise_addr: SocketAddr,
+}
+
+struct Interned {
+    fields: ChitchatIdFields,
+    /// The id's place on each V4 ring; the first is also its hash.
+    ring_keys: [u64; crate::pulse::RINGS],
+}
+
+/// Every live id of the process, by fields. Dead entries (every handle
+/// dropped) are swept when the table has doubled since the last sweep.
+struct Ids {
+    table: HashMap<ChitchatIdFields, Weak<Interned>>,
+    swept_at: usize,
+}
+
+static IDS: Mutex<Option<Ids>> = Mutex::new(None);
+
+impl ChitchatId {
+    pub fn new(
+        node_id: impl Into<Arc<str>>,
+        generation_id: u64,
+        gossip_advertise_addr: SocketAddr,
+    ) -> Self {
+        Self::from_fields(ChitchatIdFields {
+            node_id: node_id.into(),
+            generation_id,
+            gossip_advertise_addr,
+        })
+    }
+
+    /// The id with these fields: the live handle if there is one.
+    pub fn from_fields(fields: ChitchatIdFields) -> Self {
+        // A poisoned table is still a consistent table (no code panics
+        // halfway through changing it).
+        let mut guard = IDS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let ids = guard.get_or_insert_with(|| Ids {
+            table: HashMap::new(),
+            swept_at: 0,
+        });
+        if let Some(live) = ids.table.get(&fields).and_then(Weak::upgrade) {
+            return ChitchatId(live);
+        }
+        if ids.table.len() >= 2 * ids.swept_at.max(512) {
+            ids.table.retain(|_, id| id.strong_count() > 0);
+            ids.swept_at = ids.table.len();
+        }
+        let ring_keys = crate::pulse::ring_keys_of(&fields);
+        let id = Arc::new(Interned {
+            fields: fields.clone(),
+            ring_keys,
+        });
+        ids.table.insert(fields, Arc::downgrade(&id));
+        ChitchatId(id)
+    }
+
+    /// The id's place on each V4 ring.
+    pub(crate) fn ring_keys(&self) -> &[u64; crate::pulse::RINGS] {
+        &self.0.ring_keys
+    }
+
+    /// The id's fields, owned (to change one and intern the result).
+    pub fn fields(&self) -> ChitchatIdFields {
+        self.0.fields.clone()
+    }
+}
+
+impl std::ops::Deref for ChitchatId {
+    type Target = ChitchatIdFields;
+
+    fn deref(&self) -> &ChitchatIdFields {
+        &self.0.fields
+    }
+}
+
+impl PartialEq for ChitchatId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ChitchatId {}
+
+impl Hash for ChitchatId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.ring_keys[0]);
+    }
+}
+
+impl Ord for ChitchatId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return std::cmp::Ordering::Equal;
+        }
+        self.0.fields.cmp(&other.0.fields)
+    }
+}
+
+impl PartialOrd for ChitchatId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Serialize for ChitchatId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.fields.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChitchatId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        ChitchatIdFields::deserialize(deserializer).map(ChitchatId::from_fields)
+    }
 }
 
 impl Debug for ChitchatId {
@@ -35,20 +161,6 @@ impl Debug for ChitchatId {
             "{}:{}:{}",
             &*self.node_id, self.generation_id, self.gossip_advertise_addr
         )
-    }
-}
-
-impl ChitchatId {
-    pub fn new(
-        node_id: impl Into<Arc<str>>,
-        generation_id: u64,
-        gossip_advertise_addr: SocketAddr,
-    ) -> Self {
-        Self {
-            node_id: node_id.into(),
-            generation_id,
-            gossip_advertise_addr,
-        }
     }
 }
 
@@ -102,7 +214,8 @@ impl DeletionStatus {
     from = "VersionedValueForSerialization"
 )]
 pub struct VersionedValue {
-    pub value: String,
+    /// shoal patch: shared (interned), as every member holds the same.
+    pub value: Arc<str>,
     pub version: Version,
     // The tombstone instant is transient:
     // Only the presence of a tombstone or not is serialized, and used in partial eq eq.
@@ -113,7 +226,7 @@ impl VersionedValue {
     #[cfg(test)]
     pub fn new(value: String, version: Version, is_tombstone: bool) -> VersionedValue {
         VersionedValue {
-            value,
+            value: crate::intern::intern(&value),
             version,
             status: if is_tombstone {
                 DeletionStatus::Deleted(Instant::now())
@@ -134,7 +247,7 @@ impl VersionedValue {
     #[cfg(test)]
     pub fn for_test(value: &str, version: Version) -> Self {
         Self {
-            value: value.to_string(),
+            value: crate::intern::intern(value),
             version,
             status: DeletionStatus::Set,
         }
@@ -292,7 +405,7 @@ struct VersionedValueForSerialization {
 impl From<VersionedValueForSerialization> for VersionedValue {
     fn from(versioned_value: VersionedValueForSerialization) -> Self {
         VersionedValue {
-            value: versioned_value.value,
+            value: crate::intern::intern(&versioned_value.value),
             version: versioned_value.version,
             status: versioned_value.status.into_status(Instant::now()),
         }
@@ -302,7 +415,7 @@ impl From<VersionedValueForSerialization> for VersionedValue {
 impl From<VersionedValue> for VersionedValueForSerialization {
     fn from(versioned_value: VersionedValue) -> Self {
         VersionedValueForSerialization {
-            value: versioned_value.value,
+            value: versioned_value.value.to_string(),
             version: versioned_value.version,
             status: DeletionStatusMutation::from(versioned_value.status),
         }
@@ -336,6 +449,42 @@ impl From<Heartbeat> for u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_with_equal_fields_are_one_handle_ordered_by_fields_and_swept_once_dropped() {
+        let addr: SocketAddr = ([10, 0, 0, 1], 7946).into();
+        let a = ChitchatId::new("interned-id-test", 3, addr);
+        let b = ChitchatId::new(String::from("interned-id-test"), 3, addr);
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert_eq!(a, b);
+        let later = ChitchatId::new("interned-id-test", 4, addr);
+        assert_ne!(a, later);
+        assert!(a < later, "ordered by fields, generation after name");
+        assert!(ChitchatId::new("interned-id-tesa", 9, addr) < a);
+        let json = serde_json::to_string(&a).unwrap();
+        let back: ChitchatId = serde_json::from_str(&json).unwrap();
+        assert!(
+            Arc::ptr_eq(&a.0, &back.0),
+            "deserialized into the live handle"
+        );
+        let mut set = std::collections::HashSet::new();
+        set.insert(a.clone());
+        assert!(set.contains(&b) && !set.contains(&later));
+        // Ids made and dropped are swept: the table stays near what is live.
+        for i in 0..10_000u64 {
+            let _ = ChitchatId::new("interned-id-test-dropped", i, addr);
+        }
+        let kept = IDS
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(0, |ids| ids.table.len());
+        assert!(kept < 4_000, "{kept} ids kept after sweeps");
+        assert!(Arc::ptr_eq(
+            &a.0,
+            &ChitchatId::new("interned-id-test", 3, addr).0
+        ));
+    }
 
     #[test]
     fn test_deletion_status_to_u8() {

@@ -171,7 +171,7 @@ impl NodeStatePredicate {
                 let versioned_value = node_state
                     .get_versioned(key)
                     .expect("Key is expected to be present");
-                &versioned_value.value == expected_value
+                *versioned_value.value == **expected_value
             }
             NodeStatePredicate::KeyPresent(key, present) => {
                 debug!(key=%key, present=present, "assert-key-present");
@@ -448,19 +448,15 @@ impl Simulator {
 
 pub fn create_chitchat_id(id: &str) -> ChitchatId {
     let port = next_simulated_port();
-    ChitchatId {
-        node_id: Arc::from(id),
-        generation_id: 0,
-        gossip_advertise_addr: ([127, 0, 0, 1], port).into(),
-    }
+    ChitchatId::new(Arc::from(id), 0, ([127, 0, 0, 1], port).into())
 }
 
 pub fn test_chitchat_id(port: u16) -> ChitchatId {
-    ChitchatId {
-        node_id: Arc::from(format!("node_{port}").as_str()),
-        generation_id: 0,
-        gossip_advertise_addr: ([127, 0, 0, 1], port).into(),
-    }
+    ChitchatId::new(
+        Arc::from(format!("node_{port}").as_str()),
+        0,
+        ([127, 0, 0, 1], port).into(),
+    )
 }
 
 /// Returns a unique address identifier for the in-memory transport.

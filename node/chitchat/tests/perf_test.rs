@@ -18,11 +18,11 @@ use tracing::info;
 
 async fn spawn_one(chitchat_id: u16, transport: &dyn Transport) -> ChitchatHandle {
     let listen_addr: SocketAddr = ([127, 0, 0, 1], 10_000u16 + chitchat_id).into();
-    let chitchat_id = ChitchatId {
-        node_id: Arc::from(format!("node_{chitchat_id}").as_str()),
-        generation_id: 0,
-        gossip_advertise_addr: listen_addr,
-    };
+    let chitchat_id = ChitchatId::new(
+        Arc::from(format!("node_{chitchat_id}").as_str()),
+        0,
+        listen_addr,
+    );
     let gossip_interval = Duration::from_millis(300);
     let config = ChitchatConfig {
         chitchat_id,
