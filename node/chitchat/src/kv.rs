@@ -8,22 +8,41 @@
 //! sorted vector gives the same ordered reads (prefix scans, lookups by
 //! binary search) at the size of what is in it.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use serde::de::{Deserialize, Deserializer};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use crate::VersionedValue;
+use crate::{ChitchatId, Version, VersionedValue};
 
 /// Sorted by key, keys unique; keys interned (`crate::intern`), and no
-/// room kept beyond the entries (a node's keys change rarely).
+/// room kept beyond the entries (a node's keys change rarely). Shared
+/// between the members of one process that hold the same node at the same
+/// versions (see [`KeyValues::share`]); written copy-on-write.
 #[derive(Clone, Default)]
-pub(crate) struct KeyValues(Vec<(Arc<str>, VersionedValue)>);
+pub(crate) struct KeyValues(Arc<Vec<Entry>>);
+
+type Entry = (Arc<str>, VersionedValue);
+
+/// The key-values in use in the process, by node and versions: `(node,
+/// max_version, last_gc_version)`. Swept of dropped ones once doubled.
+struct Shared {
+    table: HashMap<(ChitchatId, Version, Version), Weak<Vec<Entry>>>,
+    swept_at: usize,
+}
+
+static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
 
 impl KeyValues {
     fn find(&self, key: &str) -> Result<usize, usize> {
         self.0.binary_search_by(|(k, _)| (**k).cmp(key))
+    }
+
+    /// The entries, to change: this member's own copy from now on.
+    fn entries_mut(&mut self) -> &mut Vec<Entry> {
+        Arc::make_mut(&mut self.0)
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&VersionedValue> {
@@ -31,7 +50,8 @@ impl KeyValues {
     }
 
     pub(crate) fn get_mut(&mut self, key: &str) -> Option<&mut VersionedValue> {
-        self.find(key).ok().map(|i| &mut self.0[i].1)
+        let i = self.find(key).ok()?;
+        Some(&mut self.entries_mut()[i].1)
     }
 
     #[cfg(test)]
@@ -42,33 +62,64 @@ impl KeyValues {
     /// Sets `key` to `value`, replacing what was there.
     pub(crate) fn insert(&mut self, key: &str, value: VersionedValue) {
         match self.find(key) {
-            Ok(i) => self.0[i].1 = value,
+            Ok(i) => self.entries_mut()[i].1 = value,
             Err(i) => {
-                self.0.reserve_exact(1);
-                self.0.insert(i, (crate::intern::intern(key), value));
+                let entries = self.entries_mut();
+                entries.reserve_exact(1);
+                entries.insert(i, (crate::intern::intern(key), value));
             }
         }
     }
 
     pub(crate) fn remove(&mut self, key: &str) -> Option<VersionedValue> {
         let i = self.find(key).ok()?;
-        let (_, value) = self.0.remove(i);
-        self.shrink();
+        let entries = self.entries_mut();
+        let (_, value) = entries.remove(i);
+        entries.shrink_to_fit();
         Some(value)
     }
 
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str, &mut VersionedValue) -> bool) {
-        let before = self.0.len();
-        self.0.retain_mut(|(k, v)| keep(k, v));
-        if self.0.len() != before {
-            self.shrink();
+        let entries = self.entries_mut();
+        let before = entries.len();
+        entries.retain_mut(|(k, v)| keep(k, v));
+        if entries.len() != before {
+            entries.shrink_to_fit();
         }
     }
 
-    /// Gives back room left by removals (a node's keys are few, and held by
-    /// every member).
-    fn shrink(&mut self) {
-        self.0.shrink_to_fit();
+    /// Shares these key-values with another member of this process holding
+    /// `node` at the same versions, or offers them to the next one.
+    ///
+    /// A node's versions name its key-values: two members at the same
+    /// `max_version` and `last_gc_version` of a node hold the same keys,
+    /// values and versions (checked, as they are cheap to compare: keys
+    /// and values are interned). In the simulator thousands of members hold
+    /// each node; in a real process there is one member, and this finds
+    /// nothing to share. What a deletion's mark says beyond "deleted" (when
+    /// this member learnt of it, for its grace period) may come from the
+    /// member that shared first — the same instant up to the network's
+    /// delay.
+    pub(crate) fn share(&mut self, node: &ChitchatId, max_version: Version, gc: Version) {
+        let mut guard = SHARED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let shared = guard.get_or_insert_with(|| Shared {
+            table: HashMap::new(),
+            swept_at: 0,
+        });
+        let key = (node.clone(), max_version, gc);
+        if let Some(theirs) = shared.table.get(&key).and_then(Weak::upgrade) {
+            if !Arc::ptr_eq(&theirs, &self.0) && same_entries(&theirs, &self.0) {
+                self.0 = theirs;
+            }
+            return;
+        }
+        if shared.table.len() >= 2 * shared.swept_at.max(1024) {
+            shared.table.retain(|_, kv| kv.strong_count() > 0);
+            shared.swept_at = shared.table.len();
+        }
+        shared.table.insert(key, Arc::downgrade(&self.0));
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -86,6 +137,17 @@ impl KeyValues {
     }
 }
 
+/// Same keys, values, versions and kinds of deletion status.
+fn same_entries(a: &[Entry], b: &[Entry]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((ka, va), (kb, vb))| {
+            Arc::ptr_eq(ka, kb)
+                && Arc::ptr_eq(&va.value, &vb.value)
+                && va.version == vb.version
+                && std::mem::discriminant(&va.status) == std::mem::discriminant(&vb.status)
+        })
+}
+
 impl fmt::Debug for KeyValues {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.iter()).finish()
@@ -96,7 +158,7 @@ impl fmt::Debug for KeyValues {
 impl Serialize for KeyValues {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
+        for (k, v) in self.0.iter() {
             map.serialize_entry(k, v)?;
         }
         map.end()
@@ -106,11 +168,11 @@ impl Serialize for KeyValues {
 impl<'de> Deserialize<'de> for KeyValues {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let map = std::collections::BTreeMap::<String, VersionedValue>::deserialize(deserializer)?;
-        let mut kv = KeyValues(Vec::with_capacity(map.len()));
-        for (k, v) in map {
-            kv.0.push((crate::intern::intern(&k), v));
-        }
-        Ok(kv)
+        let entries = map
+            .into_iter()
+            .map(|(k, v)| (crate::intern::intern(&k), v))
+            .collect();
+        Ok(KeyValues(Arc::new(entries)))
     }
 }
 
@@ -141,6 +203,36 @@ mod tests {
         let keys: Vec<&str> = kv.iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["a", "m"]);
         assert_eq!(kv.len(), 2);
+    }
+
+    #[test]
+    fn members_at_the_same_versions_share_one_copy_and_write_their_own() {
+        let node = ChitchatId::for_local_test(41_000);
+        let make = |v: &str| {
+            let mut kv = KeyValues::default();
+            kv.insert("a", value("1", 1));
+            kv.insert("b", value(v, 2));
+            kv
+        };
+        let (mut one, mut two, mut other) = (make("2"), make("2"), make("x"));
+        one.share(&node, 2, 0);
+        two.share(&node, 2, 0);
+        assert!(
+            Arc::ptr_eq(&one.0, &two.0),
+            "same versions, same entries: shared"
+        );
+        other.share(&node, 2, 0);
+        assert!(
+            !Arc::ptr_eq(&one.0, &other.0),
+            "same versions, other entries: not"
+        );
+        two.insert("c", value("3", 3));
+        assert!(one.get("c").is_none(), "a write is the writer's own");
+        assert_eq!(two.get("c").map(|v| v.version), Some(3));
+        if let Some(v) = one.get_mut("a") {
+            v.version = 9;
+        }
+        assert_eq!(two.get("a").map(|v| v.version), Some(1));
     }
 
     #[test]

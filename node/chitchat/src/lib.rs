@@ -332,28 +332,36 @@ impl Chitchat {
         if let Some(from) = from {
             self.unacked.entry(from).or_insert(now);
         }
-        let scheduled_for_deletion: HashSet<_> = self.scheduled_for_deletion_nodes().collect();
         // shoal patch (V4): nodes out of scope are left out of both the
-        // digest and the delta.
+        // digest and the delta (found by bucket, not among all nodes).
         let scope = scope.unwrap_or(pulse::Scope::ALL);
-        let mut self_digest = self.compute_digest(&scheduled_for_deletion);
-        if scope != pulse::Scope::ALL {
-            self_digest
-                .node_digests
-                .retain(|id, _| pulse::in_scope(id, &scope));
-        }
+        let scope_ids = self.scope_ids(&scope);
+        let scheduled_for_deletion: HashSet<_> = self.scheduled_for_deletion_nodes().collect();
+        let mut self_digest = match &scope_ids {
+            Some(ids) => self
+                .cluster_state
+                .compute_digest_over(ids, &scheduled_for_deletion),
+            None => self.compute_digest(&scheduled_for_deletion),
+        };
         // shoal patch: from V2 on, only what the initiator needs.
         if version >= ProtocolVersion::V2 {
             self_digest = self_digest.diff_against_with(digest, version < ProtocolVersion::V4);
         }
         let (reply_digest, digest_len) = form(self_digest);
-        let delta = self.cluster_state.compute_delta_within(
-            digest,
-            delta_mtu(self.config.max_message_len, digest_len),
-            &scheduled_for_deletion,
-            false,
-            |id| pulse::in_scope(id, &scope),
-        );
+        let mtu = delta_mtu(self.config.max_message_len, digest_len);
+        let delta = match &scope_ids {
+            Some(ids) => {
+                self.cluster_state
+                    .compute_delta_over(ids, digest, mtu, &scheduled_for_deletion)
+            }
+            None => self.cluster_state.compute_delta_within(
+                digest,
+                mtu,
+                &scheduled_for_deletion,
+                false,
+                |_| true,
+            ),
+        };
         (reply_digest, delta)
     }
 
@@ -2140,10 +2148,7 @@ mod tests {
 
         let chitchat_id = ChitchatId::for_local_test(10_013);
         let node_state = node.cluster_state.node_state_mut_or_init(&chitchat_id);
-        node_state.set_versioned_value(
-            "old",
-            VersionedValue::new("x".to_string(), 50, false),
-        );
+        node_state.set_versioned_value("old", VersionedValue::new("x".to_string(), 50, false));
         node_state.set_last_gc_version(10);
         assert_eq!(node_state.max_version(), 50);
 

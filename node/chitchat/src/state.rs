@@ -675,6 +675,13 @@ impl ClusterState {
                     "after {monotonic_property_after:?}, before {monotonic_property_before:?}"
                 );
                 contains_reset |= delta_status == DeltaStatus::ApplyAfterReset;
+                if delta_status != DeltaStatus::Reject {
+                    node_state.key_values.share(
+                        &node_state.chitchat_id,
+                        node_state.max_version,
+                        node_state.last_gc_version,
+                    );
+                }
             }
         }
         contains_reset
@@ -687,6 +694,22 @@ impl ClusterState {
                 .iter()
                 .filter(|(chitchat_id, _)| !scheduled_for_deletion.contains(chitchat_id))
                 .map(|(chitchat_id, node_state)| (chitchat_id.clone(), node_state.digest()))
+                .collect(),
+        }
+    }
+
+    /// shoal patch (V4): the digest of `ids` alone (a scoped exchange's
+    /// nodes, found by bucket rather than among all).
+    pub(crate) fn compute_digest_over(
+        &self,
+        ids: &[ChitchatId],
+        scheduled_for_deletion: &HashSet<&ChitchatId>,
+    ) -> Digest {
+        Digest {
+            node_digests: ids
+                .iter()
+                .filter(|id| !scheduled_for_deletion.contains(id))
+                .filter_map(|id| Some((id.clone(), self.node_states.get(id)?.digest())))
                 .collect(),
         }
     }
@@ -749,15 +772,37 @@ impl ClusterState {
         absent_is_up_to_date: bool,
         keep: impl Fn(&ChitchatId) -> bool,
     ) -> Delta {
+        let nodes = crate::digest::merge_join(self.node_states.iter(), &digest.node_digests)
+            .filter(|(chitchat_id, _, _)| keep(chitchat_id));
+        Self::delta_of(nodes, mtu, scheduled_for_deletion, absent_is_up_to_date)
+    }
+
+    /// shoal patch (V4): the delta over `ids` alone (a scoped exchange's
+    /// nodes, found by bucket rather than among all).
+    pub(crate) fn compute_delta_over(
+        &self,
+        ids: &[ChitchatId],
+        digest: &Digest,
+        mtu: usize,
+        scheduled_for_deletion: &HashSet<&ChitchatId>,
+    ) -> Delta {
+        let nodes = ids.iter().filter_map(|id| {
+            let (id, state) = self.node_states.get_key_value(id)?;
+            Some((id, state, digest.node_digests.get(id)))
+        });
+        Self::delta_of(nodes, mtu, scheduled_for_deletion, false)
+    }
+
+    fn delta_of<'a>(
+        nodes: impl Iterator<Item = (&'a ChitchatId, &'a NodeState, Option<&'a NodeDigest>)>,
+        mtu: usize,
+        scheduled_for_deletion: &HashSet<&ChitchatId>,
+        absent_is_up_to_date: bool,
+    ) -> Delta {
         let mut stale_nodes = SortedStaleNodes::default();
 
-        for (chitchat_id, node_state, their) in
-            crate::digest::merge_join(self.node_states.iter(), &digest.node_digests)
-        {
+        for (chitchat_id, node_state, their) in nodes {
             if absent_is_up_to_date && their.is_none() {
-                continue;
-            }
-            if !keep(chitchat_id) {
                 continue;
             }
             if scheduled_for_deletion.contains(chitchat_id) {
