@@ -1972,7 +1972,7 @@ mod tests {
     #[test]
     fn the_node_set_followed_change_by_change_is_the_set_recomputed_whole() {
         let mut a = knowing(37_000, &[37_001, 37_002]);
-        let mut check = |a: &mut Chitchat, what: &str| {
+        let check = |a: &mut Chitchat, what: &str| {
             let incremental = derived(a);
             let p = a.pulses.as_mut().expect("V4");
             p.computed_for = None;
