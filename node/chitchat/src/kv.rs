@@ -79,13 +79,17 @@ impl KeyValues {
         Some(value)
     }
 
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str, &mut VersionedValue) -> bool) {
-        let entries = self.entries_mut();
-        let before = entries.len();
-        entries.retain_mut(|(k, v)| keep(k, v));
-        if entries.len() != before {
-            entries.shrink_to_fit();
+    /// Keeps the entries `keep` says to; a copy of its own only for a
+    /// member that drops some (`keep` sees each entry once).
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str, &VersionedValue) -> bool) {
+        let kept: Vec<bool> = self.0.iter().map(|(k, v)| keep(k, v)).collect();
+        if kept.iter().all(|k| *k) {
+            return;
         }
+        let entries = self.entries_mut();
+        let mut kept = kept.into_iter();
+        entries.retain(|_| kept.next().unwrap_or(true));
+        entries.shrink_to_fit();
     }
 
     /// Shares these key-values with another member of this process holding

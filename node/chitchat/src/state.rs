@@ -392,7 +392,7 @@ impl NodeState {
         let before = self.key_values.len();
         let mut max_deleted_version = self.last_gc_version;
         self.key_values
-            .retain(|_, versioned_value: &mut VersionedValue| {
+            .retain(|_, versioned_value: &VersionedValue| {
                 let Some(deleted_start_instant) = versioned_value
                     .status
                     .time_of_start_scheduled_for_deletion()
@@ -444,18 +444,17 @@ impl NodeState {
     ) {
         self.max_version = versioned_value_update.version.max(self.max_version);
 
-        match self.key_values.get_mut(key) {
-            Some(occupied_versioned_value) => {
-                // The current version is more recent than the newer version.
-                if occupied_versioned_value.version >= versioned_value_update.version {
-                    return;
-                }
-                *occupied_versioned_value = versioned_value_update.clone();
-            }
-            None => {
-                self.key_values.insert(key, versioned_value_update.clone());
-            }
-        };
+        // The current version is more recent than the newer version.
+        // (shoal patch: checked before writing, as a write copies
+        // key-values shared with other members.)
+        if self
+            .key_values
+            .get(key)
+            .is_some_and(|current| current.version >= versioned_value_update.version)
+        {
+            return;
+        }
+        self.key_values.insert(key, versioned_value_update.clone());
         if !versioned_value_update.is_deleted() {
             self.listeners.trigger_event(KeyChangeEvent {
                 key,
