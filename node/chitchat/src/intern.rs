@@ -1,42 +1,71 @@
-//! shoal patch: strings interned process-wide.
+//! shoal patch: what the members of a process hold in common, held once.
 //!
-//! Every member holds every other member's keys and values, and in the
-//! simulator thousands of members in one process hold the same ones: a key
-//! or a value is kept once, as an `Arc<str>` shared by every copy. Strings
-//! no one holds any more are swept once the table has doubled since the
-//! last sweep, so the table stays within twice what is live.
+//! Every member holds every other member's id, keys and values, and in the
+//! simulator thousands of members in one process hold the same ones. A
+//! [`WeakTable`] maps a key to the one shared copy while anyone holds it;
+//! what no one holds any more is swept once the table has doubled since
+//! the last sweep, so it stays within twice what is live. Used for strings
+//! ([`intern`]), ids (`ChitchatId`) and key-values (`KeyValues::share`).
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, Weak};
 
-struct Table {
-    strings: HashSet<Arc<str>>,
+pub(crate) struct WeakTable<K, T: ?Sized> {
+    table: HashMap<K, Weak<T>>,
     swept_at: usize,
 }
 
-static STRINGS: Mutex<Option<Table>> = Mutex::new(None);
+impl<K: Eq + Hash, T: ?Sized> WeakTable<K, T> {
+    /// The shared copy under `key`, if anyone holds it.
+    pub(crate) fn get<Q>(&self, key: &Q) -> Option<Arc<T>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        self.table.get(key).and_then(Weak::upgrade)
+    }
+
+    /// `value` is the shared copy under `key` from now on.
+    pub(crate) fn insert(&mut self, key: K, value: &Arc<T>) {
+        if self.table.len() >= 2 * self.swept_at.max(1024) {
+            self.table.retain(|_, held| held.strong_count() > 0);
+            self.swept_at = self.table.len();
+        }
+        self.table.insert(key, Arc::downgrade(value));
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+}
+
+/// `f` on the table behind `lock`, made on first use. A poisoned table is
+/// still a consistent one: nothing panics halfway through changing it.
+pub(crate) fn with_table<K, T: ?Sized, R>(
+    lock: &Mutex<Option<WeakTable<K, T>>>,
+    f: impl FnOnce(&mut WeakTable<K, T>) -> R,
+) -> R {
+    let mut guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    f(guard.get_or_insert_with(|| WeakTable {
+        table: HashMap::new(),
+        swept_at: 0,
+    }))
+}
+
+static STRINGS: Mutex<Option<WeakTable<Box<str>, str>>> = Mutex::new(None);
 
 /// The shared copy of `s`.
 pub(crate) fn intern(s: &str) -> Arc<str> {
-    // A poisoned table is still a consistent one: nothing panics halfway
-    // through changing it.
-    let mut guard = STRINGS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let table = guard.get_or_insert_with(|| Table {
-        strings: HashSet::new(),
-        swept_at: 0,
-    });
-    if let Some(shared) = table.strings.get(s) {
-        return shared.clone();
-    }
-    if table.strings.len() >= 2 * table.swept_at.max(1024) {
-        table.strings.retain(|s| Arc::strong_count(s) > 1);
-        table.swept_at = table.strings.len();
-    }
-    let shared: Arc<str> = Arc::from(s);
-    table.strings.insert(shared.clone());
-    shared
+    with_table(&STRINGS, |table| {
+        table.get(s).unwrap_or_else(|| {
+            let shared: Arc<str> = Arc::from(s);
+            table.insert(Box::from(s), &shared);
+            shared
+        })
+    })
 }
 
 #[cfg(test)]
@@ -52,12 +81,8 @@ mod tests {
         for i in 0..10_000 {
             let _ = intern(&format!("interned-test-{i}"));
         }
-        let live = STRINGS
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map_or(0, |t| t.strings.len());
-        assert!(live < 4_000, "{live} strings kept after sweeps");
+        let kept = with_table(&STRINGS, |table| table.len());
+        assert!(kept < 4_000, "{kept} strings kept after sweeps");
         assert!(Arc::ptr_eq(&a, &intern("interned-test-key")));
     }
 }

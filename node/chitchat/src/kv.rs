@@ -8,13 +8,13 @@
 //! sorted vector gives the same ordered reads (prefix scans, lookups by
 //! binary search) at the size of what is in it.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use serde::de::{Deserialize, Deserializer};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
+use crate::intern::{WeakTable, with_table};
 use crate::{ChitchatId, Version, VersionedValue};
 
 /// Sorted by key, keys unique; keys interned (`crate::intern`), and no
@@ -27,13 +27,9 @@ pub(crate) struct KeyValues(Arc<Vec<Entry>>);
 type Entry = (Arc<str>, VersionedValue);
 
 /// The key-values in use in the process, by node and versions: `(node,
-/// max_version, last_gc_version)`. Swept of dropped ones once doubled.
-struct Shared {
-    table: HashMap<(ChitchatId, Version, Version), Weak<Vec<Entry>>>,
-    swept_at: usize,
-}
-
-static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
+/// max_version, last_gc_version)`.
+static SHARED: Mutex<Option<WeakTable<(ChitchatId, Version, Version), Vec<Entry>>>> =
+    Mutex::new(None);
 
 impl KeyValues {
     fn find(&self, key: &str) -> Result<usize, usize> {
@@ -105,25 +101,17 @@ impl KeyValues {
     /// member that shared first — the same instant up to the network's
     /// delay.
     pub(crate) fn share(&mut self, node: &ChitchatId, max_version: Version, gc: Version) {
-        let mut guard = SHARED
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let shared = guard.get_or_insert_with(|| Shared {
-            table: HashMap::new(),
-            swept_at: 0,
-        });
-        let key = (node.clone(), max_version, gc);
-        if let Some(theirs) = shared.table.get(&key).and_then(Weak::upgrade) {
-            if !Arc::ptr_eq(&theirs, &self.0) && same_entries(&theirs, &self.0) {
-                self.0 = theirs;
+        with_table(&SHARED, |shared| {
+            let key = (node.clone(), max_version, gc);
+            match shared.get(&key) {
+                Some(theirs) => {
+                    if !Arc::ptr_eq(&theirs, &self.0) && same_entries(&theirs, &self.0) {
+                        self.0 = theirs;
+                    }
+                }
+                None => shared.insert(key, &self.0),
             }
-            return;
-        }
-        if shared.table.len() >= 2 * shared.swept_at.max(1024) {
-            shared.table.retain(|_, kv| kv.strong_count() > 0);
-            shared.swept_at = shared.table.len();
-        }
-        shared.table.insert(key, Arc::downgrade(&self.0));
+        });
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -1,13 +1,13 @@
-use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::Serializable;
+use crate::intern::{WeakTable, with_table};
 use crate::serialize::Deserializable;
 
 /// For the lifetime of a cluster, nodes can go down and come back up multiple times. They may also
@@ -47,14 +47,8 @@ struct Interned {
     ring_keys: [u64; crate::pulse::RINGS],
 }
 
-/// Every live id of the process, by fields. Dead entries (every handle
-/// dropped) are swept when the table has doubled since the last sweep.
-struct Ids {
-    table: HashMap<ChitchatIdFields, Weak<Interned>>,
-    swept_at: usize,
-}
-
-static IDS: Mutex<Option<Ids>> = Mutex::new(None);
+/// Every live id of the process, by fields.
+static IDS: Mutex<Option<WeakTable<ChitchatIdFields, Interned>>> = Mutex::new(None);
 
 impl ChitchatId {
     pub fn new(
@@ -71,27 +65,18 @@ impl ChitchatId {
 
     /// The id with these fields: the live handle if there is one.
     pub fn from_fields(fields: ChitchatIdFields) -> Self {
-        // A poisoned table is still a consistent table (no code panics
-        // halfway through changing it).
-        let mut guard = IDS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let ids = guard.get_or_insert_with(|| Ids {
-            table: HashMap::new(),
-            swept_at: 0,
-        });
-        if let Some(live) = ids.table.get(&fields).and_then(Weak::upgrade) {
-            return ChitchatId(live);
-        }
-        if ids.table.len() >= 2 * ids.swept_at.max(512) {
-            ids.table.retain(|_, id| id.strong_count() > 0);
-            ids.swept_at = ids.table.len();
-        }
-        let ring_keys = crate::pulse::ring_keys_of(&fields);
-        let id = Arc::new(Interned {
-            fields: fields.clone(),
-            ring_keys,
-        });
-        ids.table.insert(fields, Arc::downgrade(&id));
-        ChitchatId(id)
+        with_table(&IDS, |ids| {
+            if let Some(live) = ids.get(&fields) {
+                return ChitchatId(live);
+            }
+            let ring_keys = crate::pulse::ring_keys_of(&fields);
+            let id = Arc::new(Interned {
+                fields: fields.clone(),
+                ring_keys,
+            });
+            ids.insert(fields, &id);
+            ChitchatId(id)
+        })
     }
 
     /// The id's place on each V4 ring.
@@ -474,11 +459,7 @@ mod tests {
         for i in 0..10_000u64 {
             let _ = ChitchatId::new("interned-id-test-dropped", i, addr);
         }
-        let kept = IDS
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map_or(0, |ids| ids.table.len());
+        let kept = with_table(&IDS, |ids| ids.len());
         assert!(kept < 4_000, "{kept} ids kept after sweeps");
         assert!(Arc::ptr_eq(
             &a.0,
