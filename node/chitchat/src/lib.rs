@@ -337,12 +337,7 @@ impl Chitchat {
         let scope = scope.unwrap_or(pulse::Scope::ALL);
         let scope_ids = self.scope_ids(&scope);
         let scheduled_for_deletion: HashSet<_> = self.scheduled_for_deletion_nodes().collect();
-        let mut self_digest = match &scope_ids {
-            Some(ids) => self
-                .cluster_state
-                .compute_digest_over(ids, &scheduled_for_deletion),
-            None => self.compute_digest(&scheduled_for_deletion),
-        };
+        let mut self_digest = self.digest_over(scope_ids.as_deref(), &scheduled_for_deletion);
         // shoal patch: from V2 on, only what the initiator needs.
         if version >= ProtocolVersion::V2 {
             self_digest = self_digest.diff_against_with(digest, version < ProtocolVersion::V4);
@@ -354,13 +349,10 @@ impl Chitchat {
                 self.cluster_state
                     .compute_delta_over(ids, digest, mtu, &scheduled_for_deletion)
             }
-            None => self.cluster_state.compute_delta_within(
-                digest,
-                mtu,
-                &scheduled_for_deletion,
-                false,
-                |_| true,
-            ),
+            None => {
+                self.cluster_state
+                    .compute_delta_for(digest, mtu, &scheduled_for_deletion, false)
+            }
         };
         (reply_digest, delta)
     }
@@ -1096,6 +1088,21 @@ impl Chitchat {
     }
 
     /// Computes the node's digest.
+    /// shoal patch (V4): the digest of `ids` (a scope's nodes, see
+    /// `scope_ids`), or of every node when `None`.
+    pub(crate) fn digest_over(
+        &self,
+        ids: Option<&[ChitchatId]>,
+        scheduled_for_deletion: &HashSet<&ChitchatId>,
+    ) -> Digest {
+        match ids {
+            Some(ids) => self
+                .cluster_state
+                .compute_digest_over(ids, scheduled_for_deletion),
+            None => self.compute_digest(scheduled_for_deletion),
+        }
+    }
+
     fn compute_digest(&self, scheduled_for_deletion_nodes: &HashSet<&ChitchatId>) -> Digest {
         self.cluster_state
             .compute_digest(scheduled_for_deletion_nodes)

@@ -555,12 +555,8 @@ impl Pulses {
 
     /// `id` is news (new here, or back): its bucket goes in the rumor.
     pub(crate) fn note_news(&mut self, id: &ChitchatId) {
-        let keys = self.key(id);
+        let keys = id.ring_keys();
         self.news_scope.insert(bucket_of(keys[0]));
-    }
-
-    fn key(&self, id: &ChitchatId) -> [u64; RINGS] {
-        *id.ring_keys()
     }
 
     /// The live set, the rings and the addresses from the whole node set
@@ -581,7 +577,7 @@ impl Pulses {
         let mut rings: [Vec<(u64, ChitchatId)>; RINGS] =
             std::array::from_fn(|_| Vec::with_capacity(self.live.len()));
         for id in &self.live {
-            for (ring, key) in self.key(id).into_iter().enumerate() {
+            for (ring, &key) in id.ring_keys().iter().enumerate() {
                 rings[ring].push((key, id.clone()));
             }
         }
@@ -600,7 +596,7 @@ impl Pulses {
             return;
         }
         self.live.push(id.clone());
-        for (ring, key) in self.key(id).into_iter().enumerate() {
+        for (ring, &key) in id.ring_keys().iter().enumerate() {
             let place = (key, id.clone());
             let r = &mut self.rings[ring];
             if let Err(at) = r.binary_search(&place) {
@@ -627,7 +623,7 @@ impl Pulses {
         if let Some(at) = self.live.iter().position(|live| live == id) {
             self.live.swap_remove(at);
         }
-        for (ring, key) in self.key(id).into_iter().enumerate() {
+        for (ring, &key) in id.ring_keys().iter().enumerate() {
             let place = (key, id.clone());
             let r = &mut self.rings[ring];
             if let Ok(at) = r.binary_search(&place) {
@@ -663,7 +659,7 @@ impl Pulses {
     /// each ring, the next live node after its place and the one before
     /// (wrapping around).
     pub(crate) fn neighbours_of(&mut self, of: &ChitchatId) -> Vec<ChitchatId> {
-        let mine = self.key(of);
+        let mine = of.ring_keys();
         let mut out: Vec<ChitchatId> = Vec::with_capacity(RINGS * 2);
         for (ring, &me) in mine.iter().enumerate() {
             let r = &self.rings[ring];
@@ -915,26 +911,10 @@ impl Chitchat {
     pub(crate) fn scoped_syn(&mut self, scope: Scope) -> ChitchatMessage {
         let ids = self.scope_ids(&scope);
         let out: HashSet<&ChitchatId> = self.scheduled_for_deletion_nodes().collect();
-        let digest_of = |(id, state): (&ChitchatId, &crate::NodeState)| {
-            (!out.contains(id)).then(|| (id.clone(), state.digest()))
-        };
-        let node_digests = match &ids {
-            Some(ids) => ids
-                .iter()
-                .filter_map(|id| self.cluster_state.node_states().get_key_value(id))
-                .filter_map(digest_of)
-                .collect(),
-            None => self
-                .cluster_state
-                .node_states()
-                .iter()
-                .filter_map(digest_of)
-                .collect(),
-        };
         ChitchatMessage::SynScoped {
             cluster_id: self.config.cluster_id.clone(),
             scope,
-            digest: crate::digest::Digest { node_digests },
+            digest: self.digest_over(ids.as_deref(), &out),
         }
     }
 

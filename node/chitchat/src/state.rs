@@ -752,27 +752,7 @@ impl ClusterState {
         scheduled_for_deletion: &HashSet<&ChitchatId>,
         absent_is_up_to_date: bool,
     ) -> Delta {
-        self.compute_delta_within(
-            digest,
-            mtu,
-            scheduled_for_deletion,
-            absent_is_up_to_date,
-            |_| true,
-        )
-    }
-
-    /// shoal patch (V4): as [`Self::compute_delta_for`], over the nodes
-    /// `keep` says only (a scoped SYN's buckets).
-    pub(crate) fn compute_delta_within(
-        &self,
-        digest: &Digest,
-        mtu: usize,
-        scheduled_for_deletion: &HashSet<&ChitchatId>,
-        absent_is_up_to_date: bool,
-        keep: impl Fn(&ChitchatId) -> bool,
-    ) -> Delta {
-        let nodes = crate::digest::merge_join(self.node_states.iter(), &digest.node_digests)
-            .filter(|(chitchat_id, _, _)| keep(chitchat_id));
+        let nodes = crate::digest::merge_join(self.node_states.iter(), &digest.node_digests);
         Self::delta_of(nodes, mtu, scheduled_for_deletion, absent_is_up_to_date)
     }
 
