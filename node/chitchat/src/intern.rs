@@ -10,6 +10,7 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 pub(crate) struct WeakTable<K, T: ?Sized> {
@@ -53,6 +54,33 @@ pub(crate) fn with_table<K, T: ?Sized, R>(
         table: HashMap::new(),
         swept_at: 0,
     }))
+}
+
+/// How many members (cluster states) live in this process.
+static MEMBERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a member of this process for its life (held by its cluster
+/// state).
+pub(crate) struct Member(());
+
+impl Member {
+    pub(crate) fn new() -> Member {
+        MEMBERS.fetch_add(1, Ordering::Relaxed);
+        Member(())
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        MEMBERS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether another member lives in this process to share with: in a real
+/// process there is one, and sharing key-values would only cost a lock and
+/// a copy per write.
+pub(crate) fn members_share() -> bool {
+    MEMBERS.load(Ordering::Relaxed) > 1
 }
 
 static STRINGS: Mutex<Option<WeakTable<Box<str>, str>>> = Mutex::new(None);

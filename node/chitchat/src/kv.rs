@@ -95,8 +95,8 @@ impl KeyValues {
     /// `max_version` and `last_gc_version` of a node hold the same keys,
     /// values and versions (checked, as they are cheap to compare: keys
     /// and values are interned). In the simulator thousands of members hold
-    /// each node; in a real process there is one member, and this finds
-    /// nothing to share. What a deletion's mark says beyond "deleted" (when
+    /// each node; in a real process there is one member, and this is not
+    /// called (`intern::members_share`). What a deletion's mark says beyond "deleted" (when
     /// this member learnt of it, for its grace period) may come from the
     /// member that shared first — the same instant up to the network's
     /// delay.

@@ -512,6 +512,9 @@ pub(crate) struct ClusterState {
     /// instead of recomputing over every node (at N members, N changes
     /// each: N² per member while a cluster forms).
     set_changes: VecDeque<(ChitchatId, bool)>,
+    /// shoal patch: counted among the process's members (key-values are
+    /// shared only where there are several: see `KeyValues::share`).
+    _member: crate::intern::Member,
 }
 
 /// How many node set changes [`ClusterState`] remembers; whoever is further
@@ -551,6 +554,7 @@ impl Default for ClusterState {
             garbage_collected_nodes: LruCache::unbounded(),
             set_epoch: 0,
             set_changes: VecDeque::new(),
+            _member: crate::intern::Member::new(),
         }
     }
 }
@@ -564,6 +568,7 @@ impl ClusterState {
             garbage_collected_nodes: LruCache::unbounded(),
             set_epoch: 0,
             set_changes: VecDeque::new(),
+            _member: crate::intern::Member::new(),
         }
     }
 
@@ -674,7 +679,7 @@ impl ClusterState {
                     "after {monotonic_property_after:?}, before {monotonic_property_before:?}"
                 );
                 contains_reset |= delta_status == DeltaStatus::ApplyAfterReset;
-                if delta_status != DeltaStatus::Reject {
+                if delta_status != DeltaStatus::Reject && crate::intern::members_share() {
                     node_state.key_values.share(
                         &node_state.chitchat_id,
                         node_state.max_version,
