@@ -42,7 +42,9 @@ pub fn apply(
     }
     if let Some((lease, _)) = current.as_mut() {
         for state in c.node_states().values() {
-            renewed(lease, state.get(&renewal_key));
+            if let Some(at) = renewed_at(lease, state.get(&renewal_key)) {
+                lease.renewed_ms = at;
+            }
         }
     }
     let new_instance = current.as_ref().is_none_or(|(l, _)| !l.is_live(now_ms));
@@ -64,15 +66,14 @@ pub fn apply(
     Ok(next)
 }
 
-/// Takes a renewal (as stored) of `lease` into it: a renewal of its version
-/// at a later time moves its deadline (one of an older version — from
+/// When a renewal (as stored) renews `lease`, if it moves its deadline: a
+/// renewal of its version at a later time (one of an older version — from
 /// before a cancel or a re-registration — counts for nothing).
-fn renewed(lease: &mut Lease, renewal: Option<&str>) {
-    if let Some((version, at)) = renewal.and_then(lease::parse_renewal) {
-        if version == lease.version && at > lease.renewed_ms {
-            lease.renewed_ms = at;
-        }
-    }
+fn renewed_at(lease: &Lease, renewal: Option<&str>) -> Option<u64> {
+    renewal
+        .and_then(lease::parse_renewal)
+        .filter(|&(version, at)| version == lease.version && at > lease.renewed_ms)
+        .map(|(_, at)| at)
 }
 
 /// Whether one more live lease (of `app`, instance `id`) stays within
@@ -117,7 +118,7 @@ pub(crate) fn newest_leases<'a>(
     let mut newest: BTreeMap<String, (Arc<Lease>, ChitchatId)> = BTreeMap::new();
     for &(holder, state) in &states {
         for (key, value) in state.iter_prefix(lease::KEY_PREFIX) {
-            let Some(copy) = Lease::decode(&value.value) else {
+            let Some(copy) = Lease::decoded(&value.value) else {
                 continue;
             };
             let id = key[lease::KEY_PREFIX.len()..].to_string();
@@ -125,7 +126,7 @@ pub(crate) fn newest_leases<'a>(
                 Some((seen, seen_holder))
                     if !copy.beats(&holder.node_id, seen, &seen_holder.node_id) => {}
                 _ => {
-                    newest.insert(id, (Arc::new(copy), holder.clone()));
+                    newest.insert(id, (copy, holder.clone()));
                 }
             }
         }
@@ -135,7 +136,10 @@ pub(crate) fn newest_leases<'a>(
         for (key, value) in state.iter_prefix(lease::RENEWAL_PREFIX) {
             let id = &key[lease::RENEWAL_PREFIX.len()..];
             if let Some((lease, _)) = newest.get_mut(id) {
-                renewed(Arc::make_mut(lease), Some(&value.value));
+                // Copied (from the decoded one all share) only if it moves.
+                if let Some(at) = renewed_at(lease, Some(&value.value)) {
+                    Arc::make_mut(lease).renewed_ms = at;
+                }
             }
         }
     }
@@ -182,7 +186,7 @@ pub(crate) fn keep(c: &mut Chitchat, now_ms: u64) -> (usize, usize) {
         .self_node_state()
         .iter_prefix(lease::KEY_PREFIX)
         .filter(|(k, v)| {
-            Lease::decode(&v.value).is_none_or(|l| {
+            Lease::decoded(&v.value).is_none_or(|l| {
                 let deadline = match newest.get(&k[lease::KEY_PREFIX.len()..]) {
                     Some((n, _)) if n.version == l.version => n.deadline_ms().max(l.deadline_ms()),
                     _ => l.deadline_ms(),
