@@ -301,9 +301,12 @@ pub enum LeaseOp {
 /// [`Lease::decoded`]'s table: each stored text's lease, by the text's
 /// address.
 struct Decoded {
-    by_text: Option<HashMap<usize, (Weak<str>, Option<Arc<Lease>>)>>,
+    by_text: Option<HashMap<usize, DecodedText>>,
     swept_at: usize,
 }
+
+/// A stored text (held weakly) and its lease, if it is one.
+type DecodedText = (Weak<str>, Option<Arc<Lease>>);
 
 impl Lease {
     /// When the lease runs out, ms since the epoch.
