@@ -45,6 +45,23 @@ struct Interned {
     fields: ChitchatIdFields,
     /// The id's place on each V4 ring; the first is also its hash.
     ring_keys: [u64; crate::pulse::RINGS],
+    /// The node id's first 16 bytes, big-endian (zero-padded): ids whose
+    /// prefixes differ are ordered by one integer comparison. Node states
+    /// are kept by id in a B-tree, and the comparisons of node ids (the
+    /// memcmp of strings with a long common prefix) were ~13 % of the
+    /// simulator's time forming a cluster of 600.
+    order_prefix: u128,
+}
+
+/// See `Interned::order_prefix`. Ordering by it agrees with ordering by
+/// the node id wherever they differ: the first differing byte within 16
+/// decides both (a shorter id's padding is a zero, below any byte but a
+/// zero, and ids alike up to the padding compare whole).
+fn order_prefix(node_id: &str) -> u128 {
+    let mut bytes = [0u8; 16];
+    let head = &node_id.as_bytes()[..node_id.len().min(16)];
+    bytes[..head.len()].copy_from_slice(head);
+    u128::from_be_bytes(bytes)
 }
 
 /// Every live id of the process, by fields.
@@ -71,6 +88,7 @@ impl ChitchatId {
             }
             let ring_keys = crate::pulse::ring_keys_of(&fields);
             let id = Arc::new(Interned {
+                order_prefix: order_prefix(&fields.node_id),
                 fields: fields.clone(),
                 ring_keys,
             });
@@ -117,7 +135,10 @@ impl Ord for ChitchatId {
         if Arc::ptr_eq(&self.0, &other.0) {
             return std::cmp::Ordering::Equal;
         }
-        self.0.fields.cmp(&other.0.fields)
+        self.0
+            .order_prefix
+            .cmp(&other.0.order_prefix)
+            .then_with(|| self.0.fields.cmp(&other.0.fields))
     }
 }
 
@@ -465,6 +486,38 @@ mod tests {
             &a.0,
             &ChitchatId::new("interned-id-test", 3, addr).0
         ));
+    }
+
+    #[test]
+    fn ids_order_as_their_fields_do_whatever_their_common_prefix() {
+        let addr: SocketAddr = ([10, 0, 0, 1], 7946).into();
+        let names = [
+            "",
+            "a",
+            "ab",
+            "ab\0",
+            "ab\0x",
+            "abc",
+            "b",
+            "bench@10.0.0.2:9000",
+            "bench@10.0.0.20:9000",
+            "bench@10.0.0.200:9000",
+            "bench@10.0.1.2:9000",
+            "sixteen-bytes-id",
+            "sixteen-bytes-id-and-more",
+            "sixteen-bytes-ic~",
+            "é",
+            "z\u{10FFFF}",
+        ];
+        let ids: Vec<ChitchatId> = names
+            .iter()
+            .flat_map(|n| [ChitchatId::new(*n, 1, addr), ChitchatId::new(*n, 0, addr)])
+            .collect();
+        for a in &ids {
+            for b in &ids {
+                assert_eq!(a.cmp(b), a.0.fields.cmp(&b.0.fields), "{a:?} against {b:?}");
+            }
+        }
     }
 
     #[test]
