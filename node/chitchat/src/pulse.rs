@@ -2053,7 +2053,10 @@ mod tests {
         let dead = |port| ChitchatId::for_local_test(port);
         for port in [37_005, 37_006, 37_007, 37_008] {
             let now = Instant::now();
-            a.pulses.as_mut().expect("V4").seed_death(dead(port), Heartbeat(5), now);
+            a.pulses
+                .as_mut()
+                .expect("V4")
+                .seed_death(dead(port), Heartbeat(5), now);
             derived(&mut a);
         }
         a.note_heartbeat(&dead(37_006), Heartbeat(7), true);
