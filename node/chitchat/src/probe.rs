@@ -161,8 +161,6 @@ struct Asked {
     silent: Vec<SocketAddr>,
     /// When we asked `WIDER_HELPERS` more (at the first silence).
     wider_at: Option<Instant>,
-    /// The last to vouch for the node said it hears nothing either.
-    voucher_silent: bool,
 }
 
 struct Watch {
@@ -425,7 +423,6 @@ impl Chitchat {
                     narrow: only.is_some(),
                     silent: Vec::new(),
                     wider_at: None,
-                    voucher_silent: false,
                 };
                 p.probes.asked.insert(id.clone(), asked);
             }
@@ -587,15 +584,16 @@ impl Chitchat {
             return;
         }
         debug!(node = %node.node_id, %from, "silent to a helper too");
-        let voucher = p
+        // The last to vouch is kept among the silent ones (`silent_helpers`
+        // looks for it there).
+        if asked.silent.len() < MAX_SILENT {
+            asked.silent.push(from);
+        } else if p
             .probes
             .vouchers
             .get(&node)
-            .is_some_and(|(v, _)| *v == from);
-        asked.voucher_silent |= voucher;
-        if asked.silent.len() < MAX_SILENT {
-            asked.silent.push(from);
-        } else if voucher {
+            .is_some_and(|(v, _)| *v == from)
+        {
             asked.silent[MAX_SILENT - 1] = from;
         }
         if asked.wider_at.is_some() {
@@ -625,17 +623,18 @@ impl Chitchat {
         let Some(p) = self.pulses.as_ref() else {
             return Vec::new();
         };
-        let vouched_lately = p
+        let recent_voucher = p
             .probes
             .vouchers
             .get(id)
-            .is_some_and(|(_, at)| now.duration_since(*at) < round * VOUCH_MEMORY_ROUNDS);
+            .filter(|(_, at)| now.duration_since(*at) < round * VOUCH_MEMORY_ROUNDS)
+            .map(|(voucher, _)| voucher);
         p.probes
             .asked
             .get(id)
             .filter(|a| {
                 !a.vouched
-                    && (a.voucher_silent || !vouched_lately)
+                    && recent_voucher.is_none_or(|v| a.silent.contains(v))
                     && a.wider_at
                         .is_some_and(|at| rounds_past(now.duration_since(at), round, WIDER_ROUNDS))
             })
