@@ -38,7 +38,7 @@ use tracing::{error, info, warn};
 
 pub use self::configuration::{CatchupCallback, ChitchatConfig, V3Settings};
 pub use self::state::{ClusterStateSnapshot, NodeState};
-pub use self::upgrade::PROTOCOL_KEY;
+pub use self::upgrade::{NAMED_RUMORS_LEVEL, PROTOCOL_KEY};
 use crate::digest::Digest;
 pub use crate::message::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 pub use crate::pulse::{Death, Scope};
@@ -211,7 +211,7 @@ impl Chitchat {
         if can_speak_v4 {
             self_node_state.set(
                 upgrade::PROTOCOL_KEY,
-                ProtocolVersion::V4.to_code().to_string(),
+                upgrade::NAMED_RUMORS_LEVEL.to_string(),
             );
         }
 
@@ -293,18 +293,18 @@ impl Chitchat {
         version: ProtocolVersion,
         form: impl FnOnce(Digest) -> (D, usize),
     ) -> (D, Delta) {
-        self.answer_syn_in(digest, from, now, version, None, form)
+        self.answer_syn_in(digest, from, now, version, pulse::Over::All, form)
     }
 
-    /// `answer_syn`, over the nodes of the buckets in `scope` only (shoal
-    /// patch, V4's `SynScoped`), or all.
+    /// `answer_syn`, over the nodes `over` says (shoal patch, V4's
+    /// `SynScoped` and `SynNamed`).
     fn answer_syn_in<D>(
         &mut self,
         digest: &Digest,
         from: Option<SocketAddr>,
         now: tokio::time::Instant,
         version: ProtocolVersion,
-        scope: Option<pulse::Scope>,
+        over: pulse::Over,
         form: impl FnOnce(Digest) -> (D, usize),
     ) -> (D, Delta) {
         let proof_window = self.config.failure_detector_config.initial_interval * 10;
@@ -333,9 +333,13 @@ impl Chitchat {
             self.unacked.entry(from).or_insert(now);
         }
         // shoal patch (V4): nodes out of scope are left out of both the
-        // digest and the delta (found by bucket, not among all nodes).
-        let scope = scope.unwrap_or(pulse::Scope::ALL);
-        let scope_ids = self.scope_ids(&scope);
+        // digest and the delta (found by bucket, not among all nodes, or
+        // those the digest names).
+        let scope_ids = match over {
+            pulse::Over::All => None,
+            pulse::Over::Buckets(scope) => self.scope_ids(&scope),
+            pulse::Over::Named => Some(digest.node_digests.keys().cloned().collect()),
+        };
         let scheduled_for_deletion: HashSet<_> = self.scheduled_for_deletion_nodes().collect();
         let mut self_digest = self.digest_over(scope_ids.as_deref(), &scheduled_for_deletion);
         // shoal patch: from V2 on, only what the initiator needs.
@@ -482,7 +486,8 @@ impl Chitchat {
         | ChitchatMessage::Probe { .. }
         | ChitchatMessage::Vouch { .. }
         | ChitchatMessage::Silent { .. }
-        | ChitchatMessage::SynScoped { .. } = &msg
+        | ChitchatMessage::SynScoped { .. }
+        | ChitchatMessage::SynNamed { .. } = &msg
         {
             self.heard_v4();
         }
@@ -573,8 +578,21 @@ impl Chitchat {
                 if cluster_id != self.cluster_id() {
                     return Some(self.bad_cluster(&cluster_id));
                 }
+                let over = pulse::Over::Buckets(scope);
                 let (digest, delta) =
-                    self.answer_syn_in(&digest, from, now, version, Some(scope), |diff| {
+                    self.answer_syn_in(&digest, from, now, version, over, |diff| {
+                        let len = diff.serialized_len(version);
+                        (diff, len)
+                    });
+                Some(ChitchatMessage::SynAck { digest, delta })
+            }
+            ChitchatMessage::SynNamed { cluster_id, digest } => {
+                if cluster_id != self.cluster_id() {
+                    return Some(self.bad_cluster(&cluster_id));
+                }
+                let over = pulse::Over::Named;
+                let (digest, delta) =
+                    self.answer_syn_in(&digest, from, now, version, over, |diff| {
                         let len = diff.serialized_len(version);
                         (diff, len)
                     });

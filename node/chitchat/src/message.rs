@@ -77,6 +77,12 @@ pub enum ChitchatMessage {
         scope: crate::pulse::Scope,
         digest: Digest,
     },
+    /// (shoal patch, protocol V4, feature level 5: see
+    /// [`crate::NAMED_RUMORS_LEVEL`]) A SYN over the nodes its digest names
+    /// and no others: a rumor of news (a new node, newer versions) costs its
+    /// few nodes, not the whole buckets they fall in. The answer (a V2
+    /// SYN-ACK) and its ACK carry those nodes alone.
+    SynNamed { cluster_id: String, digest: Digest },
     /// (shoal patch, protocol V4) "Do you hear `node`?" — asked of a few
     /// members by one that stopped hearing its neighbour `node`, before it
     /// votes (SWIM's indirect probe; see `probe`).

@@ -39,6 +39,7 @@ enum MessageType {
     Probe = 13u8,
     Vouch = 14u8,
     Silent = 15u8,
+    SynNamed = 16u8,
     #[cfg(test)]
     PanicForTest = 255u8,
 }
@@ -62,6 +63,7 @@ impl MessageType {
             13 => Some(Self::Probe),
             14 => Some(Self::Vouch),
             15 => Some(Self::Silent),
+            16 => Some(Self::SynNamed),
             #[cfg(test)]
             255 => Some(Self::PanicForTest),
             _ => None,
@@ -161,6 +163,11 @@ impl ChitchatEnvelope {
                 digest.serialize(self.version, buf);
                 cluster_id.serialize(buf);
             }
+            ChitchatMessage::SynNamed { cluster_id, digest } => {
+                buf.push(MessageType::SynNamed.to_code());
+                digest.serialize(self.version, buf);
+                cluster_id.serialize(buf);
+            }
             ChitchatMessage::Probe { node } => {
                 buf.push(MessageType::Probe.to_code());
                 node.serialize(buf);
@@ -225,7 +232,8 @@ impl ChitchatEnvelope {
                 | ChitchatMessage::Probe { .. }
                 | ChitchatMessage::Vouch { .. }
                 | ChitchatMessage::Silent { .. }
-                | ChitchatMessage::SynScoped { .. } => {
+                | ChitchatMessage::SynScoped { .. }
+                | ChitchatMessage::SynNamed { .. } => {
                     self.serialize_to_vec().len() - Self::HEADER_LEN
                 }
                 #[cfg(test)]
@@ -325,6 +333,11 @@ impl ChitchatEnvelope {
                     scope,
                     digest,
                 }
+            }
+            MessageType::SynNamed => {
+                let digest = Digest::deserialize(version, buf)?;
+                let cluster_id = String::deserialize(buf)?;
+                ChitchatMessage::SynNamed { cluster_id, digest }
             }
             MessageType::Probe => ChitchatMessage::Probe {
                 node: crate::ChitchatId::deserialize(buf)?,

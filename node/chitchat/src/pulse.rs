@@ -35,7 +35,7 @@
 //! [`Pulse`]: crate::ChitchatMessage::Pulse
 //! [`Verdict`]: crate::ChitchatMessage::Verdict
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -55,6 +55,8 @@ pub(crate) const BUCKETS: usize = 256;
 const SCOPE_NODES: u32 = 24;
 /// Rings of the neighbour graph: up to two neighbours per ring.
 pub(crate) const RINGS: usize = 2;
+/// Most nodes a rumor names (`SynNamed`); news past it goes by bucket.
+const NAMED_NEWS: usize = 64;
 /// Distinct voters that make a node dead (all its neighbours, if fewer).
 pub(crate) const QUORUM: usize = 2;
 /// Changes of the deaths remembered (`Pulses::death_changes`); more at once
@@ -210,6 +212,10 @@ pub(crate) struct Pulses {
     dirty: Vec<ChitchatId>,
     /// The buckets of the nodes that were news since the server last asked.
     news_scope: Scope,
+    /// Those nodes themselves, up to [`NAMED_NEWS`] (none past it: the
+    /// rumor goes by bucket).
+    news_nodes: BTreeSet<ChitchatId>,
+    news_overflow: bool,
     /// Where the next scoped exchange starts among the buckets that differ.
     scope_cursor: usize,
     /// The `(set epoch, deaths epoch, cut off)` the failure detector's live
@@ -345,6 +351,16 @@ fn fmix64(mut h: u64) -> u64 {
 /// The bucket of a node whose place on the first ring is `key`.
 fn bucket_of(key: u64) -> usize {
     (key >> (64 - BUCKETS.trailing_zeros())) as usize
+}
+
+/// The nodes a SYN covers and its answer with it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Over {
+    All,
+    /// Those of the buckets in the scope.
+    Buckets(Scope),
+    /// Those the SYN's digest names.
+    Named,
 }
 
 /// A set of buckets, a bit each.
@@ -624,10 +640,16 @@ impl Pulses {
         }
     }
 
-    /// `id` is news (new here, or back): its bucket goes in the rumor.
+    /// `id` is news (new here, back, newer versions): it goes in the
+    /// rumor, and its bucket.
     pub(crate) fn note_news(&mut self, id: &ChitchatId) {
         let keys = id.ring_keys();
         self.news_scope.insert(bucket_of(keys[0]));
+        if self.news_nodes.len() < NAMED_NEWS {
+            self.news_nodes.insert(id.clone());
+        } else if !self.news_nodes.contains(id) {
+            self.news_overflow = true;
+        }
     }
 
     /// The live set, the rings and the addresses from the whole node set
@@ -974,22 +996,94 @@ impl Chitchat {
 
     /// A SYN over the nodes of the buckets in `scope`.
     pub(crate) fn scoped_syn(&mut self, scope: Scope) -> ChitchatMessage {
-        let ids = self.scope_ids(&scope);
-        let out: HashSet<&ChitchatId> = self.scheduled_for_deletion_nodes().collect();
         ChitchatMessage::SynScoped {
             cluster_id: self.config.cluster_id.clone(),
             scope,
-            digest: self.digest_over(ids.as_deref(), &out),
+            digest: self.scoped_digest(&scope),
         }
+    }
+
+    /// The digest of the nodes of the buckets in `scope`.
+    fn scoped_digest(&mut self, scope: &Scope) -> crate::digest::Digest {
+        let ids = self.scope_ids(scope);
+        let out: HashSet<&ChitchatId> = self.scheduled_for_deletion_nodes().collect();
+        self.digest_over(ids.as_deref(), &out)
     }
 
     /// The buckets of the news since the last call (all, if the news named
     /// no node).
+    #[cfg(test)]
     pub(crate) fn take_news_scope(&mut self) -> Scope {
-        match self.pulses.as_mut() {
-            Some(p) if !p.news_scope.is_empty() => std::mem::take(&mut p.news_scope),
-            _ => Scope::ALL,
+        self.take_news_items().0
+    }
+
+    /// The news since the last call: its buckets (all, if it named no
+    /// node), and its nodes (none past [`NAMED_NEWS`]).
+    fn take_news_items(&mut self) -> (Scope, Vec<ChitchatId>) {
+        let Some(p) = self.pulses.as_mut() else {
+            return (Scope::ALL, Vec::new());
+        };
+        let nodes = std::mem::take(&mut p.news_nodes);
+        let overflow = std::mem::take(&mut p.news_overflow);
+        if p.news_scope.is_empty() {
+            return (Scope::ALL, Vec::new());
         }
+        let scope = std::mem::take(&mut p.news_scope);
+        let nodes = if overflow {
+            Vec::new()
+        } else {
+            nodes.into_iter().collect()
+        };
+        (scope, nodes)
+    }
+
+    /// The rumor of the news since the last call, for each of `peers`: a
+    /// `SynNamed` over the news' nodes to a member whose feature level
+    /// takes it, a `SynScoped` over their buckets to others (each message
+    /// built once, if needed). A rumor is one per news burst per member:
+    /// by node, it costs the news, where by bucket it cost every node of
+    /// the buckets the news fell in (at N = 5,000, hundreds a rumor).
+    pub(crate) fn news_rumors(
+        &mut self,
+        peers: &[SocketAddr],
+    ) -> Vec<(SocketAddr, ChitchatMessage)> {
+        let (scope, nodes) = self.take_news_items();
+        let out: HashSet<&ChitchatId> = self.scheduled_for_deletion_nodes().collect();
+        let named =
+            (!nodes.is_empty()).then(|| self.cluster_state.compute_digest_over(&nodes, &out));
+        let mut scoped = None;
+        let mut rumors = Vec::with_capacity(peers.len());
+        for &peer in peers {
+            let cluster_id = self.config.cluster_id.clone();
+            let message = match &named {
+                Some(digest) if self.takes_named_rumors(peer) => ChitchatMessage::SynNamed {
+                    cluster_id,
+                    digest: digest.clone(),
+                },
+                _ => ChitchatMessage::SynScoped {
+                    cluster_id,
+                    scope,
+                    digest: scoped
+                        .get_or_insert_with(|| self.scoped_digest(&scope))
+                        .clone(),
+                },
+            };
+            rumors.push((peer, message));
+        }
+        rumors
+    }
+
+    /// Whether the member at `addr` takes `SynNamed` (its feature level,
+    /// the value of its first key, is [`crate::NAMED_RUMORS_LEVEL`] or
+    /// more).
+    fn takes_named_rumors(&self, addr: SocketAddr) -> bool {
+        let Some(id) = self.pulses.as_ref().and_then(|p| p.by_addr.get(&addr)) else {
+            return false;
+        };
+        self.cluster_state.node_state(id).is_some_and(|state| {
+            crate::upgrade::level(state.get(crate::PROTOCOL_KEY))
+                .is_some_and(|level| level >= crate::NAMED_RUMORS_LEVEL)
+        })
     }
 
     /// A round: our pulse to each neighbour.
@@ -2097,6 +2191,91 @@ mod tests {
         a.pulses.as_mut().expect("V4").touch();
         assert_eq!(a.state_hash(), incremental, "whole and incremental agree");
         assert_eq!(a.bucket_hashes(), buckets);
+    }
+
+    #[test]
+    fn a_rumor_names_the_news_to_members_that_take_it_and_its_buckets_to_others() {
+        let others: Vec<u16> = (32_001..32_200).collect();
+        let mut a = knowing(32_000, &others);
+        let mut b = knowing(32_000 + 1_000, &others);
+        // 32_001 runs this release (level 5), 32_002 an earlier one (4).
+        let level5 = ChitchatId::for_local_test(32_001);
+        b.cluster_state
+            .node_state_mut(&level5)
+            .expect("a known node")
+            .set(crate::PROTOCOL_KEY, crate::NAMED_RUMORS_LEVEL.to_string());
+        b.news_rumors(&[]);
+        // News: a newcomer with a key, and a newer version of a known node.
+        let newcomer = ChitchatId::for_local_test(32_500);
+        b.report_heartbeat(&newcomer, Heartbeat(3));
+        b.cluster_state
+            .node_state_mut(&newcomer)
+            .expect("the newcomer's state")
+            .set("service", "orders");
+        let changed = ChitchatId::for_local_test(32_100);
+        let mut delta = crate::delta::Delta::default();
+        delta.add_node(changed.clone(), 0, 0);
+        delta.add_kv(&changed, "health", "up", 9, false);
+        b.process_delta(delta);
+        let mut rumors = b.news_rumors(&[addr(32_001), addr(32_002)]).into_iter();
+        let Some((to, ChitchatMessage::SynNamed { digest, .. })) = rumors.next() else {
+            panic!("not a named SYN to the member of level 5");
+        };
+        assert_eq!(to, addr(32_001));
+        let named: Vec<&ChitchatId> = digest.node_digests.keys().collect();
+        assert_eq!(named.len(), 2, "{named:?}");
+        assert!(named.contains(&&newcomer) && named.contains(&&changed));
+        let Some((
+            to,
+            ChitchatMessage::SynScoped {
+                digest: by_bucket,
+                scope,
+                ..
+            },
+        )) = rumors.next()
+        else {
+            panic!("not a scoped SYN to the member of level 4");
+        };
+        assert_eq!(to, addr(32_002));
+        assert_eq!(scope.len(), 2);
+        assert!(by_bucket.node_digests.len() > 2, "whole buckets");
+        // a answers the named SYN over those two nodes alone: it asks for
+        // both, and b's ACK brings their keys.
+        let reply = a.process_message_from(
+            ChitchatMessage::SynNamed {
+                cluster_id: a.cluster_id().to_string(),
+                digest,
+            },
+            Some(addr(33_000)),
+            ProtocolVersion::V4,
+        );
+        let Some(ChitchatMessage::SynAck { digest, delta }) = reply else {
+            panic!("not a SYN-ACK: {reply:?}");
+        };
+        let asked: Vec<&ChitchatId> = digest.node_digests.keys().collect();
+        assert_eq!(asked.len(), 2, "{asked:?}");
+        assert!(delta.node_deltas.is_empty(), "{delta:?}");
+        let ack = b.process_message_from(
+            ChitchatMessage::SynAck { digest, delta },
+            Some(addr(32_000)),
+            ProtocolVersion::V4,
+        );
+        let Some(ChitchatMessage::Ack { delta }) = ack else {
+            panic!("not an ACK: {ack:?}");
+        };
+        a.process_message_from(
+            ChitchatMessage::Ack { delta },
+            Some(addr(33_000)),
+            ProtocolVersion::V4,
+        );
+        assert_eq!(
+            a.node_state(&newcomer).and_then(|s| s.get("service")),
+            Some("orders")
+        );
+        assert_eq!(
+            a.node_state(&changed).and_then(|s| s.get("health")),
+            Some("up")
+        );
     }
 
     #[test]

@@ -416,8 +416,7 @@ impl Server {
         }
         // Handle gossip message from other servers.
         // shoal patch: the sender's address goes along (see `process_message_from`).
-        let mut rumor = None;
-        let (response, spread_to) = {
+        let (response, rumors) = {
             let mut chitchat = self.chitchat.lock().await;
             let response =
                 chitchat.process_message_from(envelope.message, Some(from_addr), version);
@@ -431,7 +430,8 @@ impl Server {
             // live) goes on at once to two more live peers (not the sender,
             // not us): a branching rumor that reaches every member in a few
             // network round trips.
-            let spread_to = if chitchat.take_news() {
+            let mut rumors: Vec<(SocketAddr, Option<ChitchatMessage>)> = Vec::new();
+            if chitchat.take_news() {
                 // At most every fifth of a round: a burst of joins brings
                 // news in most messages, and each update walks every node.
                 let now = time::Instant::now();
@@ -443,27 +443,29 @@ impl Server {
                     self.news_liveness_at = Some(now);
                     chitchat.update_nodes_liveness();
                     let mut peers = rumor_peers(&chitchat, &mut self.rng, Some(from_addr));
-                    // V4: the rumor is a SYN over the news' buckets alone,
-                    // and walks the neighbour graph too (see `spread_dead`).
                     if self.version >= ProtocolVersion::V4 {
+                        // V4: the rumor is a SYN over the news' nodes (or
+                        // buckets) alone, and walks the neighbour graph too
+                        // (see `spread_dead`).
                         for addr in chitchat.neighbour_addrs() {
                             if addr != from_addr && !peers.contains(&addr) {
                                 peers.push(addr);
                             }
                         }
+                        rumors = chitchat
+                            .news_rumors(&peers)
+                            .into_iter()
+                            .map(|(peer, message)| (peer, Some(message)))
+                            .collect();
+                    } else {
+                        // News means the sets of members differ: a
+                        // positional digest would only earn a `Resync`, so
+                        // the rumor carries the named one.
+                        rumors = peers.into_iter().map(|peer| (peer, None)).collect();
                     }
-                    if self.version >= ProtocolVersion::V4 && !peers.is_empty() {
-                        let scope = chitchat.take_news_scope();
-                        rumor = Some(chitchat.scoped_syn(scope));
-                    }
-                    peers
-                } else {
-                    Vec::new()
                 }
-            } else {
-                Vec::new()
-            };
-            (response, spread_to)
+            }
+            (response, rumors)
         };
         // Send the reply, if any, echoing the version the peer used: having
         // decoded its message we know it supports that format, so the reply is
@@ -473,26 +475,15 @@ impl Server {
                 .send(from_addr, ChitchatEnvelope { version, message })
                 .await?;
         }
-        // News means the sets of members differ: a positional digest would
-        // only earn a `Resync`, so the rumor carries the named one.
-        for peer in spread_to {
-            match &rumor {
-                Some(ChitchatMessage::SynScoped {
-                    cluster_id,
-                    scope,
-                    digest,
-                }) => {
-                    let message = ChitchatMessage::SynScoped {
-                        cluster_id: cluster_id.clone(),
-                        scope: *scope,
-                        digest: digest.clone(),
-                    };
+        for (peer, rumor) in rumors {
+            match rumor {
+                Some(message) => {
                     let version = self.version_for(peer);
                     self.transport
                         .send(peer, ChitchatEnvelope { version, message })
                         .await?;
                 }
-                _ => self.gossip_with(peer, true).await?,
+                None => self.gossip_with(peer, true).await?,
             }
         }
         self.send_outbox().await;

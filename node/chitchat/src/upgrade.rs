@@ -33,6 +33,13 @@ use crate::{Chitchat, ProtocolVersion};
 
 /// The key a member able to speak V4 sets, first of its keys.
 pub const PROTOCOL_KEY: &str = "chitchat:protocol";
+/// The value of [`PROTOCOL_KEY`] a member of this release sets: its
+/// feature level. 4: V4. 5: V4, and it takes rumors as
+/// [`crate::ChitchatMessage::SynNamed`] (news by node, not by bucket), sent
+/// only to members whose level says so — the envelope stays V4, and a
+/// member of an earlier release, reading any level of 4 or more as "can
+/// speak V4", is sent `SynScoped` as before.
+pub const NAMED_RUMORS_LEVEL: u8 = 5;
 /// Rounds every live member must have been able before V4.
 pub(crate) const SETTLE_ROUNDS: u32 = 30;
 /// Rounds after switching to V4 during which a member also gossips as V3.
@@ -100,11 +107,14 @@ impl Upgrade {
     }
 }
 
+/// The feature level a member's value of [`PROTOCOL_KEY`] gives.
+pub(crate) fn level(value: Option<&str>) -> Option<u8> {
+    value.and_then(|v| v.parse::<u8>().ok())
+}
+
 /// What a member's value of [`PROTOCOL_KEY`] says it can speak.
 fn can_speak_v4(value: Option<&str>) -> bool {
-    value
-        .and_then(|v| v.parse::<u8>().ok())
-        .is_some_and(|v| v >= ProtocolVersion::V4.to_code())
+    level(value).is_some_and(|v| v >= ProtocolVersion::V4.to_code())
 }
 
 impl Chitchat {
