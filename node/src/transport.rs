@@ -81,6 +81,8 @@ pub struct GossipStats {
     /// Bytes sent (sealed) by message kind, indexed by [`MessageKind`]:
     /// where the gossip bytes go.
     pub bytes_sent_by_kind: [AtomicU64; MessageKind::ALL.len()],
+    /// Datagrams sent by message kind, indexed the same way.
+    pub packets_sent_by_kind: [AtomicU64; MessageKind::ALL.len()],
 }
 
 /// The kinds of gossip message, for [`GossipStats::bytes_sent_by_kind`].
@@ -88,6 +90,13 @@ pub struct GossipStats {
 pub enum MessageKind {
     /// A round's opening: the sender's digest.
     Syn,
+    /// V4: a SYN over the news' nodes (`SynNamed`), a rumor.
+    Rumor,
+    /// V4: a SYN over some buckets (`SynScoped`): the buckets that differ,
+    /// or a rumor to a member of an earlier release.
+    Scoped,
+    /// V4: the state hash by bucket, sent when two members' hashes differ.
+    Buckets,
     /// The answer: a digest (a diff from V2 on) and a delta.
     SynAck,
     /// The closing delta.
@@ -103,8 +112,11 @@ pub enum MessageKind {
 
 impl MessageKind {
     /// Every kind, in index order.
-    pub const ALL: [MessageKind; 6] = [
+    pub const ALL: [MessageKind; 9] = [
         Self::Syn,
+        Self::Rumor,
+        Self::Scoped,
+        Self::Buckets,
         Self::SynAck,
         Self::Ack,
         Self::Pulse,
@@ -116,6 +128,9 @@ impl MessageKind {
     pub fn name(self) -> &'static str {
         match self {
             Self::Syn => "syn",
+            Self::Rumor => "rumor",
+            Self::Scoped => "scoped",
+            Self::Buckets => "buckets",
             Self::SynAck => "syn-ack",
             Self::Ack => "ack",
             Self::Pulse => "pulse",
@@ -128,6 +143,9 @@ impl MessageKind {
         use chitchat::ChitchatMessage as M;
         match message {
             M::Syn { .. } | M::SynCompact { .. } => Self::Syn,
+            M::SynNamed { .. } => Self::Rumor,
+            M::SynScoped { .. } => Self::Scoped,
+            M::Buckets { .. } => Self::Buckets,
             M::SynAck { .. } | M::SynAckCompact { .. } => Self::SynAck,
             M::Ack { .. } => Self::Ack,
             M::Pulse { .. } => Self::Pulse,
@@ -414,6 +432,7 @@ impl Socket for SealedSocket {
                 GossipStats::add(&self.stats.packets_sent, 1);
                 GossipStats::add(&self.stats.bytes_sent, n);
                 GossipStats::add(&self.stats.bytes_sent_by_kind[kind as usize], n);
+                GossipStats::add(&self.stats.packets_sent_by_kind[kind as usize], 1);
                 Ok(SendOutcome { num_bytes_sent: n })
             }
             // A peer that went away, or a full buffer: gossip is lossy by design.

@@ -305,6 +305,15 @@ impl SimMember {
             .collect()
     }
 
+    /// Datagrams of gossip it has sent, by message kind (the same order).
+    pub fn packets_sent_by_kind(&self) -> Vec<u64> {
+        let s = &self.gossip.stats;
+        s.packets_sent_by_kind
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// The largest datagram it has sent.
     pub fn largest_datagram(&self) -> u64 {
         self.gossip.stats.largest_datagram.load(Ordering::Relaxed)

@@ -335,16 +335,21 @@ impl Chitchat {
         // shoal patch (V4): nodes out of scope are left out of both the
         // digest and the delta (found by bucket, not among all nodes, or
         // those the digest names).
+        let rumor = !matches!(over, pulse::Over::All);
         let scope_ids = match over {
             pulse::Over::All => None,
             pulse::Over::Buckets(scope) => self.scope_ids(&scope),
             pulse::Over::Named => Some(digest.node_digests.keys().cloned().collect()),
         };
-        let scheduled_for_deletion: HashSet<_> = self.scheduled_for_deletion_nodes().collect();
+        let dead: Vec<ChitchatId> = self.scheduled_for_deletion_nodes().cloned().collect();
+        let scheduled_for_deletion: HashSet<&ChitchatId> = dead.iter().collect();
         let mut self_digest = self.digest_over(scope_ids.as_deref(), &scheduled_for_deletion);
         // shoal patch: from V2 on, only what the initiator needs.
         if version >= ProtocolVersion::V2 {
             self_digest = self_digest.diff_against_with(digest, version < ProtocolVersion::V4);
+        }
+        if rumor {
+            self.ask_once(&mut self_digest, digest);
         }
         let (reply_digest, digest_len) = form(self_digest);
         let mtu = delta_mtu(self.config.max_message_len, digest_len);
@@ -359,6 +364,32 @@ impl Chitchat {
             }
         };
         (reply_digest, delta)
+    }
+
+    /// Answers a V4 SYN over some buckets or nodes (a rumor, or buckets
+    /// that differed): a SYN-ACK, or nothing when it would carry nothing —
+    /// most rumors bring news the member has already had from another.
+    fn answer_v4_syn(
+        &mut self,
+        digest: &Digest,
+        from: Option<SocketAddr>,
+        now: tokio::time::Instant,
+        version: ProtocolVersion,
+        over: pulse::Over,
+    ) -> Option<ChitchatMessage> {
+        let awaited = from.is_some_and(|from| self.unacked.contains_key(&from));
+        let (digest, delta) = self.answer_syn_in(digest, from, now, version, over, |diff| {
+            let len = diff.serialized_len(version);
+            (diff, len)
+        });
+        if digest.node_digests.is_empty() && delta.node_deltas.is_empty() {
+            // Nothing sent: no ACK to wait for.
+            if let (Some(from), false) = (from, awaited) {
+                self.unacked.remove(&from);
+            }
+            return None;
+        }
+        Some(ChitchatMessage::SynAck { digest, delta })
     }
 
     /// Takes in a SYN-ACK; returns the ACK.
@@ -578,25 +609,13 @@ impl Chitchat {
                 if cluster_id != self.cluster_id() {
                     return Some(self.bad_cluster(&cluster_id));
                 }
-                let over = pulse::Over::Buckets(scope);
-                let (digest, delta) =
-                    self.answer_syn_in(&digest, from, now, version, over, |diff| {
-                        let len = diff.serialized_len(version);
-                        (diff, len)
-                    });
-                Some(ChitchatMessage::SynAck { digest, delta })
+                self.answer_v4_syn(&digest, from, now, version, pulse::Over::Buckets(scope))
             }
             ChitchatMessage::SynNamed { cluster_id, digest } => {
                 if cluster_id != self.cluster_id() {
                     return Some(self.bad_cluster(&cluster_id));
                 }
-                let over = pulse::Over::Named;
-                let (digest, delta) =
-                    self.answer_syn_in(&digest, from, now, version, over, |diff| {
-                        let len = diff.serialized_len(version);
-                        (diff, len)
-                    });
-                Some(ChitchatMessage::SynAck { digest, delta })
+                self.answer_v4_syn(&digest, from, now, version, pulse::Over::Named)
             }
             ChitchatMessage::Verdict { cluster_id, deaths } => {
                 if cluster_id == self.cluster_id() {

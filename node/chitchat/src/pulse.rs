@@ -56,7 +56,9 @@ const SCOPE_NODES: u32 = 24;
 /// Rings of the neighbour graph: up to two neighbours per ring.
 pub(crate) const RINGS: usize = 2;
 /// Most nodes a rumor names (`SynNamed`); news past it goes by bucket.
-const NAMED_NEWS: usize = 64;
+const NAMED_NEWS: usize = 256;
+/// Nodes remembered as asked for before the stale ones are swept.
+const MAX_ASKED: usize = 4096;
 /// Distinct voters that make a node dead (all its neighbours, if fewer).
 pub(crate) const QUORUM: usize = 2;
 /// Changes of the deaths remembered (`Pulses::death_changes`); more at once
@@ -197,6 +199,8 @@ pub(crate) struct Pulses {
     /// When we last answered, synced with, or sent deaths to each peer.
     answered_at: HashMap<SocketAddr, Instant>,
     synced_at: HashMap<SocketAddr, Instant>,
+    /// When we last sent our hashes by bucket to anyone.
+    synced_any_at: Option<Instant>,
     /// Our state hashes of the last `IN_FLIGHT_ROUNDS` rounds, and each
     /// peer's from its pulses: a peer whose hash we had lately is behind
     /// us by news on its way, one that had ours lately is ahead by news on
@@ -216,6 +220,9 @@ pub(crate) struct Pulses {
     /// rumor goes by bucket).
     news_nodes: BTreeSet<ChitchatId>,
     news_overflow: bool,
+    /// Nodes asked of a peer lately in a SYN-ACK, at which version (see
+    /// `ask_once`).
+    asked: HashMap<ChitchatId, (crate::Version, Instant)>,
     /// Where the next scoped exchange starts among the buckets that differ.
     scope_cursor: usize,
     /// The `(set epoch, deaths epoch, cut off)` the failure detector's live
@@ -1042,7 +1049,11 @@ impl Chitchat {
     /// takes it, a `SynScoped` over their buckets to others (each message
     /// built once, if needed). A rumor is one per news burst per member:
     /// by node, it costs the news, where by bucket it cost every node of
-    /// the buckets the news fell in (at N = 5,000, hundreds a rumor).
+    /// the buckets the news fell in (at N = 5,000, hundreds a rumor). A
+    /// peer whose keys have not reached us yet (its level unknown: a
+    /// newcomer) is taken to have the lowest level among the live members
+    /// (see `assumed_level`): a member of an earlier release cannot read
+    /// `SynNamed` (it drops the datagram as undecodable).
     pub(crate) fn news_rumors(
         &mut self,
         peers: &[SocketAddr],
@@ -1053,10 +1064,12 @@ impl Chitchat {
             (!nodes.is_empty()).then(|| self.cluster_state.compute_digest_over(&nodes, &out));
         let mut scoped = None;
         let mut rumors = Vec::with_capacity(peers.len());
+        let assumed = self.assumed_level();
         for &peer in peers {
+            let level = self.level_of(peer).unwrap_or(assumed);
             let cluster_id = self.config.cluster_id.clone();
             let message = match &named {
-                Some(digest) if self.takes_named_rumors(peer) => ChitchatMessage::SynNamed {
+                Some(digest) if level >= crate::NAMED_RUMORS_LEVEL => ChitchatMessage::SynNamed {
                     cluster_id,
                     digest: digest.clone(),
                 },
@@ -1073,17 +1086,56 @@ impl Chitchat {
         rumors
     }
 
-    /// Whether the member at `addr` takes `SynNamed` (its feature level,
-    /// the value of its first key, is [`crate::NAMED_RUMORS_LEVEL`] or
-    /// more).
-    fn takes_named_rumors(&self, addr: SocketAddr) -> bool {
-        let Some(id) = self.pulses.as_ref().and_then(|p| p.by_addr.get(&addr)) else {
-            return false;
+    /// Leaves out of `reply` (the digest of a SYN-ACK to a V4 SYN, whose
+    /// digest was `theirs`) the nodes this member asked another peer for
+    /// within the last fifth of a round, at their versions or newer: news
+    /// comes in rumors from several peers at once (each member passes it
+    /// to its neighbours and two more), and each asked for it, so every
+    /// member took every new node's keys several times over. A node left
+    /// out reads as up to date to the sender; if the first answer is lost,
+    /// the next rumor past the window, or the buckets' comparison, asks
+    /// again.
+    pub(crate) fn ask_once(
+        &mut self,
+        reply: &mut crate::digest::Digest,
+        theirs: &crate::digest::Digest,
+    ) {
+        let window = self.config.gossip_interval / 5;
+        let Some(p) = self.pulses.as_mut() else {
+            return;
         };
-        self.cluster_state.node_state(id).is_some_and(|state| {
-            crate::upgrade::level(state.get(crate::PROTOCOL_KEY))
-                .is_some_and(|level| level >= crate::NAMED_RUMORS_LEVEL)
-        })
+        let now = Instant::now();
+        if p.asked.len() >= MAX_ASKED {
+            p.asked
+                .retain(|_, (_, at)| now.duration_since(*at) < window);
+        }
+        reply.node_digests.retain(|id, ours| {
+            let Some(their) = theirs.node_digests.get(id) else {
+                return true;
+            };
+            if ours.max_version >= their.max_version {
+                return true;
+            }
+            match p.asked.get(id) {
+                Some((asked, at))
+                    if *asked >= their.max_version && now.duration_since(*at) < window =>
+                {
+                    false
+                }
+                _ => {
+                    p.asked.insert(id.clone(), (their.max_version, now));
+                    true
+                }
+            }
+        });
+    }
+
+    /// The feature level of the member at `addr` (the value of its first
+    /// key, [`crate::PROTOCOL_KEY`]), if its keys have reached us.
+    fn level_of(&self, addr: SocketAddr) -> Option<u8> {
+        let id = self.pulses.as_ref()?.by_addr.get(&addr)?;
+        let state = self.cluster_state.node_state(id)?;
+        crate::upgrade::level(state.get(crate::PROTOCOL_KEY))
     }
 
     /// A round: our pulse to each neighbour.
@@ -1174,10 +1226,20 @@ impl Chitchat {
                 || p.their_hashes
                     .get(&from)
                     .is_some_and(|theirs| lately(theirs, our_hash));
+            // And at most once a round in all: while a cluster forms (a
+            // join every few milliseconds) hashes differ at every pulse,
+            // each peer's in its own way, and every member compared
+            // buckets with each peer every other round — half the bytes of
+            // forming 600 members, for what the rumors were bringing.
+            let round_due = p
+                .synced_any_at
+                .is_none_or(|at| now.duration_since(at) >= interval);
             if !in_flight
+                && round_due
                 && (!neighbour || me < from)
                 && due(&mut p.synced_at, from, now, interval * 2)
             {
+                p.synced_any_at = Some(now);
                 sync = true;
             }
             let recent: Vec<Death> = p
@@ -2217,7 +2279,15 @@ mod tests {
         delta.add_node(changed.clone(), 0, 0);
         delta.add_kv(&changed, "health", "up", 9, false);
         b.process_delta(delta);
-        let mut rumors = b.news_rumors(&[addr(32_001), addr(32_002)]).into_iter();
+        let rumors = b.news_rumors(&[addr(32_001), addr(32_002), addr(39_999)]);
+        // A member whose keys have not come (39_999): this release's level
+        // is assumed (pinned to V4, no rolling upgrade).
+        assert!(
+            matches!(rumors[2], (to, ChitchatMessage::SynNamed { .. }) if to == addr(39_999)),
+            "{:?}",
+            rumors[2]
+        );
+        let mut rumors = rumors.into_iter();
         let Some((to, ChitchatMessage::SynNamed { digest, .. })) = rumors.next() else {
             panic!("not a named SYN to the member of level 5");
         };

@@ -64,6 +64,9 @@ pub(crate) struct Upgrade {
     /// The (live set, states) epochs `ability` was computed for.
     checked_for: Option<(u64, u64)>,
     ability: Ability,
+    /// The lowest feature level among the live members whose keys reached
+    /// us, as of `checked_for`.
+    lowest_level: u8,
     able_since: Option<Instant>,
     bridge_until: Option<Instant>,
     grace_until: Option<Instant>,
@@ -95,6 +98,7 @@ impl Upgrade {
             v4,
             checked_for: None,
             ability: Ability::Pending,
+            lowest_level: NAMED_RUMORS_LEVEL,
             able_since: None,
             bridge_until: None,
             grace_until: None,
@@ -158,6 +162,7 @@ impl Chitchat {
         }
         let me = self.self_chitchat_id();
         let mut ability = Ability::All;
+        let mut lowest_level = NAMED_RUMORS_LEVEL;
         for id in self.failure_detector.live_nodes() {
             if id == me {
                 continue;
@@ -165,7 +170,9 @@ impl Chitchat {
             let Some(state) = self.cluster_state.node_state(id) else {
                 continue;
             };
-            if can_speak_v4(state.get(PROTOCOL_KEY)) {
+            let value = state.get(PROTOCOL_KEY);
+            if can_speak_v4(value) {
+                lowest_level = lowest_level.min(level(value).unwrap_or(0));
                 continue;
             }
             if state.num_key_values() == 0 {
@@ -178,8 +185,19 @@ impl Chitchat {
         if let Some(u) = self.upgrade.as_mut() {
             u.checked_for = Some(signature);
             u.ability = ability;
+            u.lowest_level = lowest_level;
         }
         ability
+    }
+
+    /// The feature level to assume of a member whose keys have not reached
+    /// us yet: on `auto`, the lowest among the live members (a rolling
+    /// upgrade's members of the earlier release are sent what it reads);
+    /// pinned to V4, this release's.
+    pub(crate) fn assumed_level(&self) -> u8 {
+        self.upgrade
+            .as_ref()
+            .map_or(NAMED_RUMORS_LEVEL, |u| u.lowest_level)
     }
 
     /// Switches protocol if the cluster calls for it (every round).
@@ -359,5 +377,55 @@ mod tests {
         assert!(!can_speak_v4(Some("3")));
         assert!(!can_speak_v4(Some("four")));
         assert!(!can_speak_v4(None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_whose_keys_have_not_come_is_taken_for_the_lowest_level_live() {
+        let mut config = crate::ChitchatConfig::for_test(41_000);
+        config.protocol_version = ProtocolVersion::V4;
+        config.upgrade = Some(V3Settings {
+            phi_threshold: 8.0,
+            gossip_fanout: 3,
+        });
+        let seeds = tokio::sync::watch::channel(Default::default()).1;
+        let mut chitchat = Chitchat::with_chitchat_id_and_seeds(config, seeds, Vec::new());
+        assert_eq!(chitchat.assumed_level(), NAMED_RUMORS_LEVEL);
+        let mut levels = vec![("5", 41_001), ("4", 41_002)];
+        for (level, port) in &levels {
+            let id = crate::ChitchatId::for_local_test(*port);
+            chitchat.report_heartbeat(&id, crate::Heartbeat(3));
+            let state = chitchat
+                .cluster_state
+                .node_state_mut(&id)
+                .expect("reported");
+            state.set(PROTOCOL_KEY, *level);
+        }
+        for _ in 0..5 {
+            for (_, port) in &levels {
+                let id = crate::ChitchatId::for_local_test(*port);
+                chitchat.failure_detector.report_heartbeat(&id);
+            }
+            tokio::time::advance(std::time::Duration::from_millis(100)).await;
+        }
+        chitchat.update_nodes_liveness();
+        assert_eq!(
+            chitchat.failure_detector.live_nodes().count(),
+            2,
+            "both live"
+        );
+        chitchat.states_changed();
+        chitchat.ability();
+        assert_eq!(
+            chitchat.assumed_level(),
+            4,
+            "a member of the earlier release is live"
+        );
+        // It leaves: this release's level again.
+        levels.pop();
+        let gone = crate::ChitchatId::for_local_test(41_002);
+        chitchat.failure_detector.mark_dead(&gone);
+        chitchat.states_changed();
+        chitchat.ability();
+        assert_eq!(chitchat.assumed_level(), NAMED_RUMORS_LEVEL);
     }
 }

@@ -113,6 +113,7 @@ async fn form(args: &Args, n: usize) -> anyhow::Result<Formed> {
     .with_jitter(Duration::from_millis(args.jitter_ms));
     let key = ClusterKey::generate().to_base64();
     let start = Instant::now();
+    let real = std::time::Instant::now();
     let mut members = Vec::with_capacity(n + 16);
     for i in 0..n {
         members.push(spawn_member(&net, i, &key, &args.set).await?);
@@ -124,6 +125,7 @@ async fn form(args: &Args, n: usize) -> anyhow::Result<Formed> {
     })
     .await
     .with_context(|| format!("N = {n}: no convergence in 300 simulated seconds"))?;
+    report_forming(n, converged, real.elapsed().as_secs_f64(), &members);
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     // On `auto` (the default) or `v4`, the idle window starts once every
@@ -405,6 +407,32 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
         failed_trials: failed,
         by_kind,
     })
+}
+
+/// What forming the cluster sent (on stderr): bytes and datagrams in all
+/// and per member, by message kind.
+fn report_forming(n: usize, converged: f64, real: f64, members: &[SimMember]) {
+    let bytes = bytes_by_kind(members);
+    let mut packets = vec![0; MessageKind::ALL.len()];
+    for m in members {
+        for (t, p) in packets.iter_mut().zip(m.packets_sent_by_kind()) {
+            *t += p;
+        }
+    }
+    let (all_bytes, all_packets) = (bytes.iter().sum::<u64>(), packets.iter().sum::<u64>());
+    let kinds: Vec<String> = MessageKind::ALL
+        .iter()
+        .zip(bytes.iter().zip(&packets))
+        .map(|(k, (b, p))| format!("{} {p} / {:.1} MB", k.name(), *b as f64 / 1e6))
+        .collect();
+    eprintln!(
+        "N={n}: forming (converged at {converged:.1} s, {real:.0} s of real time) sent {:.1} MB in {all_packets} datagrams, \
+         {:.0} KB in {:.0} a member; by kind, datagrams / bytes: {}",
+        all_bytes as f64 / 1e6,
+        all_bytes as f64 / n as f64 / 1e3,
+        all_packets as f64 / n as f64,
+        kinds.join(", ")
+    );
 }
 
 /// Bytes sent by all `members`, by message kind.
