@@ -1130,6 +1130,29 @@ impl Chitchat {
         });
     }
 
+    /// `count` random live members' addresses (not us, not `except`),
+    /// drawn from the first ring without walking the live set; `None`
+    /// before V4.
+    pub(crate) fn sample_live_addrs<R: rand::Rng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        count: usize,
+        except: Option<SocketAddr>,
+    ) -> Option<Vec<SocketAddr>> {
+        self.refresh_neighbours();
+        let me = self.config.chitchat_id.gossip_advertise_addr;
+        let ring = &self.pulses.as_ref()?.rings[0];
+        let draw = (count + 2).min(ring.len());
+        Some(
+            rand::seq::index::sample(rng, ring.len(), draw)
+                .into_iter()
+                .map(|i| ring[i].1.gossip_advertise_addr)
+                .filter(|addr| *addr != me && Some(*addr) != except)
+                .take(count)
+                .collect(),
+        )
+    }
+
     /// The feature level of the member at `addr` (the value of its first
     /// key, [`crate::PROTOCOL_KEY`]), if its keys have reached us.
     fn level_of(&self, addr: SocketAddr) -> Option<u8> {

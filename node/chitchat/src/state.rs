@@ -757,8 +757,17 @@ impl ClusterState {
         scheduled_for_deletion: &HashSet<&ChitchatId>,
         absent_is_up_to_date: bool,
     ) -> Delta {
+        if absent_is_up_to_date {
+            // shoal patch: only the digest's nodes count, so only they are
+            // looked up (in the same order), not every node walked.
+            let nodes = digest.node_digests.iter().filter_map(|(id, their)| {
+                let (id, state) = self.node_states.get_key_value(id)?;
+                Some((id, state, Some(their)))
+            });
+            return Self::delta_of(nodes, mtu, scheduled_for_deletion, true);
+        }
         let nodes = crate::digest::merge_join(self.node_states.iter(), &digest.node_digests);
-        Self::delta_of(nodes, mtu, scheduled_for_deletion, absent_is_up_to_date)
+        Self::delta_of(nodes, mtu, scheduled_for_deletion, false)
     }
 
     /// shoal patch (V4): the delta over `ids` alone (a scoped exchange's
