@@ -248,8 +248,10 @@ struct Server {
     chitchat: Arc<Mutex<Chitchat>>,
     transport: Box<dyn Socket>,
     rng: SmallRng,
-    /// shoal patch: when news last updated liveness (see `handle_envelope`).
-    news_liveness_at: Option<time::Instant>,
+    /// shoal patch: when the rumors of the last round went (see `rumors`).
+    rumors_at: std::collections::VecDeque<time::Instant>,
+    /// shoal patch: news not yet spread (held back by `rumors`).
+    news_pending: bool,
     /// shoal patch: peers last heard speaking an older protocol version than
     /// ours (a rolling upgrade): we speak theirs to them, so that they can
     /// read us.
@@ -322,7 +324,8 @@ impl Server {
             command_rx,
             transport,
             rng,
-            news_liveness_at: None,
+            rumors_at: Default::default(),
+            news_pending: false,
             older_peers: Default::default(),
             rounds: 0,
             fast_ping_at: None,
@@ -358,6 +361,14 @@ impl Server {
                         chitchat.bridging()
                     };
                     if self.version >= ProtocolVersion::V4 {
+                        if self.news_pending {
+                            let rumors = {
+                                let chitchat = self.chitchat.clone();
+                                let mut chitchat = chitchat.lock().await;
+                                self.rumors(&mut chitchat, None)
+                            };
+                            let _ = self.send_rumors(rumors).await;
+                        }
                         self.pulse_multiple().await;
                         if bridging {
                             self.bridge_round().await;
@@ -417,7 +428,8 @@ impl Server {
         // Handle gossip message from other servers.
         // shoal patch: the sender's address goes along (see `process_message_from`).
         let (response, rumors) = {
-            let mut chitchat = self.chitchat.lock().await;
+            let chitchat = self.chitchat.clone();
+            let mut chitchat = chitchat.lock().await;
             let response =
                 chitchat.process_message_from(envelope.message, Some(from_addr), version);
             self.fast_ping_at = chitchat.next_fast_ping();
@@ -430,41 +442,15 @@ impl Server {
             // live) goes on at once to two more live peers (not the sender,
             // not us): a branching rumor that reaches every member in a few
             // network round trips.
-            let mut rumors: Vec<(SocketAddr, Option<ChitchatMessage>)> = Vec::new();
-            if chitchat.take_news() {
-                // At most every fifth of a round: a burst of joins brings
-                // news in most messages, and each update walks every node.
-                let now = time::Instant::now();
-                let every = chitchat.config.gossip_interval / 5;
-                if self
-                    .news_liveness_at
-                    .is_none_or(|at| now.duration_since(at) >= every)
-                {
-                    self.news_liveness_at = Some(now);
-                    chitchat.update_nodes_liveness();
-                    let mut peers = rumor_peers(&mut chitchat, &mut self.rng, Some(from_addr));
-                    if self.version >= ProtocolVersion::V4 {
-                        // V4: the rumor is a SYN over the news' nodes (or
-                        // buckets) alone, and walks the neighbour graph too
-                        // (see `spread_dead`).
-                        for addr in chitchat.neighbour_addrs() {
-                            if addr != from_addr && !peers.contains(&addr) {
-                                peers.push(addr);
-                            }
-                        }
-                        rumors = chitchat
-                            .news_rumors(&peers)
-                            .into_iter()
-                            .map(|(peer, message)| (peer, Some(message)))
-                            .collect();
-                    } else {
-                        // News means the sets of members differ: a
-                        // positional digest would only earn a `Resync`, so
-                        // the rumor carries the named one.
-                        rumors = peers.into_iter().map(|peer| (peer, None)).collect();
-                    }
-                }
-            }
+            // (V4 keeps news held back pending; V3 as before drops the
+            // flag, its rounds carrying every digest anyway.)
+            let news = chitchat.take_news();
+            self.news_pending = news || (self.news_pending && self.version >= ProtocolVersion::V4);
+            let rumors = if self.news_pending {
+                self.rumors(&mut chitchat, Some(from_addr))
+            } else {
+                Vec::new()
+            };
             (response, rumors)
         };
         // Send the reply, if any, echoing the version the peer used: having
@@ -475,17 +461,7 @@ impl Server {
                 .send(from_addr, ChitchatEnvelope { version, message })
                 .await?;
         }
-        for (peer, rumor) in rumors {
-            match rumor {
-                Some(message) => {
-                    let version = self.version_for(peer);
-                    self.transport
-                        .send(peer, ChitchatEnvelope { version, message })
-                        .await?;
-                }
-                None => self.gossip_with(peer, true).await?,
-            }
-        }
+        self.send_rumors(rumors).await?;
         self.send_outbox().await;
         let dead = self.chitchat.lock().await.take_newly_dead();
         self.spread_dead(dead, Some(from_addr)).await;
@@ -702,6 +678,84 @@ impl Server {
         self.spread_dead(dead, None).await;
     }
 
+    /// shoal patch: the rumor of pending news, to two random live peers
+    /// (not `except`, not us) and, on V4, the neighbours — unless one went
+    /// out too lately: at most every fifth of a round, and every round
+    /// once [`BURST_RUMORS`] went out within the last (a burst of joins
+    /// brings news in most messages; each rumor earns a SYN-ACK and an ACK
+    /// from each peer, and each update walks every node). News held back
+    /// stays pending for the next news or the next round's tick, so the
+    /// end of a burst is not left to the buckets' comparison.
+    fn rumors(
+        &mut self,
+        chitchat: &mut Chitchat,
+        except: Option<SocketAddr>,
+    ) -> Vec<(SocketAddr, Option<ChitchatMessage>)> {
+        let now = time::Instant::now();
+        let round = chitchat.config.gossip_interval;
+        while self
+            .rumors_at
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > round)
+        {
+            self.rumors_at.pop_front();
+        }
+        let every = if self.rumors_at.len() >= BURST_RUMORS {
+            round
+        } else {
+            round / 5
+        };
+        if self
+            .rumors_at
+            .back()
+            .is_some_and(|at| now.duration_since(*at) < every)
+        {
+            return Vec::new();
+        }
+        self.rumors_at.push_back(now);
+        self.news_pending = false;
+        chitchat.update_nodes_liveness();
+        let mut peers = rumor_peers(chitchat, &mut self.rng, except);
+        if self.version >= ProtocolVersion::V4 {
+            // V4: the rumor is a SYN over the news' nodes (or buckets)
+            // alone, and walks the neighbour graph too (see `spread_dead`).
+            for addr in chitchat.neighbour_addrs() {
+                if Some(addr) != except && !peers.contains(&addr) {
+                    peers.push(addr);
+                }
+            }
+            chitchat
+                .news_rumors(&peers)
+                .into_iter()
+                .map(|(peer, message)| (peer, Some(message)))
+                .collect()
+        } else {
+            // News means the sets of members differ: a positional digest
+            // would only earn a `Resync`, so the rumor carries the named
+            // one.
+            peers.into_iter().map(|peer| (peer, None)).collect()
+        }
+    }
+
+    /// shoal patch: sends rumors (`None`: a SYN with the full digest).
+    async fn send_rumors(
+        &mut self,
+        rumors: Vec<(SocketAddr, Option<ChitchatMessage>)>,
+    ) -> anyhow::Result<()> {
+        for (peer, rumor) in rumors {
+            match rumor {
+                Some(message) => {
+                    let version = self.version_for(peer);
+                    self.transport
+                        .send(peer, ChitchatEnvelope { version, message })
+                        .await?;
+                }
+                None => self.gossip_with(peer, true).await?,
+            }
+        }
+        Ok(())
+    }
+
     /// shoal patch: tells `RUMOR_FANOUT` live peers (not `except`) that
     /// `nodes` were found dead here (protocol V2 on; see
     /// `ChitchatMessage::Dead`).
@@ -794,6 +848,9 @@ impl Server {
 
 /// shoal patch: `RUMOR_FANOUT` live peers to pass news on to, at random,
 /// neither this node nor `except` (the peer the news came from).
+/// shoal patch: rumors within a round past which news waits a round.
+const BURST_RUMORS: usize = 3;
+
 fn rumor_peers(
     chitchat: &mut Chitchat,
     rng: &mut SmallRng,
