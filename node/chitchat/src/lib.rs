@@ -712,6 +712,8 @@ impl Chitchat {
                 self.states_changed();
                 if let Some(p) = self.pulses.as_mut() {
                     p.note_news(chitchat_id);
+                    // Known by name: its keys are pulled (see `catch_up`).
+                    p.keyless.insert(chitchat_id.clone());
                 }
             }
             self.cluster_state.node_state_mut_or_init(chitchat_id)
