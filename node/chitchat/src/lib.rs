@@ -335,21 +335,16 @@ impl Chitchat {
         // shoal patch (V4): nodes out of scope are left out of both the
         // digest and the delta (found by bucket, not among all nodes, or
         // those the digest names).
-        let rumor = !matches!(over, pulse::Over::All);
         let scope_ids = match over {
             pulse::Over::All => None,
             pulse::Over::Buckets(scope) => self.scope_ids(&scope),
             pulse::Over::Named => Some(digest.node_digests.keys().cloned().collect()),
         };
-        let dead: Vec<ChitchatId> = self.scheduled_for_deletion_nodes().cloned().collect();
-        let scheduled_for_deletion: HashSet<&ChitchatId> = dead.iter().collect();
+        let scheduled_for_deletion: HashSet<_> = self.scheduled_for_deletion_nodes().collect();
         let mut self_digest = self.digest_over(scope_ids.as_deref(), &scheduled_for_deletion);
         // shoal patch: from V2 on, only what the initiator needs.
         if version >= ProtocolVersion::V2 {
             self_digest = self_digest.diff_against_with(digest, version < ProtocolVersion::V4);
-        }
-        if rumor {
-            self.ask_once(&mut self_digest, digest);
         }
         let (reply_digest, digest_len) = form(self_digest);
         let mtu = delta_mtu(self.config.max_message_len, digest_len);

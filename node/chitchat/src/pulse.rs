@@ -61,8 +61,6 @@ const NAMED_NEWS: usize = 256;
 /// `catch_up`).
 const CATCH_UP_NODES: usize = 16;
 const CATCH_UP_PULLS: usize = 3;
-/// Nodes remembered as asked for before the stale ones are swept.
-const MAX_ASKED: usize = 4096;
 /// Distinct voters that make a node dead (all its neighbours, if fewer).
 pub(crate) const QUORUM: usize = 2;
 /// Changes of the deaths remembered (`Pulses::death_changes`); more at once
@@ -224,9 +222,6 @@ pub(crate) struct Pulses {
     /// rumor goes by bucket).
     news_nodes: BTreeSet<ChitchatId>,
     news_overflow: bool,
-    /// Nodes asked of a peer lately in a SYN-ACK, at which version (see
-    /// `ask_once`).
-    asked: HashMap<ChitchatId, (crate::Version, Instant)>,
     /// Nodes known by name only, their keys not here yet (see
     /// `catch_up`).
     pub(crate) keyless: BTreeSet<ChitchatId>,
@@ -1091,50 +1086,6 @@ impl Chitchat {
             rumors.push((peer, message));
         }
         rumors
-    }
-
-    /// Leaves out of `reply` (the digest of a SYN-ACK to a V4 SYN, whose
-    /// digest was `theirs`) the nodes this member asked another peer for
-    /// within the last fifth of a round, at their versions or newer: news
-    /// comes in rumors from several peers at once (each member passes it
-    /// to its neighbours and two more), and each asked for it, so every
-    /// member took every new node's keys several times over. A node left
-    /// out reads as up to date to the sender; if the first answer is lost,
-    /// the next rumor past the window, or the buckets' comparison, asks
-    /// again.
-    pub(crate) fn ask_once(
-        &mut self,
-        reply: &mut crate::digest::Digest,
-        theirs: &crate::digest::Digest,
-    ) {
-        let window = self.config.gossip_interval / 5;
-        let Some(p) = self.pulses.as_mut() else {
-            return;
-        };
-        let now = Instant::now();
-        if p.asked.len() >= MAX_ASKED {
-            p.asked
-                .retain(|_, (_, at)| now.duration_since(*at) < window);
-        }
-        reply.node_digests.retain(|id, ours| {
-            let Some(their) = theirs.node_digests.get(id) else {
-                return true;
-            };
-            if ours.max_version >= their.max_version {
-                return true;
-            }
-            match p.asked.get(id) {
-                Some((asked, at))
-                    if *asked >= their.max_version && now.duration_since(*at) < window =>
-                {
-                    false
-                }
-                _ => {
-                    p.asked.insert(id.clone(), (their.max_version, now));
-                    true
-                }
-            }
-        });
     }
 
     /// `count` random live members' addresses (not us, not `except`),
