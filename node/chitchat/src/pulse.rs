@@ -1755,6 +1755,29 @@ mod tests {
         chitchat
     }
 
+    /// The end of an exchange `a` answered: `b` takes a's SYN-ACK and
+    /// answers with an ACK, which `a` takes.
+    fn ack_round(
+        a: &mut Chitchat,
+        b: &mut Chitchat,
+        digest: crate::digest::Digest,
+        delta: crate::delta::Delta,
+    ) {
+        let ack = b.process_message_from(
+            ChitchatMessage::SynAck { digest, delta },
+            Some(addr(32_000)),
+            ProtocolVersion::V4,
+        );
+        let Some(ChitchatMessage::Ack { delta }) = ack else {
+            panic!("not an ACK: {ack:?}");
+        };
+        a.process_message_from(
+            ChitchatMessage::Ack { delta },
+            Some(addr(33_000)),
+            ProtocolVersion::V4,
+        );
+    }
+
     fn addr(port: u16) -> SocketAddr {
         ChitchatId::for_local_test(port).gossip_advertise_addr
     }
@@ -2457,19 +2480,7 @@ mod tests {
         let asked: Vec<&ChitchatId> = digest.node_digests.keys().collect();
         assert_eq!(asked.len(), 2, "{asked:?}");
         assert!(delta.node_deltas.is_empty(), "{delta:?}");
-        let ack = b.process_message_from(
-            ChitchatMessage::SynAck { digest, delta },
-            Some(addr(32_000)),
-            ProtocolVersion::V4,
-        );
-        let Some(ChitchatMessage::Ack { delta }) = ack else {
-            panic!("not an ACK: {ack:?}");
-        };
-        a.process_message_from(
-            ChitchatMessage::Ack { delta },
-            Some(addr(33_000)),
-            ProtocolVersion::V4,
-        );
+        ack_round(&mut a, &mut b, digest, delta);
         assert_eq!(
             a.node_state(&newcomer).and_then(|s| s.get("service")),
             Some("orders")
@@ -2521,19 +2532,7 @@ mod tests {
             digest.node_digests.keys().all(|id| in_scope(id, &scope)),
             "a SYN-ACK naming nodes out of scope"
         );
-        let ack = b.process_message_from(
-            ChitchatMessage::SynAck { digest, delta },
-            Some(addr(32_000)),
-            ProtocolVersion::V4,
-        );
-        let Some(ChitchatMessage::Ack { delta }) = ack else {
-            panic!("not an ACK: {ack:?}");
-        };
-        a.process_message_from(
-            ChitchatMessage::Ack { delta },
-            Some(addr(33_000)),
-            ProtocolVersion::V4,
-        );
+        ack_round(&mut a, &mut b, digest, delta);
         assert_eq!(
             a.node_state(&newcomer).and_then(|s| s.get("service")),
             Some("orders")
