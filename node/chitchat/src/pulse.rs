@@ -1778,6 +1778,50 @@ mod tests {
         );
     }
 
+    /// `a`'s SYN-ACK to a `SynNamed` over `digest` from the member at
+    /// `from`.
+    fn answer_named(
+        a: &mut Chitchat,
+        from: u16,
+        digest: crate::digest::Digest,
+    ) -> (crate::digest::Digest, crate::delta::Delta) {
+        let reply = a.process_message_from(
+            ChitchatMessage::SynNamed {
+                cluster_id: a.cluster_id().to_string(),
+                digest,
+            },
+            Some(addr(from)),
+            ProtocolVersion::V4,
+        );
+        let Some(ChitchatMessage::SynAck { digest, delta }) = reply else {
+            panic!("not a SYN-ACK: {reply:?}");
+        };
+        (digest, delta)
+    }
+
+    /// The nodes the `SynNamed`s among `messages` name.
+    fn named_in(messages: Vec<(SocketAddr, ChitchatMessage)>) -> Vec<ChitchatId> {
+        messages
+            .into_iter()
+            .filter_map(|(_, message)| match message {
+                ChitchatMessage::SynNamed { digest, .. } => Some(digest),
+                _ => None,
+            })
+            .flat_map(|digest| digest.node_digests.into_keys().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// A newcomer (port 32,500) that `b` heard of, with the key `service`.
+    fn newcomer_with_a_key(b: &mut Chitchat) -> ChitchatId {
+        let newcomer = ChitchatId::for_local_test(32_500);
+        b.report_heartbeat(&newcomer, Heartbeat(3));
+        b.cluster_state
+            .node_state_mut(&newcomer)
+            .expect("the newcomer's state")
+            .set("service", "orders");
+        newcomer
+    }
+
     fn addr(port: u16) -> SocketAddr {
         ChitchatId::for_local_test(port).gossip_advertise_addr
     }
@@ -2347,15 +2391,7 @@ mod tests {
         c.update_nodes_liveness();
         // A member that has every key.
         let mut a = knowing(34_000, &by_name);
-        let named: Vec<ChitchatId> = c
-            .pulse_round()
-            .into_iter()
-            .filter_map(|(_, message)| match message {
-                ChitchatMessage::SynNamed { digest, .. } => Some(digest),
-                _ => None,
-            })
-            .flat_map(|digest| digest.node_digests.into_keys().collect::<Vec<_>>())
-            .collect();
+        let named: Vec<ChitchatId> = named_in(c.pulse_round());
         assert!(
             !named.is_empty(),
             "no catch-up SYN: neighbours {:?}, keyless {}",
@@ -2373,32 +2409,14 @@ mod tests {
         // One of them, answered by a: c has those keys, and asks no more
         // for them.
         let digest = c.cluster_state.compute_digest_over(&named, &HashSet::new());
-        let reply = a.process_message_from(
-            ChitchatMessage::SynNamed {
-                cluster_id: a.cluster_id().to_string(),
-                digest,
-            },
-            Some(addr(35_000)),
-            ProtocolVersion::V4,
-        );
-        let Some(ChitchatMessage::SynAck { digest, delta }) = reply else {
-            panic!("not a SYN-ACK: {reply:?}");
-        };
+        let (digest, delta) = answer_named(&mut a, 35_000, digest);
         assert!(!delta.node_deltas.is_empty(), "no keys in the answer");
         c.process_message_from(
             ChitchatMessage::SynAck { digest, delta },
             Some(addr(34_000)),
             ProtocolVersion::V4,
         );
-        let again: Vec<ChitchatId> = c
-            .pulse_round()
-            .into_iter()
-            .filter_map(|(_, message)| match message {
-                ChitchatMessage::SynNamed { digest, .. } => Some(digest),
-                _ => None,
-            })
-            .flat_map(|digest| digest.node_digests.into_keys().collect::<Vec<_>>())
-            .collect();
+        let again: Vec<ChitchatId> = named_in(c.pulse_round());
         let got: Vec<&ChitchatId> = named
             .iter()
             .filter(|id| c.node_state(id).is_some_and(|s| s.max_version() > 0))
@@ -2423,12 +2441,7 @@ mod tests {
             .set(crate::PROTOCOL_KEY, crate::NAMED_RUMORS_LEVEL.to_string());
         b.news_rumors(&[]);
         // News: a newcomer with a key, and a newer version of a known node.
-        let newcomer = ChitchatId::for_local_test(32_500);
-        b.report_heartbeat(&newcomer, Heartbeat(3));
-        b.cluster_state
-            .node_state_mut(&newcomer)
-            .expect("the newcomer's state")
-            .set("service", "orders");
+        let newcomer = newcomer_with_a_key(&mut b);
         let changed = ChitchatId::for_local_test(32_100);
         let mut delta = crate::delta::Delta::default();
         delta.add_node(changed.clone(), 0, 0);
@@ -2466,17 +2479,7 @@ mod tests {
         assert!(by_bucket.node_digests.len() > 2, "whole buckets");
         // a answers the named SYN over those two nodes alone: it asks for
         // both, and b's ACK brings their keys.
-        let reply = a.process_message_from(
-            ChitchatMessage::SynNamed {
-                cluster_id: a.cluster_id().to_string(),
-                digest,
-            },
-            Some(addr(33_000)),
-            ProtocolVersion::V4,
-        );
-        let Some(ChitchatMessage::SynAck { digest, delta }) = reply else {
-            panic!("not a SYN-ACK: {reply:?}");
-        };
+        let (digest, delta) = answer_named(&mut a, 33_000, digest);
         let asked: Vec<&ChitchatId> = digest.node_digests.keys().collect();
         assert_eq!(asked.len(), 2, "{asked:?}");
         assert!(delta.node_deltas.is_empty(), "{delta:?}");
@@ -2498,12 +2501,7 @@ mod tests {
         let mut b = knowing(32_000 + 1_000, &others);
         // Both know the same 199 others; b also knows a newcomer with a key.
         b.take_news_scope();
-        let newcomer = ChitchatId::for_local_test(32_500);
-        b.report_heartbeat(&newcomer, Heartbeat(3));
-        b.cluster_state
-            .node_state_mut(&newcomer)
-            .expect("the newcomer's state")
-            .set("service", "orders");
+        let newcomer = newcomer_with_a_key(&mut b);
         let scope = b.take_news_scope();
         assert_eq!(scope.len(), 1, "{scope:?}");
         let ChitchatMessage::SynScoped { digest, .. } = b.scoped_syn(scope) else {
