@@ -1158,9 +1158,10 @@ impl Chitchat {
     /// those that fit in one datagram), [`CATCH_UP_NODES`] to a peer, to up
     /// to [`CATCH_UP_PULLS`] peers a round (neighbours first, then random
     /// live members; only those whose keys are here and say they read
-    /// `SynNamed`): each answers with their keys. Before, a newcomer of a forming cluster was left to the
-    /// rumors and the buckets' comparison for the rest — at N = 2,000
-    /// members' states still differed 20 s after every view was whole.
+    /// `SynNamed`): each answers with their keys. Before, a newcomer of a
+    /// forming cluster was left to the rumors and the buckets' comparison
+    /// for the rest — at N = 2,000 members' states still differed 20 s
+    /// after every view was whole.
     fn catch_up(&mut self) -> Vec<(SocketAddr, ChitchatMessage)> {
         let Some(p) = self.pulses.as_mut() else {
             return Vec::new();

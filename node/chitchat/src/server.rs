@@ -680,8 +680,8 @@ impl Server {
 
     /// shoal patch: the rumor of pending news, to two random live peers
     /// (not `except`, not us) and, on V4, the neighbours — unless one went
-    /// out too lately: at most every fifth of a round, and every round
-    /// once [`BURST_RUMORS`] went out within the last (a burst of joins
+    /// out too lately: at most every fifth of a round, and on V4 every
+    /// round once [`BURST_RUMORS`] went out within the last (a burst of joins
     /// brings news in most messages; each rumor earns a SYN-ACK and an ACK
     /// from each peer, and each update walks every node). News held back
     /// stays pending for the next news or the next round's tick, so the
@@ -700,7 +700,7 @@ impl Server {
         {
             self.rumors_at.pop_front();
         }
-        let every = if self.rumors_at.len() >= BURST_RUMORS {
+        let every = if self.version >= ProtocolVersion::V4 && self.rumors_at.len() >= BURST_RUMORS {
             round
         } else {
             round / 5
@@ -846,11 +846,11 @@ impl Server {
     }
 }
 
-/// shoal patch: `RUMOR_FANOUT` live peers to pass news on to, at random,
-/// neither this node nor `except` (the peer the news came from).
-/// shoal patch: rumors within a round past which news waits a round.
+/// shoal patch: rumors within a round past which news waits a round (V4).
 const BURST_RUMORS: usize = 3;
 
+/// shoal patch: `RUMOR_FANOUT` live peers to pass news on to, at random,
+/// neither this node nor `except` (the peer the news came from).
 fn rumor_peers(
     chitchat: &mut Chitchat,
     rng: &mut SmallRng,
