@@ -12,6 +12,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -211,15 +213,16 @@ async fn connection<I>(
         }
         // Here, not in the future: hyper reads on before it polls it.
         detach_head(&mut req);
-        async move {
-            // Boxed: a rare path, kept out of every request's future.
-            if asks_acme_challenge(&gw, &req)
-                && let Some(answer) = Box::pin(acme_challenge(&gw, &req)).await
-            {
-                return Ok::<_, Infallible>(answer);
-            }
-            Ok::<_, Infallible>(proxy::handle(gw, req, peer).await)
+        // Boxed: a rare path, kept out of every request's future.
+        if asks_acme_challenge(&gw, &req) {
+            return Either::Left(Box::pin(async move {
+                if let Some(answer) = acme_challenge(&gw, &req).await {
+                    return Ok::<_, Infallible>(answer);
+                }
+                Ok(proxy::handle(gw, req, peer).await)
+            }));
         }
+        Either::Right(proxy::handle(gw, req, peer).map(Ok))
     });
     let io = TokioIo::new(io);
     let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match proto {

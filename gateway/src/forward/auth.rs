@@ -13,12 +13,12 @@ use std::net::SocketAddr;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::forward::body::ProxyBody;
 use crate::forward::call::{Call, Log};
 use crate::forward::error::{GatewayMade, error_response};
 use crate::forward::headers::ClientTls;
+use crate::forward::proxy::ClientRequest;
 use crate::forward::replay::Replay;
 use crate::forward::retry::forward_parts;
 use crate::forward::state::Gateway;
@@ -40,13 +40,13 @@ pub async fn check(
     table: &Table,
     auth: &AuthPolicy,
     service: &str,
-    req: &Request<Incoming>,
+    req: &ClientRequest<'_>,
     peer: SocketAddr,
     traceparent: &HeaderValue,
 ) -> Result<Vec<(HeaderName, HeaderValue)>, Response<ProxyBody>> {
-    let (method, uri, headers) = (req.method(), req.uri(), req.headers());
-    let tls = req.extensions().get::<ClientTls>().is_some();
-    let path = uri.path();
+    let (method, headers) = (&req.parts.method, &req.parts.headers);
+    let tls = req.parts.extensions.get::<ClientTls>().is_some();
+    let (path, query) = (req.path, req.query);
     let name = &auth.forward.service;
     let unavailable_as = |status, why: String| {
         error_response(
@@ -70,7 +70,10 @@ pub async fn check(
         ("x-forwarded-method", method.as_str().to_string()),
         (
             "x-forwarded-uri",
-            uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+            match query {
+                Some(query) => format!("{path}?{query}"),
+                None => path.to_string(),
+            },
         ),
         (
             "x-forwarded-proto",
@@ -88,7 +91,7 @@ pub async fn check(
     let mut request = Request::new(());
     *request.method_mut() = Method::GET;
     *request.headers_mut() = sent;
-    let (parts, ()) = request.into_parts();
+    let (mut parts, ()) = request.into_parts();
     let mut log = Log {
         service: None,
         upstream: None,
@@ -101,7 +104,7 @@ pub async fn check(
         traceparent,
         log: &mut log,
     };
-    let (answer, verdict) = forward_parts(gw, checker, parts, Replay::empty(), call).await;
+    let (answer, verdict) = forward_parts(gw, checker, &mut parts, Replay::empty(), call).await;
     admitted.settle(verdict);
     if let Some(GatewayMade(why)) = answer.extensions().get::<GatewayMade>() {
         // No checker answered (all ejected, gone, timed out): the client

@@ -231,40 +231,52 @@ impl Pool {
 
     /// Sends `req` (origin-form URI, `Host` set) to the instance at `addr`
     /// and returns the answer's head; its body streams from the connection.
-    pub async fn request(
+    ///
+    /// Not an `async fn`: that would keep `req` twice in a future every
+    /// request in flight holds (see [`crate::forward::proxy::handle`]).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice (see proxy::handle)"
+    )]
+    pub fn request(
         &self,
         addr: SocketAddr,
         mut req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, PoolError> {
-        loop {
-            let handoff = match self.next(addr) {
-                Next::Now(handoff) => handoff,
-                Next::Wait(handed) => {
-                    self.shared.metrics.waited.inc();
-                    match handed.await {
-                        Ok(handoff) => handoff,
-                        // The pool let go of the waiter: look again.
-                        Err(_) => continue,
+    ) -> impl Future<Output = Result<Response<Incoming>, PoolError>> + Send + '_ {
+        async move {
+            loop {
+                let handoff = match self.next(addr) {
+                    Next::Now(handoff) => handoff,
+                    Next::Wait(handed) => {
+                        self.shared.metrics.waited.inc();
+                        match handed.await {
+                            Ok(handoff) => handoff,
+                            // The pool let go of the waiter: look again.
+                            Err(_) => continue,
+                        }
                     }
-                }
-            };
-            let (mut sender, pooled) = match handoff {
-                Handoff::Ready(sender) => (sender, true),
-                Handoff::Connect(slot) => (self.connect(addr, slot).await?, false),
-            };
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    self.shared.put_back(addr, sender);
-                    return Ok(response);
-                }
-                Err(mut err) => match err.take_message() {
-                    // Closed under us before a byte was written: never sent.
-                    Some(unsent) if pooled => {
-                        debug!(%addr, "pooled connection closed before use; another one");
-                        req = unsent;
+                };
+                let (mut sender, pooled) = match handoff {
+                    Handoff::Ready(sender) => (sender, true),
+                    // On the heap: a new connection is rare, and its future
+                    // (connect, hyper's handshake) would otherwise take room
+                    // in every request's.
+                    Handoff::Connect(slot) => (Box::pin(self.connect(addr, slot)).await?, false),
+                };
+                match sender.try_send_request(req).await {
+                    Ok(response) => {
+                        self.shared.put_back(addr, sender);
+                        return Ok(response);
                     }
-                    _ => return Err(PoolError::Http(err.into_error())),
-                },
+                    Err(mut err) => match err.take_message() {
+                        // Closed under us before a byte was written: never sent.
+                        Some(unsent) if pooled => {
+                            debug!(%addr, "pooled connection closed before use; another one");
+                            req = unsent;
+                        }
+                        _ => return Err(PoolError::Http(err.into_error())),
+                    },
+                }
             }
         }
     }

@@ -21,7 +21,6 @@ use std::sync::Arc;
 
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::info;
 
@@ -39,50 +38,78 @@ use crate::route::path::{NoRoute, resolve};
 use crate::route::table::ServiceState;
 
 /// Handles one request from a client at `peer`.
-pub async fn handle(
+///
+/// The request is taken apart here, before its future is made, and every
+/// step below borrows its parts: hyper holds a request's future for each
+/// connection, and an `async fn` keeps each argument it owns twice (as it
+/// came, and moved into its body), so passing the request down by value
+/// stacked copies of it in every layer (docs/bench.md, "a connection's
+/// memory").
+pub fn handle(
     gw: Arc<Gateway>,
-    req: Request<Incoming>,
+    req: Request<hyper::body::Incoming>,
     peer: SocketAddr,
-) -> Response<ProxyBody> {
+) -> impl Future<Output = Response<ProxyBody>> + Send {
     let start = Instant::now();
-    let method = req.method().clone();
-    // A Uri clone shares the request's bytes: no copy of the path.
-    let uri = req.uri().clone();
-    let path = uri.path();
-    let traceparent = traceparent(req.headers());
-    let client = client_ip(req.headers(), peer.ip(), &gw.config.proxy.trusted_proxies);
-    let mut log = Log {
-        service: None,
-        upstream: None,
-        attempts: 0,
-    };
-    let mut response = dispatch(&gw, req, path, peer, client, &traceparent, &mut log).await;
-    let status = response.status();
-    match &log.service {
-        Some(service) => {
-            service.metrics.request(status.as_u16());
-            let made = response.extensions().get::<GatewayMade>().is_some();
-            let latency = (!made).then(|| start.elapsed());
-            service.metrics.stats.record(status.as_u16(), made, latency);
+    let (mut parts, body) = req.into_parts();
+    // The path is read all along while the parts are lent out: the URI
+    // leaves them (nothing below reads it from there).
+    let uri = std::mem::take(&mut parts.uri);
+    let traceparent = traceparent(&parts.headers);
+    let client = client_ip(&parts.headers, peer.ip(), &gw.config.proxy.trusted_proxies);
+    async move {
+        let mut log = Log {
+            service: None,
+            upstream: None,
+            attempts: 0,
+        };
+        let request = ClientRequest {
+            parts: &mut parts,
+            body,
+            path: uri.path(),
+            query: uri.query(),
+        };
+        let mut response = dispatch(&gw, request, peer, client, &traceparent, &mut log).await;
+        let status = response.status();
+        match &log.service {
+            Some(service) => {
+                service.metrics.request(status.as_u16());
+                let made = response.extensions().get::<GatewayMade>().is_some();
+                let latency = (!made).then(|| start.elapsed());
+                service.metrics.stats.record(status.as_u16(), made, latency);
+            }
+            None => gw.metrics.unrouted(status.as_u16()),
         }
-        None => gw.metrics.unrouted(status.as_u16()),
+        if gw.config.access_log {
+            info!(
+                service = log.service.as_ref().map_or("-", |s| &s.name),
+                client = %client,
+                method = %parts.method,
+                path = %uri.path(),
+                status = status.as_u16(),
+                latency_ms = format!("{:.2}", start.elapsed().as_secs_f64() * 1e3),
+                upstream = %log.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                attempts = log.attempts,
+                traceparent = %traceparent.to_str().unwrap_or(""),
+                "request"
+            );
+        }
+        response.headers_mut().insert(TRACEPARENT, traceparent);
+        response
     }
-    if gw.config.access_log {
-        info!(
-            service = log.service.as_ref().map_or("-", |s| &s.name),
-            client = %client,
-            method = %method,
-            path = %path,
-            status = status.as_u16(),
-            latency_ms = format!("{:.2}", start.elapsed().as_secs_f64() * 1e3),
-            upstream = %log.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-            attempts = log.attempts,
-            traceparent = %traceparent.to_str().unwrap_or(""),
-            "request"
-        );
-    }
-    response.headers_mut().insert(TRACEPARENT, traceparent);
-    response
+}
+
+/// A client's request as the steps below take it: its parts lent (the URI
+/// taken out, see [`handle`]), its body given.
+pub struct ClientRequest<'a> {
+    /// Method, headers (the steps may set some), extensions.
+    pub parts: &'a mut http::request::Parts,
+    /// The body, not read yet.
+    pub body: hyper::body::Incoming,
+    /// The URI's path.
+    pub path: &'a str,
+    /// The URI's query.
+    pub query: Option<&'a str>,
 }
 
 /// The 429 of a request over a rate limit, with `Retry-After` in whole
@@ -111,124 +138,133 @@ fn rate_limited(service: &ServiceState, limited: &Limited, path: &str) -> Respon
 
 /// Route → admission → retry loop or upgrade → the breaker's verdict.
 /// `client`: the client's address (the peer, or as a trusted proxy names it).
-async fn dispatch(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice (see proxy::handle)"
+)]
+fn dispatch(
     gw: &Gateway,
-    mut req: Request<Incoming>,
-    path: &str,
+    req: ClientRequest<'_>,
     peer: SocketAddr,
     client: IpAddr,
     traceparent: &HeaderValue,
     log: &mut Log,
-) -> Response<ProxyBody> {
-    let table = gw.upstreams.snapshot();
-    let route = match resolve(&table.view, path, req.uri().query()) {
-        Ok(route) => route,
-        Err(NoRoute::NotApi) => {
-            return error_response(
-                StatusCode::NOT_FOUND,
-                "no route: paths start with /api/{service}",
-                path,
-            );
-        }
-        Err(NoRoute::UnknownService(name)) => {
-            // Knowing no service at all is not "no such service": this
-            // gateway is starting, or cut off from the cluster.
-            let alone = table
-                .view
-                .services()
-                .all(|(s, _)| s == gw.config.node.service.as_str());
-            if alone {
+) -> impl Future<Output = Response<ProxyBody>> + Send {
+    async move {
+        let path = req.path;
+        let table = gw.upstreams.snapshot();
+        let route = match resolve(&table.view, path, req.query) {
+            Ok(route) => route,
+            Err(NoRoute::NotApi) => {
                 return error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "this gateway sees no service at all: it is starting, or cut off from the cluster",
+                    StatusCode::NOT_FOUND,
+                    "no route: paths start with /api/{service}",
                     path,
                 );
             }
-            return error_response(
-                StatusCode::NOT_FOUND,
-                &format!("no service named {name} is known to this gateway"),
-                path,
-            );
-        }
-    };
-    let Some(service) = table.service(route.service) else {
-        return error_response(StatusCode::NOT_FOUND, "unknown service", path);
-    };
-    log.service = Some(service.clone());
-    if service.policy.rate_limit.is_some() || service.policy.rate_limit_per_client.is_some() {
-        let key = client_key(client, gw.config.proxy.client_v6_prefix);
-        if let Err(limited) = service.limiter.check(key, Instant::now()) {
-            return rate_limited(service, &limited, path);
-        }
-    }
-    // Bearer tokens: the service announced whose it takes.
-    if let Some(policy) = service.policy.jwt.as_ref() {
-        // Boxed, as the other checks below: only the services that ask
-        // for them pay for their futures' room (a request's future is held
-        // for each connection).
-        match Box::pin(jwt::check(&gw.jwt_keys, policy, req.headers())).await {
-            Ok(pass) => {
-                service.metrics.jwt(None);
-                let owned = policy.claims.iter().map(|(_, name)| name.as_str());
-                pass_checked(req.headers_mut(), owned, pass);
+            Err(NoRoute::UnknownService(name)) => {
+                // Knowing no service at all is not "no such service": this
+                // gateway is starting, or cut off from the cluster.
+                let alone = table
+                    .view
+                    .services()
+                    .all(|(s, _)| s == gw.config.node.service.as_str());
+                if alone {
+                    return error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "this gateway sees no service at all: it is starting, or cut off from the cluster",
+                        path,
+                    );
+                }
+                return error_response(
+                    StatusCode::NOT_FOUND,
+                    &format!("no service named {name} is known to this gateway"),
+                    path,
+                );
             }
-            Err(refused) => {
-                service.metrics.jwt(Some(refused.reason.label()));
-                return refused.response(path);
+        };
+        let Some(service) = table.service(route.service) else {
+            return error_response(StatusCode::NOT_FOUND, "unknown service", path);
+        };
+        log.service = Some(service.clone());
+        if service.policy.rate_limit.is_some() || service.policy.rate_limit_per_client.is_some() {
+            let key = client_key(client, gw.config.proxy.client_v6_prefix);
+            if let Err(limited) = service.limiter.check(key, Instant::now()) {
+                return rate_limited(service, &limited, path);
             }
         }
-    }
-    // Forward auth: the service announced who checks its requests.
-    if let Some(auth) = service.policy.auth.as_ref() {
-        if auth.forward.service != *service.name {
-            let checked = Box::pin(auth::check(
-                gw,
-                &table,
-                auth,
-                route.service,
-                &req,
-                peer,
-                traceparent,
-            ))
-            .await;
-            match checked {
+        // Bearer tokens: the service announced whose it takes.
+        if let Some(policy) = service.policy.jwt.as_ref() {
+            // Boxed, as the other checks below: only the services that ask
+            // for them pay for their futures' room (a request's future is held
+            // for each connection).
+            match Box::pin(jwt::check(&gw.jwt_keys, policy, &req.parts.headers)).await {
                 Ok(pass) => {
-                    service.metrics.auth_allowed.inc();
-                    pass_checked(req.headers_mut(), &auth.copy, pass);
+                    service.metrics.jwt(None);
+                    let owned = policy.claims.iter().map(|(_, name)| name.as_str());
+                    pass_checked(&mut req.parts.headers, owned, pass);
                 }
-                Err(answer) => {
-                    // Made by the gateway: no checker answered.
-                    let made = answer.extensions().get::<GatewayMade>().is_some();
-                    let counter = if made {
-                        &service.metrics.auth_unavailable
-                    } else {
-                        &service.metrics.auth_refused
-                    };
-                    counter.inc();
-                    return answer;
+                Err(refused) => {
+                    service.metrics.jwt(Some(refused.reason.label()));
+                    return refused.response(path);
                 }
             }
         }
+        // Forward auth: the service announced who checks its requests.
+        if let Some(auth) = service.policy.auth.as_ref() {
+            if auth.forward.service != *service.name {
+                let checked = Box::pin(auth::check(
+                    gw,
+                    &table,
+                    auth,
+                    route.service,
+                    &req,
+                    peer,
+                    traceparent,
+                ))
+                .await;
+                match checked {
+                    Ok(pass) => {
+                        service.metrics.auth_allowed.inc();
+                        pass_checked(&mut req.parts.headers, &auth.copy, pass);
+                    }
+                    Err(answer) => {
+                        // Made by the gateway: no checker answered.
+                        let made = answer.extensions().get::<GatewayMade>().is_some();
+                        let counter = if made {
+                            &service.metrics.auth_unavailable
+                        } else {
+                            &service.metrics.auth_refused
+                        };
+                        counter.inc();
+                        return answer;
+                    }
+                }
+            }
+        }
+        let (admitted, slot) = match admit(&gw.in_flight, service) {
+            Ok(admitted) => admitted,
+            Err(refusal) => return refused(refusal, route.service, path),
+        };
+        let call = Call {
+            path,
+            upstream_path: route.upstream,
+            peer,
+            traceparent,
+            log,
+        };
+        let (response, verdict) = if is_upgrade(&req.parts.headers) {
+            // The handshake takes the request whole: put back together.
+            let parts = std::mem::replace(req.parts, Request::new(()).into_parts().0);
+            let req = Request::from_parts(parts, req.body);
+            Box::pin(upgrade::forward(gw, service, req, slot, call)).await
+        } else {
+            let _slot = slot;
+            retry::forward(gw, service, req.parts, req.body, call).await
+        };
+        admitted.settle(verdict);
+        response
     }
-    let (admitted, slot) = match admit(&gw.in_flight, service) {
-        Ok(admitted) => admitted,
-        Err(refusal) => return refused(refusal, route.service, path),
-    };
-    let call = Call {
-        path,
-        upstream_path: route.upstream,
-        peer,
-        traceparent,
-        log,
-    };
-    let (response, verdict) = if is_upgrade(&req) {
-        Box::pin(upgrade::forward(gw, service, req, slot, call)).await
-    } else {
-        let _slot = slot;
-        retry::forward(gw, service, req, call).await
-    };
-    admitted.settle(verdict);
-    response
 }
 
 /// The 503 that says why `refusal` turned a request of `service` at `path`
@@ -240,4 +276,26 @@ fn refused(refusal: Refusal, service: &str, path: &str) -> Response<ProxyBody> {
         Refusal::OverLimit => "gateway over its connection limit".to_string(),
     };
     error_response(StatusCode::SERVICE_UNAVAILABLE, &message, path)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size of what `f` returns, without calling it.
+    fn returned_size<A, B, C, R>(_: impl FnOnce(A, B, C) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// hyper holds one request future per connection for the connection's
+    /// life, and at 1,000 clients 1,000 of them are in flight: its size is
+    /// memory per connection. 2,480 bytes (4,952 when each layer was an
+    /// `async fn` taking the request by value).
+    #[test]
+    fn a_request_future_stays_small() {
+        let size = returned_size(super::handle);
+        println!("a request's future: {size} bytes");
+        assert!(
+            size <= 3072,
+            "a request's future is {size} bytes: something holds the request (or a large future) twice"
+        );
+    }
 }

@@ -104,230 +104,250 @@ pub fn upstream_uri(path_and_query: PathAndQuery) -> Option<Uri> {
     Uri::from_parts(p).ok()
 }
 
-/// Sends `req` (the client's request for `service`, path rewritten to
-/// `upstream_path`) to one instance after another until one answers or the
-/// rules say stop. Returns the answer and what it says of the service.
-pub async fn forward(
+/// Sends the client's request for `service` (`parts` and `body`, path
+/// rewritten to the call's `upstream_path`) to one instance after another
+/// until one answers or the rules say stop. Returns the answer and what it
+/// says of the service. The parts are borrowed, the headers taken.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice (see proxy::handle)"
+)]
+pub fn forward(
     gw: &Gateway,
     service: &Arc<ServiceState>,
-    req: Request<Incoming>,
+    parts: &mut http::request::Parts,
+    body: Incoming,
     call: Call<'_>,
-) -> (Response<ProxyBody>, Verdict) {
-    let (parts, body) = req.into_parts();
-    let limit = gw.config.proxy.retry_body_limit;
-    let replay = match Replay::new(&parts.headers, body, limit).await {
-        Ok(replay) => replay,
-        Err(why) => {
-            return (
-                error_response(StatusCode::BAD_REQUEST, &why, call.path),
-                Verdict::None,
-            );
-        }
-    };
-    forward_parts(gw, service, parts, replay, call).await
+) -> impl Future<Output = (Response<ProxyBody>, Verdict)> + Send {
+    async move {
+        let limit = gw.config.proxy.retry_body_limit;
+        let replay = match Replay::new(&parts.headers, body, limit).await {
+            Ok(replay) => replay,
+            Err(why) => {
+                return (
+                    error_response(StatusCode::BAD_REQUEST, &why, call.path),
+                    Verdict::None,
+                );
+            }
+        };
+        forward_parts(gw, service, parts, replay, call).await
+    }
 }
 
 /// [`forward`] of a request already taken apart, its body in `replay`
 /// (also how the gateway sends a request of its own: forward auth).
-pub async fn forward_parts(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice (see proxy::handle)"
+)]
+pub fn forward_parts(
     gw: &Gateway,
     service: &Arc<ServiceState>,
-    parts: http::request::Parts,
+    parts: &mut http::request::Parts,
     mut replay: Replay,
     call: Call<'_>,
-) -> (Response<ProxyBody>, Verdict) {
-    let Call {
-        path,
-        upstream_path,
-        peer,
-        traceparent,
-        log,
-    } = call;
-    let name = &*service.name;
-    let Some(path_and_query) = upstream_path_and_query(upstream_path) else {
-        return (
-            error_response(
-                StatusCode::BAD_REQUEST,
-                "the request path cannot be forwarded",
-                path,
-            ),
-            Verdict::None,
-        );
-    };
-    let proxy = &gw.config.proxy;
-    let secure = parts
-        .extensions
-        .get::<crate::forward::headers::ClientTls>()
-        .is_some();
-    let affinity = match Affinity::of(service, &parts.headers, secure) {
-        Ok(affinity) => affinity,
-        Err(why) => {
-            return (
-                error_response(StatusCode::SERVICE_UNAVAILABLE, &why, path),
-                Verdict::None,
-            );
-        }
-    };
-    let prefix = forwarded_prefix(path, path_and_query.path());
-    let outgoing = Outgoing {
-        headers: upstream_headers(parts.headers, peer, prefix, traceparent),
-        method: parts.method,
-        path_and_query,
-    };
-    let deadline = Instant::now() + proxy.request_timeout;
-    let mut tried: Vec<SocketAddr> = Vec::with_capacity(gw.config.resilience.max_attempts as usize);
-    // The answer to give if no further attempt is possible.
-    let mut last_error: Option<Response<ProxyBody>> = None;
-    let give_up = |last_error: Option<Response<ProxyBody>>, status, message: &str| match last_error
-    {
-        Some(response) => (response, Verdict::Failure),
-        None => (error_response(status, message, path), Verdict::None),
-    };
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
+) -> impl Future<Output = (Response<ProxyBody>, Verdict)> + Send {
+    async move {
+        let Call {
+            path,
+            upstream_path,
+            peer,
+            traceparent,
+            log,
+        } = call;
+        let name = &*service.name;
+        let Some(path_and_query) = upstream_path_and_query(upstream_path) else {
             return (
                 error_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!("no answer from {name} within {:?}", proxy.request_timeout),
+                    StatusCode::BAD_REQUEST,
+                    "the request path cannot be forwarded",
                     path,
                 ),
-                Verdict::Failure,
-            );
-        }
-        let Some(endpoint) =
-            affinity.choose(service, &tried, proxy.max_in_flight_per_instance, now)
-        else {
-            // The gateway's own refusal says nothing of the service's
-            // health, unless an attempt failed before.
-            return give_up(
-                last_error,
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("every instance of {name} is busy or ejected"),
+                Verdict::None,
             );
         };
-        let Some(body) = replay.next() else {
-            return give_up(
-                last_error,
-                StatusCode::BAD_GATEWAY,
-                "request body already consumed",
-            );
+        let proxy = &gw.config.proxy;
+        let secure = parts
+            .extensions
+            .get::<crate::forward::headers::ClientTls>()
+            .is_some();
+        let affinity = match Affinity::of(service, &parts.headers, secure) {
+            Ok(affinity) => affinity,
+            Err(why) => {
+                return (
+                    error_response(StatusCode::SERVICE_UNAVAILABLE, &why, path),
+                    Verdict::None,
+                );
+            }
         };
-        let Some(upstream_req) = outgoing.to(&endpoint, body) else {
-            return give_up(
-                last_error,
-                StatusCode::BAD_GATEWAY,
-                "invalid upstream address",
-            );
+        let prefix = forwarded_prefix(path, path_and_query.path());
+        let outgoing = Outgoing {
+            headers: upstream_headers(
+                std::mem::take(&mut parts.headers),
+                peer,
+                prefix,
+                traceparent,
+            ),
+            method: parts.method.clone(),
+            path_and_query,
         };
-        tried.push(endpoint.addr());
-        log.attempts += 1;
-        log.upstream = Some(endpoint.addr());
+        let deadline = Instant::now() + proxy.request_timeout;
+        let mut tried: Vec<SocketAddr> =
+            Vec::with_capacity(gw.config.resilience.max_attempts as usize);
+        // The answer to give if no further attempt is possible.
+        let mut last_error: Option<Box<Response<ProxyBody>>> = None;
+        let give_up = |last_error: Option<Box<Response<ProxyBody>>>, status, message: &str| {
+            match last_error {
+                Some(response) => (*response, Verdict::Failure),
+                None => (error_response(status, message, path), Verdict::None),
+            }
+        };
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return (
+                    error_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!("no answer from {name} within {:?}", proxy.request_timeout),
+                        path,
+                    ),
+                    Verdict::Failure,
+                );
+            }
+            let Some(endpoint) =
+                affinity.choose(service, &tried, proxy.max_in_flight_per_instance, now)
+            else {
+                // The gateway's own refusal says nothing of the service's
+                // health, unless an attempt failed before.
+                return give_up(
+                    last_error,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("every instance of {name} is busy or ejected"),
+                );
+            };
+            let Some(body) = replay.next() else {
+                return give_up(
+                    last_error,
+                    StatusCode::BAD_GATEWAY,
+                    "request body already consumed",
+                );
+            };
+            let Some(upstream_req) = outgoing.to(&endpoint, body) else {
+                return give_up(
+                    last_error,
+                    StatusCode::BAD_GATEWAY,
+                    "invalid upstream address",
+                );
+            };
+            tried.push(endpoint.addr());
+            log.attempts += 1;
+            log.upstream = Some(endpoint.addr());
 
-        let guard = endpoint.start();
-        let sent_at = Instant::now();
-        let wait = proxy.response_timeout.min(deadline - sent_at);
-        // `None`: the instance left the cluster meanwhile (gossip declared
-        // it dead): no point waiting for the response timeout.
-        let result = tokio::select! {
-            biased;
-            r = tokio::time::timeout(wait, gw.pool.request(endpoint.addr(), upstream_req)) => Some(r),
-            () = endpoint.gone() => None,
-        };
-        let now = Instant::now();
-        let latency = now - sent_at;
-        match &result {
-            Some(Ok(Ok(response))) => {
-                endpoint
-                    .stats
-                    .record(response.status().as_u16(), false, Some(latency))
-            }
-            Some(Ok(Err(_))) | None => endpoint.stats.record(502, true, None),
-            Some(Err(_)) => endpoint.stats.record(504, true, None),
-        }
-        let Some(result) = result else {
-            last_error = Some(error_response(
-                StatusCode::BAD_GATEWAY,
-                &format!(
-                    "{name} at {} left the cluster while the request was in flight",
-                    endpoint.addr()
-                ),
-                path,
-            ));
-            if may_resend(Failure::Gone, &outgoing.method)
-                && may_retry(gw, service, &tried, &replay, now, Failure::Gone)
-            {
-                continue;
-            }
-            return give_up(last_error, StatusCode::BAD_GATEWAY, "upstream left");
-        };
-        let (failure, answer) = match result {
-            Ok(Ok(mut response)) => {
-                endpoint.observe(latency, now);
-                service.metrics.latency.observe(latency.as_secs_f64());
-                strip_hop_by_hop(response.headers_mut());
-                if !response.status().is_server_error() {
-                    endpoint.record_success();
-                    affinity.answer(service, &endpoint, response.headers_mut());
-                    return (
-                        response.map(|b| ProxyBody::Stream(b, Some(guard))),
-                        Verdict::Success,
-                    );
+            let guard = endpoint.start();
+            let sent_at = Instant::now();
+            let wait = proxy.response_timeout.min(deadline - sent_at);
+            // `None`: the instance left the cluster meanwhile (gossip declared
+            // it dead): no point waiting for the response timeout.
+            let result = tokio::select! {
+                biased;
+                r = tokio::time::timeout(wait, gw.pool.request(endpoint.addr(), upstream_req)) => Some(r),
+                () = endpoint.gone() => None,
+            };
+            let now = Instant::now();
+            let latency = now - sent_at;
+            match &result {
+                Some(Ok(Ok(response))) => {
+                    endpoint
+                        .stats
+                        .record(response.status().as_u16(), false, Some(latency))
                 }
-                last_error = Some(error_response(
+                Some(Ok(Err(_))) | None => endpoint.stats.record(502, true, None),
+                Some(Err(_)) => endpoint.stats.record(504, true, None),
+            }
+            let Some(result) = result else {
+                last_error = Some(Box::new(error_response(
                     StatusCode::BAD_GATEWAY,
                     &format!(
-                        "{name} at {} answered {}",
-                        endpoint.addr(),
-                        response.status()
-                    ),
-                    path,
-                ));
-                (Failure::ServerError, Some(response))
-            }
-            Ok(Err(err)) if err.is_connect() => {
-                last_error = Some(error_response(
-                    StatusCode::BAD_GATEWAY,
-                    &format!(
-                        "could not connect to {name} at {}: {}",
-                        endpoint.addr(),
-                        error_chain(&err)
-                    ),
-                    path,
-                ));
-                (Failure::NotSent, None)
-            }
-            Ok(Err(err)) => {
-                last_error = Some(exchange_failed(name, &endpoint, &err, path));
-                (Failure::Broken, None)
-            }
-            Err(_) => {
-                endpoint.observe(latency, now);
-                last_error = Some(error_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!(
-                        "{name} at {} sent no answer within {wait:?}",
+                        "{name} at {} left the cluster while the request was in flight",
                         endpoint.addr()
                     ),
                     path,
-                ));
-                (Failure::TimedOut, None)
+                )));
+                if may_resend(Failure::Gone, &outgoing.method)
+                    && may_retry(gw, service, &tried, &replay, now, Failure::Gone)
+                {
+                    continue;
+                }
+                return give_up(last_error, StatusCode::BAD_GATEWAY, "upstream left");
+            };
+            let (failure, answer) = match result {
+                Ok(Ok(mut response)) => {
+                    endpoint.observe(latency, now);
+                    service.metrics.latency.observe(latency.as_secs_f64());
+                    strip_hop_by_hop(response.headers_mut());
+                    if !response.status().is_server_error() {
+                        endpoint.record_success();
+                        affinity.answer(service, &endpoint, response.headers_mut());
+                        return (
+                            response.map(|b| ProxyBody::Stream(b, Some(guard))),
+                            Verdict::Success,
+                        );
+                    }
+                    last_error = Some(Box::new(error_response(
+                        StatusCode::BAD_GATEWAY,
+                        &format!(
+                            "{name} at {} answered {}",
+                            endpoint.addr(),
+                            response.status()
+                        ),
+                        path,
+                    )));
+                    (Failure::ServerError, Some(response))
+                }
+                Ok(Err(err)) if err.is_connect() => {
+                    last_error = Some(Box::new(error_response(
+                        StatusCode::BAD_GATEWAY,
+                        &format!(
+                            "could not connect to {name} at {}: {}",
+                            endpoint.addr(),
+                            error_chain(&err)
+                        ),
+                        path,
+                    )));
+                    (Failure::NotSent, None)
+                }
+                Ok(Err(err)) => {
+                    last_error = Some(Box::new(exchange_failed(name, &endpoint, &err, path)));
+                    (Failure::Broken, None)
+                }
+                Err(_) => {
+                    endpoint.observe(latency, now);
+                    last_error = Some(Box::new(error_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!(
+                            "{name} at {} sent no answer within {wait:?}",
+                            endpoint.addr()
+                        ),
+                        path,
+                    )));
+                    (Failure::TimedOut, None)
+                }
+            };
+            service.note_failure(&gw.config.resilience, &endpoint, now);
+            if may_resend(failure, &outgoing.method)
+                && may_retry(gw, service, &tried, &replay, now, failure)
+            {
+                continue;
             }
-        };
-        service.note_failure(&gw.config.resilience, &endpoint, now);
-        if may_resend(failure, &outgoing.method)
-            && may_retry(gw, service, &tried, &replay, now, failure)
-        {
-            continue;
+            return match answer {
+                // The instance's own 5xx, passed on as it is.
+                Some(response) => (
+                    response.map(|b| ProxyBody::Stream(b, Some(guard))),
+                    Verdict::Failure,
+                ),
+                None => give_up(last_error, StatusCode::BAD_GATEWAY, "upstream failed"),
+            };
         }
-        return match answer {
-            // The instance's own 5xx, passed on as it is.
-            Some(response) => (
-                response.map(|b| ProxyBody::Stream(b, Some(guard))),
-                Verdict::Failure,
-            ),
-            None => give_up(last_error, StatusCode::BAD_GATEWAY, "upstream failed"),
-        };
     }
 }
 

@@ -25,12 +25,11 @@ use crate::route::admission::Verdict;
 use crate::route::affinity::Affinity;
 use crate::route::table::ServiceState;
 
-/// Whether the request asks to switch protocols (`Connection: upgrade` and
+/// Whether a request with `headers` asks to switch protocols (`Connection: upgrade` and
 /// an `Upgrade` header).
-pub fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
+pub fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
