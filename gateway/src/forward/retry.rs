@@ -70,22 +70,22 @@ fn is_idempotent(method: &Method) -> bool {
 /// What the request is, once for all its attempts.
 struct Outgoing {
     method: Method,
-    path_and_query: PathAndQuery,
+    uri: Uri,
     headers: HeaderMap,
 }
 
 impl Outgoing {
-    /// The request of one attempt to `endpoint`.
-    fn to(&self, endpoint: &Endpoint, body: ProxyBody) -> Option<Request<ProxyBody>> {
-        let uri = upstream_uri(self.path_and_query.clone())?;
+    /// The request of one attempt to `endpoint` (its own copy of the
+    /// headers: an attempt may be followed by another).
+    fn to(&self, endpoint: &Endpoint, body: ProxyBody) -> Request<ProxyBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = uri;
+        *req.uri_mut() = self.uri.clone();
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.headers.clone();
         req.headers_mut()
             .insert(header::HOST, endpoint.host.clone());
-        Some(req)
+        req
     }
 }
 
@@ -156,7 +156,7 @@ pub fn forward_parts(
             log,
         } = call;
         let name = &*service.name;
-        let Some(path_and_query) = upstream_path_and_query(upstream_path) else {
+        let Some(uri) = upstream_path_and_query(upstream_path).and_then(upstream_uri) else {
             return (
                 error_response(
                     StatusCode::BAD_REQUEST,
@@ -180,7 +180,7 @@ pub fn forward_parts(
                 );
             }
         };
-        let prefix = forwarded_prefix(path, path_and_query.path());
+        let prefix = forwarded_prefix(path, uri.path());
         let outgoing = Outgoing {
             headers: upstream_headers(
                 std::mem::take(&mut parts.headers),
@@ -189,7 +189,7 @@ pub fn forward_parts(
                 traceparent,
             ),
             method: parts.method.clone(),
-            path_and_query,
+            uri,
         };
         let deadline = Instant::now() + proxy.request_timeout;
         let mut tried: Vec<SocketAddr> =
@@ -232,13 +232,6 @@ pub fn forward_parts(
                     "request body already consumed",
                 );
             };
-            let Some(upstream_req) = outgoing.to(&endpoint, body) else {
-                return give_up(
-                    last_error,
-                    StatusCode::BAD_GATEWAY,
-                    "invalid upstream address",
-                );
-            };
             tried.push(endpoint.addr());
             log.attempts += 1;
             log.upstream = Some(endpoint.addr());
@@ -250,7 +243,7 @@ pub fn forward_parts(
             // it dead): no point waiting for the response timeout.
             let result = tokio::select! {
                 biased;
-                r = tokio::time::timeout(wait, gw.pool.request(endpoint.addr(), upstream_req)) => Some(r),
+                r = tokio::time::timeout(wait, gw.pool.request(endpoint.addr(), || outgoing.to(&endpoint, body))) => Some(r),
                 () = endpoint.gone() => None,
             };
             let now = Instant::now();

@@ -127,7 +127,7 @@ pub async fn forward(
     let wait = gw.config.proxy.response_timeout;
     let sent_at = Instant::now();
     let mut response =
-        match tokio::time::timeout(wait, gw.pool.request(endpoint.addr(), upstream_req)).await {
+        match tokio::time::timeout(wait, gw.pool.request(endpoint.addr(), || upstream_req)).await {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => {
                 service.note_failure(&gw.config.resilience, &endpoint, Instant::now());
