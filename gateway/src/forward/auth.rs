@@ -15,10 +15,9 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
 use crate::forward::body::ProxyBody;
-use crate::forward::call::{Call, Log};
+use crate::forward::call::{Call, ClientRequest, Log};
 use crate::forward::error::{GatewayMade, error_response};
 use crate::forward::headers::ClientTls;
-use crate::forward::proxy::ClientRequest;
 use crate::forward::replay::Replay;
 use crate::forward::retry::forward_parts;
 use crate::forward::state::Gateway;

@@ -1,5 +1,6 @@
-//! A request past its route, as the retry loop and the upgrade read it, and
-//! the access log line filled in on its way.
+//! A client's request as the steps take it, past its route as the retry
+//! loop and the upgrade read it, and the access log line filled in on its
+//! way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,6 +8,19 @@ use std::sync::Arc;
 use http::header::HeaderValue;
 
 use crate::route::table::ServiceState;
+
+/// A client's request as the steps take it: its parts lent (the URI taken
+/// out, see [`crate::forward::proxy::handle`]), its body given.
+pub struct ClientRequest<'a> {
+    /// Method, headers (the steps may set some), extensions.
+    pub parts: &'a mut http::request::Parts,
+    /// The body, not read yet.
+    pub body: hyper::body::Incoming,
+    /// The URI's path.
+    pub path: &'a str,
+    /// The URI's query.
+    pub query: Option<&'a str>,
+}
 
 /// A request past its route: what the retry loop or the upgrade reads.
 pub struct Call<'a> {

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use crate::forward::body::ProxyBody;
-use crate::forward::call::{Call, Log};
+use crate::forward::call::{Call, ClientRequest, Log};
 use crate::forward::error::GatewayMade;
 use crate::forward::error::error_response;
 use crate::forward::headers::{TRACEPARENT, client_ip, pass_checked, traceparent};
@@ -97,19 +97,6 @@ pub fn handle(
         response.headers_mut().insert(TRACEPARENT, traceparent);
         response
     }
-}
-
-/// A client's request as the steps below take it: its parts lent (the URI
-/// taken out, see [`handle`]), its body given.
-pub struct ClientRequest<'a> {
-    /// Method, headers (the steps may set some), extensions.
-    pub parts: &'a mut http::request::Parts,
-    /// The body, not read yet.
-    pub body: hyper::body::Incoming,
-    /// The URI's path.
-    pub path: &'a str,
-    /// The URI's query.
-    pub query: Option<&'a str>,
 }
 
 /// The 429 of a request over a rate limit, with `Retry-After` in whole
