@@ -43,8 +43,8 @@ use crate::route::table::ServiceState;
 /// step below borrows its parts: hyper holds a request's future for each
 /// connection, and an `async fn` keeps each argument it owns twice (as it
 /// came, and moved into its body), so passing the request down by value
-/// stacked copies of it in every layer (docs/bench.md, "a connection's
-/// memory").
+/// stacked copies of it in every layer (ARCHITECTURE.md, "A connection's
+/// memory"; figures in docs/bench.md).
 pub fn handle(
     gw: Arc<Gateway>,
     req: Request<hyper::body::Incoming>,
