@@ -89,18 +89,12 @@ impl Outgoing {
     }
 }
 
-/// The path and query to send on, taken over without a copy; `None` if the
-/// client's path cannot be sent as one.
-pub fn upstream_path_and_query(upstream_path: String) -> Option<PathAndQuery> {
-    PathAndQuery::from_maybe_shared(Bytes::from(upstream_path)).ok()
-}
-
 /// The origin-form URI sent to an instance (`{path?query}`: the connection
-/// says which instance, `Host` says its name), from parts (no parsing, no
-/// copy of the path).
-pub fn upstream_uri(path_and_query: PathAndQuery) -> Option<Uri> {
+/// says which instance, `Host` says its name), taking the path to send on
+/// over without a copy; `None` if the client's path cannot be sent as one.
+pub fn upstream_uri(upstream_path: String) -> Option<Uri> {
     let mut p = http::uri::Parts::default();
-    p.path_and_query = Some(path_and_query);
+    p.path_and_query = Some(PathAndQuery::from_maybe_shared(Bytes::from(upstream_path)).ok()?);
     Uri::from_parts(p).ok()
 }
 
@@ -156,7 +150,7 @@ pub fn forward_parts(
             log,
         } = call;
         let name = &*service.name;
-        let Some(uri) = upstream_path_and_query(upstream_path).and_then(upstream_uri) else {
+        let Some(uri) = upstream_uri(upstream_path) else {
             return (
                 error_response(
                     StatusCode::BAD_REQUEST,

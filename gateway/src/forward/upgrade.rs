@@ -19,7 +19,7 @@ use crate::forward::body::ProxyBody;
 use crate::forward::call::Call;
 use crate::forward::error::error_response;
 use crate::forward::headers::{forwarded_prefix, strip_hop_by_hop, upstream_headers};
-use crate::forward::retry::{exchange_failed, upstream_path_and_query, upstream_uri};
+use crate::forward::retry::{exchange_failed, upstream_uri};
 use crate::forward::state::Gateway;
 use crate::route::admission::Verdict;
 use crate::route::affinity::Affinity;
@@ -86,19 +86,13 @@ pub async fn forward(
             Verdict::None,
         );
     };
-    let Some(path_and_query) = upstream_path_and_query(upstream_path) else {
+    let Some(uri) = upstream_uri(upstream_path) else {
         return (
             error_response(
                 StatusCode::BAD_REQUEST,
                 "the request path cannot be forwarded",
                 path,
             ),
-            Verdict::None,
-        );
-    };
-    let Some(uri) = upstream_uri(path_and_query) else {
-        return (
-            error_response(StatusCode::BAD_GATEWAY, "invalid upstream address", path),
             Verdict::None,
         );
     };
