@@ -241,8 +241,11 @@ fn dispatch(
             log,
         };
         let (response, verdict) = if is_upgrade(&req.parts.headers) {
-            // The handshake takes the request whole: put back together.
-            let parts = std::mem::replace(req.parts, Request::new(()).into_parts().0);
+            // The handshake takes the request whole: put back together,
+            // leaving the method for the access log line.
+            let mut left = Request::new(()).into_parts().0;
+            left.method = req.parts.method.clone();
+            let parts = std::mem::replace(req.parts, left);
             let req = Request::from_parts(parts, req.body);
             Box::pin(upgrade::forward(gw, service, req, slot, call)).await
         } else {
