@@ -356,6 +356,22 @@ impl SimMember {
                 .is_some_and(|h| h == Health::Up.as_str())
     }
 
+    /// How many members its live set holds with their record up (itself
+    /// included): all of them once a new gateway can route to every replica.
+    pub async fn up_count(&self) -> usize {
+        let chitchat = self.gossip.handle.chitchat();
+        let guard = chitchat.lock().await;
+        guard
+            .live_nodes()
+            .filter(|node| {
+                guard
+                    .node_state(node)
+                    .and_then(|s| s.get(keys::HEALTH))
+                    .is_some_and(|h| h == Health::Up.as_str())
+            })
+            .count()
+    }
+
     /// Stops it dead (no goodbye): what SIGKILL does.
     pub fn kill(&self, net: &SimNet) {
         net.cut(self.ip);

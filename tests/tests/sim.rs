@@ -844,3 +844,33 @@ async fn v4_a_third_killed_at_once_leave_every_view() {
     // the deaths around it give it new neighbours: a second step (1.5 s).
     assert!(times[times.len() - 1] < 2.0, "{times:.2?} s");
 }
+
+/// V4: a new member's own view fills within a few rounds — every member
+/// in it with its record up, what a new gateway needs to route to every
+/// replica. Its first exchange names every node but carries a datagram of
+/// keys; it pulls the rest from as many peers a round as the missing
+/// keys need (at three peers a round, 0.7 s at N = 150 and 5 s at 1,000).
+#[tokio::test(start_paused = true)]
+async fn v4_a_newcomer_holds_every_members_record_within_a_few_rounds() {
+    let net = SimNet::new(Duration::from_millis(1), 0.0, 23);
+    let key = key();
+    let mut members = cluster(&net, &key, 150, v4).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for trial in 0..3 {
+        let newcomer = spawn_member(&net, 200 + trial, &key, &v4(0)).await.unwrap();
+        let all = members.len() + 1;
+        let whole = within(
+            std::slice::from_ref(&newcomer),
+            Duration::from_secs(10),
+            async |n| n.up_count().await >= all,
+        )
+        .await;
+        eprintln!("trial {trial}: the newcomer's view whole after {whole:.2} s");
+        assert!(
+            whole < 0.5,
+            "trial {trial}: the newcomer held every member's record after {whole:.2} s"
+        );
+        members.push(newcomer);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

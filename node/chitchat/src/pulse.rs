@@ -57,10 +57,12 @@ const SCOPE_NODES: u32 = 24;
 pub(crate) const RINGS: usize = 2;
 /// Most nodes a rumor names (`SynNamed`); news past it goes by bucket.
 const NAMED_NEWS: usize = 256;
-/// Nodes a catch-up SYN names, and catch-up SYNs a round (see
-/// `catch_up`).
-const CATCH_UP_NODES: usize = 16;
-const CATCH_UP_PULLS: usize = 3;
+/// Nodes a catch-up SYN names, and most catch-up SYNs a round (see
+/// `catch_up`): as many as the nodes known by name only need, so that a
+/// member joining a cluster of 5,000 has their keys within a few rounds,
+/// not a hundred.
+const CATCH_UP_NODES: usize = 8;
+const CATCH_UP_PULLS: usize = 24;
 /// Distinct voters that make a node dead (all its neighbours, if fewer).
 pub(crate) const QUORUM: usize = 2;
 /// Changes of the deaths remembered (`Pulses::death_changes`); more at once
@@ -1119,6 +1121,13 @@ impl Chitchat {
         crate::upgrade::level(state.get(crate::PROTOCOL_KEY))
     }
 
+    /// Whether the member at `addr` reads `SynNamed` (its keys are here
+    /// and say so).
+    fn reads_named(&self, addr: SocketAddr) -> bool {
+        self.level_of(addr)
+            .is_some_and(|level| level >= crate::NAMED_RUMORS_LEVEL)
+    }
+
     /// A round: our pulse to each neighbour.
     pub(crate) fn pulse_round(&mut self) -> Vec<(SocketAddr, ChitchatMessage)> {
         let heartbeat = self.own_heartbeat();
@@ -1155,13 +1164,16 @@ impl Chitchat {
 
     /// SYNs naming nodes this member knows by name only (from a digest:
     /// a newcomer learns every name in its first exchange, and the keys of
-    /// those that fit in one datagram), [`CATCH_UP_NODES`] to a peer, to up
-    /// to [`CATCH_UP_PULLS`] peers a round (neighbours first, then random
-    /// live members; only those whose keys are here and say they read
-    /// `SynNamed`): each answers with their keys. Before, a newcomer of a
-    /// forming cluster was left to the rumors and the buckets' comparison
-    /// for the rest — at N = 2,000 members' states still differed 20 s
-    /// after every view was whole.
+    /// those that fit in one datagram), 2 to [`CATCH_UP_NODES`] to a peer
+    /// (fewer when few are missing), to up to [`CATCH_UP_PULLS`] peers a
+    /// round (neighbours first, then random live members whose keys are
+    /// here and say they read `SynNamed`): each answers with their keys in
+    /// a datagram. Before, a newcomer of a forming cluster was left to the
+    /// rumors and the buckets' comparison for the rest — at N = 2,000
+    /// members' states still differed 20 s after every view was whole; and
+    /// at 16 nodes to each of three peers a round, drawn from every live
+    /// member, a new member of a cluster of 1,000 held every record only
+    /// after 5 s (docs/membership.md).
     fn catch_up(&mut self) -> Vec<(SocketAddr, ChitchatMessage)> {
         let Some(p) = self.pulses.as_mut() else {
             return Vec::new();
@@ -1175,9 +1187,15 @@ impl Chitchat {
                 .node_state(id)
                 .is_some_and(|state| state.max_version() == 0)
         });
+        // Spread over as many peers as we may ask: the last few missing
+        // take a round too, not one per few nodes.
+        let per_pull = keyless
+            .len()
+            .div_ceil(CATCH_UP_PULLS)
+            .clamp(2, CATCH_UP_NODES);
         let ids: Vec<ChitchatId> = keyless
             .iter()
-            .take(CATCH_UP_NODES * CATCH_UP_PULLS)
+            .take(per_pull * CATCH_UP_PULLS)
             .cloned()
             .collect();
         let mut candidates: Vec<SocketAddr> = Vec::new();
@@ -1189,27 +1207,39 @@ impl Chitchat {
                 .map(|id| id.gossip_advertise_addr)
                 .collect();
         }
-        // Then a few others: a newcomer's neighbours may be newcomers too.
+        // Then others at random among the live members whose keys are
+        // here: a newcomer's neighbours may be newcomers too, and early on
+        // it holds the keys of a datagram's worth of members only — drawn
+        // from every live member, most pulls would find no peer to ask.
+        let pulls = ids.len().div_ceil(per_pull);
+        let me = self.config.chitchat_id.gossip_advertise_addr;
+        self.refresh_neighbours();
+        let keyed: Vec<SocketAddr> = self
+            .pulses
+            .as_ref()
+            .map(|p| {
+                p.rings[0]
+                    .iter()
+                    .map(|(_, id)| id.gossip_advertise_addr)
+                    .filter(|addr| *addr != me && self.reads_named(*addr))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut rng = rand::rng();
-        let others = self.sample_live_addrs(&mut rng, 2 * CATCH_UP_PULLS, None);
-        for addr in others.unwrap_or_default() {
-            if !candidates.contains(&addr) {
-                candidates.push(addr);
+        for addr in rand::seq::IndexedRandom::sample(&keyed[..], &mut rng, 2 * pulls) {
+            if !candidates.contains(addr) {
+                candidates.push(*addr);
             }
         }
-        // Those whose keys say they read `SynNamed`.
         let peers: Vec<SocketAddr> = candidates
             .into_iter()
-            .filter(|peer| {
-                self.level_of(*peer)
-                    .is_some_and(|level| level >= crate::NAMED_RUMORS_LEVEL)
-            })
-            .take(ids.len().div_ceil(CATCH_UP_NODES))
+            .filter(|peer| self.reads_named(*peer))
+            .take(pulls)
             .collect();
         let out: HashSet<&ChitchatId> = self.scheduled_for_deletion_nodes().collect();
         peers
             .iter()
-            .zip(ids.chunks(CATCH_UP_NODES))
+            .zip(ids.chunks(per_pull))
             .map(|(peer, ids)| {
                 let digest = self.cluster_state.compute_digest_over(ids, &out);
                 let message = ChitchatMessage::SynNamed {

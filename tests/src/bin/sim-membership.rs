@@ -57,6 +57,11 @@ struct Args {
     /// A `SHOAL_*` setting for every member, `VAR=VALUE` (repeatable).
     #[arg(long = "set", value_parser = parse_set)]
     set: Vec<(String, String)>,
+    /// Microseconds between two members' starts while the cluster forms
+    /// (tokio's timer sleeps whole milliseconds: below 1,000, several start
+    /// in the same millisecond).
+    #[arg(long, default_value_t = 2000)]
+    join_interval_us: u64,
     /// Seed of the network's losses and of the victims' choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -79,6 +84,8 @@ struct Row {
     n: usize,
     converged_s: f64,
     joins: Vec<f64>,
+    /// A new member's own view whole (every member in it, record up).
+    whole_views: Vec<f64>,
     kills: Vec<f64>,
     kb_per_s: f64,
     /// The same, the 99th percentile over members.
@@ -115,16 +122,20 @@ async fn form(args: &Args, n: usize) -> anyhow::Result<Formed> {
     let start = Instant::now();
     let real = std::time::Instant::now();
     let mut members = Vec::with_capacity(n + 16);
+    // Processes of the real bench start a few milliseconds apart.
+    let mut owed = Duration::ZERO;
     for i in 0..n {
         members.push(spawn_member(&net, i, &key, &args.set).await?);
-        // Processes of the real bench start a few milliseconds apart.
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        owed += Duration::from_micros(args.join_interval_us);
+        if owed >= Duration::from_millis(1) {
+            let whole = Duration::from_millis(owed.as_millis() as u64);
+            tokio::time::sleep(whole).await;
+            owed -= whole;
+        }
     }
-    let converged = until_all(&members, start, Duration::from_secs(300), async |m| {
-        m.live_count().await == n
-    })
-    .await
-    .with_context(|| format!("N = {n}: no convergence in 300 simulated seconds"))?;
+    let converged = forming(&members, start, n)
+        .await
+        .with_context(|| format!("N = {n}: no convergence in 300 simulated seconds"))?;
     report_forming(n, converged, real.elapsed().as_secs_f64(), &members);
 
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -320,7 +331,7 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
         .collect();
 
     let trials = args.trials;
-    let (mut joins, mut kills, mut failed) = (vec![], vec![], 0);
+    let (mut joins, mut whole_views, mut kills, mut failed) = (vec![], vec![], vec![], 0);
     for t in 0..trials {
         let t0 = Instant::now();
         let newcomer = spawn_member(&net, n + t, &key, &args.set).await?;
@@ -331,6 +342,19 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
         .await
         {
             Some(s) => joins.push(s),
+            None => failed += 1,
+        }
+        // And the newcomer's own view: every member in it, record up.
+        let all = members.len() + 1;
+        match until_all(
+            std::slice::from_ref(&newcomer),
+            t0,
+            Duration::from_secs(30),
+            async |m| m.up_count().await >= all,
+        )
+        .await
+        {
+            Some(s) => whole_views.push(s),
             None => failed += 1,
         }
         members.push(newcomer);
@@ -392,6 +416,7 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
         n,
         converged_s: converged,
         joins,
+        whole_views,
         kills,
         kb_per_s,
         kb_per_s_p99,
@@ -407,6 +432,51 @@ async fn run(args: &Args, n: usize) -> anyhow::Result<Row> {
         failed_trials: failed,
         by_kind,
     })
+}
+
+/// Waits until every member sees all `n` (polled every 5 ms, as
+/// [`until_all`]); returns the simulated time from `start`. Every simulated
+/// second it prints (stderr) where forming stands: the views that are whole,
+/// the smallest view, the nodes members know by name only (their keys not
+/// there yet) and the distinct state hashes.
+async fn forming(members: &[SimMember], start: Instant, n: usize) -> Option<f64> {
+    let mut next = Duration::from_secs(1);
+    loop {
+        let mut whole = 0;
+        let mut smallest = n;
+        for m in members {
+            let seen = m.live_count().await;
+            whole += usize::from(seen == n);
+            smallest = smallest.min(seen);
+        }
+        if start.elapsed() >= next || whole == n {
+            next += Duration::from_secs(1);
+            let mut keyless = 0;
+            let mut hashes = std::collections::HashSet::new();
+            for m in members {
+                let c = m.chitchat();
+                let mut c = c.lock().await;
+                keyless += c
+                    .node_states()
+                    .values()
+                    .filter(|s| s.max_version() == 0)
+                    .count();
+                hashes.insert(c.state_hash());
+            }
+            eprintln!(
+                "N={n}: forming at {:.1} s: {whole} views whole, the smallest {smallest}, {keyless} nodes known by name only, {} distinct state hashes",
+                start.elapsed().as_secs_f64(),
+                hashes.len()
+            );
+        }
+        if whole == n {
+            return Some(start.elapsed().as_secs_f64());
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// What forming the cluster sent (on stderr): bytes and datagrams in all
@@ -517,9 +587,9 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "| N | join p50 | join p99 | SIGKILL → gone p50 | SIGKILL → gone p99 | 10 % killed at once → gone p50 / p99 | gossip sent per member, mean / p99 | largest datagram | over MTU / dropped | converged | trials failed |"
+        "| N | join p50 | join p99 | newcomer's view whole p50 / p99 | SIGKILL → gone p50 | SIGKILL → gone p99 | 10 % killed at once → gone p50 / p99 | gossip sent per member, mean / p99 | largest datagram | over MTU / dropped | converged | trials failed |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.sizes {
         if n < 4 {
             bail!("N = {n}: at least 4 members (a seed, a victim and observers)");
@@ -527,10 +597,12 @@ fn main() -> anyhow::Result<()> {
         let wall = std::time::Instant::now();
         let row = rt.block_on(run(&args, n))?;
         println!(
-            "| {} | {:.2} s | {} | {:.2} s | {} | {:.2} s / {}{} | {:.1} / {:.1} KB/s | {} B | {} / {} | {:.1} s | {} |",
+            "| {} | {:.2} s | {} | {:.2} s / {} | {:.2} s | {} | {:.2} s / {}{} | {:.1} / {:.1} KB/s | {} B | {} / {} | {:.1} s | {} |",
             row.n,
             percentile(&row.joins, 0.5),
             shoal_tests::tail_cell(&row.joins),
+            percentile(&row.whole_views, 0.5),
+            shoal_tests::tail_cell(&row.whole_views),
             percentile(&row.kills, 0.5),
             shoal_tests::tail_cell(&row.kills),
             percentile(&row.mass_kill, 0.5),
