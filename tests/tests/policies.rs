@@ -85,10 +85,10 @@ async fn a_canary_at_ten_percent_gets_ten_percent_and_is_ejected_when_it_fails()
     assert_eq!(total, 10_000);
     // ~10.0 % on a quiet machine (6 runs: 9.78–10.51 %); costs are compared
     // per unit of weight, so when other tests load the machine the
-    // latencies move the share a little (11.45 % seen in one CI run).
-    // Weights ignored would give 25 %.
+    // latencies move the share a little (11.45 % and 7.99 % seen in full
+    // test runs). Weights ignored would give 25 %.
     assert!(
-        (8.0..=12.0).contains(&pct),
+        (7.0..=13.0).contains(&pct),
         "canary got {pct:.2} %: {counts:?}"
     );
 
