@@ -349,11 +349,7 @@ impl SimMember {
     pub async fn sees_up(&self, node: &chitchat::ChitchatId) -> bool {
         let chitchat = self.gossip.handle.chitchat();
         let guard = chitchat.lock().await;
-        guard.is_live(node)
-            && guard
-                .node_state(node)
-                .and_then(|s| s.get(keys::HEALTH))
-                .is_some_and(|h| h == Health::Up.as_str())
+        guard.is_live(node) && record_up(&guard, node)
     }
 
     /// How many members its live set holds with their record up (itself
@@ -363,12 +359,7 @@ impl SimMember {
         let guard = chitchat.lock().await;
         guard
             .live_nodes()
-            .filter(|node| {
-                guard
-                    .node_state(node)
-                    .and_then(|s| s.get(keys::HEALTH))
-                    .is_some_and(|h| h == Health::Up.as_str())
-            })
+            .filter(|node| record_up(&guard, node))
             .count()
     }
 
@@ -377,6 +368,14 @@ impl SimMember {
         net.cut(self.ip);
         self.gossip.handle.abort();
     }
+}
+
+/// Whether `node`'s health key, as `chitchat` holds it, says `up`.
+fn record_up(chitchat: &chitchat::Chitchat, node: &chitchat::ChitchatId) -> bool {
+    chitchat
+        .node_state(node)
+        .and_then(|s| s.get(keys::HEALTH))
+        .is_some_and(|h| h == Health::Up.as_str())
 }
 
 /// Each member's gossip sent since `before` (its [`SimMember::bytes_sent`]

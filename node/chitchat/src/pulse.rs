@@ -1198,44 +1198,48 @@ impl Chitchat {
             .take(per_pull * CATCH_UP_PULLS)
             .cloned()
             .collect();
-        let mut candidates: Vec<SocketAddr> = Vec::new();
+        let mut neighbours: Vec<SocketAddr> = Vec::new();
         if let Some(p) = self.pulses.as_mut() {
             p.keyless = keyless;
-            candidates = p
+            neighbours = p
                 .neighbours
                 .iter()
                 .map(|id| id.gossip_advertise_addr)
                 .collect();
         }
+        // Neighbours first, those whose keys say they read `SynNamed`.
+        let pulls = ids.len().div_ceil(per_pull);
+        let mut peers: Vec<SocketAddr> = neighbours
+            .into_iter()
+            .filter(|peer| self.reads_named(*peer))
+            .collect();
         // Then others at random among the live members whose keys are
         // here: a newcomer's neighbours may be newcomers too, and early on
         // it holds the keys of a datagram's worth of members only — drawn
         // from every live member, most pulls would find no peer to ask.
-        let pulls = ids.len().div_ceil(per_pull);
-        let me = self.config.chitchat_id.gossip_advertise_addr;
-        self.refresh_neighbours();
-        let keyed: Vec<SocketAddr> = self
-            .pulses
-            .as_ref()
-            .map(|p| {
-                p.rings[0]
-                    .iter()
-                    .map(|(_, id)| id.gossip_advertise_addr)
-                    .filter(|addr| *addr != me && self.reads_named(*addr))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut rng = rand::rng();
-        for addr in rand::seq::IndexedRandom::sample(&keyed[..], &mut rng, 2 * pulls) {
-            if !candidates.contains(addr) {
-                candidates.push(*addr);
+        // (A walk of the ring: only while the neighbours are too few.)
+        if peers.len() < pulls {
+            let me = self.config.chitchat_id.gossip_advertise_addr;
+            self.refresh_neighbours();
+            let keyed: Vec<SocketAddr> = self
+                .pulses
+                .as_ref()
+                .map(|p| {
+                    p.rings[0]
+                        .iter()
+                        .map(|(_, id)| id.gossip_advertise_addr)
+                        .filter(|addr| *addr != me && self.reads_named(*addr))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut rng = rand::rng();
+            for addr in rand::seq::IndexedRandom::sample(&keyed[..], &mut rng, 2 * pulls) {
+                if !peers.contains(addr) {
+                    peers.push(*addr);
+                }
             }
         }
-        let peers: Vec<SocketAddr> = candidates
-            .into_iter()
-            .filter(|peer| self.reads_named(*peer))
-            .take(pulls)
-            .collect();
+        peers.truncate(pulls);
         let out: HashSet<&ChitchatId> = self.scheduled_for_deletion_nodes().collect();
         peers
             .iter()
