@@ -704,7 +704,11 @@ impl Chitchat {
         let node_state = if should_init_if_absent {
             if self.cluster_state.node_state(chitchat_id).is_none() {
                 self.news = true;
-                self.states_changed();
+                // A node set's change: V4's live set takes it in from the
+                // set's journal, its share of the hash added alone (a
+                // whole recompute here cost every member a pass over all
+                // nodes per join: 12 % of the simulator forming 2,000).
+                self.nodes_changed([chitchat_id]);
                 if let Some(p) = self.pulses.as_mut() {
                     p.note_news(chitchat_id);
                     // Known by name: its keys are pulled (see `catch_up`).
@@ -1029,7 +1033,11 @@ impl Chitchat {
         let node_state = if should_init_if_absent {
             if self.cluster_state.node_state(chitchat_id).is_none() {
                 self.news = true;
-                self.states_changed();
+                // A node set's change: V4's live set takes it in from the
+                // set's journal, its share of the hash added alone (a
+                // whole recompute here cost every member a pass over all
+                // nodes per join: 12 % of the simulator forming 2,000).
+                self.nodes_changed([chitchat_id]);
                 if let Some(p) = self.pulses.as_mut() {
                     p.note_news(chitchat_id);
                 }
