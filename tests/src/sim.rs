@@ -333,7 +333,7 @@ impl SimMember {
     pub async fn live_count(&self) -> usize {
         let chitchat = self.gossip.handle.chitchat();
         let guard = chitchat.lock().await;
-        guard.live_nodes().count()
+        guard.live_node_count() + 1
     }
 
     /// Whether `node` is in its live set (a lookup, not a walk: the

@@ -640,6 +640,42 @@ mod tests {
     }
 
     #[track_caller]
+    /// shoal patch: a delta is sent as the bytes its serializer compressed
+    /// (change 25); they read back as the same delta, and are the bytes
+    /// compressing its operations again gives, whatever the MTU.
+    #[test]
+    fn test_delta_sent_as_the_bytes_it_was_measured_in() {
+        for mtu in [300, 1_400, 60_000] {
+            let mut writer = DeltaSerializer::with_mtu(mtu);
+            'nodes: for n in 0..200u16 {
+                if !writer.try_add_node(ChitchatId::for_local_test(10_000 + n), 0, 0) {
+                    break;
+                }
+                for v in 1..=4u64 {
+                    let value = VersionedValue {
+                        value: format!("value {n} {v}, some text that compresses").into(),
+                        version: v,
+                        status: DeletionStatus::Set,
+                    };
+                    if !writer.try_add_kv(&format!("key-{v}"), value) {
+                        break 'nodes;
+                    }
+                }
+            }
+            let delta = writer.finish();
+            assert!(delta.wire.is_some());
+            let mut sent = Vec::new();
+            delta.serialize(&mut sent);
+            assert_eq!(sent.len(), delta.serialized_len());
+            let read = Delta::deserialize(&mut &sent[..]).unwrap();
+            assert!(read.wire.is_none());
+            assert_eq!(read, delta, "mtu {mtu}");
+            let mut again = Vec::new();
+            read.serialize(&mut again);
+            assert_eq!(again, sent, "mtu {mtu}");
+        }
+    }
+
     fn test_aux_delta_writer(delta_writer: DeltaSerializer, expected_len: usize) {
         let delta: Delta = delta_writer.finish();
         test_serdeser_aux(&delta, expected_len)

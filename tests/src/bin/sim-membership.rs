@@ -456,7 +456,7 @@ async fn forming(members: &[SimMember], start: Instant, n: usize) -> Option<f64>
             smallest = smallest.min(seen);
         }
         if start.elapsed() >= next || whole == n {
-            next += Duration::from_secs(1);
+            next = Duration::from_secs(start.elapsed().as_secs() + 1);
             let mut keyless = 0;
             let mut hashes = std::collections::HashSet::new();
             for m in members {
