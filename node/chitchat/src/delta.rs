@@ -639,7 +639,6 @@ mod tests {
         test_aux_delta_writer(delta_writer, 80);
     }
 
-    #[track_caller]
     /// shoal patch: a delta is sent as the bytes its serializer compressed
     /// (change 25); they read back as the same delta, and are the bytes
     /// compressing its operations again gives, whatever the MTU.
@@ -676,6 +675,7 @@ mod tests {
         }
     }
 
+    #[track_caller]
     fn test_aux_delta_writer(delta_writer: DeltaSerializer, expected_len: usize) {
         let delta: Delta = delta_writer.finish();
         test_serdeser_aux(&delta, expected_len)

@@ -73,6 +73,7 @@ const DEATH_CHANGES: usize = 256;
 /// it whole (draws find a keyed member at least a quarter of the time
 /// when a quarter of the members' keys are here).
 const KEYED_DRAWS: usize = 4;
+
 /// A pulse proves its sender receives if it echoes one of our heartbeats
 /// of the last that many rounds: a member that stops receiving stops
 /// counting after as many rounds, on top of the silence that makes a vote.
