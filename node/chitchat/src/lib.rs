@@ -703,14 +703,8 @@ impl Chitchat {
 
         let node_state = if should_init_if_absent {
             if self.cluster_state.node_state(chitchat_id).is_none() {
-                self.news = true;
-                // A node set's change: V4's live set takes it in from the
-                // set's journal, its share of the hash added alone (a
-                // whole recompute here cost every member a pass over all
-                // nodes per join: 12 % of the simulator forming 2,000).
-                self.nodes_changed([chitchat_id]);
+                self.node_appeared(chitchat_id);
                 if let Some(p) = self.pulses.as_mut() {
-                    p.note_news(chitchat_id);
                     // Known by name: its keys are pulled (see `catch_up`).
                     p.keyless.insert(chitchat_id.clone());
                 }
@@ -822,6 +816,19 @@ impl Chitchat {
         self.state_epoch = self.state_epoch.wrapping_add(1);
         if let Some(p) = self.pulses.as_mut() {
             p.touch();
+        }
+    }
+
+    /// shoal patch: `chitchat_id` is new here (its state is about to be
+    /// made): news, and a change of the node set, which V4's live set takes
+    /// in from the set's journal, its share of the hash added alone (a
+    /// whole recompute here cost every member a pass over all nodes per
+    /// join: 12 % of the simulator forming 2,000).
+    fn node_appeared(&mut self, chitchat_id: &ChitchatId) {
+        self.news = true;
+        self.nodes_changed([chitchat_id]);
+        if let Some(p) = self.pulses.as_mut() {
+            p.note_news(chitchat_id);
         }
     }
 
@@ -1032,15 +1039,7 @@ impl Chitchat {
 
         let node_state = if should_init_if_absent {
             if self.cluster_state.node_state(chitchat_id).is_none() {
-                self.news = true;
-                // A node set's change: V4's live set takes it in from the
-                // set's journal, its share of the hash added alone (a
-                // whole recompute here cost every member a pass over all
-                // nodes per join: 12 % of the simulator forming 2,000).
-                self.nodes_changed([chitchat_id]);
-                if let Some(p) = self.pulses.as_mut() {
-                    p.note_news(chitchat_id);
-                }
+                self.node_appeared(chitchat_id);
             }
             self.cluster_state.node_state_mut_or_init(chitchat_id)
         } else if let Some(node_state) = self.cluster_state.node_state_mut(chitchat_id) {
